@@ -1,0 +1,1 @@
+"""The chat layer: requests in the service's own types, prompts via chat templates, results assembled."""

@@ -1,0 +1,11 @@
+"""Token generation behind one interface (`Engine`), with a vLLM and a transformers implementation."""
+
+from chatgen.engine.base import (
+    Engine,
+    EngineError,
+    EngineOutput,
+    EngineRequest,
+    SamplingOptions,
+)
+
+__all__ = ["Engine", "EngineError", "EngineOutput", "EngineRequest", "SamplingOptions"]

@@ -1,0 +1,91 @@
+"""The engine interface: submit a tokenized request, stream its outputs, abort it by id.
+
+Engines know tokens and sampling, nothing about chat messages or the wire protocol.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class EngineError(RuntimeError):
+    """The engine failed (not the request): callers map it to UNAVAILABLE / HTTP 5xx."""
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0: disabled
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    request_id: str
+    prompt_token_ids: list[int]
+    sampling: SamplingOptions
+
+
+@dataclass(frozen=True)
+class EngineOutput:
+    """One step of a request: the text and token count added since the previous output."""
+
+    text: str
+    new_tokens: int
+    # None while running; "stop" or "length" on the last output.
+    finish_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    path: str
+    max_model_len: int
+    created: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Engine(abc.ABC):
+    """A running model. `generate` is an async generator: closing or cancelling it aborts the request."""
+
+    name: str
+
+    @property
+    @abc.abstractmethod
+    def model(self) -> ModelInfo: ...
+
+    @property
+    @abc.abstractmethod
+    def tokenizer(self) -> Any:
+        """The model's Hugging Face tokenizer (chat template, encode/decode)."""
+
+    @abc.abstractmethod
+    async def start(self) -> None: ...
+
+    @abc.abstractmethod
+    def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]: ...
+
+    @abc.abstractmethod
+    async def abort(self, request_id: str) -> None: ...
+
+    @abc.abstractmethod
+    def num_running(self) -> int:
+        """Requests submitted and not yet finished or aborted (0 when idle: proves aborts free the engine)."""
+
+    @abc.abstractmethod
+    async def check_health(self) -> None:
+        """Raise EngineError when the engine can no longer serve."""
+
+    @abc.abstractmethod
+    async def shutdown(self) -> None: ...

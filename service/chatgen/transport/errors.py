@@ -1,0 +1,75 @@
+"""ChatgenError -> gRPC status, plus the OpenAI error JSON in trailing metadata for the REST gateway.
+
+Envoy's transcoder turns the gRPC status into the HTTP status; its own error body is not OpenAI-shaped, so the
+gateway's Lua filter replaces it with the JSON carried in `x-chatgen-error`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+
+from chatgen.errors import ChatgenError, Failure
+
+log = logging.getLogger(__name__)
+
+ERROR_METADATA_KEY = "x-chatgen-error"
+# Set by the gateway on streaming REST calls: the stream then ends with a "[DONE]" chunk, and errors after the
+# first chunk travel as an error chunk (HTTP status and headers are already sent by then).
+SSE_METADATA_KEY = "x-chatgen-sse"
+DONE_OBJECT = "[DONE]"
+
+T = TypeVar("T")
+_MAX_MESSAGE = 2000
+
+
+def as_chatgen_error(exc: Exception) -> ChatgenError:
+    if isinstance(exc, ChatgenError):
+        return exc
+    log.exception("unexpected error while serving a request")
+    return ChatgenError(Failure.INTERNAL, f"internal error: {type(exc).__name__}")
+
+
+async def abort(context: grpc.aio.ServicerContext, err: ChatgenError) -> None:
+    if len(err.message) > _MAX_MESSAGE:
+        err = ChatgenError(err.failure, err.message[:_MAX_MESSAGE] + "...", err.param)
+    context.set_trailing_metadata(((ERROR_METADATA_KEY, err.openai_json()),))
+    await context.abort(err.wire.grpc_code, err.message)
+
+
+async def unary(context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return await call()
+    except Exception as exc:
+        await abort(context, as_chatgen_error(exc))
+        raise  # unreachable: abort raises
+
+
+def wants_sse_framing(context: grpc.aio.ServicerContext) -> bool:
+    return any(k == SSE_METADATA_KEY and v == "1" for k, v in (context.invocation_metadata() or ()))
+
+
+async def stream(
+    context: grpc.aio.ServicerContext,
+    chunks: AsyncIterator[T],
+    error_chunk: Callable[[ChatgenError], T],
+    done_chunk: Callable[[], T],
+) -> AsyncIterator[T]:
+    """Relay `chunks`; on failure abort the call, or for gateway SSE streams already under way, send an error
+    chunk. Cancellation (a client that went away) is not caught: it closes `chunks`, which aborts the engine."""
+    sse = wants_sse_framing(context)
+    started = False
+    try:
+        async for chunk in chunks:
+            started = True
+            yield chunk
+    except Exception as exc:
+        err = as_chatgen_error(exc)
+        if not (started and sse):
+            await abort(context, err)
+        yield error_chunk(err)
+    if sse:
+        yield done_chunk()
