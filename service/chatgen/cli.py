@@ -127,7 +127,9 @@ async def _run_until_stopped(
 
     host = _local(args.host)
     rest = f", REST on http://{host}:{args.http_port}/v1" if envoy else ""
-    print(f"[chatgen] ready: model '{engine.model.name}' ({engine.name}), gRPC on {host}:{server.port}{rest}", flush=True)
+    print(
+        f"[chatgen] ready: model '{engine.model.name}' ({engine.name}), gRPC on {host}:{server.port}{rest}", flush=True
+    )
     waits = [asyncio.ensure_future(stop.wait())]
     if envoy is not None:
         waits.append(asyncio.ensure_future(envoy.wait_exit()))

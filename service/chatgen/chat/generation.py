@@ -6,6 +6,7 @@ This is the only place that turns caller-facing sampling (`Sampling`, with defau
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -94,10 +95,13 @@ class Generator:
         """Deltas as the engine produces them. Closing this iterator aborts the engine request."""
         request = EngineRequest(gen.request_id, gen.prompt_token_ids, gen.options)
         try:
-            async for out in self._engine.generate(request):
-                gen.completion_tokens += out.new_tokens
-                if out.text or out.finish_reason:
-                    yield Delta(text=out.text, finish_reason=out.finish_reason)
+            # aclosing: when our caller stops early, the engine's generator is closed now (aborting the request),
+            # not whenever the garbage collector gets to it.
+            async with contextlib.aclosing(self._engine.generate(request)) as outputs:
+                async for out in outputs:
+                    gen.completion_tokens += out.new_tokens
+                    if out.text or out.finish_reason:
+                        yield Delta(text=out.text, finish_reason=out.finish_reason)
         except EngineError as exc:
             raise ChatgenError(Failure.ENGINE_UNAVAILABLE, str(exc)) from exc
 

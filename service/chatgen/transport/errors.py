@@ -6,6 +6,7 @@ gateway's Lua filter replaces it with the JSON carried in `x-chatgen-error`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
@@ -63,9 +64,10 @@ async def stream(
     sse = wants_sse_framing(context)
     started = False
     try:
-        async for chunk in chunks:
-            started = True
-            yield chunk
+        async with contextlib.aclosing(chunks):
+            async for chunk in chunks:
+                started = True
+                yield chunk
     except Exception as exc:
         err = as_chatgen_error(exc)
         if not (started and sse):

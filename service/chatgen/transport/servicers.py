@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator
 
@@ -84,8 +85,9 @@ class ChatServicer(pb_grpc.ChatServicer):
         def done_chunk() -> pb.ChatCompletionChunk:
             return pb.ChatCompletionChunk(object=wire.DONE_OBJECT)
 
-        async for chunk in wire.stream(context, chunks(), error_chunk, done_chunk):
-            yield chunk
+        async with contextlib.aclosing(wire.stream(context, chunks(), error_chunk, done_chunk)) as relay:
+            async for chunk in relay:
+                yield chunk
 
 
 class GenerateServicer(pb_grpc.GenerateServicer):
@@ -130,8 +132,9 @@ class GenerateServicer(pb_grpc.GenerateServicer):
         def done_chunk() -> pb.CompletionChunk:
             return pb.CompletionChunk(object=wire.DONE_OBJECT)
 
-        async for chunk in wire.stream(context, chunks(), error_chunk, done_chunk):
-            yield chunk
+        async with contextlib.aclosing(wire.stream(context, chunks(), error_chunk, done_chunk)) as relay:
+            async for chunk in relay:
+                yield chunk
 
 
 def model_pb(info: ModelInfo) -> pb.Model:

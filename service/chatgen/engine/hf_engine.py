@@ -1,0 +1,277 @@
+"""The transformers engine: the fallback where vLLM can't run.
+
+Each request runs `model.generate` on a worker thread (never on the event loop); tokens come back through a
+streamer that hands them to the loop. Aborting sets a flag that a stopping criterion checks after every token, so
+an aborted request stops within one decode step. Requests do not share batches: this engine is for
+correctness where vLLM is unavailable, not for throughput.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from chatgen.engine.base import Engine, EngineError, EngineOutput, EngineRequest, ModelInfo, SamplingOptions
+
+_DONE = object()
+
+
+@dataclass(frozen=True)
+class HfSettings:
+    model_path: str
+    served_model_name: str
+    max_model_len: int | None = 2048
+    dtype: str = "auto"
+    max_concurrent: int = 4
+
+
+class _Cancelled(Exception):
+    pass
+
+
+class _Job:
+    """Per-request state shared between the loop (consumer) and the worker thread (producer)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.stop = threading.Event()
+
+    def put(self, item: Any) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+
+class _Streamer:
+    """transformers streamer protocol: `put` gets the prompt first, then each new token."""
+
+    def __init__(self, job: _Job) -> None:
+        self._job = job
+        self._prompt_seen = False
+
+    def put(self, value: Any) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        self._job.put([int(t) for t in value.reshape(-1).tolist()])
+
+    def end(self) -> None:
+        pass
+
+
+class HfEngine(Engine):
+    name = "hf"
+
+    def __init__(self, settings: HfSettings) -> None:
+        self._settings = settings
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._info: ModelInfo | None = None
+        self._pool = concurrent.futures.ThreadPoolExecutor(settings.max_concurrent, thread_name_prefix="hf-generate")
+        self._jobs: dict[str, _Job] = {}
+        # torch's RNG is process-global: seeded requests take turns so the seed alone decides their samples.
+        self._seed_lock = threading.Lock()
+
+    @property
+    def model(self) -> ModelInfo:
+        if self._info is None:
+            raise EngineError("engine not started")
+        return self._info
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._tokenizer
+
+    async def start(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self._load)
+
+    def _load(self) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        s = self._settings
+        dtype = torch.float32 if s.dtype == "auto" else getattr(torch, s.dtype)
+        self._tokenizer = AutoTokenizer.from_pretrained(s.model_path)
+        self._model = AutoModelForCausalLM.from_pretrained(s.model_path, dtype=dtype)
+        self._model.eval()
+        native = int(getattr(self._model.config, "max_position_embeddings", 0) or 0) or 2048
+        self._info = ModelInfo(
+            name=s.served_model_name,
+            path=s.model_path,
+            max_model_len=min(s.max_model_len or native, native),
+            created=int(time.time()),
+        )
+
+    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+        if self._model is None:
+            raise EngineError("engine not started")
+        job = _Job(asyncio.get_running_loop())
+        self._jobs[request.request_id] = job
+        future = self._pool.submit(self._run, request, job)
+        decoder = _IncrementalDecoder(self._tokenizer, request.sampling.stop)
+        produced = 0
+        try:
+            while True:
+                item = await job.queue.get()
+                if item is _DONE:
+                    break
+                if isinstance(item, BaseException):
+                    raise EngineError(f"transformers generation failed: {item}") from item
+                produced += len(item)
+                text, stopped = decoder.add(item)
+                if stopped:
+                    job.stop.set()
+                    yield EngineOutput(text=text, new_tokens=len(item), finish_reason="stop")
+                    return
+                finish = None
+                if produced >= request.sampling.max_tokens:
+                    finish = "length"
+                elif not request.sampling.ignore_eos and item and item[-1] in self._eos_ids():
+                    finish = "stop"
+                if finish:
+                    text += decoder.flush()
+                if text or finish:
+                    yield EngineOutput(text=text, new_tokens=len(item), finish_reason=finish)
+                if finish:
+                    return
+            # generate() returned without our finish condition (e.g. a model-specific stop): call it a stop.
+            yield EngineOutput(text=decoder.flush(), new_tokens=0, finish_reason="stop")
+        finally:
+            job.stop.set()
+            self._jobs.pop(request.request_id, None)
+            future.cancel()
+
+    def _eos_ids(self) -> set[int]:
+        ids = self._model.generation_config.eos_token_id
+        if ids is None:
+            ids = self._tokenizer.eos_token_id
+        return set(ids if isinstance(ids, list) else [ids])
+
+    def _run(self, request: EngineRequest, job: _Job) -> None:
+        import torch
+        from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+
+        class _StopFlag(StoppingCriteria):
+            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+                return torch.full((input_ids.shape[0],), job.stop.is_set(), dtype=torch.bool)
+
+        if job.stop.is_set():  # aborted while queued
+            job.put(_DONE)
+            return
+        o = request.sampling
+        kwargs: dict[str, Any] = _generate_kwargs(o, self._eos_ids())
+        processors = LogitsProcessorList()
+        if o.presence_penalty or o.frequency_penalty:
+            processors.append(_PresenceFrequencyPenalty(len(request.prompt_token_ids), o))
+        seeded = self._seed_lock if o.seed is not None else contextlib.nullcontext()
+        try:
+            with seeded, torch.inference_mode():
+                if o.seed is not None:
+                    torch.manual_seed(o.seed)
+                self._model.generate(
+                    input_ids=torch.tensor([request.prompt_token_ids]),
+                    attention_mask=torch.ones(1, len(request.prompt_token_ids), dtype=torch.long),
+                    streamer=_Streamer(job),
+                    stopping_criteria=StoppingCriteriaList([_StopFlag()]),
+                    logits_processor=processors,
+                    pad_token_id=self._tokenizer.pad_token_id or self._tokenizer.eos_token_id,
+                    **kwargs,
+                )
+        except Exception as exc:
+            job.put(exc)
+        job.put(_DONE)
+
+    async def abort(self, request_id: str) -> None:
+        job = self._jobs.get(request_id)
+        if job is not None:
+            job.stop.set()
+
+    def num_running(self) -> int:
+        return len(self._jobs)
+
+    async def check_health(self) -> None:
+        if self._model is None:
+            raise EngineError("engine not started")
+
+    async def shutdown(self) -> None:
+        for job in self._jobs.values():
+            job.stop.set()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _generate_kwargs(o: SamplingOptions, eos_ids: set[int]) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"max_new_tokens": o.max_tokens, "repetition_penalty": o.repetition_penalty}
+    if o.temperature == 0.0:
+        kwargs["do_sample"] = False
+    else:
+        kwargs.update(do_sample=True, temperature=o.temperature, top_p=o.top_p, top_k=o.top_k or None)
+        if o.min_p:
+            kwargs["min_p"] = o.min_p
+    if o.ignore_eos:
+        kwargs["min_new_tokens"] = o.max_tokens
+    return kwargs
+
+
+class _PresenceFrequencyPenalty:
+    """OpenAI's presence/frequency penalties over the tokens generated so far (transformers has neither)."""
+
+    def __init__(self, prompt_len: int, o: SamplingOptions) -> None:
+        self._prompt_len = prompt_len
+        self._presence = o.presence_penalty
+        self._frequency = o.frequency_penalty
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        generated = input_ids[:, self._prompt_len :]
+        if generated.shape[1] == 0:
+            return scores
+        counts = torch.zeros_like(scores).scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
+        return scores - self._frequency * counts - self._presence * (counts > 0).to(scores.dtype)
+
+
+class _IncrementalDecoder:
+    """Token ids -> text deltas; holds back incomplete UTF-8 and text that may be the start of a stop string."""
+
+    def __init__(self, tokenizer: Any, stop: tuple[str, ...]) -> None:
+        self._tokenizer = tokenizer
+        self._stop = stop
+        self._ids: list[int] = []
+        self._emitted = 0  # characters of the decoded text already returned
+
+    def _text(self) -> str:
+        return str(self._tokenizer.decode(self._ids, skip_special_tokens=True))
+
+    def add(self, ids: list[int]) -> tuple[str, bool]:
+        """Return (new text, whether a stop string matched). Text from a stop string on is never returned."""
+        self._ids.extend(ids)
+        text = self._text()
+        for s in self._stop:
+            at = text.find(s)
+            if at != -1:
+                delta = text[self._emitted : at] if at > self._emitted else ""
+                self._emitted = max(self._emitted, at)
+                return delta, True
+        safe = len(text)
+        if text.endswith("\ufffd"):
+            safe = len(text.rstrip("\ufffd"))
+        # Keep back a tail that could still grow into a stop string.
+        for s in self._stop:
+            for k in range(min(len(s) - 1, safe), 0, -1):
+                if text[:safe].endswith(s[:k]):
+                    safe = min(safe, len(text[:safe]) - k)
+                    break
+        delta = text[self._emitted : safe] if safe > self._emitted else ""
+        self._emitted = max(self._emitted, safe)
+        return delta, False
+
+    def flush(self) -> str:
+        text = self._text()
+        delta = text[self._emitted :]
+        self._emitted = len(text)
+        return delta

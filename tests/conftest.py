@@ -1,0 +1,88 @@
+"""Shared fixtures: the real `chatgen serve` (vLLM engine on the embedded model + the real Envoy) on free ports."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL_NAME = "smollm2-135m-instruct"
+# The engine the integration tests run; CI uses the default (vllm). CHATGEN_TEST_ENGINE=hf exercises the fallback.
+TEST_ENGINE = os.environ.get("CHATGEN_TEST_ENGINE", "vllm")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Service:
+    grpc_address: str
+    http_base: str
+    admin_port: int
+    process: subprocess.Popen[str]
+    log: list[str]
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    from chatgen.embedded_model import embedded_model_dir
+
+    return embedded_model_dir()
+
+
+@pytest.fixture(scope="session")
+def tokenizer(model_dir: Path):  # type: ignore[no-untyped-def]
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
+@pytest.fixture(scope="session")
+def service(model_dir: Path) -> Iterator[Service]:
+    grpc_port, http_port, admin_port = free_port(), free_port(), free_port()
+    cmd = [
+        sys.executable, "-m", "chatgen", "serve",
+        "--engine", TEST_ENGINE,
+        "--host", "127.0.0.1",
+        "--grpc-port", str(grpc_port),
+        "--http-port", str(http_port),
+        "--envoy-admin-port", str(admin_port),
+        "--shutdown-grace", "2",
+    ]  # fmt: skip
+    env = {**os.environ, "CHATGEN_RUN_DIR": f"/tmp/chatgen-test-{os.getpid()}"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    log: list[str] = []
+    ready = threading.Event()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            log.append(line)
+            if "[chatgen] ready:" in line:
+                ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + 300
+    while not ready.wait(1):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("chatgen serve did not start:\n" + "".join(log[-60:]))
+    yield Service(f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}", admin_port, proc, log)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()

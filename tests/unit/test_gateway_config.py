@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from chatgen.gateway import GatewaySettings, envoy_binary, render_config
+
+
+def settings(tmp_path: Path) -> GatewaySettings:
+    return GatewaySettings(
+        http_host="127.0.0.1", http_port=18000, grpc_host="127.0.0.1", grpc_port=15051, admin_port=19901,
+        work_dir=tmp_path,
+    )  # fmt: skip
+
+
+def test_rendered_config_passes_envoy_validation(tmp_path: Path) -> None:
+    config = render_config(settings(tmp_path))
+    result = subprocess.run(
+        [envoy_binary(), "--mode", "validate", "-c", str(config), "--disable-hot-restart"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "OK" in result.stdout + result.stderr
+
+
+def test_filter_order_and_transcoder_options(tmp_path: Path) -> None:
+    doc = yaml.safe_load(render_config(settings(tmp_path)).read_text())
+    hcm = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    names = [f["name"] for f in hcm["http_filters"]]
+    # json_to_metadata must parse `stream` before Lua picks the RPC, and both must run before the transcoder.
+    assert names == [
+        "envoy.filters.http.json_to_metadata",
+        "envoy.filters.http.lua",
+        "envoy.filters.http.grpc_json_transcoder",
+        "envoy.filters.http.router",
+    ]
+    transcoder = hcm["http_filters"][2]["typed_config"]
+    assert transcoder["print_options"] == {
+        "preserve_proto_field_names": True,
+        "always_print_primitive_fields": True,
+        "stream_sse_style_delimited": True,
+    }
+    assert Path(transcoder["proto_descriptor"]).is_file()
+    statuses = [
+        m["filter"]["status_code_filter"]["comparison"]["value"]["default_value"]
+        for m in hcm["local_reply_config"]["mappers"]
+    ]
+    assert statuses[:3] == [400, 404, 413]
