@@ -17,8 +17,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_NAME = "smollm2-135m-instruct"
-# The engine the integration tests run; CI uses the default (vllm). CHATGEN_TEST_ENGINE=hf exercises the fallback.
-TEST_ENGINE = os.environ.get("CHATGEN_TEST_ENGINE", "vllm")
+# The integration suite runs once per engine: vLLM (the default engine) and the transformers fallback.
+# CHATGEN_TEST_ENGINES=vllm narrows it.
+TEST_ENGINES = os.environ.get("CHATGEN_TEST_ENGINES", "vllm,hf").split(",")
 
 
 def free_port() -> int:
@@ -32,6 +33,7 @@ class Service:
     grpc_address: str
     http_base: str
     admin_port: int
+    engine: str
     process: subprocess.Popen[str]
     log: list[str]
 
@@ -50,12 +52,13 @@ def tokenizer(model_dir: Path):  # type: ignore[no-untyped-def]
     return AutoTokenizer.from_pretrained(model_dir)
 
 
-@pytest.fixture(scope="session")
-def service(model_dir: Path) -> Iterator[Service]:
+@pytest.fixture(scope="session", params=TEST_ENGINES)
+def service(request: pytest.FixtureRequest, model_dir: Path) -> Iterator[Service]:
+    engine = request.param
     grpc_port, http_port, admin_port = free_port(), free_port(), free_port()
     cmd = [
         sys.executable, "-m", "chatgen", "serve",
-        "--engine", TEST_ENGINE,
+        "--engine", engine,
         "--host", "127.0.0.1",
         "--grpc-port", str(grpc_port),
         "--http-port", str(http_port),
@@ -80,7 +83,7 @@ def service(model_dir: Path) -> Iterator[Service]:
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             raise RuntimeError("chatgen serve did not start:\n" + "".join(log[-60:]))
-    yield Service(f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}", admin_port, proc, log)
+    yield Service(f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}", admin_port, engine, proc, log)
     proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(60)

@@ -30,6 +30,15 @@ gRPC:                  chatgen.v1.Chat, chatgen.v1.Generate, chatgen.v1.Models, 
 """
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show a default only where there is one worth showing (not None/False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action) or ""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chatgen", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -39,23 +48,33 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="run the gRPC server and the REST gateway",
         description="Run the chatgen gRPC server and, unless --no-gateway, Envoy serving the OpenAI REST API.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     model = serve.add_argument_group("model")
-    model.add_argument("--model", default=None, help="HF model directory or hub id (default: embedded SmolLM2)")
-    model.add_argument("--served-model-name", default=None, help="name clients send as `model` (default: from --model)")
+    model.add_argument(
+        "--model", metavar="PATH", default=None, help="HF model directory or hub id (default: embedded SmolLM2)"
+    )
+    model.add_argument(
+        "--served-model-name", metavar="NAME", default=None, help="name clients send as `model` (default: from --model)"
+    )
     model.add_argument("--engine", choices=ENGINES, default="auto", help="auto: vllm where it imports, else hf")
-    model.add_argument("--max-model-len", type=int, default=2048, help="context length (prompt + output tokens)")
+    model.add_argument(
+        "--max-model-len", metavar="N", type=int, default=2048, help="context length (prompt + output tokens)"
+    )
     model.add_argument("--dtype", default="auto", help="weights dtype (auto: float32 on CPUs, model's own on GPUs)")
     net = serve.add_argument_group("network")
     net.add_argument("--host", default="0.0.0.0", help="address both listeners bind to")
-    net.add_argument("--grpc-port", type=int, default=50051)
-    net.add_argument("--http-port", type=int, default=8000, help="REST (Envoy) port")
-    net.add_argument("--envoy-admin-port", type=int, default=9901, help="Envoy admin (binds 127.0.0.1 only)")
+    net.add_argument("--grpc-port", metavar="PORT", type=int, default=50051, help="gRPC port")
+    net.add_argument("--http-port", metavar="PORT", type=int, default=8000, help="REST (Envoy) port")
+    net.add_argument(
+        "--envoy-admin-port", metavar="PORT", type=int, default=9901, help="Envoy admin (binds 127.0.0.1 only)"
+    )
     net.add_argument("--no-gateway", action="store_true", help="serve gRPC only, without Envoy")
-    net.add_argument("--envoy-concurrency", type=int, default=2, help="Envoy worker threads")
-    serve.add_argument("--shutdown-grace", type=float, default=10.0, help="seconds in-flight calls get on SIGTERM")
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    net.add_argument("--envoy-concurrency", metavar="N", type=int, default=2, help="Envoy worker threads")
+    serve.add_argument(
+        "--shutdown-grace", metavar="SECONDS", type=float, default=10.0, help="seconds in-flight calls get on SIGTERM"
+    )
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level")
     return parser
 
 

@@ -134,33 +134,19 @@ class EnvoyProcess:
         self.proc = subprocess.Popen(cmd, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
 
     async def wait_ready(self, timeout: float = 30.0) -> None:
-        """Wait until Envoy's admin endpoint reports LIVE."""
+        """Wait until Envoy is LIVE and `GET /v1/models` answers 200 through it."""
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             if self.proc is None or self.proc.poll() is not None:
                 raise RuntimeError(f"Envoy exited during start-up (code {self.proc.returncode if self.proc else '?'})")
-            if await self._admin_ready():
+            # Envoy is LIVE and the REST listener reaches the gRPC server end to end.
+            if await http_get_status(self.settings.admin_port, "/ready") == 200 and (
+                await http_get_status(self.settings.http_port, "/v1/models", self.settings.http_host) == 200
+            ):
                 return
             if asyncio.get_running_loop().time() > deadline:
                 raise TimeoutError("Envoy did not become ready in time")
             await asyncio.sleep(0.1)
-
-    async def _admin_ready(self) -> bool:
-        try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection("127.0.0.1", self.settings.admin_port), timeout=1.0
-            )
-        except (OSError, asyncio.TimeoutError):
-            return False
-        try:
-            writer.write(b"GET /ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            await writer.drain()
-            status_line = await asyncio.wait_for(reader.readline(), timeout=1.0)
-            return status_line.split(b" ")[1:2] == [b"200"]
-        except (OSError, asyncio.TimeoutError, IndexError):
-            return False
-        finally:
-            writer.close()
 
     async def wait_exit(self) -> int:
         assert self.proc is not None
@@ -177,6 +163,25 @@ class EnvoyProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+async def http_get_status(port: int, path: str, host: str = "127.0.0.1") -> int | None:
+    """Status code of a plain HTTP GET, or None when nothing answers (no HTTP client dependency needed)."""
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=1.0)
+    except (OSError, asyncio.TimeoutError):
+        return None
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), timeout=2.0)
+        return int(status_line.split(b" ")[1])
+    except (OSError, asyncio.TimeoutError, IndexError, ValueError):
+        return None
+    finally:
+        writer.close()
 
 
 def default_work_dir() -> Path:

@@ -212,6 +212,12 @@ def test_cancelled_stream_leaves_server_serving(channel: grpc.Channel) -> None:
     assert "Paris" in stub.CreateChatCompletion(chat_request(), timeout=60).choices[0].message.content
 
 
+def test_server_runs_the_requested_engine(service: Service) -> None:
+    ready = [line for line in service.log if "[chatgen] ready:" in line]
+    assert len(ready) == 1
+    assert f"model '{MODEL_NAME}' ({service.engine})" in ready[0]
+
+
 def test_health_and_reflection(channel: grpc.Channel) -> None:
     health = health_pb2_grpc.HealthStub(channel)
     for service in ("", "chatgen.v1.Chat", "chatgen.v1.Generate", "chatgen.v1.Models"):

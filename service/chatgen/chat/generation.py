@@ -10,11 +10,14 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from chatgen.chat.prompts import render_chat, render_completion
 from chatgen.chat.types import ChatRequest, CompletionRequest, Delta, Result, Sampling, Usage
 from chatgen.engine import Engine, EngineError, EngineRequest, SamplingOptions
 from chatgen.errors import ChatgenError, Failure, invalid
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -115,7 +118,7 @@ class Generator:
         return Result(text="".join(parts), finish_reason=finish_reason, usage=gen.usage)
 
 
-def _default(value, fallback):  # type: ignore[no-untyped-def]
+def _default(value: T | None, fallback: T) -> T:
     return fallback if value is None else value
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -53,7 +53,6 @@ class ModelInfo:
     path: str
     max_model_len: int
     created: int
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Engine(abc.ABC):

@@ -1,0 +1,81 @@
+"""transport.errors.stream: how failures surface on a stream, for gRPC callers and for the REST gateway."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from chatgen.errors import ChatgenError, Failure
+from chatgen.transport import errors as wire
+
+
+class _Aborted(Exception):
+    pass
+
+
+class RecordingContext:
+    """Stands in for grpc.aio.ServicerContext: records what the relay asks of it."""
+
+    def __init__(self, sse: bool) -> None:
+        self._metadata = ((wire.SSE_METADATA_KEY, "1"),) if sse else ()
+        self.trailing: tuple[tuple[str, str], ...] = ()
+        self.aborted: tuple[grpc.StatusCode, str] | None = None
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._metadata
+
+    def set_trailing_metadata(self, md: tuple[tuple[str, str], ...]) -> None:
+        self.trailing = md
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        self.aborted = (code, details)
+        raise _Aborted
+
+
+async def chunks(fail_after: int | None) -> AsyncIterator[str]:
+    for i in range(3):
+        if fail_after is not None and i == fail_after:
+            raise ChatgenError(Failure.ENGINE_UNAVAILABLE, "engine died")
+        yield f"chunk{i}"
+
+
+async def relay(ctx: RecordingContext, fail_after: int | None) -> list[str]:
+    out: list[str] = []
+    async for c in wire.stream(ctx, chunks(fail_after), lambda e: f"error:{e.message}", lambda: "[DONE]"):  # type: ignore[arg-type]
+        out.append(c)
+    return out
+
+
+async def test_grpc_caller_gets_chunks_only() -> None:
+    assert await relay(RecordingContext(sse=False), None) == ["chunk0", "chunk1", "chunk2"]
+
+
+async def test_gateway_caller_gets_done_marker() -> None:
+    assert await relay(RecordingContext(sse=True), None) == ["chunk0", "chunk1", "chunk2", "[DONE]"]
+
+
+async def test_gateway_mid_stream_error_is_an_error_chunk_then_done() -> None:
+    ctx = RecordingContext(sse=True)
+    assert await relay(ctx, 2) == ["chunk0", "chunk1", "error:engine died", "[DONE]"]
+    assert ctx.aborted is None
+
+
+@pytest.mark.parametrize("sse", [False, True])
+async def test_error_before_first_chunk_is_a_status_with_openai_json(sse: bool) -> None:
+    ctx = RecordingContext(sse=sse)
+    with pytest.raises(_Aborted):
+        await relay(ctx, 0)
+    assert ctx.aborted == (grpc.StatusCode.UNAVAILABLE, "engine died")
+    assert dict(ctx.trailing)[wire.ERROR_METADATA_KEY] == (
+        '{"error":{"message":"engine died","type":"service_unavailable_error","param":null,'
+        '"code":"engine_unavailable"}}'
+    )
+
+
+async def test_grpc_mid_stream_error_aborts_with_status() -> None:
+    ctx = RecordingContext(sse=False)
+    with pytest.raises(_Aborted):
+        await relay(ctx, 1)
+    assert ctx.aborted is not None and ctx.aborted[0] == grpc.StatusCode.UNAVAILABLE
