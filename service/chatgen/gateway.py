@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import importlib.util
 import logging
 import os
+import shutil
 import signal
 import string
 import subprocess
@@ -103,13 +103,17 @@ def render_config(settings: GatewaySettings) -> Path:
     return path
 
 
-def _die_with_parent() -> None:
-    # Linux: the kernel sends Envoy SIGTERM if chatgen dies for any reason, even SIGKILL.
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+def _die_with_parent_prefix() -> list[str]:
+    """Command prefix that makes the kernel send Envoy SIGTERM if chatgen dies for any reason, even SIGKILL.
+
+    util-linux's setpriv sets PR_SET_PDEATHSIG and execs Envoy. (Doing it in a Popen preexec_fn is not an
+    option: that runs Python in a child forked from a process full of gRPC and vLLM threads, which can abort.)
+    """
+    setpriv = shutil.which("setpriv")
+    if sys.platform != "linux" or setpriv is None:
+        log.warning("setpriv not found: Envoy will not be stopped automatically if chatgen is killed")
+        return []
+    return [setpriv, "--pdeathsig", "TERM", "--"]
 
 
 class EnvoyProcess:
@@ -120,6 +124,7 @@ class EnvoyProcess:
     def start(self) -> None:
         config = render_config(self.settings)
         cmd = [
+            *_die_with_parent_prefix(),
             envoy_binary(),
             "-c",
             str(config),
@@ -131,7 +136,7 @@ class EnvoyProcess:
             "--disable-hot-restart",
         ]
         log.info("starting Envoy: %s", " ".join(cmd))
-        self.proc = subprocess.Popen(cmd, preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        self.proc = subprocess.Popen(cmd)
 
     async def wait_ready(self, timeout: float = 30.0) -> None:
         """Wait until Envoy is LIVE and `GET /v1/models` answers 200 through it."""
