@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -52,9 +53,9 @@ def tokenizer(model_dir: Path):  # type: ignore[no-untyped-def]
     return AutoTokenizer.from_pretrained(model_dir)
 
 
-@pytest.fixture(scope="session", params=TEST_ENGINES)
-def service(request: pytest.FixtureRequest, model_dir: Path) -> Iterator[Service]:
-    engine = request.param
+@contextlib.contextmanager
+def running_service(engine: str, *extra: str) -> Iterator[Service]:
+    """`chatgen serve` as a user runs it, on free ports; stopped with SIGTERM afterwards."""
     grpc_port, http_port, admin_port = free_port(), free_port(), free_port()
     cmd = [
         sys.executable, "-m", "chatgen", "serve",
@@ -64,8 +65,9 @@ def service(request: pytest.FixtureRequest, model_dir: Path) -> Iterator[Service
         "--http-port", str(http_port),
         "--envoy-admin-port", str(admin_port),
         "--shutdown-grace", "2",
+        *extra,
     ]  # fmt: skip
-    env = {**os.environ, "CHATGEN_RUN_DIR": f"/tmp/chatgen-test-{os.getpid()}"}
+    env = {**os.environ, "CHATGEN_RUN_DIR": f"/tmp/chatgen-test-{os.getpid()}-{grpc_port}"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     log: list[str] = []
     ready = threading.Event()
@@ -83,9 +85,39 @@ def service(request: pytest.FixtureRequest, model_dir: Path) -> Iterator[Service
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             raise RuntimeError("chatgen serve did not start:\n" + "".join(log[-60:]))
-    yield Service(f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}", admin_port, engine, proc, log)
-    proc.send_signal(signal.SIGTERM)
     try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+        yield Service(f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}", admin_port, engine, proc, log)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="session", params=TEST_ENGINES)
+def service(request: pytest.FixtureRequest, model_dir: Path) -> Iterator[Service]:
+    """The embedded SmolLM2 served by each engine in turn."""
+    with running_service(request.param) as svc:
+        yield svc
+
+
+@pytest.fixture(scope="session")
+def thinking_model_dir(model_dir: Path) -> Path:
+    from tests.support.models import thinking_model
+
+    return thinking_model(model_dir)
+
+
+@pytest.fixture(scope="session", params=TEST_ENGINES)
+def thinking_service(request: pytest.FixtureRequest, thinking_model_dir: Path) -> Iterator[Service]:
+    """A Qwen3-style thinking model served with vLLM's qwen3 reasoning parser."""
+    from tests.support.models import THINKING_MODEL_NAME
+
+    with running_service(
+        request.param,
+        "--model", str(thinking_model_dir),
+        "--served-model-name", THINKING_MODEL_NAME,
+        "--reasoning-parser", "qwen3",
+    ) as svc:  # fmt: skip
+        yield svc

@@ -12,6 +12,7 @@ import time
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from chatgen.chat.parsing import load_parser_class
 from chatgen.engine import Engine
 from chatgen.engine.factory import ENGINES, create_engine, resolve_model
 from chatgen.gateway import EnvoyProcess, GatewaySettings, default_work_dir
@@ -61,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--max-model-len", metavar="N", type=int, default=2048, help="context length (prompt + output tokens)"
     )
+    model.add_argument(
+        "--reasoning-parser",
+        metavar="NAME",
+        default=None,
+        help="vLLM reasoning parser for the model (e.g. qwen3, deepseek_r1): splits <think> output into "
+        "reasoning_content",
+    )
     model.add_argument("--dtype", default="auto", help="weights dtype (auto: float32 on CPUs, model's own on GPUs)")
     net = serve.add_argument_group("network")
     net.add_argument("--host", default="0.0.0.0", help="address both listeners bind to")
@@ -109,7 +117,8 @@ async def serve(args: argparse.Namespace) -> int:
     server: GrpcServer | None = None
     envoy: EnvoyProcess | None = None
     try:
-        server = GrpcServer(engine, args.host, args.grpc_port)
+        parser_cls = load_parser_class(args.reasoning_parser, engine.tokenizer)
+        server = GrpcServer(engine, args.host, args.grpc_port, parser_cls)
         await server.start()
         await _grpc_healthy(f"{_local(args.host)}:{server.port}")
         if not args.no_gateway:

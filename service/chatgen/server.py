@@ -16,7 +16,7 @@ SERVICE_NAMES = [pb.DESCRIPTOR.services_by_name[name].full_name for name in ("Ch
 
 
 class GrpcServer:
-    def __init__(self, engine: Engine, host: str, port: int) -> None:
+    def __init__(self, engine: Engine, host: str, port: int, parser_cls: type | None = None) -> None:
         self.engine = engine
         self.server = grpc.aio.server(
             options=[
@@ -24,7 +24,7 @@ class GrpcServer:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        generator = Generator(engine)
+        generator = Generator(engine, parser_cls)
         pb_grpc.add_ChatServicer_to_server(ChatServicer(generator), self.server)
         pb_grpc.add_GenerateServicer_to_server(GenerateServicer(generator), self.server)
         pb_grpc.add_ModelsServicer_to_server(ModelsServicer([engine.model]), self.server)

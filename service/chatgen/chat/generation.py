@@ -12,9 +12,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from chatgen.chat.prompts import render_chat, render_completion
+from chatgen.chat.parsing import OutputParser
+from chatgen.chat.prompts import render_chat, render_completion, template_variables
 from chatgen.chat.types import ChatRequest, CompletionRequest, Delta, Result, Sampling, Usage
-from chatgen.engine import Engine, EngineError, EngineRequest, SamplingOptions
+from chatgen.engine import Engine, EngineError, EngineOutput, EngineRequest, SamplingOptions
 from chatgen.errors import ChatgenError, Failure, invalid
 
 T = TypeVar("T")
@@ -27,6 +28,8 @@ class Generation:
     request_id: str
     prompt_token_ids: list[int]
     options: SamplingOptions
+    # Splits chat output into reasoning and answer; None for completions and models without a parser.
+    parser: OutputParser | None = None
     completion_tokens: int = field(default=0)
 
     @property
@@ -35,8 +38,10 @@ class Generation:
 
 
 class Generator:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, parser_cls: type | None = None) -> None:
         self._engine = engine
+        # vLLM's Parser class for the served model (reasoning), when one is configured.
+        self._parser_cls = parser_cls
 
     @property
     def model_name(self) -> str:
@@ -54,8 +59,12 @@ class Generator:
 
     def prepare_chat(self, request: ChatRequest, id_prefix: str = "chatcmpl-") -> Generation:
         self._check_model(request.model)
-        ids = render_chat(self._engine.tokenizer, request.messages)
-        return self._prepare(id_prefix, ids, request.sampling, "messages")
+        variables = template_variables(request)
+        ids = render_chat(self._engine.tokenizer, request.messages, variables)
+        gen = self._prepare(id_prefix, ids, request.sampling, "messages")
+        if self._parser_cls is not None:
+            gen.parser = OutputParser(self._parser_cls, self._engine.tokenizer, request, variables, ids)
+        return gen
 
     def prepare_completion(self, request: CompletionRequest, id_prefix: str = "cmpl-") -> Generation:
         self._check_model(request.model)
@@ -94,28 +103,47 @@ class Generator:
         _check_ranges(options)
         return Generation(request_id=f"{id_prefix}{uuid.uuid4().hex}", prompt_token_ids=ids, options=options)
 
-    async def stream(self, gen: Generation) -> AsyncIterator[Delta]:
-        """Deltas as the engine produces them. Closing this iterator aborts the engine request."""
+    async def _outputs(self, gen: Generation) -> AsyncIterator[EngineOutput]:
+        """Engine outputs, counted into usage. Closing this iterator aborts the engine request."""
         request = EngineRequest(gen.request_id, gen.prompt_token_ids, gen.options)
         try:
             # aclosing: when our caller stops early, the engine's generator is closed now (aborting the request),
             # not whenever the garbage collector gets to it.
             async with contextlib.aclosing(self._engine.generate(request)) as outputs:
                 async for out in outputs:
-                    gen.completion_tokens += out.new_tokens
-                    if out.text or out.finish_reason:
-                        yield Delta(text=out.text, finish_reason=out.finish_reason)
+                    gen.completion_tokens += len(out.token_ids)
+                    yield out
         except EngineError as exc:
             raise ChatgenError(Failure.ENGINE_UNAVAILABLE, str(exc)) from exc
 
+    async def stream(self, gen: Generation) -> AsyncIterator[Delta]:
+        """Deltas as the engine produces them (reasoning split off when a parser is configured)."""
+        async with contextlib.aclosing(self._outputs(gen)) as outputs:
+            async for out in outputs:
+                if gen.parser is None:
+                    text, reasoning = out.text, ""
+                else:
+                    parsed = gen.parser.delta(out.text, out.token_ids, finished=out.finish_reason is not None)
+                    text, reasoning = parsed.content, parsed.reasoning
+                if text or reasoning or out.finish_reason:
+                    yield Delta(text=text, finish_reason=out.finish_reason, reasoning=reasoning)
+
     async def complete(self, gen: Generation) -> Result:
         parts: list[str] = []
+        token_ids: list[int] = []
         finish_reason = "stop"
-        async for delta in self.stream(gen):
-            parts.append(delta.text)
-            if delta.finish_reason:
-                finish_reason = delta.finish_reason
-        return Result(text="".join(parts), finish_reason=finish_reason, usage=gen.usage)
+        async with contextlib.aclosing(self._outputs(gen)) as outputs:
+            async for out in outputs:
+                parts.append(out.text)
+                token_ids.extend(out.token_ids)
+                if out.finish_reason:
+                    finish_reason = out.finish_reason
+        text = "".join(parts)
+        reasoning: str | None = None
+        if gen.parser is not None:
+            parsed = gen.parser.final(text, token_ids)
+            text, reasoning = parsed.content, parsed.reasoning or None
+        return Result(text=text, finish_reason=finish_reason, usage=gen.usage, reasoning=reasoning)
 
 
 def _default(value: T | None, fallback: T) -> T:

@@ -4,10 +4,30 @@ from __future__ import annotations
 
 from typing import Any
 
-from chatgen.chat.types import Message
+from chatgen.chat.types import ChatRequest, Message
 from chatgen.errors import ChatgenError, Failure, invalid
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+# apply_chat_template's own arguments: a template variable must not be able to change how we call it.
+RESERVED_TEMPLATE_KWARGS = frozenset(
+    {
+        "conversation",
+        "messages",
+        "tools",
+        "documents",
+        "chat_template",
+        "add_generation_prompt",
+        "continue_final_message",
+        "tokenize",
+        "padding",
+        "truncation",
+        "max_length",
+        "return_tensors",
+        "return_dict",
+        "return_assistant_tokens_mask",
+        "tokenizer_kwargs",
+    }
+)
 
 
 def validate_messages(messages: list[Message]) -> None:
@@ -21,7 +41,20 @@ def validate_messages(messages: list[Message]) -> None:
             )
 
 
-def render_chat(tokenizer: Any, messages: list[Message]) -> list[int]:
+def template_variables(request: ChatRequest) -> dict[str, Any]:
+    """chat_template_kwargs plus the enable_thinking shorthand, which Xinference spells both ways (Qwen templates
+    read `enable_thinking`, some DeepSeek ones `thinking`); explicit chat_template_kwargs win."""
+    for name in request.template_kwargs:
+        if name in RESERVED_TEMPLATE_KWARGS:
+            raise invalid(f"chat_template_kwargs may not set {name!r}", f"chat_template_kwargs.{name}")
+    variables = dict(request.template_kwargs)
+    if request.enable_thinking is not None:
+        variables.setdefault("enable_thinking", request.enable_thinking)
+        variables.setdefault("thinking", request.enable_thinking)
+    return variables
+
+
+def render_chat(tokenizer: Any, messages: list[Message], variables: dict[str, Any] | None = None) -> list[int]:
     validate_messages(messages)
     if not getattr(tokenizer, "chat_template", None):
         raise ChatgenError(
@@ -32,7 +65,15 @@ def render_chat(tokenizer: Any, messages: list[Message]) -> list[int]:
     conversation = [
         {"role": m.role, "content": m.content, **({"name": m.name} if m.name is not None else {})} for m in messages
     ]
-    text = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+    from jinja2 import TemplateError
+
+    try:
+        text = tokenizer.apply_chat_template(
+            conversation, tokenize=False, add_generation_prompt=True, **(variables or {})
+        )
+    except TemplateError as exc:
+        # Templates reject what their model can't take (e.g. roles out of order) with raise_exception().
+        raise invalid(f"the model's chat template rejected the messages: {exc}", "messages") from exc
     # The template already wrote any BOS/special tokens the model expects; adding them again would double them.
     return list(tokenizer.encode(text, add_special_tokens=False))
 

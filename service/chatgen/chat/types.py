@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,10 @@ class ChatRequest:
     model: str
     messages: list[Message]
     sampling: Sampling = field(default_factory=Sampling)
+    # Variables for the chat template, as the caller sent them (chat_template_kwargs).
+    template_kwargs: dict[str, Any] = field(default_factory=dict)
+    # The request-level thinking switch (Xinference's enable_thinking); None: not sent.
+    enable_thinking: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -55,10 +60,11 @@ class Usage:
 
 @dataclass(frozen=True)
 class Delta:
-    """Text added since the previous delta; `finish_reason` is set on the last one."""
+    """Answer text and reasoning text added since the previous delta; `finish_reason` is set on the last one."""
 
     text: str
     finish_reason: str | None = None
+    reasoning: str = ""
 
 
 @dataclass(frozen=True)
@@ -66,3 +72,5 @@ class Result:
     text: str
     finish_reason: str
     usage: Usage
+    # None when the model has no reasoning parser or produced no reasoning.
+    reasoning: str | None = None

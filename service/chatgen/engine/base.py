@@ -39,10 +39,10 @@ class EngineRequest:
 
 @dataclass(frozen=True)
 class EngineOutput:
-    """One step of a request: the text and token count added since the previous output."""
+    """One step of a request: the text and token ids added since the previous output."""
 
     text: str
-    new_tokens: int
+    token_ids: tuple[int, ...]
     # None while running; "stop" or "length" on the last output.
     finish_reason: str | None = None
 

@@ -126,7 +126,7 @@ class HfEngine(Engine):
                 text, stopped = decoder.add(item)
                 if stopped:
                     job.stop.set()
-                    yield EngineOutput(text=text, new_tokens=len(item), finish_reason="stop")
+                    yield EngineOutput(text=text, token_ids=tuple(item), finish_reason="stop")
                     return
                 finish = None
                 if produced >= request.sampling.max_tokens:
@@ -136,11 +136,11 @@ class HfEngine(Engine):
                 if finish:
                     text += decoder.flush()
                 if text or finish:
-                    yield EngineOutput(text=text, new_tokens=len(item), finish_reason=finish)
+                    yield EngineOutput(text=text, token_ids=tuple(item), finish_reason=finish)
                 if finish:
                     return
             # generate() returned without our finish condition (e.g. a model-specific stop): call it a stop.
-            yield EngineOutput(text=decoder.flush(), new_tokens=0, finish_reason="stop")
+            yield EngineOutput(text=decoder.flush(), token_ids=(), finish_reason="stop")
         finally:
             job.stop.set()
             self._jobs.pop(request.request_id, None)

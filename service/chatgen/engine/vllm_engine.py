@@ -111,7 +111,7 @@ class VllmEngine(Engine):
             # Closing this generator (the caller was cancelled or went away) makes vLLM abort the request.
             async for out in self._llm.generate(prompt, params, request.request_id):
                 c = out.outputs[0]
-                yield EngineOutput(text=c.text, new_tokens=len(c.token_ids), finish_reason=c.finish_reason)
+                yield EngineOutput(text=c.text, token_ids=tuple(c.token_ids), finish_reason=c.finish_reason)
         except (ValueError, TypeError):
             raise
         except Exception as exc:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from google.protobuf import struct_pb2
+from google.protobuf import json_format, struct_pb2
 
 from chatgen.chat.types import ChatRequest, CompletionRequest, Message, Sampling
 from chatgen.errors import invalid
@@ -92,7 +92,15 @@ def chat_request(req: pb.ChatCompletionRequest) -> ChatRequest:
     max_tokens = _opt(req, "max_completion_tokens")
     if max_tokens is None:
         max_tokens = _opt(req, "max_tokens")
-    return ChatRequest(model=req.model, messages=messages, sampling=_sampling(req, max_tokens))
+    return ChatRequest(
+        model=req.model,
+        messages=messages,
+        sampling=_sampling(req, max_tokens),
+        template_kwargs=json_format.MessageToDict(req.chat_template_kwargs)
+        if req.HasField("chat_template_kwargs")
+        else {},
+        enable_thinking=_opt(req, "enable_thinking"),
+    )
 
 
 def completion_request(req: pb.CompletionRequest) -> CompletionRequest:

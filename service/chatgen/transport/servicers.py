@@ -29,6 +29,13 @@ def error_pb(err: ChatgenError) -> pb.ErrorDetail:
     return detail
 
 
+def _assistant_message(result: Result) -> pb.ChatCompletionMessage:
+    message = pb.ChatCompletionMessage(role="assistant", content=result.text)
+    if result.reasoning is not None:
+        message.reasoning_content = result.reasoning
+    return message
+
+
 class ChatServicer(pb_grpc.ChatServicer):
     def __init__(self, generator: Generator) -> None:
         self._gen = generator
@@ -47,7 +54,7 @@ class ChatServicer(pb_grpc.ChatServicer):
                 choices=[
                     pb.ChatCompletionChoice(
                         index=0,
-                        message=pb.ChatCompletionMessage(role="assistant", content=result.text),
+                        message=_assistant_message(result),
                         finish_reason=result.finish_reason,
                     )
                 ],
@@ -71,6 +78,8 @@ class ChatServicer(pb_grpc.ChatServicer):
             )
             async for d in self._gen.stream(gen):
                 choice = pb.ChatCompletionChunkChoice(index=0, delta=pb.ChatCompletionDelta())
+                if d.reasoning:
+                    choice.delta.reasoning_content = d.reasoning
                 if d.text:
                     choice.delta.content = d.text
                 if d.finish_reason:

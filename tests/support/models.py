@@ -1,0 +1,28 @@
+"""The scripted test models the suites share (built once, cached under ~/.cache/chatgen/test-models)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.support.scripted_model import QWEN3_STYLE_TEMPLATE, build_scripted_model
+
+THINKING_MODEL_NAME = "qwen3-style-tiny"
+REASONING = " the user asks about France"
+ANSWER = "The capital is Paris."
+
+_ANSWER_TOKENS = ["The", " capital", " is", " Paris", ".", "<|im_end|>"]
+
+
+def thinking_model(base_tokenizer_dir: Path) -> Path:
+    """Qwen3-style: thinks in <think>...</think> then answers; with enable_thinking=false the template closes the
+    think block in the prompt (ending in "\\n\\n") and the model answers straight away."""
+    return build_scripted_model(
+        THINKING_MODEL_NAME,
+        base_tokenizer_dir,
+        QWEN3_STYLE_TEMPLATE,
+        added_tokens=["<think>", "</think>"],
+        scripts=[
+            ["\n", "<think>", " the", " user", " asks", " about", " France", "</think>", *_ANSWER_TOKENS],
+            ["\n\n", *_ANSWER_TOKENS],
+        ],
+    )
