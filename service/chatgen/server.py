@@ -6,6 +6,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from chatgen.chat.abilities import model_abilities
 from chatgen.chat.generation import Generator
 from chatgen.engine import Engine
 from chatgen.transport.servicers import ChatServicer, GenerateServicer, ModelsServicer
@@ -27,7 +28,8 @@ class GrpcServer:
         generator = Generator(engine, parser_cls)
         pb_grpc.add_ChatServicer_to_server(ChatServicer(generator), self.server)
         pb_grpc.add_GenerateServicer_to_server(GenerateServicer(generator), self.server)
-        pb_grpc.add_ModelsServicer_to_server(ModelsServicer([engine.model]), self.server)
+        abilities = model_abilities(engine.tokenizer, reasoning_parser=parser_cls is not None)
+        pb_grpc.add_ModelsServicer_to_server(ModelsServicer([(engine.model, abilities)]), self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection([*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)

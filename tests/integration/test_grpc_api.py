@@ -192,6 +192,9 @@ def test_models_list_and_get(channel: grpc.Channel) -> None:
     assert listing.object == "list"
     assert [m.id for m in listing.data] == [MODEL_NAME]
     assert listing.data[0].max_model_len == 2048
+    assert listing.data[0].model_type == "LLM"
+    # SmolLM2 has a chat template and no reasoning parser is configured.
+    assert list(listing.data[0].model_ability) == ["generate", "chat"]
     assert stub.GetModel(pb.GetModelRequest(id=MODEL_NAME), timeout=10).id == MODEL_NAME
     with pytest.raises(grpc.RpcError) as info:
         stub.GetModel(pb.GetModelRequest(id="nope"), timeout=10)

@@ -126,3 +126,9 @@ def test_chat_template_kwargs_cannot_override_call_arguments(chat: pb_grpc.ChatS
     assert json.loads(dict(info.value.trailing_metadata())["x-chatgen-error"])["error"]["param"] == (
         "chat_template_kwargs.tokenize"
     )
+
+
+def test_model_declares_reasoning_and_hybrid_thinking(thinking_service: Service) -> None:
+    model = httpx.get(f"{thinking_service.http_base}/v1/models/{THINKING_MODEL_NAME}", timeout=10).json()
+    assert model["model_type"] == "LLM"
+    assert model["model_ability"] == ["generate", "chat", "reasoning", "hybrid"]

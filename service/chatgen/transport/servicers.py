@@ -146,24 +146,30 @@ class GenerateServicer(pb_grpc.GenerateServicer):
                 yield chunk
 
 
-def model_pb(info: ModelInfo) -> pb.Model:
+def model_pb(info: ModelInfo, abilities: list[str]) -> pb.Model:
     return pb.Model(
-        id=info.name, object="model", created=info.created, owned_by="chatgen", max_model_len=info.max_model_len
+        id=info.name,
+        object="model",
+        created=info.created,
+        owned_by="chatgen",
+        max_model_len=info.max_model_len,
+        model_type="LLM",
+        model_ability=abilities,
     )
 
 
 class ModelsServicer(pb_grpc.ModelsServicer):
-    def __init__(self, models: list[ModelInfo]) -> None:
-        self._models = {m.name: m for m in models}
+    def __init__(self, models: list[tuple[ModelInfo, list[str]]]) -> None:
+        self._models = {info.name: model_pb(info, abilities) for info, abilities in models}
 
     async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> pb.ModelList:
-        return pb.ModelList(object="list", data=[model_pb(m) for m in self._models.values()])
+        return pb.ModelList(object="list", data=list(self._models.values()))
 
     async def GetModel(self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext) -> pb.Model:
         async def run() -> pb.Model:
-            info = self._models.get(request.id)
-            if info is None:
+            model = self._models.get(request.id)
+            if model is None:
                 raise ChatgenError(Failure.MODEL_NOT_FOUND, f"The model '{request.id}' does not exist", "model")
-            return model_pb(info)
+            return model
 
         return await wire.unary(context, run)
