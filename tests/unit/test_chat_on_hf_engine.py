@@ -33,13 +33,13 @@ def gen(engine: HfEngine) -> Generator:
 async def test_chat_answers_paris_with_usage(gen: Generator, tokenizer) -> None:  # type: ignore[no-untyped-def]
     g = gen.prepare_chat(ChatRequest(NAME, QUESTION, Sampling(temperature=0.0, max_tokens=30)))
     result = await gen.complete(g)
-    assert result.text == "The capital of France is Paris."
-    assert result.finish_reason == "stop"
+    assert result.choices[0].text == "The capital of France is Paris."
+    assert result.choices[0].finish_reason == "stop"
     rendered = tokenizer.apply_chat_template(
         [{"role": "user", "content": "What is the capital of France?"}], tokenize=False, add_generation_prompt=True
     )
     assert result.usage.prompt_tokens == len(tokenizer.encode(rendered, add_special_tokens=False))
-    assert result.usage.completion_tokens == len(tokenizer.encode(result.text, add_special_tokens=False)) + 1
+    assert result.usage.completion_tokens == len(tokenizer.encode(result.choices[0].text, add_special_tokens=False)) + 1
 
 
 async def test_stream_deltas_join_to_the_unary_text(gen: Generator) -> None:
@@ -47,7 +47,7 @@ async def test_stream_deltas_join_to_the_unary_text(gen: Generator) -> None:
     unary = await gen.complete(gen.prepare_chat(req))
     deltas = [d async for d in gen.stream(gen.prepare_chat(req))]
     assert len(deltas) > 3
-    assert "".join(d.text for d in deltas) == unary.text
+    assert "".join(d.text for d in deltas) == unary.choices[0].text
     assert [d.finish_reason for d in deltas if d.finish_reason] == ["stop"]
 
 
@@ -55,20 +55,20 @@ async def test_max_tokens_and_stop(gen: Generator) -> None:
     long = await gen.complete(
         gen.prepare_completion(CompletionRequest(NAME, "Once upon a time", Sampling(max_tokens=6)))
     )
-    assert long.finish_reason == "length"
+    assert long.choices[0].finish_reason == "length"
     assert long.usage.completion_tokens == 6
     stopped = await gen.complete(
         gen.prepare_chat(ChatRequest(NAME, QUESTION, Sampling(temperature=0.0, max_tokens=30, stop=("Paris",))))
     )
-    assert stopped.text == "The capital of France is "
-    assert stopped.finish_reason == "stop"
+    assert stopped.choices[0].text == "The capital of France is "
+    assert stopped.choices[0].finish_reason == "stop"
 
 
 async def test_same_seed_same_text(gen: Generator) -> None:
     req = CompletionRequest(NAME, "My favourite food is", Sampling(temperature=1.0, max_tokens=12, seed=42))
     a = await gen.complete(gen.prepare_completion(req))
     b = await gen.complete(gen.prepare_completion(req))
-    assert a.text == b.text
+    assert a.choices[0].text == b.choices[0].text
 
 
 async def test_abort_frees_the_engine_and_concurrency_works(gen: Generator, engine: HfEngine) -> None:

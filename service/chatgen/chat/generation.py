@@ -1,24 +1,29 @@
 """Run one chat or completion request on the engine and assemble its result.
 
 This is the only place that turns caller-facing sampling (`Sampling`, with defaults left open) into the engine's
-`SamplingOptions`, checks the request against the model's context, and counts usage.
+`SamplingOptions`, checks the request against the model's context, and counts usage. `n` choices are `n` engine
+requests over the same prompt (vLLM's prefix cache makes the shared prompt cheap), merged as they produce.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from chatgen.chat.parsing import OutputParser
 from chatgen.chat.prompts import render_chat, render_completion, template_variables
-from chatgen.chat.types import ChatRequest, CompletionRequest, Delta, Result, Sampling, Usage
-from chatgen.engine import Engine, EngineError, EngineOutput, EngineRequest, SamplingOptions
+from chatgen.chat.types import ChatRequest, Choice, CompletionRequest, Delta, Result, Sampling, Usage
+from chatgen.engine import Engine, EngineError, EngineOutput, EngineRequest, SamplingOptions, TokenLogprob
 from chatgen.errors import ChatgenError, Failure, invalid
 
 T = TypeVar("T")
+
+MAX_N = 16
+MAX_TOP_LOGPROBS = 20
 
 
 @dataclass
@@ -28,13 +33,24 @@ class Generation:
     request_id: str
     prompt_token_ids: list[int]
     options: SamplingOptions
-    # Splits chat output into reasoning and answer; None for completions and models without a parser.
-    parser: OutputParser | None = None
+    n: int = 1
+    # Per choice: splits chat output into reasoning and answer (chat requests on models with a parser).
+    parsers: list[OutputParser] | None = None
+    # Completions with echo: text returned in front of every choice.
+    echo: str = ""
     completion_tokens: int = field(default=0)
 
     @property
     def usage(self) -> Usage:
         return Usage(prompt_tokens=len(self.prompt_token_ids), completion_tokens=self.completion_tokens)
+
+    def engine_request(self, index: int) -> EngineRequest:
+        options = self.options
+        if self.n > 1 and options.seed is not None:
+            # One seed for all choices would make them identical; seeded choices stay reproducible.
+            options = replace(options, seed=options.seed + index)
+        request_id = self.request_id if self.n == 1 else f"{self.request_id}-{index}"
+        return EngineRequest(request_id, self.prompt_token_ids, options)
 
 
 class Generator:
@@ -61,17 +77,22 @@ class Generator:
         self._check_model(request.model)
         variables = template_variables(request)
         ids = render_chat(self._engine.tokenizer, request.messages, variables)
-        gen = self._prepare(id_prefix, ids, request.sampling, "messages")
+        gen = self._prepare(id_prefix, ids, request.sampling, "messages", request.request_id)
         if self._parser_cls is not None:
-            gen.parser = OutputParser(self._parser_cls, self._engine.tokenizer, request, variables, ids)
+            tokenizer = self._engine.tokenizer
+            gen.parsers = [OutputParser(self._parser_cls, tokenizer, request, variables, ids) for _ in range(gen.n)]
         return gen
 
     def prepare_completion(self, request: CompletionRequest, id_prefix: str = "cmpl-") -> Generation:
         self._check_model(request.model)
         ids = render_completion(self._engine.tokenizer, request.prompt)
-        return self._prepare(id_prefix, ids, request.sampling, "prompt")
+        gen = self._prepare(id_prefix, ids, request.sampling, "prompt", request.request_id)
+        gen.echo = request.prompt if request.echo else ""
+        return gen
 
-    def _prepare(self, id_prefix: str, ids: list[int], s: Sampling, prompt_param: str) -> Generation:
+    def _prepare(
+        self, id_prefix: str, ids: list[int], s: Sampling, prompt_param: str, request_id: str | None
+    ) -> Generation:
         limit = self._engine.model.max_model_len
         room = limit - len(ids)
         if room < 1:
@@ -87,6 +108,22 @@ class Generator:
                 f"max_tokens asks for {s.max_tokens} more",
                 "max_tokens",
             )
+        if not 1 <= s.n <= MAX_N:
+            raise invalid(f"'n' must be between 1 and {MAX_N}, got {s.n}", "n")
+        if s.logprobs is not None:
+            if not self._engine.supports_logprobs:
+                raise invalid(f"the {self._engine.name} engine does not report logprobs", "logprobs")
+            if not 0 <= s.logprobs <= MAX_TOP_LOGPROBS:
+                raise invalid(f"top logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {s.logprobs}", "logprobs")
+        vocab = len(self._engine.tokenizer)
+        for token, bias in s.logit_bias:
+            if not 0 <= token < vocab:
+                raise invalid(f"logit_bias has token id {token}, outside the vocabulary (0..{vocab - 1})", "logit_bias")
+            if not -100.0 <= bias <= 100.0:
+                raise invalid(f"logit_bias values must be between -100 and 100, got {bias}", "logit_bias")
+        for token in s.stop_token_ids:
+            if not 0 <= token < vocab:
+                raise invalid(f"stop_token_ids has {token}, outside the vocabulary", "stop_token_ids")
         options = SamplingOptions(
             max_tokens=s.max_tokens if s.max_tokens is not None else room,
             temperature=_default(s.temperature, 1.0),
@@ -99,51 +136,106 @@ class Generator:
             seed=s.seed,
             stop=s.stop,
             ignore_eos=s.ignore_eos,
+            stop_token_ids=s.stop_token_ids,
+            logit_bias=s.logit_bias,
+            logprobs=s.logprobs,
+            skip_special_tokens=s.skip_special_tokens,
         )
         _check_ranges(options)
-        return Generation(request_id=f"{id_prefix}{uuid.uuid4().hex}", prompt_token_ids=ids, options=options)
+        return Generation(f"{id_prefix}{request_id or uuid.uuid4().hex}", ids, options, n=s.n)
 
-    async def _outputs(self, gen: Generation) -> AsyncIterator[EngineOutput]:
-        """Engine outputs, counted into usage. Closing this iterator aborts the engine request."""
-        request = EngineRequest(gen.request_id, gen.prompt_token_ids, gen.options)
+    async def _outputs(self, gen: Generation, index: int) -> AsyncIterator[EngineOutput]:
+        """One choice's engine outputs, counted into usage. Closing this iterator aborts its engine request."""
         try:
             # aclosing: when our caller stops early, the engine's generator is closed now (aborting the request),
             # not whenever the garbage collector gets to it.
-            async with contextlib.aclosing(self._engine.generate(request)) as outputs:
+            async with contextlib.aclosing(self._engine.generate(gen.engine_request(index))) as outputs:
                 async for out in outputs:
                     gen.completion_tokens += len(out.token_ids)
                     yield out
         except EngineError as exc:
             raise ChatgenError(Failure.ENGINE_UNAVAILABLE, str(exc)) from exc
 
-    async def stream(self, gen: Generation) -> AsyncIterator[Delta]:
-        """Deltas as the engine produces them (reasoning split off when a parser is configured)."""
-        async with contextlib.aclosing(self._outputs(gen)) as outputs:
+    async def _choice_deltas(self, gen: Generation, index: int) -> AsyncIterator[Delta]:
+        parser = gen.parsers[index] if gen.parsers else None
+        first = True
+        async with contextlib.aclosing(self._outputs(gen, index)) as outputs:
             async for out in outputs:
-                if gen.parser is None:
-                    text, reasoning = out.text, ""
-                else:
-                    parsed = gen.parser.delta(out.text, out.token_ids, finished=out.finish_reason is not None)
+                text, reasoning = out.text, ""
+                if parser is not None:
+                    parsed = parser.delta(out.text, out.token_ids, finished=out.finish_reason is not None)
                     text, reasoning = parsed.content, parsed.reasoning
-                if text or reasoning or out.finish_reason:
-                    yield Delta(text=text, finish_reason=out.finish_reason, reasoning=reasoning)
+                if first and gen.echo:
+                    text = gen.echo + text
+                first = False
+                if text or reasoning or out.finish_reason or out.logprobs:
+                    yield Delta(text, out.finish_reason, reasoning, index, out.logprobs)
+
+    def stream(self, gen: Generation) -> AsyncIterator[Delta]:
+        """Deltas of all choices as the engine produces them (interleaved when n > 1)."""
+        if gen.n == 1:
+            return self._choice_deltas(gen, 0)
+        return _merge([lambda i=i: self._choice_deltas(gen, i) for i in range(gen.n)])
 
     async def complete(self, gen: Generation) -> Result:
+        choices = await asyncio.gather(*(self._complete_choice(gen, i) for i in range(gen.n)))
+        return Result(choices=list(choices), usage=gen.usage)
+
+    async def _complete_choice(self, gen: Generation, index: int) -> Choice:
         parts: list[str] = []
         token_ids: list[int] = []
+        logprobs: list[TokenLogprob] = []
         finish_reason = "stop"
-        async with contextlib.aclosing(self._outputs(gen)) as outputs:
+        async with contextlib.aclosing(self._outputs(gen, index)) as outputs:
             async for out in outputs:
                 parts.append(out.text)
                 token_ids.extend(out.token_ids)
+                logprobs.extend(out.logprobs)
                 if out.finish_reason:
                     finish_reason = out.finish_reason
         text = "".join(parts)
         reasoning: str | None = None
-        if gen.parser is not None:
-            parsed = gen.parser.final(text, token_ids)
+        if gen.parsers:
+            parsed = gen.parsers[index].final(text, token_ids)
             text, reasoning = parsed.content, parsed.reasoning or None
-        return Result(text=text, finish_reason=finish_reason, usage=gen.usage, reasoning=reasoning)
+        return Choice(
+            index=index,
+            text=gen.echo + text,
+            finish_reason=finish_reason,
+            reasoning=reasoning,
+            logprobs=tuple(logprobs) if gen.options.logprobs is not None else None,
+        )
+
+
+async def _merge(sources: list[Callable[[], AsyncIterator[T]]]) -> AsyncIterator[T]:
+    """Items of several async iterators as they come; the first failure or an early stop cancels them all."""
+    queue: asyncio.Queue[tuple[bool, object]] = asyncio.Queue()
+
+    async def pump(make: Callable[[], AsyncIterator[T]]) -> None:
+        try:
+            async with contextlib.aclosing(make()) as items:
+                async for item in items:
+                    await queue.put((True, item))
+        except Exception as exc:
+            await queue.put((False, exc))
+            return
+        await queue.put((False, None))
+
+    tasks = [asyncio.ensure_future(pump(make)) for make in sources]
+    try:
+        running = len(tasks)
+        while running:
+            ok, value = await queue.get()
+            if ok:
+                yield value  # type: ignore[misc]
+            elif value is None:
+                running -= 1
+            else:
+                raise value  # type: ignore[misc]
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _default(value: T | None, fallback: T) -> T:

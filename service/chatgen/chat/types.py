@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from chatgen.engine.base import TokenLogprob
+
 
 @dataclass(frozen=True)
 class Message:
@@ -28,6 +30,13 @@ class Sampling:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    n: int = 1
+    stop_token_ids: tuple[int, ...] = ()
+    # OpenAI's logit_bias: token id -> bias in [-100, 100].
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    # None: no logprobs; k: the chosen token's logprob and the k most likely alternatives.
+    logprobs: int | None = None
+    skip_special_tokens: bool = True
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,8 @@ class ChatRequest:
     template_kwargs: dict[str, Any] = field(default_factory=dict)
     # The request-level thinking switch (Xinference's enable_thinking); None: not sent.
     enable_thinking: bool | None = None
+    # Caller-chosen id; the response id is built from it (vLLM's request_id extra).
+    request_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -46,6 +57,9 @@ class CompletionRequest:
     model: str
     prompt: str
     sampling: Sampling = field(default_factory=Sampling)
+    # Return the prompt in front of the completion.
+    echo: bool = False
+    request_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -60,17 +74,27 @@ class Usage:
 
 @dataclass(frozen=True)
 class Delta:
-    """Answer text and reasoning text added since the previous delta; `finish_reason` is set on the last one."""
+    """What choice `index` added since its previous delta; `finish_reason` is set on its last one."""
 
     text: str
     finish_reason: str | None = None
     reasoning: str = ""
+    index: int = 0
+    logprobs: tuple[TokenLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
+class Choice:
+    index: int
+    text: str
+    finish_reason: str
+    # None when the model has no reasoning parser or produced no reasoning.
+    reasoning: str | None = None
+    # Per generated token, when logprobs were asked for (None otherwise).
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
 
 @dataclass(frozen=True)
 class Result:
-    text: str
-    finish_reason: str
+    choices: list[Choice]
     usage: Usage
-    # None when the model has no reasoning parser or produced no reasoning.
-    reasoning: str | None = None

@@ -6,6 +6,7 @@ from chatgen.engine.base import (
     EngineOutput,
     EngineRequest,
     SamplingOptions,
+    TokenLogprob,
 )
 
-__all__ = ["Engine", "EngineError", "EngineOutput", "EngineRequest", "SamplingOptions"]
+__all__ = ["Engine", "EngineError", "EngineOutput", "EngineRequest", "SamplingOptions", "TokenLogprob"]

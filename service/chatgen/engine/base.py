@@ -28,6 +28,21 @@ class SamplingOptions:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    stop_token_ids: tuple[int, ...] = ()
+    # token id -> bias added to its logit (OpenAI's logit_bias, -100..100).
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    # None: no logprobs; k >= 0: the chosen token's logprob plus the k most likely alternatives.
+    logprobs: int | None = None
+    skip_special_tokens: bool = True
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability and the most likely alternatives at that step (most likely first)."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -45,6 +60,8 @@ class EngineOutput:
     token_ids: tuple[int, ...]
     # None while running; "stop" or "length" on the last output.
     finish_reason: str | None = None
+    # One entry per token in token_ids when logprobs were asked for.
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -59,6 +76,8 @@ class Engine(abc.ABC):
     """A running model. `generate` is an async generator: closing or cancelling it aborts the request."""
 
     name: str
+    # Whether generate() can report logprobs (SamplingOptions.logprobs).
+    supports_logprobs: bool = False
 
     @property
     @abc.abstractmethod

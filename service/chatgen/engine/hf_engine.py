@@ -113,7 +113,8 @@ class HfEngine(Engine):
         job = _Job(asyncio.get_running_loop())
         self._jobs[request.request_id] = job
         future = self._pool.submit(self._run, request, job)
-        decoder = _IncrementalDecoder(self._tokenizer, request.sampling.stop)
+        decoder = _IncrementalDecoder(self._tokenizer, request.sampling.stop, request.sampling.skip_special_tokens)
+        stop_ids = self._stop_ids(request.sampling)
         produced = 0
         try:
             while True:
@@ -131,7 +132,7 @@ class HfEngine(Engine):
                 finish = None
                 if produced >= request.sampling.max_tokens:
                     finish = "length"
-                elif not request.sampling.ignore_eos and item and item[-1] in self._eos_ids():
+                elif item and item[-1] in stop_ids:
                     finish = "stop"
                 if finish:
                     text += decoder.flush()
@@ -145,6 +146,10 @@ class HfEngine(Engine):
             job.stop.set()
             self._jobs.pop(request.request_id, None)
             future.cancel()
+
+    def _stop_ids(self, o: SamplingOptions) -> set[int]:
+        """Token ids that end generation: EOS (unless ignore_eos) and the request's stop_token_ids."""
+        return (set() if o.ignore_eos else self._eos_ids()) | set(o.stop_token_ids)
 
     def _eos_ids(self) -> set[int]:
         ids = self._model.generation_config.eos_token_id
@@ -164,8 +169,11 @@ class HfEngine(Engine):
             job.put(_DONE)
             return
         o = request.sampling
-        kwargs: dict[str, Any] = _generate_kwargs(o, self._eos_ids())
+        kwargs: dict[str, Any] = _generate_kwargs(o)
+        kwargs["eos_token_id"] = sorted(self._stop_ids(o) or self._eos_ids())
         processors = LogitsProcessorList()
+        if o.logit_bias:
+            processors.append(_LogitBias(o.logit_bias))
         if o.presence_penalty or o.frequency_penalty:
             processors.append(_PresenceFrequencyPenalty(len(request.prompt_token_ids), o))
         seeded = self._seed_lock if o.seed is not None else contextlib.nullcontext()
@@ -204,7 +212,7 @@ class HfEngine(Engine):
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _generate_kwargs(o: SamplingOptions, eos_ids: set[int]) -> dict[str, Any]:
+def _generate_kwargs(o: SamplingOptions) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"max_new_tokens": o.max_tokens, "repetition_penalty": o.repetition_penalty}
     if o.temperature == 0.0:
         kwargs["do_sample"] = False
@@ -215,6 +223,18 @@ def _generate_kwargs(o: SamplingOptions, eos_ids: set[int]) -> dict[str, Any]:
     if o.ignore_eos:
         kwargs["min_new_tokens"] = o.max_tokens
     return kwargs
+
+
+class _LogitBias:
+    def __init__(self, bias: tuple[tuple[int, float], ...]) -> None:
+        self._ids = [token for token, _ in bias]
+        self._values = [value for _, value in bias]
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        scores[:, self._ids] += torch.tensor(self._values, dtype=scores.dtype)
+        return scores
 
 
 class _PresenceFrequencyPenalty:
@@ -238,14 +258,15 @@ class _PresenceFrequencyPenalty:
 class _IncrementalDecoder:
     """Token ids -> text deltas; holds back incomplete UTF-8 and text that may be the start of a stop string."""
 
-    def __init__(self, tokenizer: Any, stop: tuple[str, ...]) -> None:
+    def __init__(self, tokenizer: Any, stop: tuple[str, ...], skip_special_tokens: bool = True) -> None:
         self._tokenizer = tokenizer
         self._stop = stop
+        self._skip_special_tokens = skip_special_tokens
         self._ids: list[int] = []
         self._emitted = 0  # characters of the decoded text already returned
 
     def _text(self) -> str:
-        return str(self._tokenizer.decode(self._ids, skip_special_tokens=True))
+        return str(self._tokenizer.decode(self._ids, skip_special_tokens=self._skip_special_tokens))
 
     def add(self, ids: list[int]) -> tuple[str, bool]:
         """Return (new text, whether a stop string matched). Text from a stop string on is never returned."""

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from chatgen.engine.base import Engine, EngineError, EngineOutput, EngineRequest, ModelInfo
+from chatgen.engine.base import Engine, EngineError, EngineOutput, EngineRequest, ModelInfo, TokenLogprob
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ def cpu_only() -> bool:
 
 class VllmEngine(Engine):
     name = "vllm"
+    supports_logprobs = True
 
     def __init__(self, settings: VllmSettings) -> None:
         self._settings = settings
@@ -101,6 +102,10 @@ class VllmEngine(Engine):
             seed=o.seed,
             stop=list(o.stop) or None,
             ignore_eos=o.ignore_eos,
+            stop_token_ids=list(o.stop_token_ids) or None,
+            logit_bias=dict(o.logit_bias) or None,
+            logprobs=o.logprobs,
+            skip_special_tokens=o.skip_special_tokens,
             # Deltas only: the serving layer never re-sends or re-scans the whole text per token.
             output_kind=RequestOutputKind.DELTA,
         )
@@ -111,7 +116,8 @@ class VllmEngine(Engine):
             # Closing this generator (the caller was cancelled or went away) makes vLLM abort the request.
             async for out in self._llm.generate(prompt, params, request.request_id):
                 c = out.outputs[0]
-                yield EngineOutput(text=c.text, token_ids=tuple(c.token_ids), finish_reason=c.finish_reason)
+                logprobs = _logprobs(c.token_ids, c.logprobs, o.logprobs) if o.logprobs is not None else ()
+                yield EngineOutput(c.text, tuple(c.token_ids), c.finish_reason, logprobs)
         except (ValueError, TypeError):
             raise
         except Exception as exc:
@@ -141,3 +147,15 @@ class VllmEngine(Engine):
         if self._llm is not None:
             self._llm.shutdown()
             self._llm = None
+
+
+def _logprobs(token_ids: Any, steps: Any, k: int) -> tuple[TokenLogprob, ...]:
+    """vLLM's per-step {token_id: Logprob} dicts -> TokenLogprob. A step holds the k most likely tokens plus the
+    chosen one, which may rank below k and then is not an alternative."""
+    out = []
+    for token_id, step in zip(token_ids, steps or (), strict=False):
+        chosen = step[token_id]
+        ranked = sorted((lp for lp in step.values() if lp.rank is not None and lp.rank <= k), key=lambda lp: lp.rank)
+        top = tuple((lp.decoded_token or "", float(lp.logprob)) for lp in ranked)
+        out.append(TokenLogprob(chosen.decoded_token or "", float(chosen.logprob), top))
+    return tuple(out)

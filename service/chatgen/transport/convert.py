@@ -13,6 +13,10 @@ def _opt(msg, name: str):  # type: ignore[no-untyped-def]
     return getattr(msg, name) if msg.HasField(name) else None
 
 
+def _default(value: int | None, fallback: int) -> int:
+    return fallback if value is None else value
+
+
 def _value_kind(v: struct_pb2.Value) -> str | None:
     return v.WhichOneof("kind")
 
@@ -68,7 +72,29 @@ def prompt_text(v: struct_pb2.Value) -> str:
     raise invalid("'prompt' must be a string (or an array holding one string)", "prompt")
 
 
-def _sampling(req: pb.ChatCompletionRequest | pb.CompletionRequest, max_tokens: int | None) -> Sampling:
+def _logit_bias(req: pb.ChatCompletionRequest | pb.CompletionRequest) -> tuple[tuple[int, float], ...]:
+    bias: list[tuple[int, float]] = []
+    for key, value in sorted(req.logit_bias.items()):
+        try:
+            bias.append((int(key), value))
+        except ValueError:
+            raise invalid(f"logit_bias keys must be token ids, got {key!r}", "logit_bias") from None
+    return tuple(bias)
+
+
+def _chat_logprobs(req: pb.ChatCompletionRequest) -> int | None:
+    top = _opt(req, "top_logprobs")
+    if not _opt(req, "logprobs"):
+        if top is not None:
+            raise invalid("'top_logprobs' needs 'logprobs': true", "top_logprobs")
+        return None
+    return top or 0
+
+
+def _sampling(
+    req: pb.ChatCompletionRequest | pb.CompletionRequest, max_tokens: int | None, logprobs: int | None
+) -> Sampling:
+    skip = _opt(req, "skip_special_tokens")
     return Sampling(
         max_tokens=max_tokens,
         temperature=_opt(req, "temperature"),
@@ -81,6 +107,11 @@ def _sampling(req: pb.ChatCompletionRequest | pb.CompletionRequest, max_tokens: 
         seed=_opt(req, "seed"),
         stop=stop_strings(req.stop),
         ignore_eos=bool(_opt(req, "ignore_eos")),
+        n=_default(_opt(req, "n"), 1),
+        stop_token_ids=tuple(req.stop_token_ids),
+        logit_bias=_logit_bias(req),
+        logprobs=logprobs,
+        skip_special_tokens=True if skip is None else skip,
     )
 
 
@@ -95,17 +126,22 @@ def chat_request(req: pb.ChatCompletionRequest) -> ChatRequest:
     return ChatRequest(
         model=req.model,
         messages=messages,
-        sampling=_sampling(req, max_tokens),
+        sampling=_sampling(req, max_tokens, _chat_logprobs(req)),
         template_kwargs=json_format.MessageToDict(req.chat_template_kwargs)
         if req.HasField("chat_template_kwargs")
         else {},
         enable_thinking=_opt(req, "enable_thinking"),
+        request_id=_opt(req, "request_id") or None,
     )
 
 
 def completion_request(req: pb.CompletionRequest) -> CompletionRequest:
     return CompletionRequest(
-        model=req.model, prompt=prompt_text(req.prompt), sampling=_sampling(req, _opt(req, "max_tokens"))
+        model=req.model,
+        prompt=prompt_text(req.prompt),
+        sampling=_sampling(req, _opt(req, "max_tokens"), _opt(req, "logprobs")),
+        echo=bool(_opt(req, "echo")),
+        request_id=_opt(req, "request_id") or None,
     )
 
 

@@ -1,21 +1,25 @@
-"""gRPC servicers for the Chat, Generate and Models services."""
+"""gRPC servicers for the Chat, Generate and Models services: service types -> protobuf replies."""
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import grpc
+from google.protobuf import struct_pb2
 
-from chatgen.chat.generation import Generator
-from chatgen.chat.types import Result, Usage
-from chatgen.engine.base import ModelInfo
+from chatgen.chat.generation import Generation, Generator
+from chatgen.chat.types import Choice, Usage
+from chatgen.engine.base import ModelInfo, TokenLogprob
 from chatgen.errors import ChatgenError, Failure
 from chatgen.transport import convert
 from chatgen.transport import errors as wire
 from chatgen.v1 import chatgen_pb2 as pb
 from chatgen.v1 import chatgen_pb2_grpc as pb_grpc
+
+# OpenAI (and vLLM) send -9999.0 for an impossible token: JSON has no -Infinity.
+_MIN_LOGPROB = -9999.0
 
 
 def usage_pb(u: Usage) -> pb.Usage:
@@ -29,10 +33,46 @@ def error_pb(err: ChatgenError) -> pb.ErrorDetail:
     return detail
 
 
-def _assistant_message(result: Result) -> pb.ChatCompletionMessage:
-    message = pb.ChatCompletionMessage(role="assistant", content=result.text)
-    if result.reasoning is not None:
-        message.reasoning_content = result.reasoning
+def _logprob(value: float) -> float:
+    return max(value, _MIN_LOGPROB)
+
+
+def _utf8(token: str) -> list[int]:
+    return list(token.encode("utf-8", errors="replace"))
+
+
+def chat_logprobs_pb(logprobs: Sequence[TokenLogprob]) -> pb.ChatLogprobs:
+    return pb.ChatLogprobs(
+        content=[
+            pb.TokenLogprob(
+                token=lp.token,
+                logprob=_logprob(lp.logprob),
+                bytes=_utf8(lp.token),
+                top_logprobs=[pb.TopLogprob(token=t, logprob=_logprob(v), bytes=_utf8(t)) for t, v in lp.top],
+            )
+            for lp in logprobs
+        ]
+    )
+
+
+def completion_logprobs_pb(logprobs: Sequence[TokenLogprob], offset: int) -> pb.CompletionLogprobs:
+    """Legacy completions shape; `offset` is where the first of these tokens starts in the choice's text."""
+    out = pb.CompletionLogprobs()
+    for lp in logprobs:
+        out.tokens.append(lp.token)
+        out.token_logprobs.append(_logprob(lp.logprob))
+        top = struct_pb2.Struct()
+        top.update({t: _logprob(v) for t, v in lp.top})
+        out.top_logprobs.append(top)
+        out.text_offset.append(offset)
+        offset += len(lp.token)
+    return out
+
+
+def _assistant_message(choice: Choice) -> pb.ChatCompletionMessage:
+    message = pb.ChatCompletionMessage(role="assistant", content=choice.text)
+    if choice.reasoning is not None:
+        message.reasoning_content = choice.reasoning
     return message
 
 
@@ -45,21 +85,19 @@ class ChatServicer(pb_grpc.ChatServicer):
     ) -> pb.ChatCompletion:
         async def run() -> pb.ChatCompletion:
             gen = self._gen.prepare_chat(convert.chat_request(request))
-            result: Result = await self._gen.complete(gen)
-            return pb.ChatCompletion(
+            result = await self._gen.complete(gen)
+            reply = pb.ChatCompletion(
                 id=gen.request_id,
                 object="chat.completion",
                 created=int(time.time()),
                 model=self._gen.model_name,
-                choices=[
-                    pb.ChatCompletionChoice(
-                        index=0,
-                        message=_assistant_message(result),
-                        finish_reason=result.finish_reason,
-                    )
-                ],
                 usage=usage_pb(result.usage),
             )
+            for c in result.choices:
+                choice = reply.choices.add(index=c.index, message=_assistant_message(c), finish_reason=c.finish_reason)
+                if c.logprobs is not None:
+                    choice.logprobs.CopyFrom(chat_logprobs_pb(c.logprobs))
+            return reply
 
         return await wire.unary(context, run)
 
@@ -72,19 +110,23 @@ class ChatServicer(pb_grpc.ChatServicer):
         async def chunks() -> AsyncIterator[pb.ChatCompletionChunk]:
             gen = self._gen.prepare_chat(convert.chat_request(request))
             ids.append(gen.request_id)
-            first = pb.ChatCompletionDelta(role="assistant", content="")
-            yield pb.ChatCompletionChunk(
-                id=gen.request_id, **envelope, choices=[pb.ChatCompletionChunkChoice(index=0, delta=first)]
-            )
-            async for d in self._gen.stream(gen):
-                choice = pb.ChatCompletionChunkChoice(index=0, delta=pb.ChatCompletionDelta())
-                if d.reasoning:
-                    choice.delta.reasoning_content = d.reasoning
-                if d.text:
-                    choice.delta.content = d.text
-                if d.finish_reason:
-                    choice.finish_reason = d.finish_reason
-                yield pb.ChatCompletionChunk(id=gen.request_id, **envelope, choices=[choice])
+            for index in range(gen.n):
+                first = pb.ChatCompletionDelta(role="assistant", content="")
+                yield pb.ChatCompletionChunk(
+                    id=gen.request_id, **envelope, choices=[pb.ChatCompletionChunkChoice(index=index, delta=first)]
+                )
+            async with contextlib.aclosing(self._gen.stream(gen)) as deltas:
+                async for d in deltas:
+                    choice = pb.ChatCompletionChunkChoice(index=d.index, delta=pb.ChatCompletionDelta())
+                    if d.reasoning:
+                        choice.delta.reasoning_content = d.reasoning
+                    if d.text:
+                        choice.delta.content = d.text
+                    if d.finish_reason:
+                        choice.finish_reason = d.finish_reason
+                    if gen.options.logprobs is not None:
+                        choice.logprobs.CopyFrom(chat_logprobs_pb(d.logprobs))
+                    yield pb.ChatCompletionChunk(id=gen.request_id, **envelope, choices=[choice])
             if convert.include_usage(request):
                 yield pb.ChatCompletionChunk(id=gen.request_id, **envelope, usage=usage_pb(gen.usage))
 
@@ -107,14 +149,18 @@ class GenerateServicer(pb_grpc.GenerateServicer):
         async def run() -> pb.Completion:
             gen = self._gen.prepare_completion(convert.completion_request(request))
             result = await self._gen.complete(gen)
-            return pb.Completion(
+            reply = pb.Completion(
                 id=gen.request_id,
                 object="text_completion",
                 created=int(time.time()),
                 model=self._gen.model_name,
-                choices=[pb.CompletionChoice(index=0, text=result.text, finish_reason=result.finish_reason)],
                 usage=usage_pb(result.usage),
             )
+            for c in result.choices:
+                choice = reply.choices.add(index=c.index, text=c.text, finish_reason=c.finish_reason)
+                if c.logprobs is not None:
+                    choice.logprobs.CopyFrom(completion_logprobs_pb(c.logprobs, len(gen.echo)))
+            return reply
 
         return await wire.unary(context, run)
 
@@ -125,13 +171,19 @@ class GenerateServicer(pb_grpc.GenerateServicer):
         ids: list[str] = []
 
         async def chunks() -> AsyncIterator[pb.CompletionChunk]:
-            gen = self._gen.prepare_completion(convert.completion_request(request))
+            gen: Generation = self._gen.prepare_completion(convert.completion_request(request))
             ids.append(gen.request_id)
-            async for d in self._gen.stream(gen):
-                choice = pb.CompletionChunkChoice(index=0, text=d.text)
-                if d.finish_reason:
-                    choice.finish_reason = d.finish_reason
-                yield pb.CompletionChunk(id=gen.request_id, **envelope, choices=[choice])
+            offsets = [0] * gen.n  # characters of each choice's text sent so far
+            async with contextlib.aclosing(self._gen.stream(gen)) as deltas:
+                async for d in deltas:
+                    choice = pb.CompletionChunkChoice(index=d.index, text=d.text)
+                    if d.finish_reason:
+                        choice.finish_reason = d.finish_reason
+                    if gen.options.logprobs is not None:
+                        echoed = len(gen.echo) if offsets[d.index] == 0 else 0
+                        choice.logprobs.CopyFrom(completion_logprobs_pb(d.logprobs, offsets[d.index] + echoed))
+                    offsets[d.index] += len(d.text)
+                    yield pb.CompletionChunk(id=gen.request_id, **envelope, choices=[choice])
             if convert.include_usage(request):
                 yield pb.CompletionChunk(id=gen.request_id, **envelope, usage=usage_pb(gen.usage))
 

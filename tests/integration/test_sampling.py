@@ -1,0 +1,181 @@
+"""Sampling and output controls over REST (openai SDK / raw JSON) and gRPC, on both engines."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import grpc
+import httpx
+import openai
+import pytest
+from google.protobuf import json_format
+
+from chatgen.v1 import chatgen_pb2 as pb
+from chatgen.v1 import chatgen_pb2_grpc as pb_grpc
+from tests.conftest import MODEL_NAME, Service
+
+pytestmark = pytest.mark.integration
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+PARIS = 7042  # " Paris" in SmolLM2's vocabulary
+PERIOD = 30  # "."
+
+
+@pytest.fixture(scope="module")
+def client(service: Service) -> openai.OpenAI:
+    return openai.OpenAI(api_key="unused", base_url=f"{service.http_base}/v1", max_retries=0, timeout=120)
+
+
+def post(service: Service, path: str, body: dict[str, object]) -> httpx.Response:
+    return httpx.post(f"{service.http_base}{path}", json={"model": MODEL_NAME, **body}, timeout=120)
+
+
+def test_n_choices_unary(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(
+        model=MODEL_NAME, messages=QUESTION, n=3, max_tokens=5, temperature=1.0, seed=7,  # type: ignore[arg-type]
+        extra_body={"ignore_eos": True},
+    )  # fmt: skip
+    assert [c.index for c in reply.choices] == [0, 1, 2]
+    assert all(c.finish_reason == "length" for c in reply.choices)
+    assert reply.usage is not None and reply.usage.completion_tokens == 15
+    # Seeded choices are reproducible as a set.
+    again = client.chat.completions.create(
+        model=MODEL_NAME, messages=QUESTION, n=3, max_tokens=5, temperature=1.0, seed=7,  # type: ignore[arg-type]
+        extra_body={"ignore_eos": True},
+    )  # fmt: skip
+    assert [c.message.content for c in again.choices] == [c.message.content for c in reply.choices]
+
+
+def test_n_choices_streamed_interleaved(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model=MODEL_NAME, messages=QUESTION, n=2, max_tokens=6, temperature=0, stream=True,  # type: ignore[arg-type]
+        extra_body={"ignore_eos": True},
+    )  # fmt: skip
+    text: dict[int, str] = defaultdict(str)
+    finishes: dict[int, list[str]] = defaultdict(list)
+    roles: dict[int, list[str]] = defaultdict(list)
+    for chunk in stream:
+        for c in chunk.choices:
+            text[c.index] += c.delta.content or ""
+            if c.delta.role:
+                roles[c.index].append(c.delta.role)
+            if c.finish_reason:
+                finishes[c.index].append(c.finish_reason)
+    assert set(text) == {0, 1}
+    assert roles == {0: ["assistant"], 1: ["assistant"]}
+    assert finishes == {0: ["length"], 1: ["length"]}
+    assert text[0] == text[1]  # temperature 0: both choices are the greedy answer
+
+
+def test_same_seed_same_text(client: openai.OpenAI) -> None:
+    def sample() -> str:
+        reply = client.completions.create(model=MODEL_NAME, prompt="My favourite food is", max_tokens=12, seed=1234)
+        return reply.choices[0].text
+
+    assert sample() == sample()
+
+
+def test_logit_bias_forces_a_token(service: Service) -> None:
+    reply = post(service, "/v1/completions", {"prompt": "Hello", "max_tokens": 3, "temperature": 0,
+                                             "logit_bias": {str(PARIS): 100}}).json()  # fmt: skip
+    assert reply["choices"][0]["text"] == " Paris Paris Paris"
+
+
+def test_stop_token_ids(service: Service) -> None:
+    reply = post(service, "/v1/chat/completions", {"messages": QUESTION, "temperature": 0,
+                                                  "stop_token_ids": [PERIOD]}).json()  # fmt: skip
+    choice = reply["choices"][0]
+    assert choice["finish_reason"] == "stop"
+    assert choice["message"]["content"].rstrip(".") == "The capital of France is Paris"
+    # Generation ended at the period: no EOS token after it.
+    assert reply["usage"]["completion_tokens"] == 7
+
+
+def test_echo_and_request_id(service: Service) -> None:
+    body = {"prompt": "The capital of France is", "max_tokens": 3, "temperature": 0, "echo": True}
+    reply = post(service, "/v1/completions", {**body, "request_id": "abc123"}).json()
+    assert reply["id"] == "cmpl-abc123"
+    assert reply["choices"][0]["text"].startswith("The capital of France is Paris")
+    chat = post(service, "/v1/chat/completions", {"messages": QUESTION, "max_tokens": 2, "request_id": "q-9"}).json()
+    assert chat["id"] == "chatcmpl-q-9"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/v1/chat/completions", {"messages": QUESTION, "n": 0}, "n"),
+        ("/v1/chat/completions", {"messages": QUESTION, "n": 99}, "n"),
+        ("/v1/chat/completions", {"messages": QUESTION, "top_logprobs": 2}, "top_logprobs"),
+        ("/v1/chat/completions", {"messages": QUESTION, "logit_bias": {"abc": 1}}, "logit_bias"),
+        ("/v1/chat/completions", {"messages": QUESTION, "logit_bias": {"5": 500}}, "logit_bias"),
+        ("/v1/chat/completions", {"messages": QUESTION, "logit_bias": {"99999999": 1}}, "logit_bias"),
+        ("/v1/completions", {"prompt": "x", "stop_token_ids": [-1]}, "stop_token_ids"),
+    ],
+)
+def test_bad_sampling_values(service: Service, path: str, body: dict[str, object], param: str) -> None:
+    response = post(service, path, body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+
+
+def test_chat_logprobs(service: Service, client: openai.OpenAI) -> None:
+    if service.engine == "hf":
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(model=MODEL_NAME, messages=QUESTION, logprobs=True)  # type: ignore[arg-type]
+        assert info.value.body["param"] == "logprobs"  # type: ignore[index]
+        return
+    reply = client.chat.completions.create(
+        model=MODEL_NAME,
+        messages=QUESTION,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=2,  # type: ignore[arg-type]
+    )
+    choice = reply.choices[0]
+    assert choice.logprobs is not None and choice.logprobs.content is not None
+    entries = choice.logprobs.content
+    # The EOS token is scored too (as vLLM's server does), though it is not part of the text.
+    assert "".join(e.token for e in entries) == (choice.message.content or "") + "<|im_end|>"
+    for e in entries[:-1]:
+        assert e.logprob <= 0.0
+        assert len(e.top_logprobs) == 2
+        assert e.top_logprobs[0].token == e.token  # greedy: the chosen token is the most likely
+        assert e.top_logprobs[0].logprob >= e.top_logprobs[1].logprob
+        assert e.bytes == list(e.token.encode())
+    stream = client.chat.completions.create(
+        model=MODEL_NAME,
+        messages=QUESTION,
+        temperature=0,
+        logprobs=True,
+        stream=True,  # type: ignore[arg-type]
+    )
+    streamed = [lp.token for chunk in stream for c in chunk.choices if c.logprobs for lp in c.logprobs.content or []]
+    assert streamed == [e.token for e in entries]
+
+
+def test_completion_logprobs_legacy_shape(service: Service) -> None:
+    body = {"prompt": "The capital of France is", "max_tokens": 4, "temperature": 0, "logprobs": 2}
+    response = post(service, "/v1/completions", body)
+    if service.engine == "hf":
+        assert response.status_code == 400
+        return
+    choice = response.json()["choices"][0]
+    lp = choice["logprobs"]
+    assert "".join(lp["tokens"]) == choice["text"]
+    assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["top_logprobs"]) == len(lp["text_offset"]) == 4
+    assert lp["text_offset"][0] == 0
+    assert lp["text_offset"] == sorted(lp["text_offset"])
+    assert all(1 <= len(top) <= 2 for top in lp["top_logprobs"])
+    assert all(lp["tokens"][i] in lp["top_logprobs"][i] for i in range(4))
+
+
+def test_grpc_n_and_logprobs_fields(service: Service) -> None:
+    request = json_format.ParseDict(
+        {"model": MODEL_NAME, "prompt": "Hi", "max_tokens": 2, "n": 2, "temperature": 0, "ignore_eos": True},
+        pb.CompletionRequest(),
+    )
+    with grpc.insecure_channel(service.grpc_address) as channel:
+        reply = pb_grpc.GenerateStub(channel).CreateCompletion(request, timeout=60)
+    assert [c.index for c in reply.choices] == [0, 1]
+    assert reply.usage.completion_tokens == 4
+    assert not reply.choices[0].HasField("logprobs")
