@@ -140,6 +140,7 @@ class Generator:
             logit_bias=s.logit_bias,
             logprobs=s.logprobs,
             skip_special_tokens=s.skip_special_tokens,
+            json_schema=s.json_schema,
         )
         _check_ranges(options)
         return Generation(f"{id_prefix}{request_id or uuid.uuid4().hex}", ids, options, n=s.n)

@@ -37,6 +37,8 @@ class Sampling:
     # None: no logprobs; k: the chosen token's logprob and the k most likely alternatives.
     logprobs: int | None = None
     skip_special_tokens: bool = True
+    # JSON Schema text the output must satisfy (response_format json_object / json_schema); None: free text.
+    json_schema: str | None = None
 
 
 @dataclass(frozen=True)

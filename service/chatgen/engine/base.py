@@ -34,6 +34,8 @@ class SamplingOptions:
     # None: no logprobs; k >= 0: the chosen token's logprob plus the k most likely alternatives.
     logprobs: int | None = None
     skip_special_tokens: bool = True
+    # A JSON Schema (as JSON text) the output must satisfy, enforced while decoding; None: free text.
+    json_schema: str | None = None
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,8 @@ class HfEngine(Engine):
         self._jobs: dict[str, _Job] = {}
         # torch's RNG is process-global: seeded requests take turns so the seed alone decides their samples.
         self._seed_lock = threading.Lock()
+        self._grammar_lock = threading.Lock()
+        self._grammar_compiler: Any = None
 
     @property
     def model(self) -> ModelInfo:
@@ -147,6 +149,18 @@ class HfEngine(Engine):
             self._jobs.pop(request.request_id, None)
             future.cancel()
 
+    def _compiled_schema(self, schema: str) -> Any:
+        """xgrammar grammar for a JSON schema (the backend vLLM uses too), compiled once per distinct schema."""
+        with self._grammar_lock:
+            if self._grammar_compiler is None:
+                import xgrammar
+
+                info = xgrammar.TokenizerInfo.from_huggingface(
+                    self._tokenizer, vocab_size=int(self._model.config.vocab_size)
+                )
+                self._grammar_compiler = xgrammar.GrammarCompiler(info, cache_enabled=True)
+            return self._grammar_compiler.compile_json_schema(schema)
+
     def _stop_ids(self, o: SamplingOptions) -> set[int]:
         """Token ids that end generation: EOS (unless ignore_eos) and the request's stop_token_ids."""
         return (set() if o.ignore_eos else self._eos_ids()) | set(o.stop_token_ids)
@@ -174,6 +188,10 @@ class HfEngine(Engine):
         processors = LogitsProcessorList()
         if o.logit_bias:
             processors.append(_LogitBias(o.logit_bias))
+        if o.json_schema:
+            import xgrammar.contrib.hf
+
+            processors.append(xgrammar.contrib.hf.LogitsProcessor(self._compiled_schema(o.json_schema)))
         if o.presence_penalty or o.frequency_penalty:
             processors.append(_PresenceFrequencyPenalty(len(request.prompt_token_ids), o))
         seeded = self._seed_lock if o.seed is not None else contextlib.nullcontext()

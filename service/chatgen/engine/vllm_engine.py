@@ -87,7 +87,7 @@ class VllmEngine(Engine):
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
-        from vllm.sampling_params import RequestOutputKind
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
         o = request.sampling
         params = SamplingParams(
@@ -106,6 +106,7 @@ class VllmEngine(Engine):
             logit_bias=dict(o.logit_bias) or None,
             logprobs=o.logprobs,
             skip_special_tokens=o.skip_special_tokens,
+            structured_outputs=StructuredOutputsParams(json=o.json_schema) if o.json_schema else None,
             # Deltas only: the serving layer never re-sends or re-scans the whole text per token.
             output_kind=RequestOutputKind.DELTA,
         )

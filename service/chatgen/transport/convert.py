@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from google.protobuf import json_format, struct_pb2
 
 from chatgen.chat.types import ChatRequest, CompletionRequest, Message, Sampling
@@ -11,6 +14,22 @@ from chatgen.v1 import chatgen_pb2 as pb
 
 def _opt(msg, name: str):  # type: ignore[no-untyped-def]
     return getattr(msg, name) if msg.HasField(name) else None
+
+
+def struct_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
+    """A Struct as plain Python. JSON numbers arrive as doubles; integral ones become ints again, since JSON
+    Schema keywords like maxItems and template code like range(n) need integers."""
+
+    def fix(value: Any) -> Any:
+        if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+            return int(value)
+        if isinstance(value, dict):
+            return {k: fix(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [fix(v) for v in value]
+        return value
+
+    return fix(json_format.MessageToDict(struct))  # type: ignore[no-any-return]
 
 
 def _default(value: int | None, fallback: int) -> int:
@@ -91,6 +110,35 @@ def _chat_logprobs(req: pb.ChatCompletionRequest) -> int | None:
     return top or 0
 
 
+# OpenAI's json_object mode: any JSON object.
+JSON_OBJECT_SCHEMA = '{"type": "object"}'
+
+
+def response_format_schema(req: pb.ChatCompletionRequest | pb.CompletionRequest) -> str | None:
+    """response_format -> the JSON Schema (text) to enforce, or None for free text."""
+    if not req.HasField("response_format"):
+        return None
+    fmt = req.response_format
+    if fmt.type in ("", "text"):
+        return None
+    if fmt.type == "json_object":
+        return JSON_OBJECT_SCHEMA
+    if fmt.type != "json_schema":
+        raise invalid(
+            f"response_format.type must be text, json_object or json_schema, got {fmt.type!r}", "response_format.type"
+        )
+    if not fmt.HasField("json_schema") or not fmt.json_schema.HasField("schema"):
+        raise invalid("response_format json_schema needs json_schema.schema", "response_format.json_schema.schema")
+    schema = struct_dict(fmt.json_schema.schema)
+    import jsonschema
+
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise invalid(f"invalid JSON schema: {exc.message}", "response_format.json_schema.schema") from None
+    return json.dumps(schema)
+
+
 def _sampling(
     req: pb.ChatCompletionRequest | pb.CompletionRequest, max_tokens: int | None, logprobs: int | None
 ) -> Sampling:
@@ -112,6 +160,7 @@ def _sampling(
         logit_bias=_logit_bias(req),
         logprobs=logprobs,
         skip_special_tokens=True if skip is None else skip,
+        json_schema=response_format_schema(req),
     )
 
 
@@ -127,9 +176,7 @@ def chat_request(req: pb.ChatCompletionRequest) -> ChatRequest:
         model=req.model,
         messages=messages,
         sampling=_sampling(req, max_tokens, _chat_logprobs(req)),
-        template_kwargs=json_format.MessageToDict(req.chat_template_kwargs)
-        if req.HasField("chat_template_kwargs")
-        else {},
+        template_kwargs=struct_dict(req.chat_template_kwargs) if req.HasField("chat_template_kwargs") else {},
         enable_thinking=_opt(req, "enable_thinking"),
         request_id=_opt(req, "request_id") or None,
     )
