@@ -1,4 +1,5 @@
-"""Xinference's own Python client against chatgen's REST API, as the Xinference docs use it."""
+"""Third-party clients against chatgen's REST API: Xinference's RESTfulClient (as the Xinference docs use it),
+LangChain's ChatOpenAI and LlamaIndex's OpenAILike (as Xinference's FAQ points users to them)."""
 
 from __future__ import annotations
 
@@ -48,3 +49,31 @@ def test_xinference_client_thinking_switch(thinking_service: Service) -> None:
         MESSAGES[1:], generate_config={"temperature": 0, "chat_template_kwargs": {"enable_thinking": False}}
     )
     assert via_kwargs["choices"][0]["message"] == {"role": "assistant", "content": ANSWER}
+
+
+def test_langchain_chat_openai(service: Service) -> None:
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(model=MODEL_NAME, base_url=f"{service.http_base}/v1", api_key="unused", temperature=0)
+    answer = llm.invoke("What is the capital of France?")
+    assert "Paris" in str(answer.content)
+    assert answer.usage_metadata is not None and answer.usage_metadata["output_tokens"] > 0
+    streamed = "".join(str(chunk.content) for chunk in llm.stream("What is the capital of France?"))
+    assert streamed == answer.content
+
+
+def test_llamaindex_openai_like(service: Service) -> None:
+    from llama_index.core.llms import ChatMessage
+    from llama_index.llms.openai_like import OpenAILike
+
+    chat_llm = OpenAILike(
+        model=MODEL_NAME, api_base=f"{service.http_base}/v1", api_key="unused", is_chat_model=True, temperature=0
+    )
+    reply = chat_llm.chat([ChatMessage(role="user", content="What is the capital of France?")])
+    assert "Paris" in (reply.message.content or "")
+    text_llm = OpenAILike(
+        model=MODEL_NAME, api_base=f"{service.http_base}/v1", api_key="unused", temperature=0, max_tokens=8
+    )
+    completion = text_llm.complete("The capital of France is")
+    assert "Paris" in completion.text
+    assert "".join(r.delta or "" for r in text_llm.stream_complete("The capital of France is")) == completion.text
