@@ -3,8 +3,10 @@
 -- Request:  OpenAI uses one path for streaming and unary calls; `"stream": true` in the JSON body picks the
 --           streaming RPC. json_to_metadata (the filter before this one) has parsed the body's top-level
 --           `stream` key into dynamic metadata by the time body() returns, so no JSON is parsed here.
--- Response: gRPC errors get OpenAI's error JSON (the server sends it in `x-chatgen-error`), and the server's
---           "[DONE]" chunk becomes the SSE terminator `data: [DONE]`.
+-- Response: gRPC errors get OpenAI's error JSON (the server sends it in `x-chatgen-error`), the server's
+--           "[DONE]" chunk becomes the SSE terminator `data: [DONE]`, and stream deltas drop the empty
+--           `"tool_calls":[]` that the transcoder prints for every repeated field (OpenAI sends it only when
+--           a delta carries a tool call). Neither pattern can match inside a JSON string, where quotes are escaped.
 
 local STREAMABLE = { ["/v1/chat/completions"] = true, ["/v1/completions"] = true }
 
@@ -68,9 +70,16 @@ function envoy_on_response(handle)
     local n = chunk:length()
     if n > 0 then
       local bytes = chunk:getBytes(0, n)
-      if bytes:find('"object":"[DONE]"', 1, true) then
-        chunk:setBytes((bytes:gsub('data: {"id":"","object":"%[DONE%]".-}\n\n', "data: [DONE]\n\n")))
+      local changed = false
+      if bytes:find('"tool_calls":[]', 1, true) then
+        bytes = bytes:gsub(',"tool_calls":%[%]', ""):gsub('{"tool_calls":%[%]', "{")
+        changed = true
       end
+      if bytes:find('"object":"[DONE]"', 1, true) then
+        bytes = bytes:gsub('data: {"id":"","object":"%[DONE%]".-}\n\n', "data: [DONE]\n\n")
+        changed = true
+      end
+      if changed then chunk:setBytes(bytes) end
     end
   end
 end

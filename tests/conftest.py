@@ -121,3 +121,24 @@ def thinking_service(request: pytest.FixtureRequest, thinking_model_dir: Path) -
         "--reasoning-parser", "qwen3",
     ) as svc:  # fmt: skip
         yield svc
+
+
+@pytest.fixture(scope="session")
+def tools_model_dir(model_dir: Path) -> Path:
+    from tests.support.models import tools_model
+
+    return tools_model(model_dir)
+
+
+@pytest.fixture(scope="session", params=TEST_ENGINES)
+def tools_service(request: pytest.FixtureRequest, tools_model_dir: Path) -> Iterator[Service]:
+    """A Hermes-format tool-calling model served with vLLM's hermes tool-call parser."""
+    from tests.support.models import TOOLS_MODEL_NAME
+
+    with running_service(
+        request.param,
+        "--model", str(tools_model_dir),
+        "--served-model-name", TOOLS_MODEL_NAME,
+        "--tool-call-parser", "hermes",
+    ) as svc:  # fmt: skip
+        yield svc

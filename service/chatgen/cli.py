@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="vLLM reasoning parser for the model (e.g. qwen3, deepseek_r1): splits <think> output into "
         "reasoning_content",
     )
+    model.add_argument(
+        "--tool-call-parser",
+        metavar="NAME",
+        default=None,
+        help="vLLM tool-call parser for the model (e.g. hermes): turns its tool calls into message.tool_calls",
+    )
     model.add_argument("--dtype", default="auto", help="weights dtype (auto: float32 on CPUs, model's own on GPUs)")
     net = serve.add_argument_group("network")
     net.add_argument("--host", default="0.0.0.0", help="address both listeners bind to")
@@ -117,8 +123,15 @@ async def serve(args: argparse.Namespace) -> int:
     server: GrpcServer | None = None
     envoy: EnvoyProcess | None = None
     try:
-        parser_cls = load_parser_class(args.reasoning_parser, engine.tokenizer)
-        server = GrpcServer(engine, args.host, args.grpc_port, parser_cls)
+        parser_cls = load_parser_class(args.reasoning_parser, args.tool_call_parser, engine.tokenizer)
+        server = GrpcServer(
+            engine,
+            args.host,
+            args.grpc_port,
+            parser_cls,
+            reasoning=bool(args.reasoning_parser),
+            tool_calls=bool(args.tool_call_parser),
+        )
         await server.start()
         await _grpc_healthy(f"{_local(args.host)}:{server.port}")
         if not args.no_gateway:

@@ -17,7 +17,15 @@ SERVICE_NAMES = [pb.DESCRIPTOR.services_by_name[name].full_name for name in ("Ch
 
 
 class GrpcServer:
-    def __init__(self, engine: Engine, host: str, port: int, parser_cls: type | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        host: str,
+        port: int,
+        parser_cls: type | None = None,
+        reasoning: bool = False,
+        tool_calls: bool = False,
+    ) -> None:
         self.engine = engine
         self.server = grpc.aio.server(
             options=[
@@ -25,10 +33,10 @@ class GrpcServer:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        generator = Generator(engine, parser_cls)
+        generator = Generator(engine, parser_cls, tool_calls=tool_calls)
         pb_grpc.add_ChatServicer_to_server(ChatServicer(generator), self.server)
         pb_grpc.add_GenerateServicer_to_server(GenerateServicer(generator), self.server)
-        abilities = model_abilities(engine.tokenizer, reasoning_parser=parser_cls is not None)
+        abilities = model_abilities(engine.tokenizer, reasoning_parser=reasoning, tool_parser=tool_calls)
         pb_grpc.add_ModelsServicer_to_server(ModelsServicer([(engine.model, abilities)]), self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

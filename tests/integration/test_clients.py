@@ -42,13 +42,19 @@ def test_xinference_client_unknown_model_raises(service: Service) -> None:
 def test_xinference_client_thinking_switch(thinking_service: Service) -> None:
     model = RESTfulClient(thinking_service.http_base).get_model(THINKING_MODEL_NAME)
     on = model.chat(MESSAGES[1:], generate_config={"temperature": 0})
-    assert on["choices"][0]["message"] == {"role": "assistant", "content": ANSWER, "reasoning_content": REASONING}
+    # "tool_calls": [] in every message, as vLLM's server sends it.
+    assert on["choices"][0]["message"] == {
+        "role": "assistant",
+        "content": ANSWER,
+        "reasoning_content": REASONING,
+        "tool_calls": [],
+    }
     off = model.chat(MESSAGES[1:], enable_thinking=False, generate_config={"temperature": 0})
-    assert off["choices"][0]["message"] == {"role": "assistant", "content": ANSWER}
+    assert off["choices"][0]["message"] == {"role": "assistant", "content": ANSWER, "tool_calls": []}
     via_kwargs = model.chat(
         MESSAGES[1:], generate_config={"temperature": 0, "chat_template_kwargs": {"enable_thinking": False}}
     )
-    assert via_kwargs["choices"][0]["message"] == {"role": "assistant", "content": ANSWER}
+    assert via_kwargs["choices"][0]["message"] == {"role": "assistant", "content": ANSWER, "tool_calls": []}
 
 
 def test_langchain_chat_openai(service: Service) -> None:

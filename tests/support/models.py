@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.support.scripted_model import QWEN3_STYLE_TEMPLATE, build_scripted_model
+from tests.support.scripted_model import HERMES_STYLE_TEMPLATE, QWEN3_STYLE_TEMPLATE, build_scripted_model
 
 THINKING_MODEL_NAME = "qwen3-style-tiny"
 REASONING = " the user asks about France"
@@ -25,4 +25,20 @@ def thinking_model(base_tokenizer_dir: Path) -> Path:
             ["\n", "<think>", " the", " user", " asks", " about", " France", "</think>", *_ANSWER_TOKENS],
             ["\n\n", *_ANSWER_TOKENS],
         ],
+    )
+
+
+TOOLS_MODEL_NAME = "hermes-style-tiny"
+TOOL_CALL_JSON = '\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n'
+
+
+def tools_model(base_tokenizer_dir: Path) -> Path:
+    """Hermes-format tool caller: whatever it is asked, it answers with one get_weather(city="Paris") call."""
+    return build_scripted_model(
+        TOOLS_MODEL_NAME,
+        base_tokenizer_dir,
+        HERMES_STYLE_TEMPLATE,
+        # The call's JSON is one added token so the bigram script can emit it in one step.
+        added_tokens=["<tool_call>", "</tool_call>", TOOL_CALL_JSON],
+        scripts=[["\n", "<tool_call>", TOOL_CALL_JSON, "</tool_call>", "<|im_end|>"]],
     )

@@ -36,6 +36,32 @@ QWEN3_STYLE_TEMPLATE = (
 )
 
 
+# Hermes tool-calling format as Qwen2.5 templates render it: tools listed in the system turn inside <tools>,
+# calls as <tool_call>{json}</tool_call>, results fed back as <tool_response> in a user turn.
+HERMES_STYLE_TEMPLATE = (
+    "{%- if tools %}"
+    "{{- '<|im_start|>system\\nYou may call these functions:\\n<tools>' }}"
+    "{%- for tool in tools %}{{- '\\n' + (tool | tojson) }}{%- endfor %}"
+    "{{- '\\n</tools><|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if message.role == 'tool' %}"
+    "{{- '<|im_start|>user\\n<tool_response>\\n' + message.content + '\\n</tool_response><|im_end|>\\n' }}"
+    "{%- elif message.role == 'assistant' and message.tool_calls %}"
+    "{{- '<|im_start|>assistant\\n' }}"
+    "{%- for call in message.tool_calls %}"
+    '{{- \'<tool_call>\\n{"name": "\' + call.function.name + \'", "arguments": \' }}'
+    "{{- call.function.arguments | tojson }}{{- '}\\n</tool_call>' }}"
+    "{%- endfor %}"
+    "{{- '<|im_end|>\\n' }}"
+    "{%- else %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
 def build_scripted_model(
     name: str,
     base_tokenizer_dir: Path,

@@ -54,7 +54,7 @@ def test_reserved_template_kwargs_are_rejected() -> None:
 
 
 def test_parser_splits_a_delta_that_holds_the_closing_tag_and_answer(tokenizer) -> None:  # type: ignore[no-untyped-def]
-    parser_cls = load_parser_class("qwen3", tokenizer)
+    parser_cls = load_parser_class("qwen3", None, tokenizer)
     assert parser_cls is not None
     request = ChatRequest(THINKING_MODEL_NAME, QUESTION)
     prompt_ids = render_chat(tokenizer, QUESTION, {})
@@ -76,4 +76,4 @@ def test_parser_splits_a_delta_that_holds_the_closing_tag_and_answer(tokenizer) 
 
 
 def test_no_parser_configured_means_none() -> None:
-    assert load_parser_class(None, object()) is None
+    assert load_parser_class(None, None, object()) is None

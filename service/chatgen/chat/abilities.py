@@ -16,7 +16,7 @@ def template_variables_used(chat_template: str) -> set[str]:
     return set(jinja2.meta.find_undeclared_variables(jinja2.Environment().parse(chat_template)))
 
 
-def model_abilities(tokenizer: Any, reasoning_parser: bool) -> list[str]:
+def model_abilities(tokenizer: Any, reasoning_parser: bool, tool_parser: bool = False) -> list[str]:
     abilities = ["generate"]
     template = getattr(tokenizer, "chat_template", None)
     if isinstance(template, str) and template:
@@ -25,4 +25,6 @@ def model_abilities(tokenizer: Any, reasoning_parser: bool) -> list[str]:
             abilities.append("reasoning")
             if template_variables_used(template) & THINKING_SWITCHES:
                 abilities.append("hybrid")
+        if tool_parser and "tools" in template_variables_used(template):
+            abilities.append("tools")
     return abilities

@@ -16,7 +16,16 @@ from typing import TypeVar
 
 from chatgen.chat.parsing import OutputParser
 from chatgen.chat.prompts import render_chat, render_completion, template_variables
-from chatgen.chat.types import ChatRequest, Choice, CompletionRequest, Delta, Result, Sampling, Usage
+from chatgen.chat.types import (
+    ChatRequest,
+    Choice,
+    CompletionRequest,
+    Delta,
+    Result,
+    Sampling,
+    ToolCall,
+    Usage,
+)
 from chatgen.engine import Engine, EngineError, EngineOutput, EngineRequest, SamplingOptions, TokenLogprob
 from chatgen.errors import ChatgenError, Failure, invalid
 
@@ -54,10 +63,12 @@ class Generation:
 
 
 class Generator:
-    def __init__(self, engine: Engine, parser_cls: type | None = None) -> None:
+    def __init__(self, engine: Engine, parser_cls: type | None = None, tool_calls: bool = False) -> None:
         self._engine = engine
-        # vLLM's Parser class for the served model (reasoning), when one is configured.
+        # vLLM's Parser class for the served model (reasoning and/or tool calls), when one is configured.
         self._parser_cls = parser_cls
+        # Whether a tool-call parser is configured, i.e. tool_choice "auto" can return tool calls.
+        self._tool_calls = tool_calls
 
     @property
     def model_name(self) -> str:
@@ -76,7 +87,9 @@ class Generator:
     def prepare_chat(self, request: ChatRequest, id_prefix: str = "chatcmpl-") -> Generation:
         self._check_model(request.model)
         variables = template_variables(request)
-        ids = render_chat(self._engine.tokenizer, request.messages, variables)
+        _check_tools(request, self._tool_calls)
+        tools = request.tools if request.tool_choice != "none" else None
+        ids = render_chat(self._engine.tokenizer, request.messages, variables, tools)
         gen = self._prepare(id_prefix, ids, request.sampling, "messages", request.request_id)
         if self._parser_cls is not None:
             tokenizer = self._engine.tokenizer
@@ -162,15 +175,18 @@ class Generator:
         first = True
         async with contextlib.aclosing(self._outputs(gen, index)) as outputs:
             async for out in outputs:
-                text, reasoning = out.text, ""
+                text, reasoning, tool_calls = out.text, "", ()
+                finish = out.finish_reason
                 if parser is not None:
-                    parsed = parser.delta(out.text, out.token_ids, finished=out.finish_reason is not None)
-                    text, reasoning = parsed.content, parsed.reasoning
+                    parsed = parser.delta(out.text, out.token_ids, finished=finish is not None)
+                    text, reasoning, tool_calls = parsed.content, parsed.reasoning, parsed.tool_call_deltas
+                    if finish == "stop" and parser.called_tools:
+                        finish = "tool_calls"
                 if first and gen.echo:
                     text = gen.echo + text
                 first = False
-                if text or reasoning or out.finish_reason or out.logprobs:
-                    yield Delta(text, out.finish_reason, reasoning, index, out.logprobs)
+                if text or reasoning or finish or out.logprobs or tool_calls:
+                    yield Delta(text, finish, reasoning, index, out.logprobs, tool_calls)
 
     def stream(self, gen: Generation) -> AsyncIterator[Delta]:
         """Deltas of all choices as the engine produces them (interleaved when n > 1)."""
@@ -196,15 +212,19 @@ class Generator:
                     finish_reason = out.finish_reason
         text = "".join(parts)
         reasoning: str | None = None
+        tool_calls: tuple[ToolCall, ...] = ()
         if gen.parsers:
             parsed = gen.parsers[index].final(text, token_ids)
-            text, reasoning = parsed.content, parsed.reasoning or None
+            text, reasoning, tool_calls = parsed.content, parsed.reasoning or None, parsed.tool_calls
+            if tool_calls and finish_reason == "stop":
+                finish_reason = "tool_calls"
         return Choice(
             index=index,
             text=gen.echo + text,
             finish_reason=finish_reason,
             reasoning=reasoning,
             logprobs=tuple(logprobs) if gen.options.logprobs is not None else None,
+            tool_calls=tool_calls,
         )
 
 
@@ -237,6 +257,21 @@ async def _merge(sources: list[Callable[[], AsyncIterator[T]]]) -> AsyncIterator
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _check_tools(request: ChatRequest, parser_configured: bool) -> None:
+    if request.tool_choice not in (None, "auto", "none"):
+        raise invalid(
+            "tool_choice must be 'auto' or 'none' (forcing a call with 'required' or a named function is not "
+            "supported yet)",
+            "tool_choice",
+        )
+    for i, tool in enumerate(request.tools):
+        if tool.get("type") != "function" or not tool.get("function", {}).get("name"):
+            raise invalid("each tool needs type 'function' and function.name", f"tools[{i}]")
+    if request.tools and request.tool_choice != "none" and not parser_configured:
+        # As vLLM: without a parser the model's calls would come back as unparsed text.
+        raise invalid("this server has no tool-call parser for the model (start it with --tool-call-parser)", "tools")
 
 
 def _default(value: T | None, fallback: T) -> T:

@@ -1,32 +1,52 @@
-"""Reasoning (and, later, tool-call) extraction from model output, with vLLM's own parsers.
+"""Reasoning and tool-call extraction from model output, with vLLM's own parsers.
 
 vLLM's parsers are written against its OpenAI protocol objects, so each chat request is mirrored into a vLLM
-`ChatCompletionRequest` for them. A per-request `OutputParser` turns raw engine text into reasoning and content,
-incrementally for streams (`delta`) and in one go for unary calls (`final`), exactly as vLLM's server does.
+`ChatCompletionRequest` for them. A per-request `OutputParser` turns raw engine text into reasoning, content and
+tool calls, incrementally for streams (`delta`) and in one go for unary calls (`final`), as vLLM's server does.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from chatgen.chat.types import ChatRequest
+from chatgen.chat.types import ChatRequest, ToolCall, ToolCallDelta
 
 
 @dataclass(frozen=True)
 class Parsed:
     reasoning: str
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_deltas: tuple[ToolCallDelta, ...] = ()
 
 
-def load_parser_class(reasoning_parser: str | None, tokenizer: Any) -> type | None:
+def load_parser_class(reasoning_parser: str | None, tool_parser: str | None, tokenizer: Any) -> type | None:
     """The vLLM Parser class for the configured parser names (None when none is configured)."""
-    if not reasoning_parser:
+    if not reasoning_parser and not tool_parser:
         return None
     from vllm.parser import ParserManager
 
-    return ParserManager.get_parser(reasoning_parser_name=reasoning_parser, tokenizer=tokenizer)
+    return ParserManager.get_parser(
+        tool_parser_name=tool_parser or None,
+        reasoning_parser_name=reasoning_parser or None,
+        enable_auto_tools=bool(tool_parser),
+        tokenizer=tokenizer,
+    )
+
+
+def vllm_message(m: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": m.role, "content": m.content}
+    if m.tool_calls:
+        out["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in m.tool_calls
+        ]
+    if m.tool_call_id is not None:
+        out["tool_call_id"] = m.tool_call_id
+    return out
 
 
 class OutputParser:
@@ -40,14 +60,21 @@ class OutputParser:
     ) -> None:
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 
+        # Tool calls are only parsed where the caller offered tools and did not say "none".
+        self._tools_enabled = bool(request.tools) and request.tool_choice in (None, "auto")
         self._request = ChatCompletionRequest(
             model=request.model,
-            messages=[{"role": m.role, "content": m.content} for m in request.messages],
+            messages=[vllm_message(m) for m in request.messages],
             chat_template_kwargs=template_kwargs,
+            tools=request.tools or None,
+            tool_choice=request.tool_choice or ("auto" if request.tools else None),
         )
-        self._parser = parser_cls(tokenizer, None, chat_template_kwargs=template_kwargs)
+        tools = self._request.tools if self._tools_enabled else None
+        self._parser = parser_cls(tokenizer, tools, chat_template_kwargs=template_kwargs)
         self._parser.set_prompt_token_ids(prompt_token_ids)
         self._prompt_token_ids = prompt_token_ids
+        # Set once a streamed delta carried a tool call: the stream then finishes with "tool_calls".
+        self.called_tools = False
 
     def delta(self, text: str, token_ids: Sequence[int], finished: bool) -> Parsed:
         msg = self._parser.parse_delta(
@@ -59,8 +86,33 @@ class OutputParser:
         )
         if msg is None:
             return Parsed("", "")
-        return Parsed(reasoning=msg.reasoning or "", content=msg.content or "")
+        deltas = tuple(
+            ToolCallDelta(
+                index=d.index,
+                id=d.id,
+                name=d.function.name if d.function else None,
+                arguments=d.function.arguments if d.function else None,
+            )
+            for d in (msg.tool_calls or ())
+        )
+        self.called_tools = self.called_tools or bool(deltas)
+        return Parsed(reasoning=msg.reasoning or "", content=msg.content or "", tool_call_deltas=deltas)
 
     def final(self, text: str, token_ids: Sequence[int]) -> Parsed:
-        reasoning, content, _tools = self._parser.parse(text, self._request, model_output_token_ids=list(token_ids))
-        return Parsed(reasoning=reasoning or "", content=content or "")
+        reasoning, content, calls = self._parser.parse(
+            text, self._request, enable_auto_tools=self._tools_enabled, model_output_token_ids=list(token_ids)
+        )
+        tool_calls = tuple(
+            ToolCall(id=c.id or _tool_call_id(), name=c.name, arguments=_json_text(c.arguments)) for c in (calls or ())
+        )
+        return Parsed(reasoning=reasoning or "", content=content or "", tool_calls=tool_calls)
+
+
+def _tool_call_id() -> str:
+    import uuid
+
+    return f"chatcmpl-tool-{uuid.uuid4().hex}"
+
+
+def _json_text(arguments: Any) -> str:
+    return arguments if isinstance(arguments, str) else json.dumps(arguments)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from chatgen.chat.types import ChatRequest, Message
@@ -54,7 +55,35 @@ def template_variables(request: ChatRequest) -> dict[str, Any]:
     return variables
 
 
-def render_chat(tokenizer: Any, messages: list[Message], variables: dict[str, Any] | None = None) -> list[int]:
+def _template_message(m: Message) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": m.role, "content": m.content}
+    if m.name is not None:
+        out["name"] = m.name
+    if m.tool_calls:
+        # Chat templates index into the arguments (tool_call.arguments.items()), so they get a dict, as vLLM
+        # passes them; text that is not JSON is passed through.
+        out["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": _arguments(c.arguments)}}
+            for c in m.tool_calls
+        ]
+    if m.tool_call_id is not None:
+        out["tool_call_id"] = m.tool_call_id
+    return out
+
+
+def _arguments(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def render_chat(
+    tokenizer: Any,
+    messages: list[Message],
+    variables: dict[str, Any] | None = None,
+    tools: list[dict[str, Any]] | None = None,
+) -> list[int]:
     validate_messages(messages)
     if not getattr(tokenizer, "chat_template", None):
         raise ChatgenError(
@@ -62,14 +91,12 @@ def render_chat(tokenizer: Any, messages: list[Message], variables: dict[str, An
             "this model has no chat template; use /v1/completions (Generate) instead",
             "messages",
         )
-    conversation = [
-        {"role": m.role, "content": m.content, **({"name": m.name} if m.name is not None else {})} for m in messages
-    ]
+    conversation = [_template_message(m) for m in messages]
     from jinja2 import TemplateError
 
     try:
         text = tokenizer.apply_chat_template(
-            conversation, tokenize=False, add_generation_prompt=True, **(variables or {})
+            conversation, tools=tools or None, tokenize=False, add_generation_prompt=True, **(variables or {})
         )
     except TemplateError as exc:
         # Templates reject what their model can't take (e.g. roles out of order) with raise_exception().

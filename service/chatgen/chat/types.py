@@ -9,10 +9,31 @@ from chatgen.engine.base import TokenLogprob
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    id: str
+    name: str
+    # JSON text, as the model wrote it.
+    arguments: str
+
+
+@dataclass(frozen=True)
+class ToolCallDelta:
+    """A streamed piece of tool call `index`: its first piece has id and name, later ones add arguments text."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str | None = None
+
+
+@dataclass(frozen=True)
 class Message:
     role: str
     content: str
     name: str | None = None
+    # Assistant turns: the calls it made; tool turns: the call answered.
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -52,6 +73,9 @@ class ChatRequest:
     enable_thinking: bool | None = None
     # Caller-chosen id; the response id is built from it (vLLM's request_id extra).
     request_id: str | None = None
+    # OpenAI tool definitions ({"type": "function", "function": {...}}) and tool_choice ("auto" | "none").
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    tool_choice: str | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +107,7 @@ class Delta:
     reasoning: str = ""
     index: int = 0
     logprobs: tuple[TokenLogprob, ...] = ()
+    tool_calls: tuple[ToolCallDelta, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -94,6 +119,7 @@ class Choice:
     reasoning: str | None = None
     # Per generated token, when logprobs were asked for (None otherwise).
     logprobs: tuple[TokenLogprob, ...] | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from typing import Any
 
 from google.protobuf import json_format, struct_pb2
 
-from chatgen.chat.types import ChatRequest, CompletionRequest, Message, Sampling
+from chatgen.chat.types import ChatRequest, CompletionRequest, Message, Sampling, ToolCall
 from chatgen.errors import invalid
 from chatgen.v1 import chatgen_pb2 as pb
 
@@ -164,11 +164,30 @@ def _sampling(
     )
 
 
+def _message(m: pb.ChatMessage, i: int) -> Message:
+    return Message(
+        role=m.role,
+        content=content_text(m.content, f"messages[{i}].content"),
+        name=_opt(m, "name"),
+        tool_calls=tuple(ToolCall(c.id, c.function.name, c.function.arguments) for c in m.tool_calls),
+        tool_call_id=_opt(m, "tool_call_id"),
+    )
+
+
+def tool_choice(v: struct_pb2.Value) -> str | None:
+    kind = _value_kind(v)
+    if kind is None or kind == "null_value":
+        return None
+    if kind == "string_value":
+        return v.string_value
+    if kind == "struct_value":
+        # {"type": "function", "function": {"name": ...}}: a forced call, rejected with a clear message later.
+        return "function"
+    raise invalid("'tool_choice' must be a string or an object", "tool_choice")
+
+
 def chat_request(req: pb.ChatCompletionRequest) -> ChatRequest:
-    messages = [
-        Message(role=m.role, content=content_text(m.content, f"messages[{i}].content"), name=_opt(m, "name"))
-        for i, m in enumerate(req.messages)
-    ]
+    messages = [_message(m, i) for i, m in enumerate(req.messages)]
     max_tokens = _opt(req, "max_completion_tokens")
     if max_tokens is None:
         max_tokens = _opt(req, "max_tokens")
@@ -179,7 +198,16 @@ def chat_request(req: pb.ChatCompletionRequest) -> ChatRequest:
         template_kwargs=struct_dict(req.chat_template_kwargs) if req.HasField("chat_template_kwargs") else {},
         enable_thinking=_opt(req, "enable_thinking"),
         request_id=_opt(req, "request_id") or None,
+        tools=[struct_dict_message(t) for t in req.tools],
+        tool_choice=tool_choice(req.tool_choice),
     )
+
+
+def struct_dict_message(message: Any) -> dict[str, Any]:
+    """A message as OpenAI JSON (snake_case field names), e.g. a tool definition for the chat template."""
+    fixed = struct_pb2.Struct()
+    fixed.update(json_format.MessageToDict(message, preserving_proto_field_name=True))
+    return struct_dict(fixed)
 
 
 def completion_request(req: pb.CompletionRequest) -> CompletionRequest:

@@ -10,7 +10,7 @@ import grpc
 from google.protobuf import struct_pb2
 
 from chatgen.chat.generation import Generation, Generator
-from chatgen.chat.types import Choice, Usage
+from chatgen.chat.types import Choice, ToolCallDelta, Usage
 from chatgen.engine.base import ModelInfo, TokenLogprob
 from chatgen.errors import ChatgenError, Failure
 from chatgen.transport import convert
@@ -70,10 +70,29 @@ def completion_logprobs_pb(logprobs: Sequence[TokenLogprob], offset: int) -> pb.
 
 
 def _assistant_message(choice: Choice) -> pb.ChatCompletionMessage:
-    message = pb.ChatCompletionMessage(role="assistant", content=choice.text)
+    message = pb.ChatCompletionMessage(role="assistant")
+    # OpenAI leaves content out (null) when the model only called tools.
+    if choice.text or not choice.tool_calls:
+        message.content = choice.text
     if choice.reasoning is not None:
         message.reasoning_content = choice.reasoning
+    for call in choice.tool_calls:
+        message.tool_calls.add(
+            id=call.id, type="function", function=pb.FunctionCall(name=call.name, arguments=call.arguments)
+        )
     return message
+
+
+def _tool_call_delta_pb(d: ToolCallDelta) -> pb.ToolCallDelta:
+    out = pb.ToolCallDelta(index=d.index)
+    if d.id is not None:
+        out.id = d.id
+        out.type = "function"
+    if d.name is not None:
+        out.function.name = d.name
+    if d.arguments is not None:
+        out.function.arguments = d.arguments
+    return out
 
 
 class ChatServicer(pb_grpc.ChatServicer):
@@ -122,6 +141,8 @@ class ChatServicer(pb_grpc.ChatServicer):
                         choice.delta.reasoning_content = d.reasoning
                     if d.text:
                         choice.delta.content = d.text
+                    for call in d.tool_calls:
+                        choice.delta.tool_calls.append(_tool_call_delta_pb(call))
                     if d.finish_reason:
                         choice.finish_reason = d.finish_reason
                     if gen.options.logprobs is not None:

@@ -1,0 +1,133 @@
+"""Tool calling with vLLM's hermes parser, on a scripted Hermes-format model that always calls get_weather."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import grpc
+import openai
+import pytest
+from google.protobuf import json_format
+
+from chatgen.v1 import chatgen_pb2 as pb
+from chatgen.v1 import chatgen_pb2_grpc as pb_grpc
+from tests.conftest import MODEL_NAME, Service
+from tests.support.models import TOOLS_MODEL_NAME
+
+pytestmark = pytest.mark.integration
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Current weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+]
+ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+@pytest.fixture(scope="module")
+def client(tools_service: Service) -> openai.OpenAI:
+    return openai.OpenAI(api_key="unused", base_url=f"{tools_service.http_base}/v1", max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def chat(tools_service: Service) -> Iterator[pb_grpc.ChatStub]:
+    with grpc.insecure_channel(tools_service.grpc_address) as channel:
+        yield pb_grpc.ChatStub(channel)
+
+
+def test_openai_sdk_unary_tool_call(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(model=TOOLS_MODEL_NAME, messages=ASK, tools=TOOLS, temperature=0)  # type: ignore[arg-type]
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content is None
+    calls = choice.message.tool_calls or []
+    assert len(calls) == 1
+    assert calls[0].type == "function"
+    assert calls[0].id
+    assert calls[0].function.name == "get_weather"  # type: ignore[union-attr]
+    assert json.loads(calls[0].function.arguments) == {"city": "Paris"}  # type: ignore[union-attr]
+
+
+def test_openai_sdk_streamed_tool_call(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model=TOOLS_MODEL_NAME,
+        messages=ASK,
+        tools=TOOLS,
+        temperature=0,
+        stream=True,  # type: ignore[arg-type]
+    )
+    ids, names, arguments, finishes = set(), "", "", []
+    for chunk in stream:
+        choice = chunk.choices[0]
+        for call in choice.delta.tool_calls or []:
+            assert call.index == 0
+            if call.id:
+                ids.add(call.id)
+            if call.function and call.function.name:
+                names += call.function.name
+            if call.function and call.function.arguments:
+                arguments += call.function.arguments
+        if choice.finish_reason:
+            finishes.append(choice.finish_reason)
+    assert len(ids) == 1
+    assert names == "get_weather"
+    assert json.loads(arguments) == {"city": "Paris"}
+    assert finishes == ["tool_calls"]
+
+
+def test_grpc_tool_call_and_history(chat: pb_grpc.ChatStub) -> None:
+    def request(messages: list[dict[str, object]], **extra: object) -> pb.ChatCompletionRequest:
+        body = {"model": TOOLS_MODEL_NAME, "messages": messages, "tools": TOOLS, "temperature": 0, **extra}
+        return json_format.ParseDict(body, pb.ChatCompletionRequest())
+
+    first = chat.CreateChatCompletion(request(ASK), timeout=60).choices[0]
+    assert first.finish_reason == "tool_calls"
+    call = first.message.tool_calls[0]
+    assert (call.type, call.function.name) == ("function", "get_weather")
+    # Feed the call and its result back, as an agent loop does: the history renders and is accepted.
+    history = [
+        *ASK,
+        {"role": "assistant", "content": "", "tool_calls": [json_format.MessageToDict(call)]},
+        {"role": "tool", "tool_call_id": call.id, "content": '{"sky": "sunny"}'},
+    ]
+    again = chat.CreateChatCompletion(request(history), timeout=60)
+    assert again.usage.prompt_tokens > chat.CreateChatCompletion(request(ASK), timeout=60).usage.prompt_tokens
+
+
+def test_tool_choice_none_returns_text(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(
+        model=TOOLS_MODEL_NAME,
+        messages=ASK,
+        tools=TOOLS,
+        tool_choice="none",
+        temperature=0,  # type: ignore[arg-type]
+    )
+    choice = reply.choices[0]
+    assert choice.finish_reason == "stop"
+    assert not choice.message.tool_calls
+    assert "<tool_call>" in (choice.message.content or "")
+
+
+@pytest.mark.parametrize("tool_choice", ["required", {"type": "function", "function": {"name": "get_weather"}}])
+def test_forced_tool_choice_is_a_clear_400(client: openai.OpenAI, tool_choice: object) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=TOOLS_MODEL_NAME, messages=ASK, tools=TOOLS, tool_choice=tool_choice)  # type: ignore[arg-type]
+    assert info.value.body["param"] == "tool_choice"  # type: ignore[index]
+
+
+def test_model_declares_tools(client: openai.OpenAI) -> None:
+    model = client.models.retrieve(TOOLS_MODEL_NAME)
+    assert (model.model_extra or {})["model_ability"] == ["generate", "chat", "tools"]
+
+
+def test_tools_without_a_parser_are_rejected(service: Service) -> None:
+    client = openai.OpenAI(api_key="unused", base_url=f"{service.http_base}/v1", max_retries=0)
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=MODEL_NAME, messages=ASK, tools=TOOLS)  # type: ignore[arg-type]
+    assert info.value.body["param"] == "tools"  # type: ignore[index]
