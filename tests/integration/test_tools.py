@@ -114,11 +114,80 @@ def test_tool_choice_none_returns_text(client: openai.OpenAI) -> None:
     assert "<tool_call>" in (choice.message.content or "")
 
 
-@pytest.mark.parametrize("tool_choice", ["required", {"type": "function", "function": {"name": "get_weather"}}])
-def test_forced_tool_choice_is_a_clear_400(client: openai.OpenAI, tool_choice: object) -> None:
+@pytest.mark.parametrize(
+    "tool_choice",
+    ["sometimes", {"type": "function", "function": {"name": "not_a_tool"}}, {"type": "function"}],
+)
+def test_bad_tool_choice_is_a_clear_400(client: openai.OpenAI, tool_choice: object) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model=TOOLS_MODEL_NAME, messages=ASK, tools=TOOLS, tool_choice=tool_choice)  # type: ignore[arg-type]
     assert info.value.body["param"] == "tool_choice"  # type: ignore[index]
+
+
+# Forcing a call needs no tool-call parser: the output is constrained to the call's JSON. SmolLM2 (no parser,
+# no tools in its template) shows it.
+NAMED = {"type": "function", "function": {"name": "get_weather"}}
+
+
+def test_named_tool_choice_forces_that_call(service: Service) -> None:
+    client = openai.OpenAI(api_key="unused", base_url=f"{service.http_base}/v1", max_retries=0, timeout=120)
+    reply = client.chat.completions.create(
+        model=MODEL_NAME,
+        messages=ASK,
+        tools=TOOLS,
+        tool_choice=NAMED,
+        temperature=0,
+        max_tokens=60,  # type: ignore[arg-type]
+    )
+    choice = reply.choices[0]
+    assert choice.finish_reason == "stop"  # OpenAI's finish_reason for a named function
+    call = (choice.message.tool_calls or [])[0]
+    assert call.function.name == "get_weather"  # type: ignore[union-attr]
+    arguments = json.loads(call.function.arguments)  # type: ignore[union-attr]
+    assert isinstance(arguments["city"], str)
+    stream = client.chat.completions.create(
+        model=MODEL_NAME,
+        messages=ASK,
+        tools=TOOLS,
+        tool_choice=NAMED,
+        temperature=0,
+        max_tokens=60,
+        stream=True,  # type: ignore[arg-type]
+    )
+    pieces = [c for chunk in stream for c in (chunk.choices[0].delta.tool_calls or [])]
+    assert pieces[0].id and pieces[0].function.name == "get_weather"  # type: ignore[union-attr]
+    assert json.loads("".join(p.function.arguments or "" for p in pieces)) == arguments  # type: ignore[union-attr]
+
+
+def test_required_tool_choice_forces_a_call(service: Service) -> None:
+    client = openai.OpenAI(api_key="unused", base_url=f"{service.http_base}/v1", max_retries=0, timeout=120)
+    tools = [*TOOLS, {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}]
+    for stream in (False, True):
+        if stream:
+            chunks = list(
+                client.chat.completions.create(
+                    model=MODEL_NAME, messages=ASK, tools=tools, tool_choice="required", temperature=0,  # type: ignore[arg-type]
+                    max_tokens=80, stream=True,
+                )
+            )  # fmt: skip
+            calls = [c for chunk in chunks for c in (chunk.choices[0].delta.tool_calls or [])]
+            finish = [chunk.choices[0].finish_reason for chunk in chunks if chunk.choices[0].finish_reason]
+        else:
+            reply = client.chat.completions.create(
+                model=MODEL_NAME,
+                messages=ASK,
+                tools=tools,
+                tool_choice="required",
+                temperature=0,
+                max_tokens=80,  # type: ignore[arg-type]
+            )
+            calls = list(reply.choices[0].message.tool_calls or [])
+            finish = [reply.choices[0].finish_reason]
+        assert finish == ["tool_calls"]
+        assert len(calls) >= 1
+        for call in calls:
+            assert call.function.name in ("get_weather", "get_time")  # type: ignore[union-attr]
+            assert isinstance(json.loads(call.function.arguments), dict)  # type: ignore[union-attr]
 
 
 def test_model_declares_tools(client: openai.OpenAI) -> None:

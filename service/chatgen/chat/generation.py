@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
+from chatgen.chat.forced_tools import ForcedTools, forced_tools
 from chatgen.chat.parsing import OutputParser
 from chatgen.chat.prompts import render_chat, render_completion, template_variables
 from chatgen.chat.types import (
@@ -24,6 +25,7 @@ from chatgen.chat.types import (
     Result,
     Sampling,
     ToolCall,
+    ToolCallDelta,
     Usage,
 )
 from chatgen.engine import Engine, EngineError, EngineOutput, EngineRequest, SamplingOptions, TokenLogprob
@@ -47,6 +49,8 @@ class Generation:
     parsers: list[OutputParser] | None = None
     # Completions with echo: text returned in front of every choice.
     echo: str = ""
+    # Per choice, for tool_choice "required" / a named function: the constrained output is the call.
+    forced: list[ForcedTools | None] | None = None
     completion_tokens: int = field(default=0)
 
     @property
@@ -88,10 +92,17 @@ class Generator:
         self._check_model(request.model)
         variables = template_variables(request)
         _check_tools(request, self._tool_calls)
+        forced = forced_tools(request, request.forced_function)
+        sampling = request.sampling
+        if forced is not None:
+            if sampling.json_schema is not None:
+                raise invalid("a forced tool_choice cannot be combined with response_format", "response_format")
+            sampling = replace(sampling, json_schema=forced.schema)
         tools = request.tools if request.tool_choice != "none" else None
         ids = render_chat(self._engine.tokenizer, request.messages, variables, tools)
-        gen = self._prepare(id_prefix, ids, request.sampling, "messages", request.request_id)
-        if self._parser_cls is not None:
+        gen = self._prepare(id_prefix, ids, sampling, "messages", request.request_id)
+        gen.forced = [forced_tools(request, request.forced_function) for _ in range(gen.n)] if forced else None
+        if self._parser_cls is not None and forced is None:
             tokenizer = self._engine.tokenizer
             gen.parsers = [OutputParser(self._parser_cls, tokenizer, request, variables, ids) for _ in range(gen.n)]
         return gen
@@ -171,6 +182,10 @@ class Generator:
             raise ChatgenError(Failure.ENGINE_UNAVAILABLE, str(exc)) from exc
 
     async def _choice_deltas(self, gen: Generation, index: int) -> AsyncIterator[Delta]:
+        if gen.forced is not None and gen.forced[index] is not None:
+            async for delta in self._forced_deltas(gen, index, gen.forced[index]):  # type: ignore[arg-type]
+                yield delta
+            return
         parser = gen.parsers[index] if gen.parsers else None
         first = True
         async with contextlib.aclosing(self._outputs(gen, index)) as outputs:
@@ -187,6 +202,28 @@ class Generator:
                 first = False
                 if text or reasoning or finish or out.logprobs or tool_calls:
                     yield Delta(text, finish, reasoning, index, out.logprobs, tool_calls)
+
+    async def _forced_deltas(self, gen: Generation, index: int, forced: ForcedTools) -> AsyncIterator[Delta]:
+        """A named function's arguments stream as they are written; "required" calls come whole at the end
+        (their names are only known once the JSON array is complete)."""
+        opening = forced.first_delta()
+        if opening is not None:
+            yield Delta("", index=index, tool_calls=(opening,))
+        parts: list[str] = []
+        async with contextlib.aclosing(self._outputs(gen, index)) as outputs:
+            async for out in outputs:
+                parts.append(out.text)
+                finish = out.finish_reason
+                calls: tuple[ToolCallDelta, ...] = ()
+                if opening is not None and out.text:
+                    calls = (ToolCallDelta(0, arguments=out.text),)
+                elif opening is None and finish is not None:
+                    whole = forced.calls("".join(parts))
+                    calls = tuple(ToolCallDelta(i, c.id, c.name, c.arguments) for i, c in enumerate(whole))
+                if finish == "stop":
+                    finish = forced.finish_reason
+                if calls or finish or out.logprobs:
+                    yield Delta("", finish, "", index, out.logprobs, calls)
 
     def stream(self, gen: Generation) -> AsyncIterator[Delta]:
         """Deltas of all choices as the engine produces them (interleaved when n > 1)."""
@@ -213,7 +250,13 @@ class Generator:
         text = "".join(parts)
         reasoning: str | None = None
         tool_calls: tuple[ToolCall, ...] = ()
-        if gen.parsers:
+        forced = gen.forced[index] if gen.forced else None
+        if forced is not None:
+            tool_calls = forced.calls(text)
+            if tool_calls:
+                text = ""
+                finish_reason = forced.finish_reason if finish_reason == "stop" else finish_reason
+        elif gen.parsers:
             parsed = gen.parsers[index].final(text, token_ids)
             text, reasoning, tool_calls = parsed.content, parsed.reasoning or None, parsed.tool_calls
             if tool_calls and finish_reason == "stop":
@@ -260,16 +303,10 @@ async def _merge(sources: list[Callable[[], AsyncIterator[T]]]) -> AsyncIterator
 
 
 def _check_tools(request: ChatRequest, parser_configured: bool) -> None:
-    if request.tool_choice not in (None, "auto", "none"):
-        raise invalid(
-            "tool_choice must be 'auto' or 'none' (forcing a call with 'required' or a named function is not "
-            "supported yet)",
-            "tool_choice",
-        )
     for i, tool in enumerate(request.tools):
         if tool.get("type") != "function" or not tool.get("function", {}).get("name"):
             raise invalid("each tool needs type 'function' and function.name", f"tools[{i}]")
-    if request.tools and request.tool_choice != "none" and not parser_configured:
+    if request.tools and request.tool_choice in (None, "auto") and not parser_configured:
         # As vLLM: without a parser the model's calls would come back as unparsed text.
         raise invalid("this server has no tool-call parser for the model (start it with --tool-call-parser)", "tools")
 

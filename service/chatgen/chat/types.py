@@ -73,9 +73,11 @@ class ChatRequest:
     enable_thinking: bool | None = None
     # Caller-chosen id; the response id is built from it (vLLM's request_id extra).
     request_id: str | None = None
-    # OpenAI tool definitions ({"type": "function", "function": {...}}) and tool_choice ("auto" | "none").
+    # OpenAI tool definitions ({"type": "function", "function": {...}}) and tool_choice ("auto", "none",
+    # "required", or "function" with the name in forced_function).
     tools: list[dict[str, Any]] = field(default_factory=list)
     tool_choice: str | None = None
+    forced_function: str | None = None
 
 
 @dataclass(frozen=True)

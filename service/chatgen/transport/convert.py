@@ -174,20 +174,27 @@ def _message(m: pb.ChatMessage, i: int) -> Message:
     )
 
 
-def tool_choice(v: struct_pb2.Value) -> str | None:
+def tool_choice(v: struct_pb2.Value) -> tuple[str | None, str | None]:
+    """(tool_choice, forced function name) from "auto" | "none" | "required" | {"type": "function", ...}."""
     kind = _value_kind(v)
     if kind is None or kind == "null_value":
-        return None
+        return None, None
     if kind == "string_value":
-        return v.string_value
+        if v.string_value not in ("auto", "none", "required"):
+            raise invalid("'tool_choice' must be auto, none, required or a function", "tool_choice")
+        return v.string_value, None
     if kind == "struct_value":
-        # {"type": "function", "function": {"name": ...}}: a forced call, rejected with a clear message later.
-        return "function"
+        function = v.struct_value.fields.get("function")
+        name = function.struct_value.fields.get("name") if function is not None else None
+        if name is None or name.WhichOneof("kind") != "string_value":
+            raise invalid('\'tool_choice\' objects name the function: {"function": {"name": ...}}', "tool_choice")
+        return "function", name.string_value
     raise invalid("'tool_choice' must be a string or an object", "tool_choice")
 
 
 def chat_request(req: pb.ChatCompletionRequest) -> ChatRequest:
     messages = [_message(m, i) for i, m in enumerate(req.messages)]
+    choice, forced = tool_choice(req.tool_choice)
     max_tokens = _opt(req, "max_completion_tokens")
     if max_tokens is None:
         max_tokens = _opt(req, "max_tokens")
@@ -199,7 +206,8 @@ def chat_request(req: pb.ChatCompletionRequest) -> ChatRequest:
         enable_thinking=_opt(req, "enable_thinking"),
         request_id=_opt(req, "request_id") or None,
         tools=[struct_dict_message(t) for t in req.tools],
-        tool_choice=tool_choice(req.tool_choice),
+        tool_choice=choice,
+        forced_function=forced,
     )
 
 
