@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import openai
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,6 +38,10 @@ class Service:
     engine: str
     process: subprocess.Popen[str]
     log: list[str]
+
+    def openai(self, timeout: float = 180) -> openai.OpenAI:
+        """The real openai SDK pointed at this server's REST API (no retries: every failure must show)."""
+        return openai.OpenAI(api_key="unused", base_url=f"{self.http_base}/v1", max_retries=0, timeout=timeout)
 
 
 @pytest.fixture(scope="session")
@@ -114,12 +119,11 @@ def thinking_service(request: pytest.FixtureRequest, thinking_model_dir: Path) -
     """A Qwen3-style thinking model served with vLLM's qwen3 reasoning parser."""
     from tests.support.models import THINKING_MODEL_NAME
 
-    with running_service(
-        request.param,
-        "--model", str(thinking_model_dir),
-        "--served-model-name", THINKING_MODEL_NAME,
-        "--reasoning-parser", "qwen3",
-    ) as svc:  # fmt: skip
+    yield from _serve_model(request.param, thinking_model_dir, THINKING_MODEL_NAME, "--reasoning-parser", "qwen3")
+
+
+def _serve_model(engine: str, model: Path, name: str, *flags: str) -> Iterator[Service]:
+    with running_service(engine, "--model", str(model), "--served-model-name", name, *flags) as svc:
         yield svc
 
 
@@ -135,10 +139,4 @@ def tools_service(request: pytest.FixtureRequest, tools_model_dir: Path) -> Iter
     """A Hermes-format tool-calling model served with vLLM's hermes tool-call parser."""
     from tests.support.models import TOOLS_MODEL_NAME
 
-    with running_service(
-        request.param,
-        "--model", str(tools_model_dir),
-        "--served-model-name", TOOLS_MODEL_NAME,
-        "--tool-call-parser", "hermes",
-    ) as svc:  # fmt: skip
-        yield svc
+    yield from _serve_model(request.param, tools_model_dir, TOOLS_MODEL_NAME, "--tool-call-parser", "hermes")

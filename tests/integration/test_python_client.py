@@ -6,7 +6,6 @@ import collections
 from typing import Any
 
 import grpc
-import openai
 import pytest
 
 from chatgen.client import AsyncChatgenClient, ChatgenClient, ChatgenError
@@ -105,7 +104,7 @@ def test_same_answer_over_grpc_rest_and_client(service: Service) -> None:
             from chatgen.v1 import chatgen_pb2_grpc as pb_grpc
 
             raw = pb_grpc.ChatStub(channel).CreateChatCompletion(convert.chat_request(MODEL_NAME, messages, params))
-    rest = openai.OpenAI(api_key="unused", base_url=f"{service.http_base}/v1").chat.completions.create(
+    rest = service.openai().chat.completions.create(
         model=MODEL_NAME,
         messages=messages,
         **params,  # type: ignore[arg-type]

@@ -18,7 +18,7 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 @pytest.fixture(scope="module")
 def client(service: Service) -> openai.OpenAI:
-    return openai.OpenAI(api_key="unused", base_url=f"{service.http_base}/v1", max_retries=0, timeout=120)
+    return service.openai()
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ PERIOD = 30  # "."
 
 @pytest.fixture(scope="module")
 def client(service: Service) -> openai.OpenAI:
-    return openai.OpenAI(api_key="unused", base_url=f"{service.http_base}/v1", max_retries=0, timeout=120)
+    return service.openai()
 
 
 def post(service: Service, path: str, body: dict[str, object]) -> httpx.Response:

@@ -32,7 +32,7 @@ ASK = [{"role": "user", "content": "Give the capital of France as JSON with city
 
 @pytest.fixture(scope="module")
 def client(service: Service) -> openai.OpenAI:
-    return openai.OpenAI(api_key="unused", base_url=f"{service.http_base}/v1", max_retries=0, timeout=180)
+    return service.openai()
 
 
 def test_json_schema_output_validates(client: openai.OpenAI) -> None:

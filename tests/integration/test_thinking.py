@@ -35,7 +35,7 @@ def chat(thinking_service: Service) -> Iterator[pb_grpc.ChatStub]:
 
 @pytest.fixture(scope="module")
 def client(thinking_service: Service) -> openai.OpenAI:
-    return openai.OpenAI(api_key="unused", base_url=f"{thinking_service.http_base}/v1", max_retries=0, timeout=60)
+    return thinking_service.openai()
 
 
 def request(**fields: object) -> pb.ChatCompletionRequest:

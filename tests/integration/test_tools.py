@@ -32,7 +32,7 @@ ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 @pytest.fixture(scope="module")
 def client(tools_service: Service) -> openai.OpenAI:
-    return openai.OpenAI(api_key="unused", base_url=f"{tools_service.http_base}/v1", max_retries=0, timeout=60)
+    return tools_service.openai()
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +130,7 @@ NAMED = {"type": "function", "function": {"name": "get_weather"}}
 
 
 def test_named_tool_choice_forces_that_call(service: Service) -> None:
-    client = openai.OpenAI(api_key="unused", base_url=f"{service.http_base}/v1", max_retries=0, timeout=120)
+    client = service.openai()
     reply = client.chat.completions.create(
         model=MODEL_NAME,
         messages=ASK,
@@ -160,7 +160,7 @@ def test_named_tool_choice_forces_that_call(service: Service) -> None:
 
 
 def test_required_tool_choice_forces_a_call(service: Service) -> None:
-    client = openai.OpenAI(api_key="unused", base_url=f"{service.http_base}/v1", max_retries=0, timeout=120)
+    client = service.openai()
     tools = [*TOOLS, {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}]
     for stream in (False, True):
         if stream:
@@ -196,7 +196,7 @@ def test_model_declares_tools(client: openai.OpenAI) -> None:
 
 
 def test_tools_without_a_parser_are_rejected(service: Service) -> None:
-    client = openai.OpenAI(api_key="unused", base_url=f"{service.http_base}/v1", max_retries=0)
+    client = service.openai()
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model=MODEL_NAME, messages=ASK, tools=TOOLS)  # type: ignore[arg-type]
     assert info.value.body["param"] == "tools"  # type: ignore[index]
