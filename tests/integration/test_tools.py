@@ -188,6 +188,11 @@ def test_required_tool_choice_forces_a_call(service: Service) -> None:
         for call in calls:
             assert call.function.name in ("get_weather", "get_time")  # type: ignore[union-attr]
             assert isinstance(json.loads(call.function.arguments), dict)  # type: ignore[union-attr]
+    single = client.chat.completions.create(
+        model=MODEL_NAME, messages=ASK, tools=tools, tool_choice="required", temperature=0,  # type: ignore[arg-type]
+        max_tokens=80, parallel_tool_calls=False,
+    )  # fmt: skip
+    assert len(single.choices[0].message.tool_calls or []) == 1
 
 
 def test_model_declares_tools(client: openai.OpenAI) -> None:

@@ -42,3 +42,17 @@ def tools_model(base_tokenizer_dir: Path) -> Path:
         added_tokens=["<tool_call>", "</tool_call>", TOOL_CALL_JSON],
         scripts=[["\n", "<tool_call>", TOOL_CALL_JSON, "</tool_call>", "<|im_end|>"]],
     )
+
+
+BASE_MODEL_NAME = "base-tiny"
+
+
+def base_model(base_tokenizer_dir: Path) -> Path:
+    """A base (pretrained-only) model: no chat template, so it can generate but not chat."""
+    return build_scripted_model(
+        BASE_MODEL_NAME,
+        base_tokenizer_dir,
+        None,
+        added_tokens=[],
+        scripts=[[" France", " is", " Paris", ".", "<|im_end|>"]],
+    )

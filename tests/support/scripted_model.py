@@ -65,7 +65,7 @@ HERMES_STYLE_TEMPLATE = (
 def build_scripted_model(
     name: str,
     base_tokenizer_dir: Path,
-    chat_template: str,
+    chat_template: str | None,
     added_tokens: Sequence[str],
     scripts: Sequence[Sequence[str]],
 ) -> Path:
@@ -82,7 +82,7 @@ def build_scripted_model(
 
     tokenizer = AutoTokenizer.from_pretrained(base_tokenizer_dir)
     tokenizer.add_tokens(list(added_tokens))
-    tokenizer.chat_template = chat_template
+    tokenizer.chat_template = chat_template  # None: a base model, with no chat template at all
 
     def token_id(text: str) -> int:
         ids = tokenizer.encode(text, add_special_tokens=False)

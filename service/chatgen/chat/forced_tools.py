@@ -70,6 +70,8 @@ def forced_tools(request: ChatRequest, forced_function: str | None) -> ForcedToo
         for name, fn in by_name.items()
     ]
     schema: dict[str, Any] = {"type": "array", "minItems": 1, "items": {"anyOf": branches}}
+    if request.parallel_tool_calls is False:
+        schema["maxItems"] = 1
     return ForcedTools(None, json.dumps(schema))
 
 

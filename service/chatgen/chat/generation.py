@@ -51,6 +51,8 @@ class Generation:
     echo: str = ""
     # Per choice, for tool_choice "required" / a named function: the constrained output is the call.
     forced: list[ForcedTools | None] | None = None
+    # parallel_tool_calls false: calls after the first are dropped.
+    max_tool_calls: int | None = None
     completion_tokens: int = field(default=0)
 
     @property
@@ -102,6 +104,7 @@ class Generator:
         ids = render_chat(self._engine.tokenizer, request.messages, variables, tools)
         gen = self._prepare(id_prefix, ids, sampling, "messages", request.request_id)
         gen.forced = [forced_tools(request, request.forced_function) for _ in range(gen.n)] if forced else None
+        gen.max_tool_calls = 1 if request.parallel_tool_calls is False else None
         if self._parser_cls is not None and forced is None:
             tokenizer = self._engine.tokenizer
             gen.parsers = [OutputParser(self._parser_cls, tokenizer, request, variables, ids) for _ in range(gen.n)]
@@ -195,6 +198,8 @@ class Generator:
                 if parser is not None:
                     parsed = parser.delta(out.text, out.token_ids, finished=finish is not None)
                     text, reasoning, tool_calls = parsed.content, parsed.reasoning, parsed.tool_call_deltas
+                    if gen.max_tool_calls is not None:
+                        tool_calls = tuple(c for c in tool_calls if c.index < gen.max_tool_calls)
                     if finish == "stop" and parser.called_tools:
                         finish = "tool_calls"
                 if first and gen.echo:
@@ -259,6 +264,7 @@ class Generator:
         elif gen.parsers:
             parsed = gen.parsers[index].final(text, token_ids)
             text, reasoning, tool_calls = parsed.content, parsed.reasoning or None, parsed.tool_calls
+            tool_calls = tool_calls[: gen.max_tool_calls]
             if tool_calls and finish_reason == "stop":
                 finish_reason = "tool_calls"
         return Choice(

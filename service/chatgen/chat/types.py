@@ -78,6 +78,8 @@ class ChatRequest:
     tools: list[dict[str, Any]] = field(default_factory=list)
     tool_choice: str | None = None
     forced_function: str | None = None
+    # False: at most one tool call per turn.
+    parallel_tool_calls: bool | None = None
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,15 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from chatgen.engine.base import Engine, EngineError, EngineOutput, EngineRequest, ModelInfo, SamplingOptions
+from chatgen.engine.base import (
+    Engine,
+    EngineError,
+    EngineOutput,
+    EngineRequest,
+    ModelInfo,
+    SamplingOptions,
+    TokenLogprob,
+)
 
 _DONE = object()
 
@@ -47,18 +55,53 @@ class _Job:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
 
 
+class _LogprobCapture:
+    """A logits processor that keeps the step's log-softmax, so the streamer can score the token then chosen.
+
+    It is the first of our processors and transformers runs custom processors before its sampling warpers
+    (temperature, top-k/p), so with default penalties these are the model's raw logprobs, as vLLM reports."""
+
+    def __init__(self, top: int) -> None:
+        self.top = top
+        self.last: Any = None
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        self.last = torch.log_softmax(scores[0].float(), dim=-1)
+        return scores
+
+
 class _Streamer:
     """transformers streamer protocol: `put` gets the prompt first, then each new token."""
 
-    def __init__(self, job: _Job) -> None:
+    def __init__(self, job: _Job, tokenizer: Any, capture: _LogprobCapture | None) -> None:
         self._job = job
+        self._tokenizer = tokenizer
+        self._capture = capture
         self._prompt_seen = False
 
     def put(self, value: Any) -> None:
         if not self._prompt_seen:
             self._prompt_seen = True
             return
-        self._job.put([int(t) for t in value.reshape(-1).tolist()])
+        ids = [int(t) for t in value.reshape(-1).tolist()]
+        logprobs: tuple[TokenLogprob, ...] = ()
+        if self._capture is not None and self._capture.last is not None:
+            logprobs = tuple(self._score(token) for token in ids)
+        self._job.put((ids, logprobs))
+
+    def _score(self, token: int) -> TokenLogprob:
+        assert self._capture is not None
+        row = self._capture.last
+        top: tuple[tuple[str, float], ...] = ()
+        if self._capture.top:
+            values, indices = row.topk(self._capture.top)
+            top = tuple(
+                (self._tokenizer.decode([int(i)]), float(v))
+                for v, i in zip(values.tolist(), indices.tolist(), strict=True)
+            )
+        return TokenLogprob(self._tokenizer.decode([token]), float(row[token]), top)
 
     def end(self) -> None:
         pass
@@ -66,6 +109,7 @@ class _Streamer:
 
 class HfEngine(Engine):
     name = "hf"
+    supports_logprobs = True
 
     def __init__(self, settings: HfSettings) -> None:
         self._settings = settings
@@ -125,21 +169,22 @@ class HfEngine(Engine):
                     break
                 if isinstance(item, BaseException):
                     raise EngineError(f"transformers generation failed: {item}") from item
-                produced += len(item)
-                text, stopped = decoder.add(item)
+                ids, logprobs = item
+                produced += len(ids)
+                text, stopped = decoder.add(ids)
                 if stopped:
                     job.stop.set()
-                    yield EngineOutput(text=text, token_ids=tuple(item), finish_reason="stop")
+                    yield EngineOutput(text, tuple(ids), "stop", logprobs)
                     return
                 finish = None
                 if produced >= request.sampling.max_tokens:
                     finish = "length"
-                elif item and item[-1] in stop_ids:
+                elif ids and ids[-1] in stop_ids:
                     finish = "stop"
                 if finish:
                     text += decoder.flush()
-                if text or finish:
-                    yield EngineOutput(text=text, token_ids=tuple(item), finish_reason=finish)
+                # Every token goes out, even while its text is held back: usage and logprobs count it.
+                yield EngineOutput(text, tuple(ids), finish, logprobs)
                 if finish:
                     return
             # generate() returned without our finish condition (e.g. a model-specific stop): call it a stop.
@@ -186,6 +231,9 @@ class HfEngine(Engine):
         kwargs: dict[str, Any] = _generate_kwargs(o)
         kwargs["eos_token_id"] = sorted(self._stop_ids(o) or self._eos_ids())
         processors = LogitsProcessorList()
+        capture = _LogprobCapture(o.logprobs) if o.logprobs is not None else None
+        if capture is not None:
+            processors.append(capture)
         if o.logit_bias:
             processors.append(_LogitBias(o.logit_bias))
         if o.json_schema:
@@ -202,7 +250,7 @@ class HfEngine(Engine):
                 self._model.generate(
                     input_ids=torch.tensor([request.prompt_token_ids]),
                     attention_mask=torch.ones(1, len(request.prompt_token_ids), dtype=torch.long),
-                    streamer=_Streamer(job),
+                    streamer=_Streamer(job, self._tokenizer, capture),
                     stopping_criteria=StoppingCriteriaList([_StopFlag()]),
                     logits_processor=processors,
                     pad_token_id=self._tokenizer.pad_token_id or self._tokenizer.eos_token_id,

@@ -208,6 +208,7 @@ def chat_request(req: pb.ChatCompletionRequest) -> ChatRequest:
         tools=[struct_dict_message(t) for t in req.tools],
         tool_choice=choice,
         forced_function=forced,
+        parallel_tool_calls=_opt(req, "parallel_tool_calls"),
     )
 
 
