@@ -1,0 +1,134 @@
+"""Every request feature gives the same answer over gRPC and over REST (through Envoy), unary and streaming.
+
+One contract, two protocols: each case is sent as JSON to the REST gateway and as the same JSON parsed onto the
+proto to the gRPC server, at temperature 0, and the choices (text, reasoning, tool calls, finish reasons,
+logprobs) and usage must be identical.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+from google.protobuf import json_format
+
+from chatgen.v1 import chatgen_pb2 as pb
+from chatgen.v1 import chatgen_pb2_grpc as pb_grpc
+from tests.conftest import MODEL_NAME, Service
+from tests.integration.test_rest_api import sse_events
+
+pytestmark = pytest.mark.integration
+
+ASK = [{"role": "user", "content": "What is the capital of France?"}]
+WEATHER = {
+    "type": "function",
+    "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}},
+}
+CHAT_CASES: dict[str, dict[str, Any]] = {
+    "plain": {},
+    "n": {"n": 2, "max_tokens": 4, "ignore_eos": True},
+    "logprobs": {"logprobs": True, "top_logprobs": 2, "max_tokens": 6},
+    "stop": {"stop": ["Paris"], "stop_token_ids": [30]},
+    "logit_bias": {"logit_bias": {"7042": 100}, "max_tokens": 3},
+    "json_schema": {
+        "max_tokens": 60,
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {
+                "name": "c",
+                "schema": {
+                    "type": "object",
+                    "properties": {"city": {"type": "string", "maxLength": 12}},
+                    "required": ["city"],
+                },
+            },
+        },
+    },
+    "named_tool": {
+        "tools": [WEATHER],
+        "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+        "max_tokens": 40,
+    },
+}
+COMPLETION_CASES: dict[str, dict[str, Any]] = {
+    "plain": {"max_tokens": 8},
+    "echo_logprobs": {"max_tokens": 4, "echo": True, "logprobs": 2},
+    "n_stop": {"n": 2, "max_tokens": 12, "stop": ["."]},
+}
+
+
+@pytest.fixture(scope="module")
+def stubs(service: Service) -> Iterator[tuple[pb_grpc.ChatStub, pb_grpc.GenerateStub]]:
+    with grpc.insecure_channel(service.grpc_address) as channel:
+        yield pb_grpc.ChatStub(channel), pb_grpc.GenerateStub(channel)
+
+
+def as_json(message: Any) -> dict[str, Any]:
+    """A reply as the gateway would print it (same field-name and zero-value options as the transcoder)."""
+    return json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
+def comparable(reply: dict[str, Any]) -> dict[str, Any]:
+    choices = json.loads(json.dumps(reply["choices"]))
+    for choice in choices:
+        for call in (choice.get("message") or {}).get("tool_calls", []):
+            call.pop("id")  # random per call
+    return {"choices": choices, "usage": reply["usage"]}
+
+
+def streamed(chunks: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Per choice: the concatenated text/content, tool-call arguments and the finish reason."""
+    out: dict[int, dict[str, Any]] = defaultdict(lambda: {"text": "", "arguments": "", "finish": None, "tokens": []})
+    for chunk in chunks:
+        for c in chunk["choices"]:
+            acc = out[c["index"]]
+            delta = c.get("delta", {})
+            acc["text"] += c.get("text") or delta.get("content") or ""
+            for call in delta.get("tool_calls") or []:
+                acc["arguments"] += (call.get("function") or {}).get("arguments") or ""
+            acc["finish"] = c.get("finish_reason") or acc["finish"]
+            logprobs = c.get("logprobs") or {}
+            acc["tokens"] += [e["token"] for e in logprobs.get("content") or []] + list(logprobs.get("tokens") or [])
+    return dict(out)
+
+
+def rest(service: Service, path: str, body: dict[str, Any]) -> httpx.Response:
+    return httpx.post(f"{service.http_base}{path}", json=body, timeout=180)
+
+
+@pytest.mark.parametrize("case", list(CHAT_CASES))
+def test_chat_parity(service: Service, stubs: tuple[pb_grpc.ChatStub, pb_grpc.GenerateStub], case: str) -> None:
+    body = {"model": MODEL_NAME, "messages": ASK, "temperature": 0, **CHAT_CASES[case]}
+    over_rest = rest(service, "/v1/chat/completions", body)
+    assert over_rest.status_code == 200, over_rest.text
+    request = json_format.ParseDict(body, pb.ChatCompletionRequest())
+    over_grpc = as_json(stubs[0].CreateChatCompletion(request, timeout=180))
+    assert comparable(over_rest.json()) == comparable(over_grpc)
+
+    sse = [json.loads(e) for e in sse_events(rest(service, "/v1/chat/completions", {**body, "stream": True}).text)[:-1]]
+    grpc_chunks = [as_json(c) for c in stubs[0].StreamChatCompletion(request, timeout=180)]
+    assert streamed(sse) == streamed(grpc_chunks)
+    assert len(streamed(sse)) == len(over_grpc["choices"])
+
+
+@pytest.mark.parametrize("case", list(COMPLETION_CASES))
+def test_completion_parity(service: Service, stubs: tuple[pb_grpc.ChatStub, pb_grpc.GenerateStub], case: str) -> None:
+    body = {"model": MODEL_NAME, "prompt": "The capital of France is", "temperature": 0, **COMPLETION_CASES[case]}
+    over_rest = rest(service, "/v1/completions", body)
+    assert over_rest.status_code == 200, over_rest.text
+    request = json_format.ParseDict(body, pb.CompletionRequest())
+    over_grpc = as_json(stubs[1].CreateCompletion(request, timeout=180))
+    assert comparable(over_rest.json()) == comparable(over_grpc)
+
+    sse = [json.loads(e) for e in sse_events(rest(service, "/v1/completions", {**body, "stream": True}).text)[:-1]]
+    grpc_chunks = [as_json(c) for c in stubs[1].StreamCompletion(request, timeout=180)]
+    assert streamed(sse) == streamed(grpc_chunks)
+    unary_texts = {c["index"]: c["text"] for c in over_grpc["choices"]}
+    assert {i: acc["text"] for i, acc in streamed(sse).items()} == unary_texts
