@@ -171,3 +171,28 @@ def test_grpc_n_and_logprobs_fields(service: Service) -> None:
     assert [c.index for c in reply.choices] == [0, 1]
     assert reply.usage.completion_tokens == 4
     assert not reply.choices[0].HasField("logprobs")
+
+
+def test_echo_with_logprobs_scores_the_prompt_too(service: Service) -> None:
+    prompt = "The capital of France is"
+    body = {"prompt": prompt, "max_tokens": 3, "temperature": 0, "echo": True, "logprobs": 1}
+    reply = post(service, "/v1/completions", body).json()
+    choice, usage = reply["choices"][0], reply["usage"]
+    lp = choice["logprobs"]
+    assert choice["text"].startswith(prompt)
+    assert "".join(lp["tokens"]) == choice["text"]
+    assert len(lp["tokens"]) == usage["prompt_tokens"] + usage["completion_tokens"]
+    # Nothing precedes the first prompt token, so it has no logprob (null, as OpenAI and vLLM send it).
+    assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
+    assert all(isinstance(v, float) and v <= 0 for v in lp["token_logprobs"][1:])
+    assert lp["text_offset"][0] == 0
+    assert lp["text_offset"][usage["prompt_tokens"]] == len(prompt)
+
+
+@pytest.mark.parametrize(("skip", "expected"), [(True, ""), (False, "<|im_start|><|im_start|>")])
+def test_skip_special_tokens(service: Service, skip: bool, expected: str) -> None:
+    # logit_bias forces <|im_start|> (id 1), a special token that is not an end-of-sequence token.
+    body = {"prompt": "Hi", "max_tokens": 2, "temperature": 0, "logit_bias": {"1": 100}, "skip_special_tokens": skip}
+    reply = post(service, "/v1/completions", body).json()
+    assert reply["choices"][0]["text"] == expected
+    assert reply["usage"]["completion_tokens"] == 2

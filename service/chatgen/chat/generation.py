@@ -114,7 +114,10 @@ class Generator:
         self._check_model(request.model)
         ids = render_completion(self._engine.tokenizer, request.prompt)
         gen = self._prepare(id_prefix, ids, request.sampling, "prompt", request.request_id)
-        gen.echo = request.prompt if request.echo else ""
+        if request.echo:
+            gen.echo = request.prompt
+            # Echoed text gets logprobs too, as in vLLM: the prompt's tokens are scored as well.
+            gen.options = replace(gen.options, prompt_logprobs=gen.options.logprobs)
         return gen
 
     def _prepare(
@@ -205,8 +208,8 @@ class Generator:
                 if first and gen.echo:
                     text = gen.echo + text
                 first = False
-                if text or reasoning or finish or out.logprobs or tool_calls:
-                    yield Delta(text, finish, reasoning, index, out.logprobs, tool_calls)
+                if text or reasoning or finish or out.logprobs or tool_calls or out.prompt_logprobs:
+                    yield Delta(text, finish, reasoning, index, out.logprobs, tool_calls, out.prompt_logprobs)
 
     async def _forced_deltas(self, gen: Generation, index: int, forced: ForcedTools) -> AsyncIterator[Delta]:
         """A named function's arguments stream as they are written; "required" calls come whole at the end
@@ -244,12 +247,14 @@ class Generator:
         parts: list[str] = []
         token_ids: list[int] = []
         logprobs: list[TokenLogprob] = []
+        prompt_logprobs: tuple[TokenLogprob, ...] = ()
         finish_reason = "stop"
         async with contextlib.aclosing(self._outputs(gen, index)) as outputs:
             async for out in outputs:
                 parts.append(out.text)
                 token_ids.extend(out.token_ids)
                 logprobs.extend(out.logprobs)
+                prompt_logprobs = prompt_logprobs or out.prompt_logprobs
                 if out.finish_reason:
                     finish_reason = out.finish_reason
         text = "".join(parts)
@@ -274,6 +279,7 @@ class Generator:
             reasoning=reasoning,
             logprobs=tuple(logprobs) if gen.options.logprobs is not None else None,
             tool_calls=tool_calls,
+            prompt_logprobs=prompt_logprobs,
         )
 
 

@@ -112,6 +112,8 @@ class Delta:
     index: int = 0
     logprobs: tuple[TokenLogprob, ...] = ()
     tool_calls: tuple[ToolCallDelta, ...] = ()
+    # Completions with echo and logprobs, on a choice's first delta: the prompt's tokens.
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,7 @@ class Choice:
     # Per generated token, when logprobs were asked for (None otherwise).
     logprobs: tuple[TokenLogprob, ...] | None = None
     tool_calls: tuple[ToolCall, ...] = ()
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)

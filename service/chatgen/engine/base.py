@@ -36,6 +36,8 @@ class SamplingOptions:
     skip_special_tokens: bool = True
     # A JSON Schema (as JSON text) the output must satisfy, enforced while decoding; None: free text.
     json_schema: str | None = None
+    # None: no prompt logprobs; k: each prompt token's logprob and its k most likely alternatives (echo).
+    prompt_logprobs: int | None = None
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,8 @@ class TokenLogprob:
     """A generated token's log-probability and the most likely alternatives at that step (most likely first)."""
 
     token: str
-    logprob: float
+    # None only for a prompt's first token, which nothing precedes to score it.
+    logprob: float | None
     top: tuple[tuple[str, float], ...] = ()
 
 
@@ -64,6 +67,8 @@ class EngineOutput:
     finish_reason: str | None = None
     # One entry per token in token_ids when logprobs were asked for.
     logprobs: tuple[TokenLogprob, ...] = ()
+    # On the first output only, when prompt logprobs were asked for: one per prompt token.
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)

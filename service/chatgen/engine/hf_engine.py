@@ -93,18 +93,26 @@ class _Streamer:
 
     def _score(self, token: int) -> TokenLogprob:
         assert self._capture is not None
-        row = self._capture.last
-        top: tuple[tuple[str, float], ...] = ()
-        if self._capture.top:
-            values, indices = row.topk(self._capture.top)
-            top = tuple(
-                (self._tokenizer.decode([int(i)]), float(v))
-                for v, i in zip(values.tolist(), indices.tolist(), strict=True)
-            )
-        return TokenLogprob(self._tokenizer.decode([token]), float(row[token]), top)
+        return _score(self._tokenizer, self._capture.last, token, self._capture.top)
 
     def end(self) -> None:
         pass
+
+
+def _score(tokenizer: Any, row: Any, token: int, top_k: int) -> TokenLogprob:
+    """A token's logprob in a log-softmax row, with the row's top_k alternatives."""
+    top: tuple[tuple[str, float], ...] = ()
+    if top_k:
+        values, indices = row.topk(top_k)
+        top = tuple(
+            (tokenizer.decode([int(i)]), float(v)) for v, i in zip(values.tolist(), indices.tolist(), strict=True)
+        )
+    return TokenLogprob(tokenizer.decode([token]), float(row[token]), top)
+
+
+@dataclass(frozen=True)
+class _PromptLogprobs:
+    entries: tuple[TokenLogprob, ...]
 
 
 class HfEngine(Engine):
@@ -162,6 +170,7 @@ class HfEngine(Engine):
         decoder = _IncrementalDecoder(self._tokenizer, request.sampling.stop, request.sampling.skip_special_tokens)
         stop_ids = self._stop_ids(request.sampling)
         produced = 0
+        prompt_logprobs: tuple[TokenLogprob, ...] = ()
         try:
             while True:
                 item = await job.queue.get()
@@ -169,12 +178,15 @@ class HfEngine(Engine):
                     break
                 if isinstance(item, BaseException):
                     raise EngineError(f"transformers generation failed: {item}") from item
+                if isinstance(item, _PromptLogprobs):
+                    prompt_logprobs = item.entries
+                    continue
                 ids, logprobs = item
                 produced += len(ids)
                 text, stopped = decoder.add(ids)
                 if stopped:
                     job.stop.set()
-                    yield EngineOutput(text, tuple(ids), "stop", logprobs)
+                    yield EngineOutput(text, tuple(ids), "stop", logprobs, prompt_logprobs)
                     return
                 finish = None
                 if produced >= request.sampling.max_tokens:
@@ -184,7 +196,8 @@ class HfEngine(Engine):
                 if finish:
                     text += decoder.flush()
                 # Every token goes out, even while its text is held back: usage and logprobs count it.
-                yield EngineOutput(text, tuple(ids), finish, logprobs)
+                yield EngineOutput(text, tuple(ids), finish, logprobs, prompt_logprobs)
+                prompt_logprobs = ()  # they travel with the first output only
                 if finish:
                     return
             # generate() returned without our finish condition (e.g. a model-specific stop): call it a stop.
@@ -244,6 +257,8 @@ class HfEngine(Engine):
             processors.append(_PresenceFrequencyPenalty(len(request.prompt_token_ids), o))
         seeded = self._seed_lock if o.seed is not None else contextlib.nullcontext()
         try:
+            if o.prompt_logprobs is not None:
+                job.put(self._prompt_logprobs(request.prompt_token_ids, o.prompt_logprobs))
             with seeded, torch.inference_mode():
                 if o.seed is not None:
                     torch.manual_seed(o.seed)
@@ -259,6 +274,15 @@ class HfEngine(Engine):
         except Exception as exc:
             job.put(exc)
         job.put(_DONE)
+
+    def _prompt_logprobs(self, ids: list[int], top_k: int) -> _PromptLogprobs:
+        """One forward pass over the prompt: each token scored given the ones before it (the first can't be)."""
+        import torch
+
+        with torch.inference_mode():
+            rows = torch.log_softmax(self._model(input_ids=torch.tensor([ids])).logits[0].float(), dim=-1)
+        scored = tuple(_score(self._tokenizer, rows[i - 1], ids[i], top_k) for i in range(1, len(ids)))
+        return _PromptLogprobs((TokenLogprob(self._tokenizer.decode([ids[0]]), None), *scored))
 
     async def abort(self, request_id: str) -> None:
         job = self._jobs.get(request_id)

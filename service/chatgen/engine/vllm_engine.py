@@ -10,7 +10,7 @@ import inspect
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,24 +107,38 @@ class VllmEngine(Engine):
             logprobs=o.logprobs,
             skip_special_tokens=o.skip_special_tokens,
             structured_outputs=StructuredOutputsParams(json=o.json_schema) if o.json_schema else None,
+            prompt_logprobs=o.prompt_logprobs,
             # Deltas only: the serving layer never re-sends or re-scans the whole text per token.
             output_kind=RequestOutputKind.DELTA,
         )
         prompt = TokensPrompt(prompt_token_ids=request.prompt_token_ids)
         if self._llm.errored:
             raise EngineError(f"vLLM engine is not running: {self._llm.dead_error}")
+        sent_prompt = False
         try:
             # Closing this generator (the caller was cancelled or went away) makes vLLM abort the request.
             async for out in self._llm.generate(prompt, params, request.request_id):
                 c = out.outputs[0]
                 logprobs = _logprobs(c.token_ids, c.logprobs, o.logprobs) if o.logprobs is not None else ()
-                yield EngineOutput(c.text, tuple(c.token_ids), c.finish_reason, logprobs)
+                prompt: tuple[TokenLogprob, ...] = ()
+                if o.prompt_logprobs is not None and out.prompt_logprobs and not sent_prompt:
+                    sent_prompt = True
+                    # vLLM gives None for the first prompt token (nothing precedes it).
+                    rest = _logprobs(
+                        request.prompt_token_ids[1:], out.prompt_logprobs[1:], o.prompt_logprobs, self._decode
+                    )
+                    first = TokenLogprob(self._decode(request.prompt_token_ids[0]), None)
+                    prompt = (first, *rest)
+                yield EngineOutput(c.text, tuple(c.token_ids), c.finish_reason, logprobs, prompt)
         except (ValueError, TypeError):
             raise
         except Exception as exc:
             if self._llm.errored:
                 raise EngineError(f"vLLM engine failed: {exc}") from exc
             raise
+
+    def _decode(self, token_id: int) -> str:
+        return str(self._tokenizer.decode([token_id]))
 
     async def abort(self, request_id: str) -> None:
         result = self._llm.abort(request_id)
@@ -150,13 +164,24 @@ class VllmEngine(Engine):
             self._llm = None
 
 
-def _logprobs(token_ids: Any, steps: Any, k: int) -> tuple[TokenLogprob, ...]:
+def _logprobs(
+    token_ids: Any, steps: Any, k: int, decode: Callable[[int], str] | None = None
+) -> tuple[TokenLogprob, ...]:
     """vLLM's per-step {token_id: Logprob} dicts -> TokenLogprob. A step holds the k most likely tokens plus the
-    chosen one, which may rank below k and then is not an alternative."""
+    chosen one, which may rank below k and then is not an alternative. `decode` names tokens vLLM left
+    undecoded (prompt logprobs)."""
+
+    def text(token_id: int, lp: Any) -> str:
+        if lp.decoded_token is None and decode is not None:
+            return decode(token_id)
+        return str(lp.decoded_token or "")
+
     out = []
     for token_id, step in zip(token_ids, steps or (), strict=False):
         chosen = step[token_id]
-        ranked = sorted((lp for lp in step.values() if lp.rank is not None and lp.rank <= k), key=lambda lp: lp.rank)
-        top = tuple((lp.decoded_token or "", float(lp.logprob)) for lp in ranked)
-        out.append(TokenLogprob(chosen.decoded_token or "", float(chosen.logprob), top))
+        ranked = sorted(
+            ((tid, lp) for tid, lp in step.items() if lp.rank is not None and lp.rank <= k), key=lambda p: p[1].rank
+        )
+        top = tuple((text(tid, lp), float(lp.logprob)) for tid, lp in ranked)
+        out.append(TokenLogprob(text(token_id, chosen), float(chosen.logprob), top))
     return tuple(out)

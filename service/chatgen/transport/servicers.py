@@ -46,7 +46,7 @@ def chat_logprobs_pb(logprobs: Sequence[TokenLogprob]) -> pb.ChatLogprobs:
         content=[
             pb.TokenLogprob(
                 token=lp.token,
-                logprob=_logprob(lp.logprob),
+                logprob=_logprob(lp.logprob if lp.logprob is not None else _MIN_LOGPROB),
                 bytes=_utf8(lp.token),
                 top_logprobs=[pb.TopLogprob(token=t, logprob=_logprob(v), bytes=_utf8(t)) for t, v in lp.top],
             )
@@ -56,14 +56,17 @@ def chat_logprobs_pb(logprobs: Sequence[TokenLogprob]) -> pb.ChatLogprobs:
 
 
 def completion_logprobs_pb(logprobs: Sequence[TokenLogprob], offset: int) -> pb.CompletionLogprobs:
-    """Legacy completions shape; `offset` is where the first of these tokens starts in the choice's text."""
+    """Legacy completions shape; `offset` is where the first of these tokens starts in the choice's text.
+    A prompt's first token (under echo) has no logprob: null in both arrays, as OpenAI and vLLM send it."""
     out = pb.CompletionLogprobs()
     for lp in logprobs:
         out.tokens.append(lp.token)
-        out.token_logprobs.append(_logprob(lp.logprob))
-        top = struct_pb2.Struct()
-        top.update({t: _logprob(v) for t, v in lp.top})
-        out.top_logprobs.append(top)
+        if lp.logprob is None:
+            out.token_logprobs.add().null_value = struct_pb2.NULL_VALUE
+            out.top_logprobs.add().null_value = struct_pb2.NULL_VALUE
+        else:
+            out.token_logprobs.add().number_value = _logprob(lp.logprob)
+            out.top_logprobs.add().struct_value.update({t: _logprob(v) for t, v in lp.top})
         out.text_offset.append(offset)
         offset += len(lp.token)
     return out
@@ -180,7 +183,8 @@ class GenerateServicer(pb_grpc.GenerateServicer):
             for c in result.choices:
                 choice = reply.choices.add(index=c.index, text=c.text, finish_reason=c.finish_reason)
                 if c.logprobs is not None:
-                    choice.logprobs.CopyFrom(completion_logprobs_pb(c.logprobs, len(gen.echo)))
+                    # With echo the prompt's own tokens lead (from offset 0); without, the text is the completion.
+                    choice.logprobs.CopyFrom(completion_logprobs_pb((*c.prompt_logprobs, *c.logprobs), 0))
             return reply
 
         return await wire.unary(context, run)
@@ -201,8 +205,8 @@ class GenerateServicer(pb_grpc.GenerateServicer):
                     if d.finish_reason:
                         choice.finish_reason = d.finish_reason
                     if gen.options.logprobs is not None:
-                        echoed = len(gen.echo) if offsets[d.index] == 0 else 0
-                        choice.logprobs.CopyFrom(completion_logprobs_pb(d.logprobs, offsets[d.index] + echoed))
+                        entries = (*d.prompt_logprobs, *d.logprobs)
+                        choice.logprobs.CopyFrom(completion_logprobs_pb(entries, offsets[d.index]))
                     offsets[d.index] += len(d.text)
                     yield pb.CompletionChunk(id=gen.request_id, **envelope, choices=[choice])
             if convert.include_usage(request):

@@ -381,10 +381,10 @@ class CompletionLogprobs(_message.Message):
     TOP_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     TEXT_OFFSET_FIELD_NUMBER: _ClassVar[int]
     tokens: _containers.RepeatedScalarFieldContainer[str]
-    token_logprobs: _containers.RepeatedScalarFieldContainer[float]
-    top_logprobs: _containers.RepeatedCompositeFieldContainer[_struct_pb2.Struct]
+    token_logprobs: _containers.RepeatedCompositeFieldContainer[_struct_pb2.Value]
+    top_logprobs: _containers.RepeatedCompositeFieldContainer[_struct_pb2.Value]
     text_offset: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, tokens: _Optional[_Iterable[str]] = ..., token_logprobs: _Optional[_Iterable[float]] = ..., top_logprobs: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ..., text_offset: _Optional[_Iterable[int]] = ...) -> None: ...
+    def __init__(self, tokens: _Optional[_Iterable[str]] = ..., token_logprobs: _Optional[_Iterable[_Union[_struct_pb2.Value, _Mapping]]] = ..., top_logprobs: _Optional[_Iterable[_Union[_struct_pb2.Value, _Mapping]]] = ..., text_offset: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class CompletionChoice(_message.Message):
     __slots__ = ("index", "text", "finish_reason", "logprobs")
