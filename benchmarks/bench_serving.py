@@ -131,6 +131,8 @@ async def bench_engine(model_dir: str, args: argparse.Namespace, texts: list[str
         return [await run_level("engine", c, texts, one) for c in args.concurrency]
     finally:
         llm.shutdown()
+        # Drop the last reference now: AsyncLLM.__del__ shuts down again, which fails at interpreter exit.
+        llm = None
 
 
 # ---- (b) gRPC and (c) REST against `chatgen serve` ---------------------------------------------------------------
