@@ -17,6 +17,7 @@ from chatgen.engine import Engine
 from chatgen.engine.factory import ENGINES, create_engine, resolve_model
 from chatgen.gateway import EnvoyProcess, GatewaySettings, default_work_dir
 from chatgen.server import GrpcServer
+from chatgen.transport.auth import load_keys
 
 log = logging.getLogger("chatgen")
 
@@ -85,6 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     net.add_argument("--no-gateway", action="store_true", help="serve gRPC only, without Envoy")
     net.add_argument("--envoy-concurrency", metavar="N", type=int, default=2, help="Envoy worker threads")
+    auth = serve.add_argument_group("authentication (off unless a key is given)")
+    auth.add_argument(
+        "--api-key",
+        metavar="KEY",
+        action="append",
+        default=[],
+        help="accept this key (repeatable); also CHATGEN_API_KEYS=k1,k2",
+    )
+    auth.add_argument("--api-key-file", metavar="PATH", default=None, help="file with one key per line")
     serve.add_argument(
         "--shutdown-grace", metavar="SECONDS", type=float, default=10.0, help="seconds in-flight calls get on SIGTERM"
     )
@@ -131,6 +141,7 @@ async def serve(args: argparse.Namespace) -> int:
             parser_cls,
             reasoning=bool(args.reasoning_parser),
             tool_calls=bool(args.tool_call_parser),
+            api_keys=load_keys(args.api_key, args.api_key_file),
         )
         await server.start()
         await _grpc_healthy(f"{_local(args.host)}:{server.port}")

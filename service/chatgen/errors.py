@@ -19,6 +19,7 @@ class Failure(enum.Enum):
     MODEL_NOT_FOUND = "model_not_found"
     NO_CHAT_TEMPLATE = "no_chat_template"
     ENGINE_UNAVAILABLE = "engine_unavailable"
+    INVALID_API_KEY = "invalid_api_key"
     INTERNAL = "internal"
 
 
@@ -34,6 +35,7 @@ FAILURES: dict[Failure, WireStatus] = {
     Failure.MODEL_NOT_FOUND: WireStatus(grpc.StatusCode.NOT_FOUND, 404, "not_found_error"),
     Failure.NO_CHAT_TEMPLATE: WireStatus(grpc.StatusCode.FAILED_PRECONDITION, 400, "invalid_request_error"),
     Failure.ENGINE_UNAVAILABLE: WireStatus(grpc.StatusCode.UNAVAILABLE, 503, "service_unavailable_error"),
+    Failure.INVALID_API_KEY: WireStatus(grpc.StatusCode.UNAUTHENTICATED, 401, "authentication_error"),
     Failure.INTERNAL: WireStatus(grpc.StatusCode.INTERNAL, 500, "server_error"),
 }
 

@@ -139,14 +139,15 @@ class EnvoyProcess:
         self.proc = subprocess.Popen(cmd)
 
     async def wait_ready(self, timeout: float = 30.0) -> None:
-        """Wait until Envoy is LIVE and `GET /v1/models` answers 200 through it."""
+        """Wait until Envoy is LIVE and `GET /v1/models` is answered by the gRPC server through it."""
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             if self.proc is None or self.proc.poll() is not None:
                 raise RuntimeError(f"Envoy exited during start-up (code {self.proc.returncode if self.proc else '?'})")
-            # Envoy is LIVE and the REST listener reaches the gRPC server end to end.
+            # Envoy is LIVE and the REST listener reaches the gRPC server end to end (401: it did, and the
+            # server asked for an API key).
             if await http_get_status(self.settings.admin_port, "/ready") == 200 and (
-                await http_get_status(self.settings.http_port, "/v1/models", self.settings.http_host) == 200
+                await http_get_status(self.settings.http_port, "/v1/models", self.settings.http_host) in (200, 401)
             ):
                 return
             if asyncio.get_running_loop().time() > deadline:

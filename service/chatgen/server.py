@@ -9,6 +9,7 @@ from grpc_reflection.v1alpha import reflection
 from chatgen.chat.abilities import model_abilities
 from chatgen.chat.generation import Generator
 from chatgen.engine import Engine
+from chatgen.transport.auth import ApiKeyInterceptor
 from chatgen.transport.servicers import ChatServicer, GenerateServicer, ModelsServicer
 from chatgen.v1 import chatgen_pb2 as pb
 from chatgen.v1 import chatgen_pb2_grpc as pb_grpc
@@ -25,13 +26,15 @@ class GrpcServer:
         parser_cls: type | None = None,
         reasoning: bool = False,
         tool_calls: bool = False,
+        api_keys: list[str] | None = None,
     ) -> None:
         self.engine = engine
         self.server = grpc.aio.server(
+            interceptors=[ApiKeyInterceptor(api_keys)] if api_keys else [],
             options=[
                 ("grpc.max_receive_message_length", 16 * 1024 * 1024),
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
         generator = Generator(engine, parser_cls, tool_calls=tool_calls)
         pb_grpc.add_ChatServicer_to_server(ChatServicer(generator), self.server)

@@ -1,0 +1,89 @@
+"""Optional API keys: REST `Authorization: Bearer`, gRPC `authorization` metadata; probes stay open."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import httpx
+import openai
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from chatgen.client import ChatgenClient, ChatgenError
+from tests.conftest import MODEL_NAME, Service, running_service
+
+pytestmark = pytest.mark.integration
+
+KEYS = {"cli": "sk-cli-123", "file": "sk-file-456", "env": "sk-env-789"}
+ASK = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def secured(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    key_file = tmp_path_factory.mktemp("keys") / "keys.txt"
+    key_file.write_text(f"# team keys\n{KEYS['file']}\n\n")
+    os.environ["CHATGEN_API_KEYS"] = KEYS["env"]
+    try:
+        # Authentication lives in the transport, the same for both engines: the quick-starting one is enough.
+        with running_service("hf", "--api-key", KEYS["cli"], "--api-key-file", str(key_file)) as svc:
+            yield svc
+    finally:
+        del os.environ["CHATGEN_API_KEYS"]
+
+
+@pytest.mark.parametrize("source", list(KEYS))
+def test_every_key_source_is_accepted(secured: Service, source: str) -> None:
+    client = openai.OpenAI(api_key=KEYS[source], base_url=f"{secured.http_base}/v1", max_retries=0)
+    reply = client.chat.completions.create(model=MODEL_NAME, messages=ASK, temperature=0, max_tokens=12)  # type: ignore[arg-type]
+    assert "Paris" in (reply.choices[0].message.content or "")
+
+
+@pytest.mark.parametrize("headers", [{}, {"authorization": "Bearer wrong"}, {"authorization": KEYS["cli"]}])
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/models"])
+def test_rest_without_a_valid_key_is_401(secured: Service, headers: dict[str, str], path: str) -> None:
+    body = {"model": MODEL_NAME, "messages": ASK}
+    response = (
+        httpx.get(f"{secured.http_base}{path}", headers=headers)
+        if path == "/v1/models"
+        else httpx.post(f"{secured.http_base}{path}", json=body, headers=headers)
+    )
+    assert response.status_code == 401
+    error = response.json()["error"]
+    assert error["type"] == "authentication_error"
+    assert error["code"] == "invalid_api_key"
+    assert KEYS["cli"] not in response.text
+
+
+def test_openai_sdk_gets_authentication_error(secured: Service) -> None:
+    client = openai.OpenAI(api_key="sk-nope", base_url=f"{secured.http_base}/v1", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        client.chat.completions.create(model=MODEL_NAME, messages=ASK, stream=True)  # type: ignore[arg-type]
+
+
+def test_grpc_metadata_key(secured: Service) -> None:
+    with ChatgenClient(secured.grpc_address, model=MODEL_NAME) as anonymous:
+        with pytest.raises(ChatgenError) as info:
+            anonymous.chat(ASK, max_tokens=2)
+        assert info.value.code == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(ChatgenError) as info:
+            list(anonymous.chat_stream(ASK, max_tokens=2))
+        assert info.value.code == grpc.StatusCode.UNAUTHENTICATED
+    auth = [("authorization", f"Bearer {KEYS['env']}")]
+    with ChatgenClient(secured.grpc_address, model=MODEL_NAME, metadata=auth) as client:
+        assert client.chat(ASK, max_tokens=2).usage.completion_tokens == 2
+        assert len(list(client.chat_stream(ASK, max_tokens=2))) >= 2
+
+
+def test_health_and_reflection_need_no_key(secured: Service) -> None:
+    with grpc.insecure_channel(secured.grpc_address) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_keys_never_reach_the_log(secured: Service) -> None:
+    log = "".join(secured.log)
+    assert all(key not in log for key in KEYS.values()), json.dumps([k for k in KEYS.values() if k in log])
