@@ -142,6 +142,7 @@ def start_server(args: argparse.Namespace, grpc_port: int, http_port: int, admin
     cmd = [
         sys.executable, "-m", "chatgen", "serve", "--host", "127.0.0.1",
         "--grpc-port", str(grpc_port), "--http-port", str(http_port), "--envoy-admin-port", str(admin_port),
+        "--metrics-port", "0",
     ]  # fmt: skip
     if args.model:
         cmd += ["--model", args.model]

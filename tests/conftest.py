@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
@@ -38,6 +39,15 @@ class Service:
     engine: str
     process: subprocess.Popen[str]
     log: list[str]
+    metrics_port: int
+
+    def metric(self, name: str) -> float:
+        """The current value of one unlabelled Prometheus metric from the server's /metrics."""
+        text = httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
+        for line in text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        raise KeyError(name)
 
     def openai(self, timeout: float = 180) -> openai.OpenAI:
         """The real openai SDK pointed at this server's REST API (no retries: every failure must show)."""
@@ -61,10 +71,11 @@ def tokenizer(model_dir: Path):  # type: ignore[no-untyped-def]
 @contextlib.contextmanager
 def running_service(engine: str, *extra: str) -> Iterator[Service]:
     """`chatgen serve` as a user runs it, on free ports; stopped with SIGTERM afterwards."""
-    grpc_port, http_port, admin_port = free_port(), free_port(), free_port()
+    grpc_port, http_port, admin_port, metrics_port = free_port(), free_port(), free_port(), free_port()
     cmd = [
         sys.executable, "-m", "chatgen", "serve",
         "--engine", engine,
+        "--metrics-port", str(metrics_port),
         "--host", "127.0.0.1",
         "--grpc-port", str(grpc_port),
         "--http-port", str(http_port),
@@ -91,7 +102,9 @@ def running_service(engine: str, *extra: str) -> Iterator[Service]:
             proc.kill()
             raise RuntimeError("chatgen serve did not start:\n" + "".join(log[-60:]))
     try:
-        yield Service(f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}", admin_port, engine, proc, log)
+        yield Service(
+            f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}", admin_port, engine, proc, log, metrics_port
+        )
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

@@ -16,6 +16,7 @@ from chatgen.chat.parsing import load_parser_class
 from chatgen.engine import Engine
 from chatgen.engine.factory import ENGINES, create_engine, resolve_model
 from chatgen.gateway import EnvoyProcess, GatewaySettings, default_work_dir
+from chatgen.metrics import Metrics
 from chatgen.server import GrpcServer
 from chatgen.transport.auth import load_keys
 
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument(
         "--envoy-admin-port", metavar="PORT", type=int, default=9901, help="Envoy admin (binds 127.0.0.1 only)"
     )
+    net.add_argument("--metrics-port", metavar="PORT", type=int, default=9400, help="Prometheus /metrics (0: off)")
     net.add_argument("--no-gateway", action="store_true", help="serve gRPC only, without Envoy")
     net.add_argument("--envoy-concurrency", metavar="N", type=int, default=2, help="Envoy worker threads")
     auth = serve.add_argument_group("authentication (off unless a key is given)")
@@ -133,6 +135,9 @@ async def serve(args: argparse.Namespace) -> int:
     server: GrpcServer | None = None
     envoy: EnvoyProcess | None = None
     try:
+        metrics = Metrics(engine) if args.metrics_port else None
+        if metrics is not None:
+            metrics.serve(args.host, args.metrics_port)
         parser_cls = load_parser_class(args.reasoning_parser, args.tool_call_parser, engine.tokenizer)
         server = GrpcServer(
             engine,
@@ -142,6 +147,7 @@ async def serve(args: argparse.Namespace) -> int:
             reasoning=bool(args.reasoning_parser),
             tool_calls=bool(args.tool_call_parser),
             api_keys=load_keys(args.api_key, args.api_key_file),
+            metrics=metrics,
         )
         await server.start()
         await _grpc_healthy(f"{_local(args.host)}:{server.port}")

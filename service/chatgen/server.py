@@ -9,6 +9,7 @@ from grpc_reflection.v1alpha import reflection
 from chatgen.chat.abilities import model_abilities
 from chatgen.chat.generation import Generator
 from chatgen.engine import Engine
+from chatgen.metrics import Metrics
 from chatgen.transport.auth import ApiKeyInterceptor
 from chatgen.transport.servicers import ChatServicer, GenerateServicer, ModelsServicer
 from chatgen.v1 import chatgen_pb2 as pb
@@ -27,6 +28,7 @@ class GrpcServer:
         reasoning: bool = False,
         tool_calls: bool = False,
         api_keys: list[str] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.engine = engine
         self.server = grpc.aio.server(
@@ -36,7 +38,8 @@ class GrpcServer:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        generator = Generator(engine, parser_cls, tool_calls=tool_calls)
+        on_abort = metrics.aborted.inc if metrics is not None else None
+        generator = Generator(engine, parser_cls, tool_calls=tool_calls, on_abort=on_abort)
         pb_grpc.add_ChatServicer_to_server(ChatServicer(generator), self.server)
         pb_grpc.add_GenerateServicer_to_server(GenerateServicer(generator), self.server)
         abilities = model_abilities(engine.tokenizer, reasoning_parser=reasoning, tool_parser=tool_calls)

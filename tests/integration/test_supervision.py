@@ -20,6 +20,7 @@ def start(tmp_path: Path) -> subprocess.Popen[str]:
     cmd = [
         sys.executable, "-m", "chatgen", "serve", "--engine", "hf", "--host", "127.0.0.1",
         "--grpc-port", str(free_port()), "--http-port", str(free_port()), "--envoy-admin-port", str(free_port()),
+        "--metrics-port", str(free_port()),
     ]  # fmt: skip
     env = {**os.environ, "CHATGEN_RUN_DIR": str(tmp_path)}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)

@@ -69,8 +69,16 @@ class Generation:
 
 
 class Generator:
-    def __init__(self, engine: Engine, parser_cls: type | None = None, tool_calls: bool = False) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        parser_cls: type | None = None,
+        tool_calls: bool = False,
+        on_abort: Callable[[], None] | None = None,
+    ) -> None:
         self._engine = engine
+        # Called once for each engine request stopped before it finished (metrics).
+        self._on_abort = on_abort
         # vLLM's Parser class for the served model (reasoning and/or tool calls), when one is configured.
         self._parser_cls = parser_cls
         # Whether a tool-call parser is configured, i.e. tool_choice "auto" can return tool calls.
@@ -177,15 +185,20 @@ class Generator:
 
     async def _outputs(self, gen: Generation, index: int) -> AsyncIterator[EngineOutput]:
         """One choice's engine outputs, counted into usage. Closing this iterator aborts its engine request."""
+        finished = False
         try:
             # aclosing: when our caller stops early, the engine's generator is closed now (aborting the request),
             # not whenever the garbage collector gets to it.
             async with contextlib.aclosing(self._engine.generate(gen.engine_request(index))) as outputs:
                 async for out in outputs:
                     gen.completion_tokens += len(out.token_ids)
+                    finished = out.finish_reason is not None
                     yield out
         except EngineError as exc:
             raise ChatgenError(Failure.ENGINE_UNAVAILABLE, str(exc)) from exc
+        finally:
+            if not finished and self._on_abort is not None:
+                self._on_abort()
 
     async def _choice_deltas(self, gen: Generation, index: int) -> AsyncIterator[Delta]:
         if gen.forced is not None and gen.forced[index] is not None:
