@@ -30,6 +30,13 @@ function envoy_on_request(handle)
   local headers = handle:headers()
   -- Only the gateway may ask the server for SSE framing.
   headers:remove("x-chatgen-sse")
+  -- A REST caller's timeout becomes the gRPC deadline: the server stops the request when it passes and the
+  -- caller gets 504 with an OpenAI error body (DEADLINE_EXCEEDED below).
+  local timeout_ms = headers:get("x-request-timeout-ms")
+  headers:remove("grpc-timeout")
+  if timeout_ms ~= nil and timeout_ms:match("^%d+$") and #timeout_ms <= 8 then
+    headers:add("grpc-timeout", timeout_ms .. "m")
+  end
   if headers:get(":method") ~= "POST" then return end
   local path, query = headers:get(":path"):match("^([^?]*)(.*)$")
   if not STREAMABLE[path] then return end
@@ -43,25 +50,63 @@ function envoy_on_request(handle)
   end
 end
 
+-- The JSON-escaped text of the "message" member of a transcoder status body ({"code":N,"message":"..."}),
+-- returned still escaped so it can go straight into another JSON string.
+local function status_message(body)
+  local start = body:find('"message":"', 1, true)
+  if start == nil then return nil end
+  local i = start + #'"message":"'
+  local first = i
+  while i <= #body do
+    local c = body:sub(i, i)
+    if c == "\\" then
+      i = i + 2
+    elseif c == '"' then
+      return body:sub(first, i - 1)
+    else
+      i = i + 1
+    end
+  end
+  return nil
+end
+
+local function openai_error(message_json, status)
+  return '{"error":{"message":"' .. message_json .. '","type":"' .. (HTTP_ERROR_TYPES[status] or "server_error") ..
+    '","param":null,"code":null}}'
+end
+
 function envoy_on_response(handle)
   local headers = handle:headers()
+  local status = tonumber(headers:get(":status")) or 500
   local grpc_status = headers:get("grpc-status")
   local err = headers:get("x-chatgen-error")
   -- gRPC plumbing that an OpenAI client has no use for.
   headers:remove("grpc-status")
   headers:remove("grpc-message")
   headers:remove("grpc-accept-encoding")
-  if err ~= nil or (grpc_status ~= nil and grpc_status ~= "0") then
-    if err == nil then
-      -- A gRPC error the chatgen handlers did not produce (e.g. from grpc itself): keep its message.
-      local status = tonumber(headers:get(":status")) or 500
-      local message = percent_decode(headers:get("grpc-message") or "upstream error")
-      err = '{"error":{"message":' .. json_string(message) .. ',"type":"' ..
-        (HTTP_ERROR_TYPES[status] or "server_error") .. '","param":null,"code":null}}'
-    end
+  if err ~= nil then
     headers:remove("x-chatgen-error")
     headers:replace("content-type", "application/json")
     handle:body(true):setBytes(err)
+    return
+  end
+  if grpc_status ~= nil and grpc_status ~= "0" then
+    -- A gRPC error the chatgen handlers did not produce (e.g. from grpc itself), before any body.
+    local message = json_string(percent_decode(headers:get("grpc-message") or "upstream error"))
+    headers:replace("content-type", "application/json")
+    handle:body(true):setBytes(openai_error(message:sub(2, -2), status))
+    return
+  end
+  if status >= 400 then
+    -- The transcoder already turned such an error (e.g. DEADLINE_EXCEEDED from grpc's deadline) into its own
+    -- {"code":N,"message":...} body; Envoy's own replies are OpenAI-shaped by local_reply_config already.
+    local body = handle:body()
+    if body ~= nil then
+      local bytes = body:getBytes(0, body:length())
+      if bytes:sub(1, 8) == '{"code":' then
+        body:setBytes(openai_error(status_message(bytes) or "upstream error", status))
+      end
+    end
     return
   end
   local content_type = headers:get("content-type")

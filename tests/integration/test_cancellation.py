@@ -60,3 +60,33 @@ async def test_dropped_streams_leave_no_engine_request(service: Service) -> None
         timeout=120,
     )
     assert reply.status_code == 200
+
+
+def test_rest_timeout_header_is_the_grpc_deadline(service: Service) -> None:
+    assert wait_idle(service) == 0
+    aborted_before = service.metric("chatgen_requests_aborted_total")
+    started = time.monotonic()
+    response = httpx.post(
+        f"{service.http_base}/v1/chat/completions",
+        json={"model": MODEL_NAME, "messages": LONG, **PARAMS},
+        headers={"x-request-timeout-ms": "800"},
+        timeout=120,
+    )
+    assert time.monotonic() - started < 10
+    assert response.status_code == 504
+    assert response.json() == {
+        "error": {"message": "Deadline Exceeded", "type": "timeout_error", "param": None, "code": None}
+    }
+    assert wait_idle(service) == 0
+    assert service.metric("chatgen_requests_aborted_total") - aborted_before == 1
+
+
+def test_grpc_deadline_aborts_the_engine_request(service: Service) -> None:
+    assert wait_idle(service) == 0
+    aborted_before = service.metric("chatgen_requests_aborted_total")
+    with grpc.insecure_channel(service.grpc_address) as channel:
+        with pytest.raises(grpc.RpcError) as info:
+            pb_grpc.ChatStub(channel).CreateChatCompletion(convert.chat_request(MODEL_NAME, LONG, PARAMS), timeout=0.8)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert wait_idle(service) == 0
+    assert service.metric("chatgen_requests_aborted_total") - aborted_before == 1
