@@ -111,7 +111,9 @@ class Generator:
         tools = request.tools if request.tool_choice != "none" else None
         ids = render_chat(self._engine.tokenizer, request.messages, variables, tools)
         gen = self._prepare(id_prefix, ids, sampling, "messages", request.request_id)
-        gen.forced = [forced_tools(request, request.forced_function) for _ in range(gen.n)] if forced else None
+        if forced is not None:
+            # Each choice gets its own call ids; the first choice reuses the instance built above.
+            gen.forced = [forced, *(forced_tools(request, request.forced_function) for _ in range(gen.n - 1))]
         gen.max_tool_calls = 1 if request.parallel_tool_calls is False else None
         if self._parser_cls is not None and forced is None:
             tokenizer = self._engine.tokenizer

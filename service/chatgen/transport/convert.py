@@ -16,9 +16,10 @@ def _opt(msg, name: str):  # type: ignore[no-untyped-def]
     return getattr(msg, name) if msg.HasField(name) else None
 
 
-def struct_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
-    """A Struct as plain Python. JSON numbers arrive as doubles; integral ones become ints again, since JSON
-    Schema keywords like maxItems and template code like range(n) need integers."""
+def as_python(message: Any) -> dict[str, Any]:
+    """A message (a Struct, or one with Struct fields) as plain OpenAI-shaped JSON data. JSON numbers arrive as
+    doubles; integral ones become ints again, since JSON Schema keywords like maxItems and template code like
+    range(n) need integers."""
 
     def fix(value: Any) -> Any:
         if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
@@ -29,7 +30,7 @@ def struct_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
             return [fix(v) for v in value]
         return value
 
-    return fix(json_format.MessageToDict(struct))  # type: ignore[no-any-return]
+    return fix(json_format.MessageToDict(message, preserving_proto_field_name=True))  # type: ignore[no-any-return]
 
 
 def _default(value: int | None, fallback: int) -> int:
@@ -129,7 +130,7 @@ def response_format_schema(req: pb.ChatCompletionRequest | pb.CompletionRequest)
         )
     if not fmt.HasField("json_schema") or not fmt.json_schema.HasField("schema"):
         raise invalid("response_format json_schema needs json_schema.schema", "response_format.json_schema.schema")
-    schema = struct_dict(fmt.json_schema.schema)
+    schema = as_python(fmt.json_schema.schema)
     import jsonschema
 
     try:
@@ -202,21 +203,14 @@ def chat_request(req: pb.ChatCompletionRequest) -> ChatRequest:
         model=req.model,
         messages=messages,
         sampling=_sampling(req, max_tokens, _chat_logprobs(req)),
-        template_kwargs=struct_dict(req.chat_template_kwargs) if req.HasField("chat_template_kwargs") else {},
+        template_kwargs=as_python(req.chat_template_kwargs) if req.HasField("chat_template_kwargs") else {},
         enable_thinking=_opt(req, "enable_thinking"),
         request_id=_opt(req, "request_id") or None,
-        tools=[struct_dict_message(t) for t in req.tools],
+        tools=[as_python(t) for t in req.tools],
         tool_choice=choice,
         forced_function=forced,
         parallel_tool_calls=_opt(req, "parallel_tool_calls"),
     )
-
-
-def struct_dict_message(message: Any) -> dict[str, Any]:
-    """A message as OpenAI JSON (snake_case field names), e.g. a tool definition for the chat template."""
-    fixed = struct_pb2.Struct()
-    fixed.update(json_format.MessageToDict(message, preserving_proto_field_name=True))
-    return struct_dict(fixed)
 
 
 def completion_request(req: pb.CompletionRequest) -> CompletionRequest:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import grpc
 from google.protobuf import struct_pb2
@@ -98,6 +99,26 @@ def _tool_call_delta_pb(d: ToolCallDelta) -> pb.ToolCallDelta:
     return out
 
 
+async def _relay(
+    context: grpc.aio.ServicerContext,
+    chunk_type: Any,
+    envelope: dict[str, Any],
+    ids: list[str],
+    chunks: AsyncIterator[Any],
+) -> AsyncIterator[Any]:
+    """wire.stream with the chunk type's own error chunk (the request id, once known) and end-of-stream chunk."""
+
+    def error_chunk(err: ChatgenError) -> Any:
+        return chunk_type(id=ids[0] if ids else "", **envelope, error=error_pb(err))
+
+    def done_chunk() -> Any:
+        return chunk_type(object=wire.DONE_OBJECT)
+
+    async with contextlib.aclosing(wire.stream(context, chunks, error_chunk, done_chunk)) as relay:
+        async for chunk in relay:
+            yield chunk
+
+
 class ChatServicer(pb_grpc.ChatServicer):
     def __init__(self, generator: Generator) -> None:
         self._gen = generator
@@ -154,13 +175,7 @@ class ChatServicer(pb_grpc.ChatServicer):
             if convert.include_usage(request):
                 yield pb.ChatCompletionChunk(id=gen.request_id, **envelope, usage=usage_pb(gen.usage))
 
-        def error_chunk(err: ChatgenError) -> pb.ChatCompletionChunk:
-            return pb.ChatCompletionChunk(id=ids[0] if ids else "", **envelope, error=error_pb(err))
-
-        def done_chunk() -> pb.ChatCompletionChunk:
-            return pb.ChatCompletionChunk(object=wire.DONE_OBJECT)
-
-        async with contextlib.aclosing(wire.stream(context, chunks(), error_chunk, done_chunk)) as relay:
+        async with contextlib.aclosing(_relay(context, pb.ChatCompletionChunk, envelope, ids, chunks())) as relay:
             async for chunk in relay:
                 yield chunk
 
@@ -212,13 +227,7 @@ class GenerateServicer(pb_grpc.GenerateServicer):
             if convert.include_usage(request):
                 yield pb.CompletionChunk(id=gen.request_id, **envelope, usage=usage_pb(gen.usage))
 
-        def error_chunk(err: ChatgenError) -> pb.CompletionChunk:
-            return pb.CompletionChunk(id=ids[0] if ids else "", **envelope, error=error_pb(err))
-
-        def done_chunk() -> pb.CompletionChunk:
-            return pb.CompletionChunk(object=wire.DONE_OBJECT)
-
-        async with contextlib.aclosing(wire.stream(context, chunks(), error_chunk, done_chunk)) as relay:
+        async with contextlib.aclosing(_relay(context, pb.CompletionChunk, envelope, ids, chunks())) as relay:
             async for chunk in relay:
                 yield chunk
 
