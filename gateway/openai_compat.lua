@@ -84,6 +84,8 @@ function envoy_on_response(handle)
   headers:remove("grpc-status")
   headers:remove("grpc-message")
   headers:remove("grpc-accept-encoding")
+  -- The server's retry pushback for gRPC callers; REST callers get the same as `retry-after`.
+  headers:remove("grpc-retry-pushback-ms")
   if err ~= nil then
     headers:remove("x-chatgen-error")
     headers:replace("content-type", "application/json")

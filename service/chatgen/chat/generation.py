@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
+from chatgen.chat.admission import Admission
 from chatgen.chat.forced_tools import ForcedTools, forced_tools
 from chatgen.chat.parsing import OutputParser
 from chatgen.chat.prompts import render_chat, render_completion, template_variables
@@ -74,10 +75,14 @@ class Generator:
         engine: Engine,
         parser_cls: type | None = None,
         tool_calls: bool = False,
+        admission: Admission | None = None,
+        on_start: Callable[[], None] | None = None,
         on_abort: Callable[[], None] | None = None,
     ) -> None:
         self._engine = engine
-        # Called once for each engine request stopped before it finished (metrics).
+        self._admission = admission
+        # Called once for each engine request submitted, and for each stopped before it finished (metrics).
+        self._on_start = on_start
         self._on_abort = on_abort
         # vLLM's Parser class for the served model (reasoning and/or tool calls), when one is configured.
         self._parser_cls = parser_cls
@@ -97,6 +102,12 @@ class Generator:
                 f"The model '{model}' does not exist; this server serves '{self.model_name}'",
                 "model",
             )
+
+    def admitted(self, gen: Generation) -> contextlib.AbstractAsyncContextManager[None]:
+        """Run `gen` inside this block: it waits for engine capacity, or fails fast when the queue is full."""
+        if self._admission is None:
+            return contextlib.nullcontext()
+        return self._admission.slots(gen.n)
 
     def prepare_chat(self, request: ChatRequest, id_prefix: str = "chatcmpl-") -> Generation:
         self._check_model(request.model)
@@ -188,6 +199,8 @@ class Generator:
     async def _outputs(self, gen: Generation, index: int) -> AsyncIterator[EngineOutput]:
         """One choice's engine outputs, counted into usage. Closing this iterator aborts its engine request."""
         finished = False
+        if self._on_start is not None:
+            self._on_start()
         try:
             # aclosing: when our caller stops early, the engine's generator is closed now (aborting the request),
             # not whenever the garbage collector gets to it.

@@ -12,13 +12,20 @@ from chatgen.engine.base import Engine
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("auto", "vllm", "hf")
+ENGINES = ("auto", "vllm", "hf", "simulator")
 
 
 @dataclass(frozen=True)
 class ModelChoice:
     path: str
     served_name: str
+
+
+@dataclass(frozen=True)
+class SimulatorTiming:
+    ttft_ms: float = 50.0
+    itl_ms: float = 10.0
+    output_tokens: int = 64
 
 
 def resolve_model(model: str | None, served_model_name: str | None) -> ModelChoice:
@@ -35,16 +42,43 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def create_engine(kind: str, model: ModelChoice, max_model_len: int | None, dtype: str) -> Engine:
+def create_engine(
+    kind: str,
+    model: ModelChoice,
+    max_model_len: int | None,
+    dtype: str,
+    max_num_seqs: int | None = None,
+    simulator: SimulatorTiming | None = None,
+) -> Engine:
+    """`max_num_seqs`: how many sequences vLLM batches at once (admission control admits no more than that).
+    `simulator`: the token simulator's timing (load tests only)."""
     if kind == "auto":
         kind = "vllm" if vllm_available() else "hf"
         log.info("engine 'auto' resolved to '%s'", kind)
     if kind == "vllm":
         from chatgen.engine.vllm_engine import VllmEngine, VllmSettings
 
-        return VllmEngine(VllmSettings(model.path, model.served_name, max_model_len=max_model_len, dtype=dtype))
+        return VllmEngine(
+            VllmSettings(
+                model.path, model.served_name, max_model_len=max_model_len, dtype=dtype, max_num_seqs=max_num_seqs
+            )
+        )
     if kind == "hf":
         from chatgen.engine.hf_engine import HfEngine, HfSettings
 
         return HfEngine(HfSettings(model.path, model.served_name, max_model_len=max_model_len, dtype=dtype))
+    if kind == "simulator":
+        from chatgen.engine.simulator import SimulatorSettings, TokenSimulatorEngine
+
+        timing = simulator or SimulatorTiming()
+        return TokenSimulatorEngine(
+            SimulatorSettings(
+                model.path,
+                model.served_name,
+                max_model_len=max_model_len or 2048,
+                ttft_ms=timing.ttft_ms,
+                itl_ms=timing.itl_ms,
+                output_tokens=timing.output_tokens,
+            )
+        )
     raise ValueError(f"unknown engine {kind!r}; choose one of {', '.join(ENGINES)}")

@@ -29,6 +29,8 @@ class VllmSettings:
     cpu_kv_cache_gib: int = 2
     enforce_eager: bool = True
     seed: int = 0
+    # None: vLLM's default for the platform.
+    max_num_seqs: int | None = None
 
 
 def cpu_only() -> bool:
@@ -74,6 +76,7 @@ class VllmEngine(Engine):
             dtype=dtype,
             enforce_eager=s.enforce_eager,
             seed=s.seed,
+            max_num_seqs=s.max_num_seqs,
         )
         self._llm = AsyncLLM.from_engine_args(args)
         self._tokenizer = self._llm.get_tokenizer()

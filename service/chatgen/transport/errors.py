@@ -6,6 +6,7 @@ gateway's Lua filter replaces it with the JSON carried in `x-chatgen-error`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -25,6 +26,8 @@ DONE_OBJECT = "[DONE]"
 
 T = TypeVar("T")
 _MAX_MESSAGE = 2000
+# How long before the gRPC deadline an SSE stream stops itself to send its error event.
+_SSE_DEADLINE_MARGIN = 0.05
 
 
 def as_chatgen_error(exc: Exception) -> ChatgenError:
@@ -37,7 +40,12 @@ def as_chatgen_error(exc: Exception) -> ChatgenError:
 async def abort(context: grpc.aio.ServicerContext, err: ChatgenError) -> None:
     if len(err.message) > _MAX_MESSAGE:
         err = ChatgenError(err.failure, err.message[:_MAX_MESSAGE] + "...", err.param)
-    context.set_trailing_metadata(((ERROR_METADATA_KEY, err.openai_json()),))
+    metadata = [(ERROR_METADATA_KEY, err.openai_json())]
+    if err.retry_after is not None:
+        # `retry-after` becomes the REST response's Retry-After header; grpc-retry-pushback-ms is what gRPC
+        # clients' retry policies honour.
+        metadata += [("retry-after", str(err.retry_after)), ("grpc-retry-pushback-ms", str(err.retry_after * 1000))]
+    context.set_trailing_metadata(tuple(metadata))
     await context.abort(err.wire.grpc_code, err.message)
 
 
@@ -62,10 +70,24 @@ async def stream(
     """Relay `chunks`; on failure abort the call, or for gateway SSE streams already under way, send an error
     chunk. Cancellation (a client that went away) is not caught: it closes `chunks`, which aborts the engine."""
     sse = wants_sse_framing(context)
+    # gRPC ends a call whose deadline passed with DEADLINE_EXCEEDED, which a gRPC caller reads from the status.
+    # An SSE caller has had its HTTP 200 by then; for it the stream stops just before the deadline with an error
+    # event, so it learns why the stream ended.
+    remaining = context.time_remaining() if sse else None
+    stop_at = asyncio.get_running_loop().time() + max(remaining - _SSE_DEADLINE_MARGIN, 0.0) if remaining else None
     started = False
     try:
         async with contextlib.aclosing(chunks):
-            async for chunk in chunks:
+            while True:
+                try:
+                    async with asyncio.timeout_at(stop_at):
+                        chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    raise ChatgenError(
+                        Failure.DEADLINE_EXCEEDED, "The request's timeout passed before it finished"
+                    ) from None
                 started = True
                 yield chunk
     except Exception as exc:

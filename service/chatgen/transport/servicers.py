@@ -128,7 +128,8 @@ class ChatServicer(pb_grpc.ChatServicer):
     ) -> pb.ChatCompletion:
         async def run() -> pb.ChatCompletion:
             gen = self._gen.prepare_chat(convert.chat_request(request))
-            result = await self._gen.complete(gen)
+            async with self._gen.admitted(gen):
+                result = await self._gen.complete(gen)
             reply = pb.ChatCompletion(
                 id=gen.request_id,
                 object="chat.completion",
@@ -153,6 +154,11 @@ class ChatServicer(pb_grpc.ChatServicer):
         async def chunks() -> AsyncIterator[pb.ChatCompletionChunk]:
             gen = self._gen.prepare_chat(convert.chat_request(request))
             ids.append(gen.request_id)
+            async with self._gen.admitted(gen), contextlib.aclosing(chat_chunks(gen)) as admitted:
+                async for chunk in admitted:
+                    yield chunk
+
+        async def chat_chunks(gen: Generation) -> AsyncIterator[pb.ChatCompletionChunk]:
             for index in range(gen.n):
                 first = pb.ChatCompletionDelta(role="assistant", content="")
                 yield pb.ChatCompletionChunk(
@@ -187,7 +193,8 @@ class GenerateServicer(pb_grpc.GenerateServicer):
     async def CreateCompletion(self, request: pb.CompletionRequest, context: grpc.aio.ServicerContext) -> pb.Completion:
         async def run() -> pb.Completion:
             gen = self._gen.prepare_completion(convert.completion_request(request))
-            result = await self._gen.complete(gen)
+            async with self._gen.admitted(gen):
+                result = await self._gen.complete(gen)
             reply = pb.Completion(
                 id=gen.request_id,
                 object="text_completion",
@@ -211,8 +218,13 @@ class GenerateServicer(pb_grpc.GenerateServicer):
         ids: list[str] = []
 
         async def chunks() -> AsyncIterator[pb.CompletionChunk]:
-            gen: Generation = self._gen.prepare_completion(convert.completion_request(request))
+            gen = self._gen.prepare_completion(convert.completion_request(request))
             ids.append(gen.request_id)
+            async with self._gen.admitted(gen), contextlib.aclosing(completion_chunks(gen)) as admitted:
+                async for chunk in admitted:
+                    yield chunk
+
+        async def completion_chunks(gen: Generation) -> AsyncIterator[pb.CompletionChunk]:
             offsets = [0] * gen.n  # characters of each choice's text sent so far
             async with contextlib.aclosing(self._gen.stream(gen)) as deltas:
                 async for d in deltas:
