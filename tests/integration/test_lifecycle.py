@@ -1,0 +1,143 @@
+"""Graceful drain on SIGTERM with live streams, and a dead engine taking the process down with it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+
+import grpc
+import httpx
+import psutil
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from chatgen.client import convert
+from chatgen.v1 import chatgen_pb2_grpc as pb_grpc
+from tests.conftest import MODEL_NAME, TEST_ENGINES, Service, running_service
+
+pytestmark = pytest.mark.integration
+
+STORY = [{"role": "user", "content": "Write a story about the sea."}]
+
+
+async def rest_stream(http: httpx.AsyncClient, max_tokens: int, started: asyncio.Event) -> list[str]:
+    """The SSE `data:` payloads of one streamed chat; sets `started` at the first generated token."""
+    body = {"model": MODEL_NAME, "messages": STORY, "stream": True, "max_tokens": max_tokens, "ignore_eos": True}
+    events: list[str] = []
+    async with http.stream("POST", "/v1/chat/completions", json=body) as response:
+        assert response.status_code == 200
+        async for line in response.aiter_lines():
+            if line.startswith("data: "):
+                events.append(line[len("data: ") :])
+                if '"content":"' in line and '"content":""' not in line:
+                    started.set()
+    return events
+
+
+async def grpc_stream(channel: grpc.aio.Channel, max_tokens: int, started: asyncio.Event) -> list[object]:
+    call = pb_grpc.ChatStub(channel).StreamChatCompletion(
+        convert.chat_request(MODEL_NAME, STORY, {"max_tokens": max_tokens, "ignore_eos": True})
+    )
+    chunks = []
+    async for chunk in call:
+        chunks.append(chunk)
+        if chunk.choices and chunk.choices[0].delta.content:
+            started.set()
+    return chunks
+
+
+async def health(channel: grpc.aio.Channel) -> int:
+    reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+    return int(reply.status)
+
+
+async def wait_exit(svc: Service, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while (code := svc.process.poll()) is None:
+        assert time.monotonic() < deadline, "chatgen serve did not exit"
+        await asyncio.sleep(0.1)
+    return code
+
+
+@pytest.mark.parametrize("engine", TEST_ENGINES)
+async def test_sigterm_refuses_new_requests_finishes_live_streams_then_exits_0(engine: str) -> None:
+    with running_service(engine, "--shutdown-grace", "120") as svc:
+        async with (
+            grpc.aio.insecure_channel(svc.grpc_address) as channel,
+            httpx.AsyncClient(base_url=svc.http_base, timeout=180) as http,
+        ):
+            flags = [asyncio.Event() for _ in range(3)]
+            streams = [
+                asyncio.ensure_future(rest_stream(http, 30, flags[0])),
+                asyncio.ensure_future(rest_stream(http, 30, flags[1])),
+                asyncio.ensure_future(grpc_stream(channel, 30, flags[2])),
+            ]
+            await asyncio.wait_for(asyncio.gather(*(f.wait() for f in flags)), 120)
+
+            svc.process.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while await health(channel) != health_pb2.HealthCheckResponse.NOT_SERVING:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+
+            refused = await http.post(
+                "/v1/chat/completions",
+                json={"model": MODEL_NAME, "messages": STORY, "max_tokens": 2},
+            )
+            assert refused.status_code == 503
+            assert refused.json()["error"]["code"] == "shutting_down"
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await pb_grpc.ChatStub(channel).CreateChatCompletion(
+                    convert.chat_request(MODEL_NAME, STORY, {"max_tokens": 2})
+                )
+            assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+
+            rest_a, rest_b, grpc_chunks = await asyncio.wait_for(asyncio.gather(*streams), 120)
+        # Every live stream ran to its end: all 30 tokens, finish_reason, and the SSE terminator.
+        for events in (rest_a, rest_b):
+            assert events[-1] == "[DONE]"
+            chunks = [json.loads(e) for e in events[:-1]]
+            assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+            assert all("error" not in c for c in chunks)
+        assert grpc_chunks[-1].choices[0].finish_reason == "length"  # type: ignore[attr-defined]
+        assert await wait_exit(svc, 60) == 0
+
+
+def engine_core(pid: int) -> psutil.Process:
+    for child in psutil.Process(pid).children(recursive=True):
+        if "EngineCore" in child.name() or "EngineCore" in " ".join(child.cmdline()):
+            return child
+    raise AssertionError("no vLLM EngineCore process under chatgen serve")
+
+
+@pytest.mark.skipif("vllm" not in TEST_ENGINES, reason="only vLLM runs its engine in a separate process")
+async def test_a_dead_engine_fails_requests_with_unavailable_and_the_process_exits() -> None:
+    with running_service("vllm") as svc:
+        async with (
+            grpc.aio.insecure_channel(svc.grpc_address) as channel,
+            httpx.AsyncClient(base_url=svc.http_base, timeout=180) as http,
+        ):
+            flags = [asyncio.Event(), asyncio.Event()]
+            rest = asyncio.ensure_future(rest_stream(http, 1500, flags[0]))
+            over_grpc = asyncio.ensure_future(grpc_stream(channel, 1500, flags[1]))
+            await asyncio.wait_for(asyncio.gather(*(f.wait() for f in flags)), 120)
+
+            engine_core(svc.process.pid).kill()
+
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await asyncio.wait_for(over_grpc, 30)
+            assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+            events = await asyncio.wait_for(rest, 30)
+            assert events[-1] == "[DONE]"
+            assert json.loads(events[-2])["error"]["code"] == "engine_unavailable"
+
+            # No new request hangs: refused while the process drains, then nothing listens any more.
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await pb_grpc.ChatStub(channel).CreateChatCompletion(
+                    convert.chat_request(MODEL_NAME, STORY, {"max_tokens": 2}), timeout=30
+                )
+            assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert await wait_exit(svc, 60) == 1
+        assert any("engine failed" in line for line in svc.log)
