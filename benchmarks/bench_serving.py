@@ -1,7 +1,7 @@
 """Serving overhead benchmark: the engine alone vs chatgen over gRPC vs chatgen over REST (Envoy), one run.
 
-    .venv/bin/python benchmarks/bench_serving.py                 # embedded model, concurrency 1 and 8
-    .venv/bin/python benchmarks/bench_serving.py --concurrency 1 8 32 --requests 32 --json out.json
+    .venv/bin/python -m benchmarks.bench_serving              # embedded model, concurrency 1 and 8
+    .venv/bin/python -m benchmarks.bench_serving --concurrency 1 8 32 --requests 32 --json out.json
 
 (a) vLLM `AsyncLLM` in this process (no serving layer: the ceiling), (b) `chatgen serve` over gRPC streaming,
 (c) the same server over REST/SSE through Envoy. Every request streams a chat completion of exactly
@@ -17,13 +17,13 @@ import asyncio
 import json
 import os
 import random
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from benchmarks.local_server import local_server, pct
 
 TOPICS = ["the ocean", "a city at night", "mountains", "a robot", "coffee", "the moon", "trains", "a library"]
 STYLES = ["Write a short story about", "Describe", "Explain to a child", "Write a poem about"]
@@ -49,11 +49,6 @@ class Level:
 def prompts(n: int, seed: int) -> list[str]:
     rng = random.Random(seed)
     return [f"{rng.choice(STYLES)} {rng.choice(TOPICS)}." for _ in range(n)]
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 async def run_level(mode: str, concurrency: int, texts: list[str], one: Callable[[str], Awaitable[Sample]]) -> Level:
@@ -138,24 +133,6 @@ async def bench_engine(model_dir: str, args: argparse.Namespace, texts: list[str
 # ---- (b) gRPC and (c) REST against `chatgen serve` ---------------------------------------------------------------
 
 
-def start_server(args: argparse.Namespace, grpc_port: int, http_port: int, admin_port: int) -> subprocess.Popen[str]:
-    cmd = [
-        sys.executable, "-m", "chatgen", "serve", "--host", "127.0.0.1",
-        "--grpc-port", str(grpc_port), "--http-port", str(http_port), "--envoy-admin-port", str(admin_port),
-        "--metrics-port", "0",
-    ]  # fmt: skip
-    if args.model:
-        cmd += ["--model", args.model]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if "[chatgen] ready:" in line:
-            # Keep draining the server's output so it never blocks on a full pipe.
-            asyncio.get_event_loop().run_in_executor(None, proc.stdout.read)
-            return proc
-    raise RuntimeError(f"chatgen serve exited with {proc.wait()}")
-
-
 async def bench_grpc(address: str, model: str, args: argparse.Namespace, texts: list[str]) -> list[Level]:
     import grpc
     from google.protobuf import struct_pb2
@@ -222,14 +199,6 @@ async def bench_rest(base: str, model: str, args: argparse.Namespace, texts: lis
         return [await run_level("rest", c, texts, one) for c in args.concurrency]
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def report(levels: list[Level]) -> dict[str, float]:
     by = {(lv.mode, lv.concurrency): lv for lv in levels}
     print(f"\n{'mode':<8}{'conc':>6}{'reqs':>6}{'tok/s':>10}{'TTFT p50 ms':>14}{'TTFT p99 ms':>14}{'errors':>8}")
@@ -259,17 +228,12 @@ async def main_async(args: argparse.Namespace) -> None:
     if not args.skip_engine:
         print("(a) vLLM in-process ...", file=sys.stderr, flush=True)
         levels += await bench_engine(choice.path, args, texts)
-    grpc_port, http_port, admin_port = free_port(), free_port(), free_port()
     print("(b, c) starting chatgen serve ...", file=sys.stderr, flush=True)
-    proc = start_server(args, grpc_port, http_port, admin_port)
-    try:
+    with local_server(*(["--model", args.model] if args.model else [])) as server:
         print("(b) gRPC ...", file=sys.stderr, flush=True)
-        levels += await bench_grpc(f"127.0.0.1:{grpc_port}", choice.served_name, args, texts)
+        levels += await bench_grpc(server.grpc_address, choice.served_name, args, texts)
         print("(c) REST via Envoy ...", file=sys.stderr, flush=True)
-        levels += await bench_rest(f"http://127.0.0.1:{http_port}", choice.served_name, args, texts)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
+        levels += await bench_rest(server.http_base, choice.served_name, args, texts)
     ratios = report(levels)
     if args.json:
         Path(args.json).write_text(json.dumps({"levels": [asdict(lv) for lv in levels], "ratios": ratios}, indent=2))
