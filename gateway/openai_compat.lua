@@ -10,10 +10,14 @@
 
 local STREAMABLE = { ["/v1/chat/completions"] = true, ["/v1/completions"] = true }
 
-local HTTP_ERROR_TYPES = {
-  [400] = "invalid_request_error", [401] = "authentication_error", [403] = "permission_error",
-  [404] = "not_found_error", [413] = "invalid_request_error", [429] = "rate_limit_error",
-  [500] = "server_error", [501] = "server_error", [503] = "service_unavailable_error", [504] = "timeout_error",
+-- HTTP status of a gRPC error the chatgen handlers did not describe -> OpenAI error type and code (the codes
+-- as the server spells its own failures).
+local HTTP_ERRORS = {
+  [400] = { "invalid_request_error", "invalid_request" }, [401] = { "authentication_error", "invalid_api_key" },
+  [403] = { "permission_error", "permission_denied" }, [404] = { "not_found_error", "not_found" },
+  [413] = { "invalid_request_error", "request_too_large" }, [429] = { "rate_limit_error", "overloaded" },
+  [500] = { "server_error", "internal" }, [501] = { "server_error", "unimplemented" },
+  [503] = { "service_unavailable_error", "unavailable" }, [504] = { "timeout_error", "deadline_exceeded" },
 }
 
 local ESCAPES = { ['"'] = '\\"', ['\\'] = '\\\\', ['\n'] = '\\n', ['\r'] = '\\r', ['\t'] = '\\t' }
@@ -70,9 +74,17 @@ local function status_message(body)
   return nil
 end
 
+-- The transcoder names the field it could not parse first ("max_tokens: invalid value ..."): that is `param`.
+local function field_of(message_json)
+  return message_json:match("^([%w_%.%[%]]+): ")
+end
+
 local function openai_error(message_json, status)
-  return '{"error":{"message":"' .. message_json .. '","type":"' .. (HTTP_ERROR_TYPES[status] or "server_error") ..
-    '","param":null,"code":null}}'
+  local field = field_of(message_json)
+  local param = field and ('"' .. field .. '"') or "null"
+  local kind = HTTP_ERRORS[status] or { "server_error", "internal" }
+  return '{"error":{"message":"' .. message_json .. '","type":"' .. kind[1] .. '","param":' .. param ..
+    ',"code":"' .. kind[2] .. '"}}'
 end
 
 function envoy_on_response(handle)
@@ -107,6 +119,13 @@ function envoy_on_response(handle)
       local bytes = body:getBytes(0, body:length())
       if bytes:sub(1, 8) == '{"code":' then
         body:setBytes(openai_error(status_message(bytes) or "upstream error", status))
+      elseif bytes:find('"param":null', 1, true) then
+        -- A local reply (e.g. the transcoder rejecting the JSON) already in OpenAI's shape via
+        -- local_reply_config, which cannot compute `param`; a quote inside the message would be escaped.
+        local field = field_of(status_message(bytes) or "")
+        if field ~= nil then
+          body:setBytes((bytes:gsub('"param":null', '"param":"' .. field .. '"', 1)))
+        end
       end
     end
     return

@@ -21,12 +21,13 @@ log = logging.getLogger(__name__)
 GATEWAY_DIR = REPO_ROOT / "gateway"
 
 # Envoy's own local replies (bad JSON, unknown path, upstream down) -> OpenAI error `type`.
-LOCAL_REPLY_TYPES: dict[int, str] = {
-    400: "invalid_request_error",
-    404: "not_found_error",
-    429: "rate_limit_error",
-    503: "service_unavailable_error",
-    504: "timeout_error",
+# Envoy's own local replies -> OpenAI error (`type`, `code`); codes as the server's own failures spell them.
+LOCAL_REPLY_TYPES: dict[int, tuple[str, str]] = {
+    400: ("invalid_request_error", "invalid_request"),
+    404: ("not_found_error", "not_found"),
+    429: ("rate_limit_error", "overloaded"),
+    503: ("service_unavailable_error", "unavailable"),
+    504: ("timeout_error", "deadline_exceeded"),
 }
 
 
@@ -56,7 +57,7 @@ def envoy_binary() -> str:
 
 
 def _local_reply_mappers(indent: str, max_body_bytes: int) -> str:
-    def body(status: int | None, error_type: str) -> list[str]:
+    def body(status: int | None, error_type: str, code: str) -> list[str]:
         lines = []
         if status is not None:
             lines.append(
@@ -72,7 +73,7 @@ def _local_reply_mappers(indent: str, max_body_bytes: int) -> str:
             "  body_format_override:",
             "    content_type: application/json",
             "    json_format:",
-            f"      error: {{message: '%LOCAL_REPLY_BODY%', type: {error_type}, param: null, code: null}}",
+            f"      error: {{message: '%LOCAL_REPLY_BODY%', type: {error_type}, param: null, code: {code}}}",
         ]
         return lines
 
@@ -96,9 +97,9 @@ def _local_reply_mappers(indent: str, max_body_bytes: int) -> str:
         f"      error: {{message: 'The request body is larger than this server accepts ({max_body_bytes} bytes)', "
         "type: invalid_request_error, param: null, code: request_too_large}",
     ]
-    for status, error_type in LOCAL_REPLY_TYPES.items():
-        lines += body(status, error_type)
-    lines += body(None, "server_error")
+    for status, (error_type, code) in LOCAL_REPLY_TYPES.items():
+        lines += body(status, error_type, code)
+    lines += body(None, "server_error", "internal")
     return "\n".join(indent + line for line in lines)
 
 

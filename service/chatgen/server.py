@@ -11,7 +11,8 @@ from chatgen.chat.admission import Admission
 from chatgen.chat.generation import Generator
 from chatgen.engine import Engine
 from chatgen.metrics import Metrics
-from chatgen.transport.auth import ApiKeyInterceptor
+from chatgen.transport.auth import PROTECTED_PREFIX, ApiKeyInterceptor
+from chatgen.transport.malformed import MalformedMessageInterceptor
 from chatgen.transport.servicers import ChatServicer, GenerateServicer, ModelsServicer
 from chatgen.v1 import chatgen_pb2 as pb
 from chatgen.v1 import chatgen_pb2_grpc as pb_grpc
@@ -36,7 +37,11 @@ class GrpcServer:
     ) -> None:
         self.engine = engine
         self.server = grpc.aio.server(
-            interceptors=[ApiKeyInterceptor(api_keys)] if api_keys else [],
+            # Authentication first: a caller without a key learns nothing, not even that its bytes were malformed.
+            interceptors=[
+                *([ApiKeyInterceptor(api_keys)] if api_keys else []),
+                MalformedMessageInterceptor(PROTECTED_PREFIX),
+            ],
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.so_reuseport", 0),

@@ -75,7 +75,7 @@ def test_rest_timeout_header_is_the_grpc_deadline(service: Service) -> None:
     assert time.monotonic() - started < 10
     assert response.status_code == 504
     assert response.json() == {
-        "error": {"message": "Deadline Exceeded", "type": "timeout_error", "param": None, "code": None}
+        "error": {"message": "Deadline Exceeded", "type": "timeout_error", "param": None, "code": "deadline_exceeded"}
     }
     assert wait_idle(service) == 0
     assert service.metric("chatgen_requests_aborted_total") - aborted_before == 1

@@ -168,19 +168,23 @@ def test_bad_request_is_400_openai_error(http: httpx.Client, body: dict, param: 
 
 
 @pytest.mark.parametrize(
-    ("content", "status"),
+    ("content", "param"),
     [
-        ("{not json", 400),
-        ('{"model": "x", "messages": "not-a-list"}', 400),
-        ('{"model": "x", "temperature": "hot"}', 400),
+        ("{not json", None),
+        ('{"model": "x", "messages": "not-a-list"}', "messages"),
+        ('{"model": "x", "temperature": "hot"}', "temperature"),
+        ('{"model": "x", "messages": [{"role": "user", "tool_calls": [{"function": {"name": 5}}]}]}',
+         "messages[0].tool_calls[0].function.name"),
     ],
-)
-def test_malformed_json_is_openai_error(http: httpx.Client, content: str, status: int) -> None:
+)  # fmt: skip
+def test_malformed_json_is_openai_error_naming_the_field(http: httpx.Client, content: str, param: str | None) -> None:
     response = http.post("/v1/chat/completions", content=content, headers={"content-type": "application/json"})
-    assert response.status_code == status
+    assert response.status_code == 400
     error = response.json()["error"]
     assert error["type"] == "invalid_request_error"
+    assert error["code"] == "invalid_request"
     assert error["message"]
+    assert error["param"] == param
     assert set(error) == {"message", "type", "param", "code"}
 
 

@@ -302,12 +302,17 @@ class HfEngine(Engine):
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
+# As vLLM (its _SAMPLING_EPS): a temperature this small is greedy decoding; dividing logits by it would overflow.
+GREEDY_BELOW = 1e-5
+
+
 def _generate_kwargs(o: SamplingOptions) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"max_new_tokens": o.max_tokens, "repetition_penalty": o.repetition_penalty}
-    if o.temperature == 0.0:
+    if o.temperature < GREEDY_BELOW:
         kwargs["do_sample"] = False
     else:
-        kwargs.update(do_sample=True, temperature=o.temperature, top_p=o.top_p, top_k=o.top_k or None)
+        # top_k 0 turns the warper off (None would mean the model's default, often 50); -1 is "off" too.
+        kwargs.update(do_sample=True, temperature=o.temperature, top_p=o.top_p, top_k=max(o.top_k, 0))
         if o.min_p:
             kwargs["min_p"] = o.min_p
     if o.ignore_eos:
