@@ -10,15 +10,9 @@
 
 local STREAMABLE = { ["/v1/chat/completions"] = true, ["/v1/completions"] = true }
 
--- HTTP status of a gRPC error the chatgen handlers did not describe -> OpenAI error type and code (the codes
--- as the server spells its own failures).
-local HTTP_ERRORS = {
-  [400] = { "invalid_request_error", "invalid_request" }, [401] = { "authentication_error", "invalid_api_key" },
-  [403] = { "permission_error", "permission_denied" }, [404] = { "not_found_error", "not_found" },
-  [413] = { "invalid_request_error", "request_too_large" }, [429] = { "rate_limit_error", "overloaded" },
-  [500] = { "server_error", "internal" }, [501] = { "server_error", "unimplemented" },
-  [503] = { "service_unavailable_error", "unavailable" }, [504] = { "timeout_error", "deadline_exceeded" },
-}
+-- HTTP status of an error without a chatgen error body (Envoy's own, or raised by gRPC itself) -> OpenAI error
+-- {type, code}. chatgen.gateway fills the table in from chatgen.errors.GATEWAY_REPLIES when it renders this file.
+local HTTP_ERRORS = {} --[[ GATEWAY_REPLIES ]]
 
 local ESCAPES = { ['"'] = '\\"', ['\\'] = '\\\\', ['\n'] = '\\n', ['\r'] = '\\r', ['\t'] = '\\t' }
 
@@ -82,7 +76,7 @@ end
 local function openai_error(message_json, status)
   local field = field_of(message_json)
   local param = field and ('"' .. field .. '"') or "null"
-  local kind = HTTP_ERRORS[status] or { "server_error", "internal" }
+  local kind = HTTP_ERRORS[status] or HTTP_ERRORS[500]
   return '{"error":{"message":"' .. message_json .. '","type":"' .. kind[1] .. '","param":' .. param ..
     ',"code":"' .. kind[2] .. '"}}'
 end

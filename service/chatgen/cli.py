@@ -19,6 +19,7 @@ from chatgen.engine.factory import ENGINES, SimulatorTiming, create_engine, reso
 from chatgen.gateway import EnvoyProcess, GatewaySettings, default_work_dir
 from chatgen.metrics import Metrics
 from chatgen.server import GrpcServer
+from chatgen.tls import handshake_ok, tls_files
 from chatgen.transport.auth import load_keys
 
 log = logging.getLogger("chatgen")
@@ -104,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--metrics-port", metavar="PORT", type=int, default=9400, help="Prometheus /metrics (0: off)")
     net.add_argument("--no-gateway", action="store_true", help="serve gRPC only, without Envoy")
     net.add_argument("--envoy-concurrency", metavar="N", type=int, default=2, help="Envoy worker threads")
+    net.add_argument("--tls-cert", metavar="PEM", default=None, help="serve gRPC and REST over TLS: certificate chain")
+    net.add_argument("--tls-key", metavar="PEM", default=None, help="the certificate's private key")
     auth = serve.add_argument_group("authentication (off unless a key is given)")
     auth.add_argument(
         "--api-key",
@@ -165,6 +168,15 @@ async def _grpc_healthy(address: str, timeout: float = 60.0) -> None:
             await asyncio.sleep(0.1)
 
 
+async def _tls_listening(host: str, port: int, timeout: float = 60.0) -> None:
+    # Health is SERVING in-process already; this checks the TLS port itself (see chatgen.tls on verification).
+    deadline = time.monotonic() + timeout
+    while not await handshake_ok(host, port):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the gRPC TLS port {host}:{port} does not complete a handshake")
+        await asyncio.sleep(0.1)
+
+
 def _simulator_timing(text: str) -> SimulatorTiming:
     try:
         ttft, itl, tokens = text.split(",")
@@ -178,6 +190,7 @@ def _local(host: str) -> str:
 
 
 async def serve(args: argparse.Namespace) -> int:
+    tls = tls_files(args.tls_cert, args.tls_key)
     choice = resolve_model(args.model, args.served_model_name)
     limits = AdmissionLimits(args.max_running, args.max_waiting)
     engine = create_engine(
@@ -213,9 +226,13 @@ async def serve(args: argparse.Namespace) -> int:
             metrics=metrics,
             admission=admission,
             max_message_bytes=args.max_request_bytes,
+            credentials=tls.server_credentials() if tls is not None else None,
         )
         await server.start()
-        await _grpc_healthy(f"{_local(args.host)}:{server.port}")
+        if tls is None:
+            await _grpc_healthy(f"{_local(args.host)}:{server.port}")
+        else:
+            await _tls_listening(_local(args.host), server.port)
         if not args.no_gateway:
             envoy = EnvoyProcess(
                 GatewaySettings(
@@ -230,6 +247,8 @@ async def serve(args: argparse.Namespace) -> int:
                     max_connections=args.max_connections,
                     # Room above the server's own limit, so callers see the server's 429 first.
                     max_upstream_requests=limits.max_running + limits.max_waiting + UPSTREAM_HEADROOM,
+                    tls=tls,
+                    upstream_tls=tls is not None,
                 )
             )
             envoy.start()
@@ -266,9 +285,12 @@ async def _run_until_stopped(
         loop.add_signal_handler(sig, signals.put_nowait, sig)
 
     host = _local(args.host)
-    rest = f", REST on http://{host}:{args.http_port}/v1" if envoy else ""
+    tls = args.tls_cert is not None
+    rest = f", REST on {'https' if tls else 'http'}://{host}:{args.http_port}/v1" if envoy else ""
     print(
-        f"[chatgen] ready: model '{engine.model.name}' ({engine.name}), gRPC on {host}:{server.port}{rest}", flush=True
+        f"[chatgen] ready: model '{engine.model.name}' ({engine.name}), gRPC{' (TLS)' if tls else ''} on "
+        f"{host}:{server.port}{rest}",
+        flush=True,
     )
     signalled = asyncio.ensure_future(signals.get())
     engine_died = asyncio.ensure_future(_watch_engine(engine))

@@ -1,8 +1,10 @@
 """Request failures and how each one looks on the wire.
 
-Every failure the service reports is a `ChatgenError` with a `Failure` kind. `FAILURES` is the one table that
-maps a kind to its gRPC status, its HTTP status (the one Envoy's transcoder derives from that gRPC status) and the
-OpenAI error `type`; the README reproduces it.
+Every failure the service reports is a `ChatgenError` with a `Failure` kind. `FAILURES` maps a kind to its gRPC
+status, its HTTP status (the one Envoy's transcoder derives from that gRPC status, or the one Envoy answers with
+itself) and the OpenAI error `type`; the kind's value is the OpenAI error `code`. `CASES` lists every bad input
+and fault the service answers, with its kind: the README's error table is `python -m chatgen.errors`, and the
+gateway's own replies (`GATEWAY_REPLIES`) come from the same table, so REST, gRPC and the docs cannot drift apart.
 """
 
 from __future__ import annotations
@@ -16,13 +18,18 @@ import grpc
 
 class Failure(enum.Enum):
     INVALID_REQUEST = "invalid_request"
+    CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
+    UNSUPPORTED = "unsupported_parameter"
     MODEL_NOT_FOUND = "model_not_found"
     NO_CHAT_TEMPLATE = "no_chat_template"
-    ENGINE_UNAVAILABLE = "engine_unavailable"
+    REQUEST_TOO_LARGE = "request_too_large"
+    NOT_FOUND = "not_found"
     INVALID_API_KEY = "invalid_api_key"
     OVERLOADED = "overloaded"
-    SHUTTING_DOWN = "shutting_down"
     DEADLINE_EXCEEDED = "deadline_exceeded"
+    SHUTTING_DOWN = "shutting_down"
+    ENGINE_UNAVAILABLE = "engine_unavailable"
+    UNAVAILABLE = "unavailable"
     INTERNAL = "internal"
 
 
@@ -33,17 +40,154 @@ class WireStatus:
     openai_type: str
 
 
+_INVALID = "invalid_request_error"
+_UNAVAILABLE = "service_unavailable_error"
+
 FAILURES: dict[Failure, WireStatus] = {
-    Failure.INVALID_REQUEST: WireStatus(grpc.StatusCode.INVALID_ARGUMENT, 400, "invalid_request_error"),
+    Failure.INVALID_REQUEST: WireStatus(grpc.StatusCode.INVALID_ARGUMENT, 400, _INVALID),
+    # OpenAI's own code for a prompt (plus max_tokens) beyond the model's context.
+    Failure.CONTEXT_LENGTH_EXCEEDED: WireStatus(grpc.StatusCode.INVALID_ARGUMENT, 400, _INVALID),
+    # A well-formed request for something this deployment cannot do. Not UNIMPLEMENTED: Envoy maps that to 501,
+    # and a client's request must never be a 5xx.
+    Failure.UNSUPPORTED: WireStatus(grpc.StatusCode.INVALID_ARGUMENT, 400, _INVALID),
     Failure.MODEL_NOT_FOUND: WireStatus(grpc.StatusCode.NOT_FOUND, 404, "not_found_error"),
-    Failure.NO_CHAT_TEMPLATE: WireStatus(grpc.StatusCode.FAILED_PRECONDITION, 400, "invalid_request_error"),
-    Failure.ENGINE_UNAVAILABLE: WireStatus(grpc.StatusCode.UNAVAILABLE, 503, "service_unavailable_error"),
+    Failure.NO_CHAT_TEMPLATE: WireStatus(grpc.StatusCode.FAILED_PRECONDITION, 400, _INVALID),
+    # gRPC itself answers a message over the receive limit; Envoy answers a body over its buffer limit.
+    Failure.REQUEST_TOO_LARGE: WireStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, 413, _INVALID),
+    Failure.NOT_FOUND: WireStatus(grpc.StatusCode.UNIMPLEMENTED, 404, "not_found_error"),
     Failure.INVALID_API_KEY: WireStatus(grpc.StatusCode.UNAUTHENTICATED, 401, "authentication_error"),
     Failure.OVERLOADED: WireStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, 429, "rate_limit_error"),
-    Failure.SHUTTING_DOWN: WireStatus(grpc.StatusCode.UNAVAILABLE, 503, "service_unavailable_error"),
     Failure.DEADLINE_EXCEEDED: WireStatus(grpc.StatusCode.DEADLINE_EXCEEDED, 504, "timeout_error"),
+    Failure.SHUTTING_DOWN: WireStatus(grpc.StatusCode.UNAVAILABLE, 503, _UNAVAILABLE),
+    Failure.ENGINE_UNAVAILABLE: WireStatus(grpc.StatusCode.UNAVAILABLE, 503, _UNAVAILABLE),
+    Failure.UNAVAILABLE: WireStatus(grpc.StatusCode.UNAVAILABLE, 503, _UNAVAILABLE),
     Failure.INTERNAL: WireStatus(grpc.StatusCode.INTERNAL, 500, "server_error"),
 }
+
+
+@dataclass(frozen=True)
+class ErrorCase:
+    """One row of the error table: a bad input or a fault, who answers it, and how."""
+
+    id: str
+    what: str
+    failure: Failure
+    # The `param` values the error names, comma-separated ("" when it names none).
+    param: str
+    # Who produces the error: the chatgen server, Envoy (REST only), or gRPC itself (before chatgen's code runs).
+    by: str = "server"
+
+
+CASES: tuple[ErrorCase, ...] = (
+    ErrorCase(
+        "malformed-body", "body is not JSON / not a protobuf message", Failure.INVALID_REQUEST, "", "Envoy / server"
+    ),
+    ErrorCase(
+        "wrong-type",
+        'a field of the wrong JSON type (`"temperature": "hot"`, `"messages": "hi"`)',
+        Failure.INVALID_REQUEST,
+        "temperature, messages, …",
+        "Envoy",
+    ),
+    ErrorCase("no-model", "`model` missing", Failure.INVALID_REQUEST, "model"),
+    ErrorCase("unknown-model", "unknown `model`", Failure.MODEL_NOT_FOUND, "model"),
+    ErrorCase(
+        "empty-messages",
+        "`messages` missing or empty; `prompt` missing or empty",
+        Failure.INVALID_REQUEST,
+        "messages, prompt",
+    ),
+    ErrorCase(
+        "bad-role", "a message role other than system/user/assistant/tool", Failure.INVALID_REQUEST, "messages[0].role"
+    ),
+    ErrorCase(
+        "bad-content",
+        "content that is not a string or text parts; `stop` not strings",
+        Failure.INVALID_REQUEST,
+        "messages[0].content[0], stop",
+    ),
+    ErrorCase(
+        "out-of-range",
+        "out-of-range sampling value (`temperature` > 2, `top_p` 0, `n` 0, `max_tokens` 0, `logit_bias` > 100, …)",
+        Failure.INVALID_REQUEST,
+        "temperature, top_p, n, max_tokens, …",
+    ),
+    ErrorCase(
+        "bad-tools",
+        "malformed `tools`, `tool_choice` or `response_format`",
+        Failure.INVALID_REQUEST,
+        "tools[0], tool_choice, response_format.json_schema.schema",
+    ),
+    ErrorCase(
+        "prompt-too-long", "prompt longer than the model's context", Failure.CONTEXT_LENGTH_EXCEEDED, "messages, prompt"
+    ),
+    ErrorCase(
+        "max-tokens-over",
+        "prompt + `max_tokens` over the model's context",
+        Failure.CONTEXT_LENGTH_EXCEEDED,
+        "max_tokens",
+    ),
+    ErrorCase(
+        "unsupported",
+        "a feature this deployment lacks (`tools` without a tool-call parser, `logprobs` on the hf engine, "
+        "a forced `tool_choice` with `response_format`, `n` above `--max-running`)",
+        Failure.UNSUPPORTED,
+        "tools, logprobs, response_format, n",
+    ),
+    ErrorCase("no-chat-template", "chat on a model without a chat template", Failure.NO_CHAT_TEMPLATE, "messages"),
+    ErrorCase(
+        "too-large", "body over `--max-request-bytes` (default 8 MiB)", Failure.REQUEST_TOO_LARGE, "", "Envoy / gRPC"
+    ),
+    ErrorCase("unknown-path", "unknown REST path / gRPC method", Failure.NOT_FOUND, "", "Envoy / gRPC"),
+    ErrorCase(
+        "bad-key", "missing or wrong API key (when keys are configured)", Failure.INVALID_API_KEY, "authorization"
+    ),
+    ErrorCase(
+        "overloaded",
+        "admission queue full (`--max-running` + `--max-waiting`); also sends `Retry-After`",
+        Failure.OVERLOADED,
+        "",
+    ),
+    ErrorCase(
+        "deadline",
+        "deadline passed (gRPC deadline, REST `x-request-timeout-ms`)",
+        Failure.DEADLINE_EXCEEDED,
+        "",
+        "server / gRPC",
+    ),
+    ErrorCase("draining", "server draining after SIGTERM", Failure.SHUTTING_DOWN, ""),
+    ErrorCase("engine-down", "engine died", Failure.ENGINE_UNAVAILABLE, ""),
+    ErrorCase("server-unreachable", "gateway cannot reach the gRPC server", Failure.UNAVAILABLE, "", "Envoy"),
+    ErrorCase("internal", "a bug (never expected; logged with a traceback)", Failure.INTERNAL, ""),
+)
+
+# Envoy's own error replies (local replies, and gRPC errors that carry no chatgen error body) by HTTP status.
+GATEWAY_REPLIES: dict[int, Failure] = {
+    400: Failure.INVALID_REQUEST,
+    401: Failure.INVALID_API_KEY,
+    404: Failure.NOT_FOUND,
+    413: Failure.REQUEST_TOO_LARGE,
+    429: Failure.OVERLOADED,
+    500: Failure.INTERNAL,
+    503: Failure.UNAVAILABLE,
+    504: Failure.DEADLINE_EXCEEDED,
+}
+
+
+def markdown_table() -> str:
+    """The README's error table."""
+    rows = [
+        "| failure | answered by | gRPC status | HTTP | OpenAI `type` | `code` | `param` |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for case in CASES:
+        wire = FAILURES[case.failure]
+        param = ", ".join(p if p == "…" else f"`{p}`" for p in case.param.split(", ")) if case.param else "`null`"
+        rows.append(
+            f"| {case.what} | {case.by} | `{wire.grpc_code.name}` | {wire.http_status} | `{wire.openai_type}` "
+            f"| `{case.failure.value}` | {param} |"
+        )
+    return "\n".join(rows) + "\n"
 
 
 class ChatgenError(Exception):
@@ -79,3 +223,15 @@ class ChatgenError(Exception):
 
 def invalid(message: str, param: str | None = None) -> ChatgenError:
     return ChatgenError(Failure.INVALID_REQUEST, message, param)
+
+
+def unsupported(message: str, param: str) -> ChatgenError:
+    return ChatgenError(Failure.UNSUPPORTED, message, param)
+
+
+def context_length_exceeded(message: str, param: str) -> ChatgenError:
+    return ChatgenError(Failure.CONTEXT_LENGTH_EXCEEDED, message, param)
+
+
+if __name__ == "__main__":
+    print(markdown_table(), end="")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -14,21 +15,18 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from chatgen.errors import FAILURES, GATEWAY_REPLIES, Failure
 from chatgen.protogen import REPO_ROOT, build_descriptor_set
+from chatgen.tls import TlsFiles, probe_context
 
 log = logging.getLogger(__name__)
 
 GATEWAY_DIR = REPO_ROOT / "gateway"
 
-# Envoy's own local replies (bad JSON, unknown path, upstream down) -> OpenAI error `type`.
-# Envoy's own local replies -> OpenAI error (`type`, `code`); codes as the server's own failures spell them.
-LOCAL_REPLY_TYPES: dict[int, tuple[str, str]] = {
-    400: ("invalid_request_error", "invalid_request"),
-    404: ("not_found_error", "not_found"),
-    429: ("rate_limit_error", "overloaded"),
-    503: ("service_unavailable_error", "unavailable"),
-    504: ("timeout_error", "deadline_exceeded"),
-}
+
+def _openai_kind(failure: Failure) -> tuple[str, str]:
+    """(OpenAI error `type`, `code`) for a failure kind."""
+    return FAILURES[failure].openai_type, failure.value
 
 
 @dataclass(frozen=True)
@@ -45,6 +43,9 @@ class GatewaySettings:
     max_upstream_requests: int = 1024
     concurrency: int = 2
     log_level: str = "warning"
+    # TLS on the REST listener, and to the gRPC server (when its port is TLS).
+    tls: TlsFiles | None = None
+    upstream_tls: bool = False
 
 
 def envoy_binary() -> str:
@@ -78,29 +79,77 @@ def _local_reply_mappers(indent: str, max_body_bytes: int) -> str:
         return lines
 
     # Envoy's circuit breaker to the server tripped (upstream overflow): the same 429 the server sends itself.
+    overloaded_type, overloaded_code = _openai_kind(Failure.OVERLOADED)
     lines: list[str] = [
         "- filter: {response_flag_filter: {flags: [UO]}}",
-        "  status_code: 429",
+        f"  status_code: {FAILURES[Failure.OVERLOADED].http_status}",
         "  headers_to_add: [{header: {key: retry-after, value: '1'}, append_action: OVERWRITE_IF_EXISTS_OR_ADD}]",
         "  body_format_override:",
         "    content_type: application/json",
         "    json_format:",
-        "      error: {message: 'The server is at capacity; retry later', type: rate_limit_error, param: null, "
-        "code: overloaded}",
+        "      error: {message: 'The server is at capacity; retry later', "
+        f"type: {overloaded_type}, param: null, code: {overloaded_code}}}",
     ]
+    too_large_type, too_large_code = _openai_kind(Failure.REQUEST_TOO_LARGE)
     lines += [
         "- filter: {status_code_filter: {comparison: {op: EQ, value: "
-        "{default_value: 413, runtime_key: chatgen.local_reply.too_large}}}}",
+        f"{{default_value: {FAILURES[Failure.REQUEST_TOO_LARGE].http_status}, "
+        "runtime_key: chatgen.local_reply.too_large}}}}",
         "  body_format_override:",
         "    content_type: application/json",
         "    json_format:",
         f"      error: {{message: 'The request body is larger than this server accepts ({max_body_bytes} bytes)', "
-        "type: invalid_request_error, param: null, code: request_too_large}",
+        f"type: {too_large_type}, param: null, code: {too_large_code}}}",
     ]
-    for status, (error_type, code) in LOCAL_REPLY_TYPES.items():
-        lines += body(status, error_type, code)
-    lines += body(None, "server_error", "internal")
+    for status, failure in GATEWAY_REPLIES.items():
+        if failure is not Failure.REQUEST_TOO_LARGE:
+            lines += body(status, *_openai_kind(failure))
+    lines += body(None, *_openai_kind(Failure.INTERNAL))
     return "\n".join(indent + line for line in lines)
+
+
+LUA_TABLE_MARKER = "{} --[[ GATEWAY_REPLIES ]]"
+
+
+def render_lua(work_dir: Path) -> Path:
+    """gateway/openai_compat.lua with its HTTP status -> OpenAI error table filled in from chatgen.errors."""
+    source = (GATEWAY_DIR / "openai_compat.lua").read_text()
+    entries = ", ".join(
+        f'[{status}] = {{ "{error_type}", "{code}" }}'
+        for status, (error_type, code) in ((s, _openai_kind(f)) for s, f in GATEWAY_REPLIES.items())
+    )
+    if LUA_TABLE_MARKER not in source:
+        raise ValueError(f"gateway/openai_compat.lua lost its {LUA_TABLE_MARKER!r} line")
+    path = work_dir / "openai_compat.lua"
+    path.write_text(source.replace(LUA_TABLE_MARKER, "{ " + entries + " }"))
+    return path
+
+
+def _transport_socket(context_type: str, common: dict[str, object]) -> str:
+    """A transport_socket value as one-line JSON (JSON is YAML), for the template's flow context."""
+    return json.dumps(
+        {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": f"type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.{context_type}",
+                "common_tls_context": common,
+            },
+        }
+    )
+
+
+def _listener_tls(tls: TlsFiles | None) -> str:
+    if tls is None:
+        return "null"
+    certificate = {"certificate_chain": {"filename": str(tls.cert)}, "private_key": {"filename": str(tls.key)}}
+    return _transport_socket(
+        "DownstreamTlsContext", {"alpn_protocols": ["h2", "http/1.1"], "tls_certificates": [certificate]}
+    )
+
+
+def _upstream_tls(enabled: bool) -> str:
+    # No validation_context: see chatgen.tls for why the loopback hop is encrypted but not verified.
+    return _transport_socket("UpstreamTlsContext", {"alpn_protocols": ["h2"]}) if enabled else "null"
 
 
 def render_config(settings: GatewaySettings) -> Path:
@@ -119,8 +168,10 @@ def render_config(settings: GatewaySettings) -> Path:
         max_connections=settings.max_connections,
         max_upstream_requests=settings.max_upstream_requests,
         descriptor_file=descriptor,
-        lua_file=GATEWAY_DIR / "openai_compat.lua",
+        lua_file=render_lua(work),
         local_reply_mappers=_local_reply_mappers(" " * 12, settings.max_body_bytes),
+        listener_tls=_listener_tls(settings.tls),
+        upstream_tls=_upstream_tls(settings.upstream_tls),
     )
     path = work / "envoy.yaml"
     path.write_text(config)
@@ -170,8 +221,10 @@ class EnvoyProcess:
                 raise RuntimeError(f"Envoy exited during start-up (code {self.proc.returncode if self.proc else '?'})")
             # Envoy is LIVE and the REST listener reaches the gRPC server end to end (401: it did, and the
             # server asked for an API key).
+            listener_tls = self.settings.tls is not None
             if await http_get_status(self.settings.admin_port, "/ready") == 200 and (
-                await http_get_status(self.settings.http_port, "/v1/models", self.settings.http_host) in (200, 401)
+                await http_get_status(self.settings.http_port, "/v1/models", self.settings.http_host, listener_tls)
+                in (200, 401)
             ):
                 return
             if asyncio.get_running_loop().time() > deadline:
@@ -195,12 +248,16 @@ class EnvoyProcess:
             self.proc.wait()
 
 
-async def http_get_status(port: int, path: str, host: str = "127.0.0.1") -> int | None:
-    """Status code of a plain HTTP GET, or None when nothing answers (no HTTP client dependency needed)."""
+async def http_get_status(port: int, path: str, host: str = "127.0.0.1", tls: bool = False) -> int | None:
+    """Status code of an HTTP/1.1 GET, or None when nothing answers (no HTTP client dependency needed)."""
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
+    context = None
+    if tls:
+        context = probe_context()
+        context.set_alpn_protocols(["http/1.1"])
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=1.0)
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, ssl=context), timeout=1.0)
     except (OSError, asyncio.TimeoutError):
         return None
     try:

@@ -74,7 +74,7 @@ async def test_a_choice_group_takes_n_slots_and_n_beyond_capacity_is_invalid() -
     with pytest.raises(ChatgenError) as info:
         async with admission.slots(5):
             pass
-    assert info.value.failure is Failure.INVALID_REQUEST
+    assert info.value.failure is Failure.UNSUPPORTED
     assert info.value.param == "n"
 
 

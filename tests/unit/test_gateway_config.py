@@ -50,7 +50,7 @@ def test_filter_order_and_transcoder_options(tmp_path: Path) -> None:
     assert mappers[0]["filter"] == {"response_flag_filter": {"flags": ["UO"]}}
     assert mappers[0]["status_code"] == 429
     statuses = [m["filter"]["status_code_filter"]["comparison"]["value"]["default_value"] for m in mappers[1:]]
-    assert statuses[:3] == [413, 400, 404]
+    assert statuses[:4] == [413, 400, 401, 404]
 
 
 def test_limits_reach_envoy(tmp_path: Path) -> None:
@@ -62,3 +62,31 @@ def test_limits_reach_envoy(tmp_path: Path) -> None:
     assert doc["static_resources"]["listeners"][0]["per_connection_buffer_limit_bytes"] == 12345
     cluster = doc["static_resources"]["clusters"][0]
     assert cluster["circuit_breakers"]["thresholds"][0] == {"max_requests": 99, "max_pending_requests": 99}
+
+
+def test_tls_config_passes_envoy_validation(tmp_path: Path) -> None:
+    from chatgen.tls import tls_files
+    from tests.support.certs import self_signed
+
+    pair = self_signed(tmp_path / "certs")
+    tls = tls_files(str(pair.cert), str(pair.key))
+    s = GatewaySettings(**{**settings(tmp_path).__dict__, "tls": tls, "upstream_tls": True})
+    config = render_config(s)
+    doc = yaml.safe_load(config.read_text())
+    chain = doc["static_resources"]["listeners"][0]["filter_chains"][0]
+    context = chain["transport_socket"]["typed_config"]["common_tls_context"]
+    assert context["tls_certificates"][0]["certificate_chain"]["filename"] == str(pair.cert)
+    assert doc["static_resources"]["clusters"][0]["transport_socket"]["name"] == "envoy.transport_sockets.tls"
+    result = subprocess.run(
+        [envoy_binary(), "--mode", "validate", "-c", str(config), "--disable-hot-restart"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_plain_config_has_no_tls(tmp_path: Path) -> None:
+    doc = yaml.safe_load(render_config(settings(tmp_path)).read_text())
+    assert doc["static_resources"]["listeners"][0]["filter_chains"][0]["transport_socket"] is None
+    assert doc["static_resources"]["clusters"][0]["transport_socket"] is None

@@ -17,7 +17,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from chatgen.errors import ChatgenError, Failure, invalid
+from chatgen.errors import ChatgenError, Failure, unsupported
 
 # What an overloaded server suggests to callers: long enough for a few requests to finish.
 RETRY_AFTER_SECONDS = 1
@@ -66,7 +66,9 @@ class Admission:
         if self._draining is not None:
             raise ChatgenError(Failure.SHUTTING_DOWN, self._draining)
         if n > self.limits.max_running:
-            raise invalid(f"'n' is {n}, but this server runs at most {self.limits.max_running} choices at once", "n")
+            raise unsupported(
+                f"'n' is {n}, but this server runs at most {self.limits.max_running} choices at once", "n"
+            )
         if self._running + n <= self.limits.max_running and not self._queue:
             self._take(n)
         elif self._waiting + n <= self.limits.max_waiting:

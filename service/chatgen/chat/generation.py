@@ -30,7 +30,7 @@ from chatgen.chat.types import (
     Usage,
 )
 from chatgen.engine import Engine, EngineError, EngineOutput, EngineRequest, SamplingOptions, TokenLogprob
-from chatgen.errors import ChatgenError, Failure, invalid
+from chatgen.errors import ChatgenError, Failure, context_length_exceeded, invalid, unsupported
 
 T = TypeVar("T")
 
@@ -117,7 +117,7 @@ class Generator:
         sampling = request.sampling
         if forced is not None:
             if sampling.json_schema is not None:
-                raise invalid("a forced tool_choice cannot be combined with response_format", "response_format")
+                raise unsupported("a forced tool_choice cannot be combined with response_format", "response_format")
             sampling = replace(sampling, json_schema=forced.schema)
         tools = request.tools if request.tool_choice != "none" else None
         ids = render_chat(self._engine.tokenizer, request.messages, variables, tools)
@@ -147,14 +147,14 @@ class Generator:
         limit = self._engine.model.max_model_len
         room = limit - len(ids)
         if room < 1:
-            raise invalid(
+            raise context_length_exceeded(
                 f"This model's maximum context length is {limit} tokens; the prompt has {len(ids)} tokens",
                 prompt_param,
             )
         if s.max_tokens is not None and s.max_tokens < 1:
             raise invalid(f"'max_tokens' must be at least 1, got {s.max_tokens}", "max_tokens")
         if s.max_tokens is not None and s.max_tokens > room:
-            raise invalid(
+            raise context_length_exceeded(
                 f"This model's maximum context length is {limit} tokens; the prompt has {len(ids)} tokens and "
                 f"max_tokens asks for {s.max_tokens} more",
                 "max_tokens",
@@ -163,7 +163,7 @@ class Generator:
             raise invalid(f"'n' must be between 1 and {MAX_N}, got {s.n}", "n")
         if s.logprobs is not None:
             if not self._engine.supports_logprobs:
-                raise invalid(f"the {self._engine.name} engine does not report logprobs", "logprobs")
+                raise unsupported(f"the {self._engine.name} engine does not report logprobs", "logprobs")
             if not 0 <= s.logprobs <= MAX_TOP_LOGPROBS:
                 raise invalid(f"top logprobs must be between 0 and {MAX_TOP_LOGPROBS}, got {s.logprobs}", "logprobs")
         vocab = len(self._engine.tokenizer)
@@ -348,7 +348,9 @@ def _check_tools(request: ChatRequest, parser_configured: bool) -> None:
             raise invalid("each tool needs type 'function' and function.name", f"tools[{i}]")
     if request.tools and request.tool_choice in (None, "auto") and not parser_configured:
         # As vLLM: without a parser the model's calls would come back as unparsed text.
-        raise invalid("this server has no tool-call parser for the model (start it with --tool-call-parser)", "tools")
+        raise unsupported(
+            "this server has no tool-call parser for the model (start it with --tool-call-parser)", "tools"
+        )
 
 
 def _default(value: T | None, fallback: T) -> T:

@@ -29,8 +29,14 @@ class ChatgenClient:
         timeout: float | None = 60.0,
         metadata: Metadata | None = None,
         channel: grpc.Channel | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
-        self._channel = channel or grpc.insecure_channel(target)
+        # credentials: TLS, e.g. grpc.ssl_channel_credentials(root_certificates=...) for a server run with --tls-cert.
+        if channel is None:
+            channel = (
+                grpc.secure_channel(target, credentials) if credentials is not None else grpc.insecure_channel(target)
+            )
+        self._channel = channel
         self._chat = pb_grpc.ChatStub(self._channel)
         self._generate = pb_grpc.GenerateStub(self._channel)
         self._models = pb_grpc.ModelsStub(self._channel)
