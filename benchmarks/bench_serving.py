@@ -1,13 +1,21 @@
-"""Serving overhead benchmark: the engine alone vs chatgen over gRPC vs chatgen over REST (Envoy), one run.
+"""Serving benchmark: chatgen against `vllm serve`, side by side in one run, on the same model and engine settings.
 
-    .venv/bin/python -m benchmarks.bench_serving              # embedded model, concurrency 1 and 8
-    .venv/bin/python -m benchmarks.bench_serving --concurrency 1 8 32 --requests 32 --json out.json
+    .venv/bin/python -m benchmarks.bench_serving                         # embedded model; concurrency 1 8 32 64
+    .venv/bin/python -m benchmarks.bench_serving --concurrency 1 8 --json out.json --plot out.png
+    .venv/bin/python -m benchmarks.bench_serving --replay prompts.jsonl --model /models/Qwen3-0.6B
+    .venv/bin/python -m benchmarks.bench_serving --engine-arg=--max-num-batched-tokens=4096   # any vLLM flag
+    .venv/bin/python -m benchmarks.bench_serving --smoke                 # a tiny sweep (CI runs it)
 
-(a) vLLM `AsyncLLM` in this process (no serving layer: the ceiling), (b) `chatgen serve` over gRPC streaming,
-(c) the same server over REST/SSE through Envoy. Every request streams a chat completion of exactly
---max-tokens tokens (ignore_eos) for a prompt drawn from a seeded list, so all three do the same work. Reported:
-output tokens/s and time-to-first-token (first content token) p50/p99 per concurrency, and the ratios b/a and
-c/b measured side by side in this run.
+Targets: (a) `vllm serve`, vLLM's own OpenAI server, the baseline; (b) chatgen over gRPC; (c) chatgen over REST
+through Envoy; (e, with --targets ...,engine) vLLM's AsyncLLM in this process, the ceiling. Each server runs alone
+on the machine while it is measured, with the engine settings of chatgen.engine.vllm_args (plus --engine-arg),
+and gets the same requests: a seeded synthetic chat workload (log-normal prompt and output lengths) or a JSONL
+replay, every request streaming exactly its max_tokens (ignore_eos). Each (target, concurrency) run salts its
+prompts with a distinct first word, so prefix caching (on, as in production) never serves one run from another's.
+
+Reported per target and concurrency: requests/s, output tokens/s, TTFT p50/p99 and inter-token latency p50/p99
+(ms), errors; then the throughput ratios b/a, c/a, c/b (and c/d with SMG, once it is a target) and the TTFT that
+Envoy adds (c - b). On a GPU machine the same command runs unchanged with the CUDA vLLM build.
 """
 
 from __future__ import annotations
@@ -15,240 +23,367 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import random
+import math
 import sys
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
-from benchmarks.local_server import local_server, pct
+from benchmarks.clients import Result, grpc_chat, sse_chat
+from benchmarks.local_server import pct
+from benchmarks.targets import EngineSetup, chatgen_serve, vllm_serve
+from benchmarks.workload import Request, replay, synthetic
 
-TOPICS = ["the ocean", "a city at night", "mountains", "a robot", "coffee", "the moon", "trains", "a library"]
-STYLES = ["Write a short story about", "Describe", "Explain to a child", "Write a poem about"]
+LETTERS = {"vllm": "a", "grpc": "b", "rest": "c", "smg": "d", "engine": "e"}
+LABELS = {
+    "vllm": "vllm serve",
+    "grpc": "chatgen gRPC",
+    "rest": "chatgen REST",
+    "smg": "SMG",
+    "engine": "AsyncLLM in-process",
+}
+RATIOS = [("b", "a"), ("c", "a"), ("c", "b"), ("c", "d"), ("b", "e")]
 
-
-@dataclass
-class Sample:
-    ttft: float
-    tokens: int
+Send = Callable[[Request], Awaitable[Result]]
 
 
 @dataclass
 class Level:
-    mode: str
+    target: str
     concurrency: int
     requests: int
-    tokens_per_s: float
-    ttft_p50_ms: float
-    ttft_p99_ms: float
-    errors: int
+    ok: int
+    errors: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    requests_per_s: float = 0.0
+    output_tokens_per_s: float = 0.0
+    ttft_p50_ms: float = math.nan
+    ttft_p99_ms: float = math.nan
+    itl_p50_ms: float = math.nan
+    itl_p99_ms: float = math.nan
 
 
-def prompts(n: int, seed: int) -> list[str]:
-    rng = random.Random(seed)
-    return [f"{rng.choice(STYLES)} {rng.choice(TOPICS)}." for _ in range(n)]
+def salted(requests: list[Request], salt: str) -> list[Request]:
+    out = []
+    for r in requests:
+        first, *rest = r.messages
+        out.append(replace(r, messages=({**first, "content": f"{salt} {first['content']}"}, *rest)))
+    return out
 
 
-async def run_level(mode: str, concurrency: int, texts: list[str], one: Callable[[str], Awaitable[Sample]]) -> Level:
-    queue = list(texts)
-    samples: list[Sample] = []
-    errors = 0
+async def run_level(target: str, concurrency: int, requests: list[Request], send: Send, progress: Any) -> Level:
+    queue = list(reversed(requests))
+    results: list[Result] = []
 
     async def worker() -> None:
-        nonlocal errors
         while queue:
-            text = queue.pop()
-            try:
-                samples.append(await one(text))
-            except Exception as exc:
-                errors += 1
-                print(f"  {mode}: request failed: {exc}", file=sys.stderr)
+            results.append(await send(queue.pop()))
+            progress.update(1)
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    wall = time.perf_counter() - started
-    ttfts = [s.ttft * 1000 for s in samples] or [float("nan")]
+    seconds = time.perf_counter() - started
+    ok = [r for r in results if r.ok]
+    ttfts = [r.ttft * 1000 for r in ok]
+    itls = [gap * 1000 for r in ok for gap in r.itls]
     return Level(
-        mode,
+        target,
         concurrency,
-        len(samples),
-        sum(s.tokens for s in samples) / wall,
+        len(results),
+        len(ok),
+        dict(Counter(r.error or "?" for r in results if not r.ok)),
+        seconds,
+        len(ok) / seconds,
+        sum(r.output_tokens for r in ok) / seconds,
         pct(ttfts, 0.5),
         pct(ttfts, 0.99),
-        errors,
+        pct(itls, 0.5),
+        pct(itls, 0.99),
     )
 
 
-# ---- (a) the engine in-process -------------------------------------------------------------------------------
+class Sweep:
+    def __init__(self, args: argparse.Namespace, workload: list[Request]) -> None:
+        self.args = args
+        self.workload = workload
+        self.levels: list[Level] = []
+        from tqdm import tqdm
+
+        per_target = sum(self.count(c) for c in args.concurrency)
+        self.progress = tqdm(total=per_target * len(args.targets), unit="req", file=sys.stderr, dynamic_ncols=True)
+
+    def count(self, concurrency: int) -> int:
+        return max(self.args.requests, self.args.requests_per_client * concurrency)
+
+    def requests_for(self, target: str, concurrency: int) -> list[Request]:
+        n = self.count(concurrency)
+        picked = [self.workload[i % len(self.workload)] for i in range(n)]
+        return salted(picked, f"{LETTERS[target]}{concurrency}")
+
+    async def run(self, target: str, concurrency: int, send: Send) -> None:
+        self.progress.set_description(f"{LABELS[target]} c={concurrency}")
+        self.levels.append(
+            await run_level(target, concurrency, self.requests_for(target, concurrency), send, self.progress)
+        )
+
+    async def warm_up(self, send: Send) -> None:
+        for request in salted(self.workload[:2], "warmup"):
+            await send(request)
 
 
-async def bench_engine(model_dir: str, args: argparse.Namespace, texts: list[str]) -> list[Level]:
+# ---- targets ----------------------------------------------------------------------------------------------------
+
+
+async def sweep_openai_server(sweep: Sweep, target: str, base: str, model: str) -> None:
+    import httpx
+
+    limits = httpx.Limits(max_connections=max(sweep.args.concurrency) + 8)
+    async with httpx.AsyncClient(base_url=base, timeout=3600, limits=limits) as http:
+
+        async def send(request: Request) -> Result:
+            return await sse_chat(http, model, request)
+
+        await sweep.warm_up(send)
+        for c in sweep.args.concurrency:
+            await sweep.run(target, c, send)
+
+
+async def sweep_chatgen(sweep: Sweep, setup: EngineSetup, grpc_on: bool, rest_on: bool) -> None:
+    import grpc
+    import httpx
+
+    from chatgen.v1 import chatgen_pb2_grpc as pb_grpc
+
+    with chatgen_serve(setup) as server:
+        limits = httpx.Limits(max_connections=max(sweep.args.concurrency) + 8)
+        async with (
+            grpc.aio.insecure_channel(server.grpc_address) as channel,
+            httpx.AsyncClient(base_url=server.http_base, timeout=3600, limits=limits) as http,
+        ):
+            stub = pb_grpc.ChatStub(channel)
+
+            async def send_grpc(request: Request) -> Result:
+                return await grpc_chat(stub, setup.served_name, request)
+
+            async def send_rest(request: Request) -> Result:
+                return await sse_chat(http, setup.served_name, request)
+
+            await sweep.warm_up(send_grpc if grpc_on else send_rest)
+            # Interleaved by level, so slow drift of the machine touches both alike.
+            for c in sweep.args.concurrency:
+                if grpc_on:
+                    await sweep.run("grpc", c, send_grpc)
+                if rest_on:
+                    await sweep.run("rest", c, send_rest)
+
+
+async def sweep_engine(sweep: Sweep, setup: EngineSetup) -> None:
+    import os
+
     from transformers import AutoTokenizer
     from vllm import SamplingParams
-    from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.inputs import TokensPrompt
     from vllm.sampling_params import RequestOutputKind
     from vllm.v1.engine.async_llm import AsyncLLM
 
-    from chatgen.engine.vllm_engine import cpu_only
+    from chatgen.engine.vllm_args import engine_args
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
-    dtype = "float32" if cpu_only() else "auto"
-    llm = AsyncLLM.from_engine_args(
-        AsyncEngineArgs(model=model_dir, max_model_len=2048, dtype=dtype, enforce_eager=True, seed=0)
-    )
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    params = SamplingParams(
-        max_tokens=args.max_tokens, temperature=0, ignore_eos=True, output_kind=RequestOutputKind.DELTA
-    )
+    llm: Any = AsyncLLM.from_engine_args(engine_args(setup.defaults(), setup.engine_argv))
+    tokenizer = AutoTokenizer.from_pretrained(setup.model_dir)
     counter = 0
 
-    async def one(text: str) -> Sample:
+    async def send(request: Request) -> Result:
         nonlocal counter
         counter += 1
-        rendered = tok.apply_chat_template(
-            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+        ids = tokenizer.apply_chat_template(request.messages_list(), tokenize=True, add_generation_prompt=True)
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+            ids = ids["input_ids"]
+        params = SamplingParams(
+            max_tokens=request.max_tokens, temperature=0, ignore_eos=True, output_kind=RequestOutputKind.DELTA
         )
-        ids = tok.encode(rendered, add_special_tokens=False)
         start = time.perf_counter()
-        ttft, tokens = 0.0, 0
-        async for out in llm.generate(TokensPrompt(prompt_token_ids=ids), params, f"bench-{counter}"):
-            c = out.outputs[0]
-            if c.text and not ttft:
-                ttft = time.perf_counter() - start
-            tokens += len(c.token_ids)
-        return Sample(ttft, tokens)
+        result, last, tokens = Result(ok=True), None, 0
+        async for out in llm.generate(TokensPrompt(prompt_token_ids=list(ids)), params, f"bench-{counter}"):
+            now = time.perf_counter()
+            if out.outputs[0].text:
+                if last is None:
+                    result.ttft = now - start
+                else:
+                    result.itls.append(now - last)
+                last = now
+            tokens += len(out.outputs[0].token_ids)
+        result.latency, result.output_tokens = time.perf_counter() - start, tokens
+        return result
 
     try:
-        await one("warm up")
-        return [await run_level("engine", c, texts, one) for c in args.concurrency]
+        await sweep.warm_up(send)
+        for c in sweep.args.concurrency:
+            await sweep.run("engine", c, send)
     finally:
         llm.shutdown()
         # Drop the last reference now: AsyncLLM.__del__ shuts down again, which fails at interpreter exit.
         llm = None
 
 
-# ---- (b) gRPC and (c) REST against `chatgen serve` ---------------------------------------------------------------
+# ---- report -----------------------------------------------------------------------------------------------------
 
 
-async def bench_grpc(address: str, model: str, args: argparse.Namespace, texts: list[str]) -> list[Level]:
-    import grpc
-    from google.protobuf import struct_pb2
-
-    from chatgen.v1 import chatgen_pb2 as pb
-    from chatgen.v1 import chatgen_pb2_grpc as pb_grpc
-
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = pb_grpc.ChatStub(channel)
-
-        async def one(text: str) -> Sample:
-            req = pb.ChatCompletionRequest(
-                model=model,
-                messages=[pb.ChatMessage(role="user", content=struct_pb2.Value(string_value=text))],
-                max_tokens=args.max_tokens,
-                temperature=0,
-                ignore_eos=True,
-                stream_options=pb.StreamOptions(include_usage=True),
-            )
-            start = time.perf_counter()
-            ttft, tokens = 0.0, 0
-            async for chunk in stub.StreamChatCompletion(req):
-                if not ttft and chunk.choices and chunk.choices[0].delta.content:
-                    ttft = time.perf_counter() - start
-                if chunk.HasField("usage"):
-                    tokens = chunk.usage.completion_tokens
-            return Sample(ttft, tokens)
-
-        await one("warm up")
-        return [await run_level("grpc", c, texts, one) for c in args.concurrency]
-
-
-async def bench_rest(base: str, model: str, args: argparse.Namespace, texts: list[str]) -> list[Level]:
-    import httpx
-
-    limits = httpx.Limits(max_connections=max(args.concurrency) + 4)
-    async with httpx.AsyncClient(base_url=base, timeout=600, limits=limits) as http:
-
-        async def one(text: str) -> Sample:
-            body = {
-                "model": model,
-                "messages": [{"role": "user", "content": text}],
-                "max_tokens": args.max_tokens,
-                "temperature": 0,
-                "ignore_eos": True,
-                "stream": True,
-                "stream_options": {"include_usage": True},
-            }
-            start = time.perf_counter()
-            ttft, tokens = 0.0, 0
-            async with http.stream("POST", "/v1/chat/completions", json=body) as response:
-                response.raise_for_status()
-                async for line in response.aiter_lines():
-                    if not line.startswith("data: ") or line == "data: [DONE]":
-                        continue
-                    chunk = json.loads(line[6:])
-                    if not ttft and chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
-                        ttft = time.perf_counter() - start
-                    if chunk.get("usage"):
-                        tokens = chunk["usage"]["completion_tokens"]
-            return Sample(ttft, tokens)
-
-        await one("warm up")
-        return [await run_level("rest", c, texts, one) for c in args.concurrency]
-
-
-def report(levels: list[Level]) -> dict[str, float]:
-    by = {(lv.mode, lv.concurrency): lv for lv in levels}
-    print(f"\n{'mode':<8}{'conc':>6}{'reqs':>6}{'tok/s':>10}{'TTFT p50 ms':>14}{'TTFT p99 ms':>14}{'errors':>8}")
-    for lv in levels:
-        print(
-            f"{lv.mode:<8}{lv.concurrency:>6}{lv.requests:>6}{lv.tokens_per_s:>10.1f}"
-            f"{lv.ttft_p50_ms:>14.1f}{lv.ttft_p99_ms:>14.1f}{lv.errors:>8}"
-        )
-    ratios: dict[str, float] = {}
-    print(f"\n{'conc':>6}{'tok/s b/a (grpc/engine)':>26}{'tok/s c/b (rest/grpc)':>24}{'TTFT p50 c-b ms':>18}")
+def ratios(levels: list[Level]) -> dict[str, dict[str, float]]:
+    """Per concurrency: throughput ratios between targets, and the TTFT p50 Envoy adds (c - b, ms)."""
+    by = {(LETTERS[lv.target], lv.concurrency): lv for lv in levels}
+    out: dict[str, dict[str, float]] = {}
     for c in sorted({lv.concurrency for lv in levels}):
-        a, b, r = by.get(("engine", c)), by.get(("grpc", c)), by.get(("rest", c))
-        ba = b.tokens_per_s / a.tokens_per_s if a and b else float("nan")
-        cb = r.tokens_per_s / b.tokens_per_s if r and b else float("nan")
-        dt = r.ttft_p50_ms - b.ttft_p50_ms if r and b else float("nan")
-        ratios[f"b/a@{c}"], ratios[f"c/b@{c}"] = ba, cb
-        print(f"{c:>6}{ba:>26.3f}{cb:>24.3f}{dt:>18.1f}")
-    return ratios
+        row: dict[str, float] = {}
+        for top, bottom in RATIOS:
+            x, y = by.get((top, c)), by.get((bottom, c))
+            if x is not None and y is not None and y.output_tokens_per_s > 0:
+                row[f"{top}/{bottom}"] = x.output_tokens_per_s / y.output_tokens_per_s
+        b, cc = by.get(("b", c)), by.get(("c", c))
+        if b is not None and cc is not None:
+            row["ttft_p50_c-b_ms"] = cc.ttft_p50_ms - b.ttft_p50_ms
+        out[str(c)] = row
+    return out
 
 
-async def main_async(args: argparse.Namespace) -> None:
+def print_report(levels: list[Level], table: dict[str, dict[str, float]]) -> None:
+    head = (
+        f"{'target':<22}{'conc':>5}{'ok':>6}{'req/s':>8}{'tok/s':>9}{'TTFT p50':>10}{'p99':>8}{'ITL p50':>9}{'p99':>8}"
+    )
+    print("\n" + head + "  errors")
+    for lv in sorted(levels, key=lambda lv: (LETTERS[lv.target], lv.concurrency)):
+        name = f"({LETTERS[lv.target]}) {LABELS[lv.target]}"
+        print(
+            f"{name:<22}{lv.concurrency:>5}{lv.ok:>6}{lv.requests_per_s:>8.2f}{lv.output_tokens_per_s:>9.1f}"
+            f"{lv.ttft_p50_ms:>10.1f}{lv.ttft_p99_ms:>8.1f}{lv.itl_p50_ms:>9.1f}{lv.itl_p99_ms:>8.1f}"
+            f"  {lv.errors or ''}"
+        )
+    columns = sorted({k for row in table.values() for k in row})
+    print(f"\n{'conc':>5}" + "".join(f"{k:>18}" for k in columns))
+    for c, row in table.items():
+        print(f"{c:>5}" + "".join(f"{row.get(k, math.nan):>18.3f}" for k in columns))
+
+
+def plot(levels: list[Level], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for target in sorted({lv.target for lv in levels}, key=lambda t: LETTERS[t]):
+        rows = sorted((lv for lv in levels if lv.target == target), key=lambda lv: lv.concurrency)
+        label = f"({LETTERS[target]}) {LABELS[target]}"
+        tps = [lv.output_tokens_per_s for lv in rows]
+        left.plot(tps, [lv.ttft_p50_ms for lv in rows], marker="o", label=label)
+        right.plot(tps, [lv.itl_p50_ms for lv in rows], marker="o", label=label)
+        for lv in rows:
+            left.annotate(str(lv.concurrency), (lv.output_tokens_per_s, lv.ttft_p50_ms), fontsize=7)
+    left.set(xlabel="output tokens/s", ylabel="TTFT p50 (ms)", title="latency vs throughput (labels: concurrency)")
+    right.set(xlabel="output tokens/s", ylabel="inter-token latency p50 (ms)", title="ITL vs throughput")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+# ---- main -------------------------------------------------------------------------------------------------------
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    from transformers import AutoTokenizer
+
     from chatgen.engine.factory import resolve_model
 
     choice = resolve_model(args.model, None)
-    texts = prompts(args.requests, args.seed)
-    levels: list[Level] = []
-    if not args.skip_engine:
-        print("(a) vLLM in-process ...", file=sys.stderr, flush=True)
-        levels += await bench_engine(choice.path, args, texts)
-    print("(b, c) starting chatgen serve ...", file=sys.stderr, flush=True)
-    with local_server(*(["--model", args.model] if args.model else [])) as server:
-        print("(b) gRPC ...", file=sys.stderr, flush=True)
-        levels += await bench_grpc(server.grpc_address, choice.served_name, args, texts)
-        print("(c) REST via Envoy ...", file=sys.stderr, flush=True)
-        levels += await bench_rest(server.http_base, choice.served_name, args, texts)
-    ratios = report(levels)
+    setup = EngineSetup(
+        choice.path, choice.served_name, args.max_model_len, max(args.concurrency), tuple(args.engine_arg), args.dtype
+    )
+    if args.replay:
+        workload = replay(Path(args.replay), args.output_len)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(choice.path)
+        size = max(args.requests, args.requests_per_client * max(args.concurrency))
+        workload = synthetic(size, args.seed, tokenizer, args.input_len, args.output_len, args.max_model_len)
+    sweep = Sweep(args, workload)
+    try:
+        if "vllm" in args.targets:
+            with vllm_serve(setup) as base:
+                await sweep_openai_server(sweep, "vllm", base, choice.served_name)
+        if "grpc" in args.targets or "rest" in args.targets:
+            await sweep_chatgen(sweep, setup, "grpc" in args.targets, "rest" in args.targets)
+        if "engine" in args.targets:
+            await sweep_engine(sweep, setup)
+    finally:
+        sweep.progress.close()
+    table = ratios(sweep.levels)
+    print_report(sweep.levels, table)
+    report = {
+        "settings": {
+            "model": choice.path,
+            "concurrency": args.concurrency,
+            "engine_args": setup.vllm_argv(),
+            "workload": {
+                "replay": args.replay,
+                "seed": args.seed,
+                "input_median": args.input_len,
+                "output_median": args.output_len,
+                "prompts": len(workload),
+            },
+        },
+        "levels": [asdict(lv) for lv in sweep.levels],
+        "ratios": table,
+    }
     if args.json:
-        Path(args.json).write_text(json.dumps({"levels": [asdict(lv) for lv in levels], "ratios": ratios}, indent=2))
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    if args.plot:
+        plot(sweep.levels, Path(args.plot))
+    return report
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="HF model dir (default: the embedded SmolLM2)")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--requests", type=int, default=16, help="requests per concurrency level")
-    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument(
+        "--targets",
+        type=lambda s: s.split(","),
+        default=["vllm", "grpc", "rest"],
+        help="comma-separated, of: vllm, grpc, rest, engine",
+    )
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
+    parser.add_argument("--requests", type=int, default=16, help="requests per level, at least")
+    parser.add_argument("--requests-per-client", type=int, default=2, help="requests per level = this x concurrency")
+    parser.add_argument("--input-len", type=int, default=128, help="median prompt tokens (synthetic workload)")
+    parser.add_argument("--output-len", type=int, default=64, help="median output tokens (synthetic workload)")
+    parser.add_argument("--max-model-len", type=int, default=2048)
+    parser.add_argument("--dtype", default="auto", help="weights dtype for every target (auto: float32 on CPUs)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--skip-engine", action="store_true", help="skip (a), e.g. where memory is short")
+    parser.add_argument("--replay", default=None, help="JSONL of requests instead of the synthetic workload")
+    parser.add_argument(
+        "--engine-arg",
+        action="append",
+        default=[],
+        help="a vLLM engine flag for every target, e.g. --engine-arg=--block-size=32",
+    )
     parser.add_argument("--json", default=None, help="also write the results here")
-    asyncio.run(main_async(parser.parse_args()))
+    parser.add_argument("--plot", default=None, help="also plot latency vs throughput to this PNG")
+    parser.add_argument("--smoke", action="store_true", help="a tiny sweep that checks the harness still works")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    unknown = set(args.targets) - {"vllm", "grpc", "rest", "engine"}
+    if unknown:
+        raise SystemExit(f"unknown targets: {', '.join(sorted(unknown))}")
+    if args.smoke:
+        args.concurrency, args.requests, args.requests_per_client = [1, 4], 4, 1
+        args.input_len, args.output_len = 32, 8
+    asyncio.run(main_async(args))
 
 
 if __name__ == "__main__":

@@ -56,9 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser(
         "serve",
         help="run the gRPC server and the REST gateway",
-        description="Run the chatgen gRPC server and, unless --no-gateway, Envoy serving the OpenAI REST API.",
+        description="Run the chatgen gRPC server and, unless --no-gateway, Envoy serving the OpenAI REST API. "
+        "Any other flag is a vLLM engine argument, as `vllm serve` takes it (list: --help-engine).",
         formatter_class=_HelpFormatter,
+        # A vLLM flag must never be taken for an abbreviation of a chatgen flag.
+        allow_abbrev=False,
     )
+    serve.add_argument("--help-engine", action="store_true", help="list the vLLM engine arguments and exit")
     model = serve.add_argument_group("model")
     model.add_argument(
         "--model", metavar="PATH", default=None, help="HF model directory or hub id (default: embedded SmolLM2)"
@@ -200,6 +204,7 @@ async def serve(args: argparse.Namespace) -> int:
         args.dtype,
         max_num_seqs=limits.max_running,
         simulator=_simulator_timing(args.simulator_timing),
+        engine_argv=args.engine_argv,
     )
     print(f"[chatgen] starting the {engine.name} engine on {choice.path}", file=sys.stderr, flush=True)
     started = time.monotonic()
@@ -330,7 +335,17 @@ async def _run_until_stopped(
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # What chatgen does not know goes to vLLM's own parser (chatgen.engine.vllm_args).
+    args, engine_argv = parser.parse_known_args(argv)
+    if args.command != "serve" and engine_argv:
+        parser.error(f"unrecognized arguments: {' '.join(engine_argv)}")
+    args.engine_argv = tuple(engine_argv)
+    if getattr(args, "help_engine", False):
+        from chatgen.engine.vllm_args import engine_help
+
+        print(engine_help())
+        return 0
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -64,6 +64,8 @@ EXAMPLES: list[Example] = [
     Example("unknown-model", chat(model="no-such-model"), "model"),
     Example("empty-messages", chat(messages=[]), "messages"),
     Example("empty-messages", {"model": MODEL_NAME, "prompt": ""}, "prompt", path=COMPLETIONS),
+    # Found by the fuzz tests: a prompt of characters the tokenizer drops is no prompt at all.
+    Example("empty-messages", {"model": MODEL_NAME, "prompt": "\u0006"}, "prompt", path=COMPLETIONS),
     Example("bad-role", chat(messages=[{"role": "wizard", "content": "x"}]), "messages[0].role"),
     Example(
         "bad-content",

@@ -29,7 +29,15 @@ from chatgen.chat.types import (
     ToolCallDelta,
     Usage,
 )
-from chatgen.engine import Engine, EngineError, EngineOutput, EngineRequest, SamplingOptions, TokenLogprob
+from chatgen.engine import (
+    Engine,
+    EngineError,
+    EngineOutput,
+    EngineRejectedRequest,
+    EngineRequest,
+    SamplingOptions,
+    TokenLogprob,
+)
 from chatgen.errors import ChatgenError, Failure, context_length_exceeded, invalid, unsupported
 
 T = TypeVar("T")
@@ -211,6 +219,8 @@ class Generator:
                     yield out
         except EngineError as exc:
             raise ChatgenError(Failure.ENGINE_UNAVAILABLE, str(exc)) from exc
+        except EngineRejectedRequest as exc:
+            raise invalid(exc.message, exc.param) from exc
         finally:
             if not finished and self._on_abort is not None:
                 self._on_abort()

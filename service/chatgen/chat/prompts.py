@@ -108,4 +108,8 @@ def render_chat(
 def render_completion(tokenizer: Any, prompt: str) -> list[int]:
     if not prompt:
         raise invalid("'prompt' must be a non-empty string", "prompt")
-    return list(tokenizer.encode(prompt, add_special_tokens=True))
+    ids = list(tokenizer.encode(prompt, add_special_tokens=True))
+    if not ids:
+        # Text the tokenizer drops entirely (control characters, say) leaves nothing to continue from.
+        raise invalid("'prompt' has no tokens for this model (only characters its tokenizer drops)", "prompt")
+    return ids

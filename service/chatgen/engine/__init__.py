@@ -4,9 +4,18 @@ from chatgen.engine.base import (
     Engine,
     EngineError,
     EngineOutput,
+    EngineRejectedRequest,
     EngineRequest,
     SamplingOptions,
     TokenLogprob,
 )
 
-__all__ = ["Engine", "EngineError", "EngineOutput", "EngineRequest", "SamplingOptions", "TokenLogprob"]
+__all__ = [
+    "Engine",
+    "EngineError",
+    "EngineOutput",
+    "EngineRejectedRequest",
+    "EngineRequest",
+    "SamplingOptions",
+    "TokenLogprob",
+]

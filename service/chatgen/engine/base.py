@@ -15,6 +15,15 @@ class EngineError(RuntimeError):
     """The engine failed (not the request): callers map it to UNAVAILABLE / HTTP 5xx."""
 
 
+class EngineRejectedRequest(ValueError):
+    """The engine refused this request as invalid (its own validation): callers map it to INVALID_ARGUMENT / 400."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
 @dataclass(frozen=True)
 class SamplingOptions:
     max_tokens: int

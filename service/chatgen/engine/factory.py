@@ -49,18 +49,26 @@ def create_engine(
     dtype: str,
     max_num_seqs: int | None = None,
     simulator: SimulatorTiming | None = None,
+    engine_argv: tuple[str, ...] = (),
 ) -> Engine:
     """`max_num_seqs`: how many sequences vLLM batches at once (admission control admits no more than that).
-    `simulator`: the token simulator's timing (load tests only)."""
+    `simulator`: the token simulator's timing (load tests only). `engine_argv`: vLLM engine flags."""
     if kind == "auto":
         kind = "vllm" if vllm_available() else "hf"
         log.info("engine 'auto' resolved to '%s'", kind)
+    if engine_argv and kind != "vllm":
+        raise SystemExit(f"chatgen serve: unknown flags {' '.join(engine_argv)!r} (vLLM engine flags need vLLM)")
     if kind == "vllm":
         from chatgen.engine.vllm_engine import VllmEngine, VllmSettings
 
         return VllmEngine(
             VllmSettings(
-                model.path, model.served_name, max_model_len=max_model_len, dtype=dtype, max_num_seqs=max_num_seqs
+                model.path,
+                model.served_name,
+                max_model_len=max_model_len,
+                dtype=dtype,
+                max_num_seqs=max_num_seqs,
+                engine_argv=engine_argv,
             )
         )
     if kind == "hf":

@@ -14,7 +14,16 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from chatgen.engine.base import Engine, EngineError, EngineOutput, EngineRequest, ModelInfo, TokenLogprob
+from chatgen.engine.base import (
+    Engine,
+    EngineError,
+    EngineOutput,
+    EngineRejectedRequest,
+    EngineRequest,
+    ModelInfo,
+    TokenLogprob,
+)
+from chatgen.engine.vllm_args import EngineDefaults, engine_args
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +36,10 @@ class VllmSettings:
     dtype: str = "auto"
     # GiB of KV cache on the CPU backend (VLLM_CPU_KVCACHE_SPACE); ignored on GPUs.
     cpu_kv_cache_gib: int = 2
-    enforce_eager: bool = True
-    seed: int = 0
     # None: vLLM's default for the platform.
     max_num_seqs: int | None = None
+    # The user's own vLLM engine flags (`chatgen serve ... --max-num-batched-tokens 4096`), see vllm_args.
+    engine_argv: tuple[str, ...] = ()
 
 
 def cpu_only() -> bool:
@@ -48,6 +57,18 @@ class VllmEngine(Engine):
         self._llm: Any = None
         self._tokenizer: Any = None
         self._model: ModelInfo | None = None
+        # Parsed now, so a bad vLLM flag stops `chatgen serve` before any model loads.
+        self.engine_args = engine_args(
+            EngineDefaults(
+                model=settings.model_path,
+                served_model_name=settings.served_model_name,
+                max_model_len=settings.max_model_len,
+                dtype=settings.dtype,
+                max_num_seqs=settings.max_num_seqs,
+                on_cpu=cpu_only(),
+            ),
+            settings.engine_argv,
+        )
 
     @property
     def model(self) -> ModelInfo:
@@ -60,25 +81,11 @@ class VllmEngine(Engine):
         return self._tokenizer
 
     async def start(self) -> None:
-        from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
         s = self._settings
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(s.cpu_kv_cache_gib))
-        dtype = s.dtype
-        if dtype == "auto" and cpu_only():
-            # Measured on an AVX2 CPU: float32 decodes ~3x faster than bfloat16, which has no native matmul there.
-            dtype = "float32"
-        args = AsyncEngineArgs(
-            model=s.model_path,
-            served_model_name=[s.served_model_name],
-            max_model_len=s.max_model_len,
-            dtype=dtype,
-            enforce_eager=s.enforce_eager,
-            seed=s.seed,
-            max_num_seqs=s.max_num_seqs,
-        )
-        self._llm = AsyncLLM.from_engine_args(args)
+        self._llm = AsyncLLM.from_engine_args(self.engine_args)
         self._tokenizer = self._llm.get_tokenizer()
         self._model = ModelInfo(
             name=s.served_model_name,
@@ -89,6 +96,7 @@ class VllmEngine(Engine):
 
     async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
         from vllm import SamplingParams
+        from vllm.exceptions import VLLMClientError
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
@@ -133,6 +141,9 @@ class VllmEngine(Engine):
                     first = TokenLogprob(self._decode(request.prompt_token_ids[0]), None)
                     prompt = (first, *rest)
                 yield EngineOutput(c.text, tuple(c.token_ids), c.finish_reason, logprobs, prompt)
+        except VLLMClientError as exc:
+            # vLLM's own request validation (its 4xx class): the caller's fault, not the engine's.
+            raise EngineRejectedRequest(str(exc), getattr(exc, "parameter", None)) from exc
         except (ValueError, TypeError):
             raise
         except Exception as exc:
