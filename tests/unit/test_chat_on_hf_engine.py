@@ -97,6 +97,11 @@ async def test_abort_frees_the_engine_and_concurrency_works(gen: Generator, engi
         (ChatRequest(NAME, [Message("user", "word " * 600)]), Failure.CONTEXT_LENGTH_EXCEEDED, "messages"),
         (ChatRequest(NAME, QUESTION, Sampling(top_p=1.5)), Failure.INVALID_REQUEST, "top_p"),
         (ChatRequest(NAME, QUESTION, Sampling(repetition_penalty=0.0)), Failure.INVALID_REQUEST, "repetition_penalty"),
+        (
+            ChatRequest(NAME, QUESTION, Sampling(repetition_penalty=1.4e-45)),
+            Failure.INVALID_REQUEST,
+            "repetition_penalty",
+        ),
     ],
 )
 def test_request_checks(gen: Generator, request_: ChatRequest, failure: Failure, param: str) -> None:

@@ -376,7 +376,13 @@ def _check_ranges(o: SamplingOptions) -> None:
         (0.0 <= o.min_p <= 1.0, "min_p", f"'min_p' must be between 0 and 1, got {o.min_p}"),
         (-2.0 <= o.presence_penalty <= 2.0, "presence_penalty", "'presence_penalty' must be between -2 and 2"),
         (-2.0 <= o.frequency_penalty <= 2.0, "frequency_penalty", "'frequency_penalty' must be between -2 and 2"),
-        (o.repetition_penalty > 0.0, "repetition_penalty", "'repetition_penalty' must be greater than 0"),
+        # vLLM only asks for > 0, but the penalty divides logits: near 0 they overflow to inf and sampling fails
+        # (found by fuzzing with 1.4e-45). Useful values are around 1-2.
+        (
+            0.01 <= o.repetition_penalty <= 100.0,
+            "repetition_penalty",
+            f"'repetition_penalty' must be between 0.01 and 100, got {o.repetition_penalty}",
+        ),
     ]
     for ok, param, message in checks:
         if not ok:
