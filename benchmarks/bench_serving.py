@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks.clients import Result, grpc_chat, sse_chat
+from benchmarks.clients import Result, Timer, grpc_chat, sse_chat
 from benchmarks.local_server import pct
 from benchmarks.targets import EngineSetup, chatgen_serve, vllm_serve
 from benchmarks.workload import Request, replay, synthetic
@@ -205,19 +205,12 @@ async def sweep_engine(sweep: Sweep, setup: EngineSetup) -> None:
         params = SamplingParams(
             max_tokens=request.max_tokens, temperature=0, ignore_eos=True, output_kind=RequestOutputKind.DELTA
         )
-        start = time.perf_counter()
-        result, last, tokens = Result(ok=True), None, 0
+        timer, tokens = Timer(), 0
         async for out in llm.generate(TokensPrompt(prompt_token_ids=list(ids)), params, f"bench-{counter}"):
-            now = time.perf_counter()
             if out.outputs[0].text:
-                if last is None:
-                    result.ttft = now - start
-                else:
-                    result.itls.append(now - last)
-                last = now
+                timer.content()
             tokens += len(out.outputs[0].token_ids)
-        result.latency, result.output_tokens = time.perf_counter() - start, tokens
-        return result
+        return timer.done(tokens)
 
     try:
         await sweep.warm_up(send)

@@ -21,7 +21,9 @@ class Result:
     error: str | None = None
 
 
-class _Timer:
+class Timer:
+    """Times one streamed request: TTFT at the first content chunk, then the gaps between content chunks."""
+
     def __init__(self) -> None:
         self.start = time.perf_counter()
         self.last: float | None = None
@@ -56,7 +58,7 @@ def openai_body(model: str, request: Request) -> dict[str, Any]:
 
 async def sse_chat(http: Any, model: str, request: Request) -> Result:
     """POST /v1/chat/completions with stream=true on an httpx.AsyncClient whose base_url is the server's."""
-    timer = _Timer()
+    timer = Timer()
     tokens = 0
     try:
         async with http.stream("POST", "/v1/chat/completions", json=openai_body(model, request)) as response:
@@ -96,7 +98,7 @@ async def grpc_chat(stub: Any, model: str, request: Request) -> Result:
         ignore_eos=True,
         stream_options=pb.StreamOptions(include_usage=True),
     )
-    timer = _Timer()
+    timer = Timer()
     tokens = 0
     try:
         async for chunk in stub.StreamChatCompletion(message):
