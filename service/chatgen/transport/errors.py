@@ -78,7 +78,12 @@ async def stream(
     started = False
     try:
         async with contextlib.aclosing(chunks):
-            while True:
+            if stop_at is None:
+                # The per-token path: no timer to arm and disarm around every chunk.
+                async for chunk in chunks:
+                    started = True
+                    yield chunk
+            while stop_at is not None:
                 try:
                     async with asyncio.timeout_at(stop_at):
                         chunk = await anext(chunks)
