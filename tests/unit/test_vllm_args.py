@@ -58,3 +58,11 @@ def test_the_cli_hands_unknown_flags_to_vllm_in_order() -> None:
 def test_help_engine_lists_vllm_flags() -> None:
     text = engine_help()
     assert "--max-num-batched-tokens" in text and "--enable-prefix-caching" in text
+
+
+def test_cpu_kv_cache_size_is_chatgens_unless_the_environment_sets_it() -> None:
+    from chatgen.engine.vllm_args import CPU_KV_CACHE_GIB, cpu_kv_cache_env
+
+    assert cpu_kv_cache_env({"PATH": "/bin"}) == {"PATH": "/bin", "VLLM_CPU_KVCACHE_SPACE": str(CPU_KV_CACHE_GIB)}
+    assert cpu_kv_cache_env({"VLLM_CPU_KVCACHE_SPACE": "8"})["VLLM_CPU_KVCACHE_SPACE"] == "8"
+    assert cpu_kv_cache_env({}, 4)["VLLM_CPU_KVCACHE_SPACE"] == "4"

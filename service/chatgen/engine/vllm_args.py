@@ -13,6 +13,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+# GiB of KV cache chatgen gives vLLM's CPU backend unless VLLM_CPU_KVCACHE_SPACE says otherwise (vLLM's own default
+# is sized for big servers); ignored on GPUs, where --gpu-memory-utilization sizes it.
+CPU_KV_CACHE_GIB = 2
+
+
+def cpu_kv_cache_env(environ: dict[str, str], gib: int = CPU_KV_CACHE_GIB) -> dict[str, str]:
+    """`environ` with VLLM_CPU_KVCACHE_SPACE set to `gib` where it was not set."""
+    return {**environ, "VLLM_CPU_KVCACHE_SPACE": environ.get("VLLM_CPU_KVCACHE_SPACE", str(gib))}
+
+
 # vLLM flags that chatgen owns under a name of its own (or the same name): giving them as vLLM flags would be
 # ambiguous, so they are refused with the chatgen flag to use instead.
 OWNED_BY_CHATGEN: dict[str, str] = {

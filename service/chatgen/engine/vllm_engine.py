@@ -23,7 +23,7 @@ from chatgen.engine.base import (
     ModelInfo,
     TokenLogprob,
 )
-from chatgen.engine.vllm_args import EngineDefaults, engine_args
+from chatgen.engine.vllm_args import CPU_KV_CACHE_GIB, EngineDefaults, cpu_kv_cache_env, engine_args
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class VllmSettings:
     max_model_len: int | None = 2048
     dtype: str = "auto"
     # GiB of KV cache on the CPU backend (VLLM_CPU_KVCACHE_SPACE); ignored on GPUs.
-    cpu_kv_cache_gib: int = 2
+    cpu_kv_cache_gib: int = CPU_KV_CACHE_GIB
     # None: vLLM's default for the platform.
     max_num_seqs: int | None = None
     # The user's own vLLM engine flags (`chatgen serve ... --max-num-batched-tokens 4096`), see vllm_args.
@@ -84,7 +84,7 @@ class VllmEngine(Engine):
         from vllm.v1.engine.async_llm import AsyncLLM
 
         s = self._settings
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(s.cpu_kv_cache_gib))
+        os.environ.update(cpu_kv_cache_env(dict(os.environ), s.cpu_kv_cache_gib))
         self._llm = AsyncLLM.from_engine_args(self.engine_args)
         self._tokenizer = self._llm.get_tokenizer()
         self._model = ModelInfo(
