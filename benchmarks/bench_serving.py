@@ -35,14 +35,14 @@ import math
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks.clients import Result, Timer, grpc_chat, raw_sse_chat, sse_chat
+from benchmarks.clients import Result, Timer, grpc_chat, sse_chat
 from benchmarks.local_server import pct
-from benchmarks.targets import EngineSetup, chatgen_serve, smg_serve, vllm_serve
+from benchmarks.targets import EngineSetup, Send, chatgen_senders, chatgen_serve, smg_serve, vllm_serve
 from benchmarks.workload import Request, prompt_ids, replay, synthetic
 
 LETTERS = {
@@ -68,7 +68,6 @@ LABELS = {
 RATIOS = [("b", "a"), ("b", "d"), ("c", "a"), ("c", "b"), ("c", "d"), ("b", "e"), ("f", "g"), ("h", "b")]
 
 TARGETS = ("vllm", "smg", "grpc", "rest", "engine", "hf", "transformers")
-Send = Callable[[Request], Awaitable[Result]]
 
 
 @dataclass
@@ -175,39 +174,16 @@ async def sweep_openai_server(sweep: Sweep, target: str, base: str, model: str) 
 async def sweep_chatgen(
     sweep: Sweep, setup: EngineSetup, grpc_on: bool, rest_on: bool, *flags: str, raw_rest: bool = False
 ) -> None:
-    import grpc
-    import httpx
-
-    from chatgen.v1 import chatgen_pb2_grpc as pb_grpc
-
-    with chatgen_serve(setup, *flags) as server:
-        limits = httpx.Limits(max_connections=max(sweep.args.concurrency) + 8)
-        async with (
-            grpc.aio.insecure_channel(server.grpc_address) as channel,
-            httpx.AsyncClient(base_url=server.http_base, timeout=3600, limits=limits) as http,
-        ):
-            stub = pb_grpc.ChatStub(channel)
-
-            async def send_grpc(request: Request) -> Result:
-                return await grpc_chat(stub, setup.served_name, request)
-
-            async def send_rest(request: Request) -> Result:
-                return await sse_chat(http, setup.served_name, request)
-
-            host, port = server.http_base.removeprefix("http://").rsplit(":", 1)
-
-            async def send_raw(request: Request) -> Result:
-                return await raw_sse_chat(host, int(port), setup.served_name, request)
-
-            await sweep.warm_up(send_grpc if grpc_on else send_rest)
-            # Interleaved by level, so slow drift of the machine touches both alike.
-            for c in sweep.args.concurrency:
-                if grpc_on:
-                    await sweep.run("grpc", c, send_grpc)
-                if rest_on:
-                    await sweep.run("rest", c, send_rest)
-                if raw_rest:
-                    await sweep.run("raw-rest", c, send_raw)
+    async with chatgen_senders(setup, max(sweep.args.concurrency) + 8, *flags) as send:
+        await sweep.warm_up(send.grpc if grpc_on else send.rest)
+        # Interleaved by level, so slow drift of the machine touches all alike.
+        for c in sweep.args.concurrency:
+            if grpc_on:
+                await sweep.run("grpc", c, send.grpc)
+            if rest_on:
+                await sweep.run("rest", c, send.rest)
+            if raw_rest:
+                await sweep.run("raw-rest", c, send.raw_rest)
 
 
 async def sweep_engine(sweep: Sweep, setup: EngineSetup) -> None:

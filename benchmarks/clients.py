@@ -58,28 +58,44 @@ def openai_body(model: str, request: Request) -> dict[str, Any]:
     }
 
 
+class SseEvents:
+    """An OpenAI chat stream's SSE lines, timed: content chunks tick the Timer, the usage chunk gives the count."""
+
+    def __init__(self) -> None:
+        self.timer = Timer()
+        self.tokens = 0
+
+    def line(self, line: str) -> Result | None:
+        """Take one line (one `data:` event); a failed Result when it is an error event."""
+        if not line.startswith("data: ") or line == "data: [DONE]":
+            return None
+        chunk = json.loads(line[6:])
+        if "error" in chunk and not chunk.get("choices"):
+            return Result(ok=False, error=str(chunk["error"].get("code") or "stream error"))
+        if chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
+            self.timer.content()
+        if chunk.get("usage"):
+            self.tokens = chunk["usage"]["completion_tokens"]
+        return None
+
+    def done(self) -> Result:
+        return self.timer.done(self.tokens)
+
+
 async def sse_chat(http: Any, model: str, request: Request) -> Result:
     """POST /v1/chat/completions with stream=true on an httpx.AsyncClient whose base_url is the server's."""
-    timer = Timer()
-    tokens = 0
+    events = SseEvents()
     try:
         async with http.stream("POST", "/v1/chat/completions", json=openai_body(model, request)) as response:
             if response.status_code != 200:
                 await response.aread()
                 return Result(ok=False, error=f"http {response.status_code}")
             async for line in response.aiter_lines():
-                if not line.startswith("data: ") or line == "data: [DONE]":
-                    continue
-                chunk = json.loads(line[6:])
-                if "error" in chunk and not chunk.get("choices"):
-                    return Result(ok=False, error=str(chunk["error"].get("code") or "stream error"))
-                if chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
-                    timer.content()
-                if chunk.get("usage"):
-                    tokens = chunk["usage"]["completion_tokens"]
+                if (failed := events.line(line)) is not None:
+                    return failed
     except Exception as exc:  # a benchmark counts failures by kind instead of stopping
         return Result(ok=False, error=type(exc).__name__)
-    return timer.done(tokens)
+    return events.done()
 
 
 async def raw_sse_chat(host: str, port: int, model: str, request: Request) -> Result:
@@ -90,8 +106,7 @@ async def raw_sse_chat(host: str, port: int, model: str, request: Request) -> Re
         f"POST /v1/chat/completions HTTP/1.1\r\nhost: {host}:{port}\r\ncontent-type: application/json\r\n"
         f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
     )
-    timer = Timer()
-    tokens = 0
+    events = SseEvents()
     try:
         reader, writer = await asyncio.open_connection(host, port)
     except OSError as exc:
@@ -109,20 +124,13 @@ async def raw_sse_chat(host: str, port: int, model: str, request: Request) -> Re
             await reader.readexactly(2)
             while b"\n\n" in pending:
                 event, pending = pending.split(b"\n\n", 1)
-                if not event.startswith(b"data: ") or event == b"data: [DONE]":
-                    continue
-                chunk = json.loads(event[6:])
-                if "error" in chunk and not chunk.get("choices"):
-                    return Result(ok=False, error=str(chunk["error"].get("code") or "stream error"))
-                if chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
-                    timer.content()
-                if chunk.get("usage"):
-                    tokens = chunk["usage"]["completion_tokens"]
+                if (failed := events.line(event.decode())) is not None:
+                    return failed
     except (OSError, ValueError, asyncio.IncompleteReadError) as exc:
         return Result(ok=False, error=type(exc).__name__)
     finally:
         writer.close()
-    return timer.done(tokens)
+    return events.done()
 
 
 async def grpc_chat(stub: Any, model: str, request: Request) -> Result:

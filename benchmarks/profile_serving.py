@@ -35,8 +35,8 @@ from pathlib import Path
 
 import psutil
 
-from benchmarks.clients import Result, grpc_chat, sse_chat
-from benchmarks.targets import EngineSetup, chatgen_serve, vllm_serve
+from benchmarks.clients import Result, sse_chat
+from benchmarks.targets import EngineSetup, chatgen_senders, vllm_serve
 from benchmarks.workload import Request, synthetic
 
 # Innermost-frame file prefixes (py-spy shortens paths to the package part) -> the layer they belong to.
@@ -201,12 +201,10 @@ def envoy_child(pid: int) -> psutil.Process | None:
 
 
 async def run(args: argparse.Namespace) -> list[Profile]:
-    import grpc
     import httpx
     from transformers import AutoTokenizer
 
     from chatgen.engine.factory import resolve_model
-    from chatgen.v1 import chatgen_pb2_grpc as pb_grpc
 
     choice = resolve_model(args.model, None)
     setup = EngineSetup(choice.path, choice.served_name, args.max_model_len, args.concurrency)
@@ -217,24 +215,12 @@ async def run(args: argparse.Namespace) -> list[Profile]:
     flags: tuple[str, ...] = ()
     if args.simulator:
         flags = ("--engine", "simulator", "--simulator-timing", f"{args.simulator},{args.output_len}")
-    with chatgen_serve(setup, *flags) as server:
-        main, envoy = psutil.Process(server.pid), envoy_child(server.pid)
-        async with (
-            grpc.aio.insecure_channel(server.grpc_address) as channel,
-            httpx.AsyncClient(base_url=server.http_base, timeout=3600, limits=limits) as http,
-        ):
-            stub = pb_grpc.ChatStub(channel)
-
-            async def send_grpc(request: Request) -> Result:
-                return await grpc_chat(stub, setup.served_name, request)
-
-            async def send_rest(request: Request) -> Result:
-                return await sse_chat(http, setup.served_name, request)
-
-            for request in workload[:2]:
-                await send_grpc(request)
-            profiles.append(await measure("chatgen", "grpc", send_grpc, workload, args, main, None))
-            profiles.append(await measure("chatgen", "rest", send_rest, workload, args, main, envoy))
+    async with chatgen_senders(setup, args.concurrency + 8, *flags) as send:
+        main, envoy = psutil.Process(send.server.pid), envoy_child(send.server.pid)
+        for request in workload[:2]:
+            await send.grpc(request)
+        profiles.append(await measure("chatgen", "grpc", send.grpc, workload, args, main, None))
+        profiles.append(await measure("chatgen", "rest", send.rest, workload, args, main, envoy))
     if args.compare_vllm and not args.simulator:
         with vllm_serve(setup) as served:
             async with httpx.AsyncClient(base_url=served.base, timeout=3600, limits=limits) as http:

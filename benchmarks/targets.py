@@ -13,14 +13,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
+from benchmarks.clients import Result, grpc_chat, raw_sse_chat, sse_chat
 from benchmarks.local_server import LocalServer, free_port, local_server
+from benchmarks.workload import Request
 from chatgen.engine.vllm_args import EngineDefaults, cpu_kv_cache_env
+
+Send = Callable[[Request], Awaitable[Result]]
 
 
 @dataclass(frozen=True)
@@ -163,3 +167,41 @@ def chatgen_serve(setup: EngineSetup, *flags: str) -> Iterator[LocalServer]:
         *flags, *setup.engine_argv,
     ) as server:  # fmt: skip
         yield server
+
+
+@dataclass(frozen=True)
+class ChatgenSenders:
+    """A running `chatgen serve` and one streamed chat request to it per protocol."""
+
+    server: LocalServer
+    grpc: Send
+    rest: Send
+    # REST from a bare asyncio HTTP/1.1 client: what Envoy costs without a client library's own cost.
+    raw_rest: Send
+
+
+@contextlib.asynccontextmanager
+async def chatgen_senders(setup: EngineSetup, max_connections: int, *flags: str) -> AsyncIterator[ChatgenSenders]:
+    import grpc
+
+    from chatgen.v1 import chatgen_pb2_grpc as pb_grpc
+
+    with chatgen_serve(setup, *flags) as server:
+        limits = httpx.Limits(max_connections=max_connections)
+        async with (
+            grpc.aio.insecure_channel(server.grpc_address) as channel,
+            httpx.AsyncClient(base_url=server.http_base, timeout=3600, limits=limits) as http,
+        ):
+            stub = pb_grpc.ChatStub(channel)
+            host, port = server.http_base.removeprefix("http://").rsplit(":", 1)
+
+            async def send_grpc(request: Request) -> Result:
+                return await grpc_chat(stub, setup.served_name, request)
+
+            async def send_rest(request: Request) -> Result:
+                return await sse_chat(http, setup.served_name, request)
+
+            async def send_raw(request: Request) -> Result:
+                return await raw_sse_chat(host, int(port), setup.served_name, request)
+
+            yield ChatgenSenders(server, send_grpc, send_rest, send_raw)
