@@ -40,9 +40,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks.clients import Result, Timer, grpc_chat, sse_chat
+from benchmarks.clients import Result, Timer
 from benchmarks.local_server import pct
-from benchmarks.targets import EngineSetup, Send, chatgen_senders, chatgen_serve, smg_serve, vllm_serve
+from benchmarks.targets import EngineSetup, Send, chatgen_senders, openai_sender, smg_serve, vllm_serve
 from benchmarks.workload import Request, prompt_ids, replay, synthetic
 
 LETTERS = {
@@ -158,14 +158,7 @@ class Sweep:
 
 
 async def sweep_openai_server(sweep: Sweep, target: str, base: str, model: str) -> None:
-    import httpx
-
-    limits = httpx.Limits(max_connections=max(sweep.args.concurrency) + 8)
-    async with httpx.AsyncClient(base_url=base, timeout=3600, limits=limits) as http:
-
-        async def send(request: Request) -> Result:
-            return await sse_chat(http, model, request)
-
+    async with openai_sender(base, model, max(sweep.args.concurrency) + 8) as send:
         await sweep.warm_up(send)
         for c in sweep.args.concurrency:
             await sweep.run(target, c, send)
@@ -229,19 +222,9 @@ async def sweep_engine(sweep: Sweep, setup: EngineSetup) -> None:
 @contextlib.asynccontextmanager
 async def hf_engine_sender(setup: EngineSetup) -> AsyncIterator[Send]:
     """chatgen's fallback engine (transformers, one generate() per request on a worker thread), over gRPC."""
-    import grpc
-
-    from chatgen.v1 import chatgen_pb2_grpc as pb_grpc
-
     # vLLM's flags don't apply to this engine (chatgen refuses them for it).
-    with chatgen_serve(replace(setup, engine_argv=()), "--engine", "hf") as server:
-        async with grpc.aio.insecure_channel(server.grpc_address) as channel:
-            stub = pb_grpc.ChatStub(channel)
-
-            async def send(request: Request) -> Result:
-                return await grpc_chat(stub, setup.served_name, request)
-
-            yield send
+    async with chatgen_senders(replace(setup, engine_argv=()), 8, "--engine", "hf") as send:
+        yield send.grpc
 
 
 @contextlib.asynccontextmanager

@@ -29,14 +29,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import psutil
 
-from benchmarks.clients import Result, sse_chat
-from benchmarks.targets import EngineSetup, chatgen_senders, vllm_serve
+from benchmarks.clients import Result
+from benchmarks.targets import EngineSetup, Send, chatgen_senders, openai_sender, vllm_serve
 from benchmarks.workload import Request, synthetic
 
 # Innermost-frame file prefixes (py-spy shortens paths to the package part) -> the layer they belong to.
@@ -120,7 +119,7 @@ def cpu_seconds(proc: psutil.Process | None) -> float:
     return float(t.user + t.system)
 
 
-async def drive(send: Callable[[Request], Awaitable[Result]], workload: list[Request], clients: int, seconds: float):
+async def drive(send: Send, workload: list[Request], clients: int, seconds: float):
     """`clients` loops of streamed requests until `seconds` have passed (each finishes the one it started)."""
     results: list[Result] = []
     deadline = time.monotonic() + seconds
@@ -139,7 +138,7 @@ async def drive(send: Callable[[Request], Awaitable[Result]], workload: list[Req
 async def measure(
     server: str,
     protocol: str,
-    send: Callable[[Request], Awaitable[Result]],
+    send: Send,
     workload: list[Request],
     args: argparse.Namespace,
     main: psutil.Process,
@@ -201,7 +200,6 @@ def envoy_child(pid: int) -> psutil.Process | None:
 
 
 async def run(args: argparse.Namespace) -> list[Profile]:
-    import httpx
     from transformers import AutoTokenizer
 
     from chatgen.engine.factory import resolve_model
@@ -210,7 +208,6 @@ async def run(args: argparse.Namespace) -> list[Profile]:
     setup = EngineSetup(choice.path, choice.served_name, args.max_model_len, args.concurrency)
     tokenizer = AutoTokenizer.from_pretrained(choice.path)
     workload = synthetic(256, args.seed, tokenizer, args.input_len, args.output_len, args.max_model_len)
-    limits = httpx.Limits(max_connections=args.concurrency + 8)
     profiles = []
     flags: tuple[str, ...] = ()
     if args.simulator:
@@ -223,11 +220,7 @@ async def run(args: argparse.Namespace) -> list[Profile]:
         profiles.append(await measure("chatgen", "rest", send.rest, workload, args, main, envoy))
     if args.compare_vllm and not args.simulator:
         with vllm_serve(setup) as served:
-            async with httpx.AsyncClient(base_url=served.base, timeout=3600, limits=limits) as http:
-
-                async def send_vllm(request: Request) -> Result:
-                    return await sse_chat(http, setup.served_name, request)
-
+            async with openai_sender(served.base, setup.served_name, args.concurrency + 8) as send_vllm:
                 for request in workload[:2]:
                     await send_vllm(request)
                 api = psutil.Process(served.pid)

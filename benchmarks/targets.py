@@ -181,25 +181,33 @@ class ChatgenSenders:
 
 
 @contextlib.asynccontextmanager
+async def openai_sender(base: str, model: str, max_connections: int) -> AsyncIterator[Send]:
+    """Streamed chat requests to an OpenAI-compatible server (vllm serve, SMG, chatgen via Envoy) over httpx."""
+    limits = httpx.Limits(max_connections=max_connections)
+    async with httpx.AsyncClient(base_url=base, timeout=3600, limits=limits) as http:
+
+        async def send(request: Request) -> Result:
+            return await sse_chat(http, model, request)
+
+        yield send
+
+
+@contextlib.asynccontextmanager
 async def chatgen_senders(setup: EngineSetup, max_connections: int, *flags: str) -> AsyncIterator[ChatgenSenders]:
     import grpc
 
     from chatgen.v1 import chatgen_pb2_grpc as pb_grpc
 
     with chatgen_serve(setup, *flags) as server:
-        limits = httpx.Limits(max_connections=max_connections)
         async with (
             grpc.aio.insecure_channel(server.grpc_address) as channel,
-            httpx.AsyncClient(base_url=server.http_base, timeout=3600, limits=limits) as http,
+            openai_sender(server.http_base, setup.served_name, max_connections) as send_rest,
         ):
             stub = pb_grpc.ChatStub(channel)
             host, port = server.http_base.removeprefix("http://").rsplit(":", 1)
 
             async def send_grpc(request: Request) -> Result:
                 return await grpc_chat(stub, setup.served_name, request)
-
-            async def send_rest(request: Request) -> Result:
-                return await sse_chat(http, setup.served_name, request)
 
             async def send_raw(request: Request) -> Result:
                 return await raw_sse_chat(host, int(port), setup.served_name, request)
