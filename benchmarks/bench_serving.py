@@ -67,6 +67,9 @@ LABELS = {
 }
 RATIOS = [("b", "a"), ("b", "d"), ("c", "a"), ("c", "b"), ("c", "d"), ("b", "e"), ("f", "g"), ("h", "b")]
 
+# Targets measured together take turns in rounds of this many requests per client (see Sweep.take_turns).
+ROUND_PER_CLIENT = 4
+
 TARGETS = ("vllm", "smg", "grpc", "rest", "engine", "hf", "transformers")
 
 
@@ -94,7 +97,10 @@ def salted(requests: list[Request], salt: str) -> list[Request]:
     return out
 
 
-async def run_level(target: str, concurrency: int, requests: list[Request], send: Send, progress: Any) -> Level:
+async def run_requests(
+    concurrency: int, requests: list[Request], send: Send, progress: Any
+) -> tuple[list[Result], float]:
+    """`concurrency` clients send `requests`, each taking the next as soon as its last one has finished."""
     queue = list(reversed(requests))
     results: list[Result] = []
 
@@ -105,7 +111,10 @@ async def run_level(target: str, concurrency: int, requests: list[Request], send
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    seconds = time.perf_counter() - started
+    return results, time.perf_counter() - started
+
+
+def summarize(target: str, concurrency: int, results: list[Result], seconds: float) -> Level:
     ok = [r for r in results if r.ok]
     ttfts = [r.ttft * 1000 for r in ok]
     itls = [gap * 1000 for r in ok for gap in r.itls]
@@ -144,10 +153,24 @@ class Sweep:
         return salted(picked, f"{LETTERS[target]}{concurrency}")
 
     async def run(self, target: str, concurrency: int, send: Send) -> None:
-        self.progress.set_description(f"{LABELS[target]} c={concurrency}")
-        self.levels.append(
-            await run_level(target, concurrency, self.requests_for(target, concurrency), send, self.progress)
-        )
+        await self.take_turns({target: send}, concurrency)
+
+    async def take_turns(self, senders: dict[str, Send], concurrency: int) -> None:
+        """One level of several targets that share a server or a machine, taking turns in rounds of
+        ROUND_PER_CLIENT requests per client: the machine's slow drift then touches every target alike (one target
+        after another, a 1 ms difference was lost in it). Each target's figures are over all its rounds."""
+        work = {target: self.requests_for(target, concurrency) for target in senders}
+        results: dict[str, list[Result]] = {target: [] for target in senders}
+        seconds = dict.fromkeys(senders, 0.0)
+        size = ROUND_PER_CLIENT * concurrency
+        for start in range(0, self.count(concurrency), size):
+            for target, send in senders.items():
+                self.progress.set_description(f"{LABELS[target]} c={concurrency}")
+                done, took = await run_requests(concurrency, work[target][start : start + size], send, self.progress)
+                results[target] += done
+                seconds[target] += took
+        for target in senders:
+            self.levels.append(summarize(target, concurrency, results[target], seconds[target]))
 
     async def warm_up(self, send: Send) -> None:
         for request in salted(self.workload[:2], "warmup"):
@@ -169,14 +192,10 @@ async def sweep_chatgen(
 ) -> None:
     async with chatgen_senders(setup, max(sweep.args.concurrency) + 8, *flags) as send:
         await sweep.warm_up(send.grpc if grpc_on else send.rest)
-        # Interleaved by level, so slow drift of the machine touches all alike.
+        senders = {"grpc": send.grpc, "rest": send.rest, "raw-rest": send.raw_rest}
+        on = {"grpc": grpc_on, "rest": rest_on, "raw-rest": raw_rest}
         for c in sweep.args.concurrency:
-            if grpc_on:
-                await sweep.run("grpc", c, send.grpc)
-            if rest_on:
-                await sweep.run("rest", c, send.rest)
-            if raw_rest:
-                await sweep.run("raw-rest", c, send.raw_rest)
+            await sweep.take_turns({t: s for t, s in senders.items() if on[t]}, c)
 
 
 async def sweep_engine(sweep: Sweep, setup: EngineSetup) -> None:
@@ -289,7 +308,7 @@ async def transformers_sender(setup: EngineSetup) -> AsyncIterator[Send]:
 
 
 async def sweep_fallback(sweep: Sweep, setup: EngineSetup, hf_on: bool, transformers_on: bool) -> None:
-    """(f) and (g), interleaved by level like (b) and (c): the idle one holds its model but takes no CPU."""
+    """(f) and (g), taking turns like (b) and (c): the idle one holds its model but takes no CPU."""
     async with contextlib.AsyncExitStack() as stack:
         senders = {}
         if hf_on:
@@ -299,8 +318,7 @@ async def sweep_fallback(sweep: Sweep, setup: EngineSetup, hf_on: bool, transfor
         for send in senders.values():
             await sweep.warm_up(send)
         for c in sweep.args.concurrency:
-            for target, send in senders.items():
-                await sweep.run(target, c, send)
+            await sweep.take_turns(senders, c)
 
 
 # ---- report -----------------------------------------------------------------------------------------------------

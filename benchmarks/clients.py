@@ -98,39 +98,58 @@ async def sse_chat(http: Any, model: str, request: Request) -> Result:
     return events.done()
 
 
-async def raw_sse_chat(host: str, port: int, model: str, request: Request) -> Result:
-    """The same request over a bare HTTP/1.1 connection (asyncio streams, a new connection each time): no client
-    library's own cost in the timings, so TTFT differences against gRPC are the gateway's."""
-    body = json.dumps(openai_body(model, request)).encode()
-    head = (
-        f"POST /v1/chat/completions HTTP/1.1\r\nhost: {host}:{port}\r\ncontent-type: application/json\r\n"
-        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
-    )
-    events = SseEvents()
-    try:
-        reader, writer = await asyncio.open_connection(host, port)
-    except OSError as exc:
-        return Result(ok=False, error=type(exc).__name__)
-    try:
-        writer.write(head.encode() + body)
-        status = (await reader.readline()).split()
-        if len(status) < 2 or status[1] != b"200":
-            return Result(ok=False, error=f"http {status[1].decode() if len(status) > 1 else '?'}")
-        while (await reader.readline()).strip():
-            pass  # headers: Envoy streams SSE with chunked transfer encoding
-        pending = b""
-        while size := int((await reader.readline()).split(b";")[0], 16):
-            pending += await reader.readexactly(size)
-            await reader.readexactly(2)
-            while b"\n\n" in pending:
-                event, pending = pending.split(b"\n\n", 1)
-                if (failed := events.line(event.decode())) is not None:
-                    return failed
-    except (OSError, ValueError, asyncio.IncompleteReadError) as exc:
-        return Result(ok=False, error=type(exc).__name__)
-    finally:
-        writer.close()
-    return events.done()
+class RawHttp:
+    """Chat requests over bare HTTP/1.1 keep-alive connections (asyncio streams, one request at a time on each,
+    idle ones reused like httpx's and gRPC's): no client library's own cost in the timings, so TTFT differences
+    against gRPC are the gateway's."""
+
+    def __init__(self, host: str, port: int, model: str) -> None:
+        self.host, self.port, self.model = host, port, model
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def chat(self, request: Request) -> Result:
+        body = json.dumps(openai_body(self.model, request)).encode()
+        head = (
+            f"POST /v1/chat/completions HTTP/1.1\r\nhost: {self.host}:{self.port}\r\n"
+            f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+        )
+        events = SseEvents()
+        try:
+            reader, writer = self.idle.pop() if self.idle else await asyncio.open_connection(self.host, self.port)
+        except OSError as exc:
+            return Result(ok=False, error=type(exc).__name__)
+        reusable = False
+        try:
+            writer.write(head.encode() + body)
+            status = (await reader.readline()).split()
+            if len(status) < 2 or status[1] != b"200":
+                return Result(ok=False, error=f"http {status[1].decode() if len(status) > 1 else '?'}")
+            while (await reader.readline()).strip():
+                pass  # headers: Envoy streams SSE with chunked transfer encoding
+            pending = b""
+            while size := int((await reader.readline()).split(b";")[0], 16):
+                pending += await reader.readexactly(size)
+                await reader.readexactly(2)
+                while b"\n\n" in pending:
+                    event, pending = pending.split(b"\n\n", 1)
+                    if (failed := events.line(event.decode())) is not None:
+                        return failed
+            while (await reader.readline()).strip():
+                pass  # trailers, up to the blank line that ends the response
+            reusable = True
+        except (OSError, ValueError, asyncio.IncompleteReadError) as exc:
+            return Result(ok=False, error=type(exc).__name__)
+        finally:
+            if reusable:
+                self.idle.append((reader, writer))
+            else:
+                writer.close()
+        return events.done()
+
+    def close(self) -> None:
+        for _, writer in self.idle:
+            writer.close()
+        self.idle.clear()
 
 
 async def grpc_chat(stub: Any, model: str, request: Request) -> Result:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.clients import Result, grpc_chat, raw_sse_chat, sse_chat
+from benchmarks.clients import RawHttp, Result, grpc_chat, sse_chat
 from benchmarks.local_server import LocalServer, free_port, local_server
 from benchmarks.workload import Request
 from chatgen.engine.vllm_args import EngineDefaults, cpu_kv_cache_env
@@ -205,11 +205,12 @@ async def chatgen_senders(setup: EngineSetup, max_connections: int, *flags: str)
         ):
             stub = pb_grpc.ChatStub(channel)
             host, port = server.http_base.removeprefix("http://").rsplit(":", 1)
+            raw = RawHttp(host, int(port), setup.served_name)
 
             async def send_grpc(request: Request) -> Result:
                 return await grpc_chat(stub, setup.served_name, request)
 
-            async def send_raw(request: Request) -> Result:
-                return await raw_sse_chat(host, int(port), setup.served_name, request)
-
-            yield ChatgenSenders(server, send_grpc, send_rest, send_raw)
+            try:
+                yield ChatgenSenders(server, send_grpc, send_rest, raw.chat)
+            finally:
+                raw.close()
