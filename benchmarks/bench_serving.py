@@ -15,7 +15,8 @@ transformers' own generate() on the same prompts, its baseline. With --simulator
 the token simulator (no model), over gRPC (b), REST (c) and REST from a bare HTTP client (h): what Envoy adds.
 
 Each server runs alone on the machine while it is measured, with the engine settings of
-chatgen.engine.vllm_args (plus --engine-arg), and gets the same requests: a seeded synthetic chat workload
+chatgen.engine.vllm_args (plus --engine-arg); targets that share one (b, c, h; f, g) take turns within each level.
+All get the same requests: a seeded synthetic chat workload
 (log-normal prompt and output lengths) or a JSONL replay, every request streaming exactly its max_tokens
 (ignore_eos). Each (target, concurrency) run salts its prompts with a distinct first word, so prefix caching (on,
 as in production) never serves one run from another's.
