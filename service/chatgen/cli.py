@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -156,29 +157,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _grpc_healthy(address: str, timeout: float = 60.0) -> None:
+async def _poll(ready: Callable[[], Awaitable[bool]], timeout: float, failure: str) -> None:
     deadline = time.monotonic() + timeout
+    while not await ready():
+        if time.monotonic() > deadline:
+            raise TimeoutError(failure)
+        await asyncio.sleep(0.1)
+
+
+async def _grpc_healthy(address: str, timeout: float = 60.0) -> None:
     async with grpc.aio.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
-        while True:
+
+        async def serving() -> bool:
             try:
                 reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
             except grpc.aio.AioRpcError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"gRPC server at {address} did not become healthy")
-            await asyncio.sleep(0.1)
+                return False
+            return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+        await _poll(serving, timeout, f"gRPC server at {address} did not become healthy")
 
 
 async def _tls_listening(host: str, port: int, timeout: float = 60.0) -> None:
     # Health is SERVING in-process already; this checks the TLS port itself (see chatgen.tls on verification).
-    deadline = time.monotonic() + timeout
-    while not await handshake_ok(host, port):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the gRPC TLS port {host}:{port} does not complete a handshake")
-        await asyncio.sleep(0.1)
+    await _poll(
+        lambda: handshake_ok(host, port), timeout, f"the gRPC TLS port {host}:{port} does not complete a handshake"
+    )
 
 
 def _simulator_timing(text: str) -> SimulatorTiming:
