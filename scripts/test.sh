@@ -7,4 +7,5 @@ bash scripts/install.sh
 VENV=${CHATGEN_VENV:-.venv}
 "$VENV/bin/ruff" check service tests benchmarks
 "$VENV/bin/ruff" format --check service tests benchmarks
+"$VENV/bin/mypy"  # service/chatgen and benchmarks, configured in pyproject.toml
 exec "$VENV/bin/python" -m pytest -v -p no:cacheprovider "$@"

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
@@ -204,7 +205,7 @@ class Generator:
         _check_ranges(options)
         return Generation(f"{id_prefix}{request_id or uuid.uuid4().hex}", ids, options, n=s.n)
 
-    async def _outputs(self, gen: Generation, index: int) -> AsyncIterator[EngineOutput]:
+    async def _outputs(self, gen: Generation, index: int) -> AsyncGenerator[EngineOutput, None]:
         """One choice's engine outputs, counted into usage. Closing this iterator aborts its engine request."""
         finished = False
         if self._on_start is not None:
@@ -225,7 +226,7 @@ class Generator:
             if not finished and self._on_abort is not None:
                 self._on_abort()
 
-    async def _choice_deltas(self, gen: Generation, index: int) -> AsyncIterator[Delta]:
+    async def _choice_deltas(self, gen: Generation, index: int) -> AsyncGenerator[Delta, None]:
         if gen.forced is not None and gen.forced[index] is not None:
             async for delta in self._forced_deltas(gen, index, gen.forced[index]):  # type: ignore[arg-type]
                 yield delta
@@ -234,7 +235,8 @@ class Generator:
         first = True
         async with contextlib.aclosing(self._outputs(gen, index)) as outputs:
             async for out in outputs:
-                text, reasoning, tool_calls = out.text, "", ()
+                text, reasoning = out.text, ""
+                tool_calls: tuple[ToolCallDelta, ...] = ()
                 finish = out.finish_reason
                 if parser is not None:
                     parsed = parser.delta(out.text, out.token_ids, finished=finish is not None)
@@ -249,7 +251,7 @@ class Generator:
                 if text or reasoning or finish or out.logprobs or tool_calls or out.prompt_logprobs:
                     yield Delta(text, finish, reasoning, index, out.logprobs, tool_calls, out.prompt_logprobs)
 
-    async def _forced_deltas(self, gen: Generation, index: int, forced: ForcedTools) -> AsyncIterator[Delta]:
+    async def _forced_deltas(self, gen: Generation, index: int, forced: ForcedTools) -> AsyncGenerator[Delta, None]:
         """A named function's arguments stream as they are written; "required" calls come whole at the end
         (their names are only known once the JSON array is complete)."""
         opening = forced.first_delta()
@@ -271,11 +273,11 @@ class Generator:
                 if calls or finish or out.logprobs:
                     yield Delta("", finish, "", index, out.logprobs, calls)
 
-    def stream(self, gen: Generation) -> AsyncIterator[Delta]:
+    def stream(self, gen: Generation) -> AsyncGenerator[Delta, None]:
         """Deltas of all choices as the engine produces them (interleaved when n > 1)."""
         if gen.n == 1:
             return self._choice_deltas(gen, 0)
-        return _merge([lambda i=i: self._choice_deltas(gen, i) for i in range(gen.n)])
+        return _merge([functools.partial(self._choice_deltas, gen, i) for i in range(gen.n)])
 
     async def complete(self, gen: Generation) -> Result:
         choices = await asyncio.gather(*(self._complete_choice(gen, i) for i in range(gen.n)))
@@ -321,11 +323,11 @@ class Generator:
         )
 
 
-async def _merge(sources: list[Callable[[], AsyncIterator[T]]]) -> AsyncIterator[T]:
+async def _merge(sources: list[Callable[[], AsyncGenerator[T, None]]]) -> AsyncGenerator[T, None]:
     """Items of several async iterators as they come; the first failure or an early stop cancels them all."""
     queue: asyncio.Queue[tuple[bool, object]] = asyncio.Queue()
 
-    async def pump(make: Callable[[], AsyncIterator[T]]) -> None:
+    async def pump(make: Callable[[], AsyncGenerator[T, None]]) -> None:
         try:
             async with contextlib.aclosing(make()) as items:
                 async for item in items:

@@ -62,12 +62,15 @@ class OutputParser:
 
         # Tool calls are only parsed where the caller offered tools and did not say "none".
         self._tools_enabled = bool(request.tools) and request.tool_choice in (None, "auto")
-        self._request = ChatCompletionRequest(
-            model=request.model,
-            messages=[vllm_message(m) for m in request.messages],
-            chat_template_kwargs=template_kwargs,
-            tools=request.tools or None,
-            tool_choice=request.tool_choice or ("auto" if request.tools else None),
+        # Validated from plain data: pydantic builds vLLM's typed tool and tool-choice params from our dicts.
+        self._request = ChatCompletionRequest.model_validate(
+            {
+                "model": request.model,
+                "messages": [vllm_message(m) for m in request.messages],
+                "chat_template_kwargs": template_kwargs,
+                "tools": request.tools or None,
+                "tool_choice": request.tool_choice or ("auto" if request.tools else None),
+            }
         )
         tools = self._request.tools if self._tools_enabled else None
         self._parser = parser_cls(tokenizer, tools, chat_template_kwargs=template_kwargs)

@@ -6,7 +6,7 @@ Engines know tokens and sampling, nothing about chat messages or the wire protoc
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,7 +108,7 @@ class Engine(abc.ABC):
     async def start(self) -> None: ...
 
     @abc.abstractmethod
-    def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]: ...
+    def generate(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]: ...
 
     @abc.abstractmethod
     async def abort(self, request_id: str) -> None: ...

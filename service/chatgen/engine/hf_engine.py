@@ -13,7 +13,7 @@ import concurrent.futures
 import contextlib
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
@@ -161,7 +161,7 @@ class HfEngine(Engine):
             created=int(time.time()),
         )
 
-    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+    async def generate(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
         if self._model is None:
             raise EngineError("engine not started")
         job = _Job(asyncio.get_running_loop())

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,7 +66,7 @@ class TokenSimulatorEngine(Engine):
         self._passage = list(self._tokenizer.encode(PASSAGE, add_special_tokens=False))
         self._model = ModelInfo(s.served_model_name, s.tokenizer_path, s.max_model_len, int(time.time()))
 
-    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+    async def generate(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
         s = self._settings
         o = request.sampling
         total = o.max_tokens if o.ignore_eos else min(o.max_tokens, s.output_tokens)

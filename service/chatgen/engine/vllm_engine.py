@@ -10,7 +10,7 @@ import inspect
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,7 +94,7 @@ class VllmEngine(Engine):
             created=int(time.time()),
         )
 
-    async def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+    async def generate(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
         from vllm import SamplingParams
         from vllm.exceptions import VLLMClientError
         from vllm.inputs import TokensPrompt
@@ -131,7 +131,7 @@ class VllmEngine(Engine):
             async for out in self._llm.generate(prompt, params, request.request_id):
                 c = out.outputs[0]
                 logprobs = _logprobs(c.token_ids, c.logprobs, o.logprobs) if o.logprobs is not None else ()
-                prompt: tuple[TokenLogprob, ...] = ()
+                prompt_entries: tuple[TokenLogprob, ...] = ()
                 if o.prompt_logprobs is not None and out.prompt_logprobs and not sent_prompt:
                     sent_prompt = True
                     # vLLM gives None for the first prompt token (nothing precedes it).
@@ -139,8 +139,8 @@ class VllmEngine(Engine):
                         request.prompt_token_ids[1:], out.prompt_logprobs[1:], o.prompt_logprobs, self._decode
                     )
                     first = TokenLogprob(self._decode(request.prompt_token_ids[0]), None)
-                    prompt = (first, *rest)
-                yield EngineOutput(c.text, tuple(c.token_ids), c.finish_reason, logprobs, prompt)
+                    prompt_entries = (first, *rest)
+                yield EngineOutput(c.text, tuple(c.token_ids), c.finish_reason, logprobs, prompt_entries)
         except VLLMClientError as exc:
             # vLLM's own request validation (its 4xx class): the caller's fault, not the engine's.
             raise EngineRejectedRequest(str(exc), getattr(exc, "parameter", None)) from exc

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TypeVar
 
 import grpc
@@ -63,10 +63,10 @@ def wants_sse_framing(context: grpc.aio.ServicerContext) -> bool:
 
 async def stream(
     context: grpc.aio.ServicerContext,
-    chunks: AsyncIterator[T],
+    chunks: AsyncGenerator[T, None],
     error_chunk: Callable[[ChatgenError], T],
     done_chunk: Callable[[], T],
-) -> AsyncIterator[T]:
+) -> AsyncGenerator[T, None]:
     """Relay `chunks`; on failure abort the call, or for gateway SSE streams already under way, send an error
     chunk. Cancellation (a client that went away) is not caught: it closes `chunks`, which aborts the engine."""
     sse = wants_sse_framing(context)

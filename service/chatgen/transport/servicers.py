@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 import grpc
@@ -104,8 +104,8 @@ async def _relay(
     chunk_type: Any,
     envelope: dict[str, Any],
     ids: list[str],
-    chunks: AsyncIterator[Any],
-) -> AsyncIterator[Any]:
+    chunks: AsyncGenerator[Any, None],
+) -> AsyncGenerator[Any, None]:
     """wire.stream with the chunk type's own error chunk (the request id, once known) and end-of-stream chunk."""
 
     def error_chunk(err: ChatgenError) -> Any:
@@ -147,18 +147,22 @@ class ChatServicer(pb_grpc.ChatServicer):
 
     async def StreamChatCompletion(
         self, request: pb.ChatCompletionRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.ChatCompletionChunk]:
-        envelope = {"object": "chat.completion.chunk", "created": int(time.time()), "model": self._gen.model_name}
+    ) -> AsyncGenerator[pb.ChatCompletionChunk, None]:
+        envelope: dict[str, Any] = {
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": self._gen.model_name,
+        }
         ids: list[str] = []
 
-        async def chunks() -> AsyncIterator[pb.ChatCompletionChunk]:
+        async def chunks() -> AsyncGenerator[pb.ChatCompletionChunk, None]:
             gen = self._gen.prepare_chat(convert.chat_request(request))
             ids.append(gen.request_id)
             async with self._gen.admitted(gen), contextlib.aclosing(chat_chunks(gen)) as admitted:
                 async for chunk in admitted:
                     yield chunk
 
-        async def chat_chunks(gen: Generation) -> AsyncIterator[pb.ChatCompletionChunk]:
+        async def chat_chunks(gen: Generation) -> AsyncGenerator[pb.ChatCompletionChunk, None]:
             for index in range(gen.n):
                 first = pb.ChatCompletionDelta(role="assistant", content="")
                 yield pb.ChatCompletionChunk(
@@ -213,18 +217,22 @@ class GenerateServicer(pb_grpc.GenerateServicer):
 
     async def StreamCompletion(
         self, request: pb.CompletionRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.CompletionChunk]:
-        envelope = {"object": "text_completion", "created": int(time.time()), "model": self._gen.model_name}
+    ) -> AsyncGenerator[pb.CompletionChunk, None]:
+        envelope: dict[str, Any] = {
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": self._gen.model_name,
+        }
         ids: list[str] = []
 
-        async def chunks() -> AsyncIterator[pb.CompletionChunk]:
+        async def chunks() -> AsyncGenerator[pb.CompletionChunk, None]:
             gen = self._gen.prepare_completion(convert.completion_request(request))
             ids.append(gen.request_id)
             async with self._gen.admitted(gen), contextlib.aclosing(completion_chunks(gen)) as admitted:
                 async for chunk in admitted:
                     yield chunk
 
-        async def completion_chunks(gen: Generation) -> AsyncIterator[pb.CompletionChunk]:
+        async def completion_chunks(gen: Generation) -> AsyncGenerator[pb.CompletionChunk, None]:
             offsets = [0] * gen.n  # characters of each choice's text sent so far
             async with contextlib.aclosing(self._gen.stream(gen)) as deltas:
                 async for d in deltas:
