@@ -18,6 +18,10 @@ from chatgen.v1 import chatgen_pb2 as pb
 from chatgen.v1 import chatgen_pb2_grpc as pb_grpc
 
 SERVICE_NAMES = [pb.DESCRIPTOR.services_by_name[name].full_name for name in ("Chat", "Generate", "Models")]
+# A health "service" for liveness probes: SERVING while the process runs, draining included. The overall status
+# ("") turns NOT_SERVING when the drain starts, which takes a replica out of rotation (readiness); a liveness
+# probe on it would have the kubelet kill a replica that is finishing its streams.
+LIVENESS = "liveness"
 
 
 class GrpcServer:
@@ -72,6 +76,7 @@ class GrpcServer:
 
     async def start(self) -> None:
         await self.server.start()
+        await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         await self.set_serving(True)
 
     async def set_serving(self, serving: bool) -> None:
@@ -81,4 +86,5 @@ class GrpcServer:
 
     async def stop(self, grace: float | None) -> None:
         await self.set_serving(False)
+        await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.stop(grace)

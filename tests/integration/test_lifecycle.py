@@ -48,8 +48,8 @@ async def grpc_stream(channel: grpc.aio.Channel, max_tokens: int, started: async
     return chunks
 
 
-async def health(channel: grpc.aio.Channel) -> int:
-    reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+async def health(channel: grpc.aio.Channel, service: str = "") -> int:
+    reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
     return int(reply.status)
 
 
@@ -81,6 +81,8 @@ async def test_sigterm_refuses_new_requests_finishes_live_streams_then_exits_0(e
             while await health(channel) != health_pb2.HealthCheckResponse.NOT_SERVING:
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.05)
+            # Out of rotation (readiness), but alive: a liveness probe must not kill a replica while it drains.
+            assert await health(channel, "liveness") == health_pb2.HealthCheckResponse.SERVING
 
             refused = await http.post(
                 "/v1/chat/completions",
