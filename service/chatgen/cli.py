@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -17,7 +20,7 @@ from chatgen.chat.admission import Admission, AdmissionLimits
 from chatgen.chat.parsing import load_parser_class
 from chatgen.engine import Engine, EngineError
 from chatgen.engine.factory import ENGINES, SimulatorTiming, create_engine, resolve_model
-from chatgen.gateway import EnvoyProcess, GatewaySettings, default_work_dir
+from chatgen.gateway import EnvoyProcess, GatewaySettings, default_work_dir, envoy_command, render_config
 from chatgen.metrics import Metrics
 from chatgen.server import GrpcServer
 from chatgen.tls import handshake_ok, tls_files
@@ -34,6 +37,10 @@ chatgen: an LLM chat & completions service with a typed gRPC API and an OpenAI-c
 
   chatgen serve                       serve the embedded SmolLM2-135M-Instruct on the CPU
   chatgen serve --model DIR           serve a Hugging Face model directory (or hub id, where a hub is reachable)
+  chatgen gateway --grpc-port 50051   only the REST gateway (Envoy), in front of a gRPC server started apart
+
+Every flag can also come from the environment as CHATGEN_<FLAG> (CHATGEN_MAX_RUNNING=64, CHATGEN_NO_GATEWAY=1):
+one set of settings (a Kubernetes ConfigMap) configures the server and its gateway alike.
 
 REST (through Envoy):  POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /v1/models/{id}
 gRPC:                  chatgen.v1.Chat, chatgen.v1.Generate, chatgen.v1.Models, grpc.health.v1.Health, reflection
@@ -49,7 +56,8 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action) or ""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(environ: Mapping[str, str] | None = None, command: str | None = None) -> argparse.ArgumentParser:
+    """chatgen's flags; with `environ`, CHATGEN_<FLAG> variables in it set the defaults of `command`'s flags."""
     parser = argparse.ArgumentParser(
         prog="chatgen", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -100,18 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="vLLM tool-call parser for the model (e.g. hermes): turns its tool calls into message.tool_calls",
     )
     model.add_argument("--dtype", default="auto", help="weights dtype (auto: float32 on CPUs, model's own on GPUs)")
-    net = serve.add_argument_group("network")
-    net.add_argument("--host", default="0.0.0.0", help="address both listeners bind to")
-    net.add_argument("--grpc-port", metavar="PORT", type=int, default=50051, help="gRPC port")
-    net.add_argument("--http-port", metavar="PORT", type=int, default=8000, help="REST (Envoy) port")
-    net.add_argument(
-        "--envoy-admin-port", metavar="PORT", type=int, default=9901, help="Envoy admin (binds 127.0.0.1 only)"
-    )
+    net = _network_args(serve)
     net.add_argument("--metrics-port", metavar="PORT", type=int, default=9400, help="Prometheus /metrics (0: off)")
     net.add_argument("--no-gateway", action="store_true", help="serve gRPC only, without Envoy")
-    net.add_argument("--envoy-concurrency", metavar="N", type=int, default=2, help="Envoy worker threads")
-    net.add_argument("--tls-cert", metavar="PEM", default=None, help="serve gRPC and REST over TLS: certificate chain")
-    net.add_argument("--tls-key", metavar="PEM", default=None, help="the certificate's private key")
     auth = serve.add_argument_group("authentication (off unless a key is given)")
     auth.add_argument(
         "--api-key",
@@ -121,7 +120,79 @@ def build_parser() -> argparse.ArgumentParser:
         help="accept this key (repeatable); also CHATGEN_API_KEYS=k1,k2",
     )
     auth.add_argument("--api-key-file", metavar="PATH", default=None, help="file with one key per line")
-    load = serve.add_argument_group("load")
+    _load_args(serve)
+    serve.add_argument(
+        "--shutdown-grace",
+        metavar="SECONDS",
+        type=float,
+        default=30.0,
+        help="on SIGTERM, how long in-flight requests may take to finish (a second signal stops at once)",
+    )
+    serve.add_argument("--log-level", default="info", choices=LOG_LEVELS, help="log level")
+
+    gateway = sub.add_parser(
+        "gateway",
+        help="run only the REST gateway (Envoy) in front of a gRPC server started apart",
+        description="Render the Envoy config `chatgen serve` would run and exec Envoy with it, in front of a "
+        "chatgen gRPC server started on its own (`chatgen serve --no-gateway`): the gateway as a separate "
+        "container, e.g. a Kubernetes sidecar. Give it the server's --max-running/--max-waiting, so that its "
+        "circuit breaker matches the server's admission limits.",
+        formatter_class=_HelpFormatter,
+        allow_abbrev=False,
+    )
+    _network_args(gateway)
+    gateway.add_argument(
+        "--grpc-host", default="127.0.0.1", help="where the gRPC server listens (a sidecar: the pod's loopback)"
+    )
+    gateway.add_argument(
+        "--work-dir", metavar="DIR", default=None, help="where the rendered config goes (default: a /tmp directory)"
+    )
+    gateway.add_argument(
+        "--render-only", action="store_true", help="write the config, descriptor set and Lua filter, print the path"
+    )
+    _load_args(gateway)
+    gateway.add_argument("--log-level", default="warning", choices=LOG_LEVELS, help="Envoy's log level")
+    if environ is not None:
+        # Only the command being run: a variable meant for one must not fail the other.
+        _environment_defaults(gateway if command == "gateway" else serve, environ)
+    return parser
+
+
+def environment_names(command: str) -> set[str]:
+    """The CHATGEN_<FLAG> variables `chatgen <command>` reads (CHATGEN_API_KEYS aside)."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {_variable(a) for a in sub.choices[command]._actions if _from_environment(a)}
+
+
+def _variable(action: argparse.Action) -> str:
+    return "CHATGEN_" + action.dest.upper()
+
+
+def _from_environment(action: argparse.Action) -> bool:
+    # API keys have their own variable, CHATGEN_API_KEYS (a list).
+    return bool(action.option_strings) and action.dest not in ("help", "api_key")
+
+
+LOG_LEVELS = ["debug", "info", "warning", "error"]
+
+
+def _network_args(command: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    net = command.add_argument_group("network")
+    net.add_argument("--host", default="0.0.0.0", help="address the listeners bind to")
+    net.add_argument("--grpc-port", metavar="PORT", type=int, default=50051, help="gRPC port")
+    net.add_argument("--http-port", metavar="PORT", type=int, default=8000, help="REST (Envoy) port")
+    net.add_argument(
+        "--envoy-admin-port", metavar="PORT", type=int, default=9901, help="Envoy admin (binds 127.0.0.1 only)"
+    )
+    net.add_argument("--envoy-concurrency", metavar="N", type=int, default=2, help="Envoy worker threads")
+    net.add_argument("--tls-cert", metavar="PEM", default=None, help="serve gRPC and REST over TLS: certificate chain")
+    net.add_argument("--tls-key", metavar="PEM", default=None, help="the certificate's private key")
+    return net
+
+
+def _load_args(command: argparse.ArgumentParser) -> None:
+    load = command.add_argument_group("load")
     load.add_argument(
         "--max-running",
         metavar="N",
@@ -146,15 +217,33 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument(
         "--max-connections", metavar="N", type=int, default=4096, help="REST client connections Envoy accepts"
     )
-    serve.add_argument(
-        "--shutdown-grace",
-        metavar="SECONDS",
-        type=float,
-        default=30.0,
-        help="on SIGTERM, how long in-flight requests may take to finish (a second signal stops at once)",
-    )
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level")
-    return parser
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _environment_defaults(command: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
+    """CHATGEN_<FLAG> in the environment is that flag's default; a flag on the command line still wins."""
+    defaults: dict[str, object] = {}
+    for action in command._actions:
+        name = _variable(action)
+        if not _from_environment(action) or name not in environ:
+            continue
+        value = environ[name].strip()
+        try:
+            if isinstance(action, argparse._StoreTrueAction):
+                if value.lower() not in _TRUE | _FALSE:
+                    raise ValueError(value)
+                defaults[action.dest] = value.lower() in _TRUE
+            else:
+                converted = action.type(value) if callable(action.type) else value
+                if action.choices is not None and converted not in action.choices:
+                    raise ValueError(value)
+                defaults[action.dest] = converted
+        except ValueError:
+            command.error(f"{name}={environ[name]!r} is not a valid value for {action.option_strings[0]}")
+    command.set_defaults(**defaults)
 
 
 async def _poll(ready: Callable[[], Awaitable[bool]], timeout: float, failure: str) -> None:
@@ -192,6 +281,40 @@ def _simulator_timing(text: str) -> SimulatorTiming:
         return SimulatorTiming(float(ttft), float(itl), int(tokens))
     except ValueError:
         raise SystemExit(f"--simulator-timing wants TTFT_MS,ITL_MS,TOKENS (e.g. 50,10,64), got {text!r}") from None
+
+
+def gateway_settings(args: argparse.Namespace, grpc_host: str, grpc_port: int, work_dir: Path) -> GatewaySettings:
+    """The gateway's settings from the flags `chatgen serve` and `chatgen gateway` share."""
+    tls = tls_files(args.tls_cert, args.tls_key)
+    return GatewaySettings(
+        http_host=args.host,
+        http_port=args.http_port,
+        grpc_host=grpc_host,
+        grpc_port=grpc_port,
+        admin_port=args.envoy_admin_port,
+        work_dir=work_dir,
+        concurrency=args.envoy_concurrency,
+        max_body_bytes=args.max_request_bytes,
+        max_connections=args.max_connections,
+        # Room above the server's own limit, so callers see the server's 429 first.
+        max_upstream_requests=args.max_running + args.max_waiting + UPSTREAM_HEADROOM,
+        tls=tls,
+        upstream_tls=tls is not None,
+    )
+
+
+def gateway(args: argparse.Namespace) -> int:
+    """Render the config and replace this process with Envoy: signals then reach Envoy itself, as a container's
+    main process should receive them."""
+    work_dir = Path(args.work_dir) if args.work_dir else default_work_dir()
+    settings = replace(gateway_settings(args, args.grpc_host, args.grpc_port, work_dir), log_level=args.log_level)
+    config = render_config(settings)
+    if args.render_only:
+        print(config)
+        return 0
+    command = envoy_command(settings, config)
+    print(f"[chatgen] gateway: {' '.join(command)}", file=sys.stderr, flush=True)
+    os.execv(command[0], command)
 
 
 def _local(host: str) -> str:
@@ -244,23 +367,7 @@ async def serve(args: argparse.Namespace) -> int:
         else:
             await _tls_listening(_local(args.host), server.port)
         if not args.no_gateway:
-            envoy = EnvoyProcess(
-                GatewaySettings(
-                    http_host=args.host,
-                    http_port=args.http_port,
-                    grpc_host=_local(args.host),
-                    grpc_port=server.port,
-                    admin_port=args.envoy_admin_port,
-                    work_dir=default_work_dir(),
-                    concurrency=args.envoy_concurrency,
-                    max_body_bytes=args.max_request_bytes,
-                    max_connections=args.max_connections,
-                    # Room above the server's own limit, so callers see the server's 429 first.
-                    max_upstream_requests=limits.max_running + limits.max_waiting + UPSTREAM_HEADROOM,
-                    tls=tls,
-                    upstream_tls=tls is not None,
-                )
-            )
+            envoy = EnvoyProcess(gateway_settings(args, _local(args.host), server.port, default_work_dir()))
             envoy.start()
             await envoy.wait_ready()
         return await _run_until_stopped(args, engine, server, envoy, admission)
@@ -340,7 +447,8 @@ async def _run_until_stopped(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(os.environ, next((a for a in argv if not a.startswith("-")), None))
     # What chatgen does not know goes to vLLM's own parser (chatgen.engine.vllm_args).
     args, engine_argv = parser.parse_known_args(argv)
     if args.command != "serve" and engine_argv:
@@ -356,6 +464,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.command == "serve":
         return asyncio.run(serve(args))
+    if args.command == "gateway":
+        return gateway(args)
     return 2
 
 

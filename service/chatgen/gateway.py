@@ -1,4 +1,5 @@
-"""The REST gateway: render gateway/envoy.yaml, build the descriptor set, run Envoy as a supervised child."""
+"""The REST gateway: render gateway/envoy.yaml, build the descriptor set, run Envoy (a supervised child of
+`chatgen serve`, or on its own with `chatgen gateway`, e.g. as a Kubernetes sidecar)."""
 
 from __future__ import annotations
 
@@ -178,6 +179,21 @@ def render_config(settings: GatewaySettings) -> Path:
     return path
 
 
+def envoy_command(settings: GatewaySettings, config: Path) -> list[str]:
+    """Envoy's command line for a rendered config: `chatgen serve` runs it as a child, `chatgen gateway` execs it."""
+    return [
+        envoy_binary(),
+        "-c",
+        str(config),
+        "--concurrency",
+        str(settings.concurrency),
+        "--log-level",
+        settings.log_level,
+        # Several gateways (tests, replicas) may share a machine: no shared-memory hot-restart region.
+        "--disable-hot-restart",
+    ]
+
+
 def _die_with_parent_prefix() -> list[str]:
     """Command prefix that makes the kernel send Envoy SIGTERM if chatgen dies for any reason, even SIGKILL.
 
@@ -197,19 +213,7 @@ class EnvoyProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        config = render_config(self.settings)
-        cmd = [
-            *_die_with_parent_prefix(),
-            envoy_binary(),
-            "-c",
-            str(config),
-            "--concurrency",
-            str(self.settings.concurrency),
-            "--log-level",
-            self.settings.log_level,
-            # Several gateways (tests, replicas) may share a machine: no shared-memory hot-restart region.
-            "--disable-hot-restart",
-        ]
+        cmd = [*_die_with_parent_prefix(), *envoy_command(self.settings, render_config(self.settings))]
         log.info("starting Envoy: %s", " ".join(cmd))
         self.proc = subprocess.Popen(cmd)
 

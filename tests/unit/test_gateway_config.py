@@ -1,11 +1,11 @@
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import yaml
 
-from chatgen.gateway import GatewaySettings, envoy_binary, render_config
+from chatgen.gateway import GatewaySettings, render_config
+from tests.support.envoy import assert_envoy_accepts
 
 
 def settings(tmp_path: Path) -> GatewaySettings:
@@ -13,18 +13,6 @@ def settings(tmp_path: Path) -> GatewaySettings:
         http_host="127.0.0.1", http_port=18000, grpc_host="127.0.0.1", grpc_port=15051, admin_port=19901,
         work_dir=tmp_path,
     )  # fmt: skip
-
-
-def assert_envoy_accepts(config: Path) -> None:
-    """The real Envoy's `--mode validate`: the config loads (filters, Lua, descriptor, TLS files)."""
-    result = subprocess.run(
-        [envoy_binary(), "--mode", "validate", "-c", str(config), "--disable-hot-restart"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "OK" in result.stdout + result.stderr
 
 
 def test_rendered_config_passes_envoy_validation(tmp_path: Path) -> None:
@@ -35,14 +23,19 @@ def test_filter_order_and_transcoder_options(tmp_path: Path) -> None:
     doc = yaml.safe_load(render_config(settings(tmp_path)).read_text())
     hcm = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     names = [f["name"] for f in hcm["http_filters"]]
-    # json_to_metadata must parse `stream` before Lua picks the RPC, and both must run before the transcoder.
+    # The health check answers /healthz before anything parses a body; json_to_metadata must parse `stream`
+    # before Lua picks the RPC, and both must run before the transcoder.
     assert names == [
+        "envoy.filters.http.health_check",
         "envoy.filters.http.json_to_metadata",
         "envoy.filters.http.lua",
         "envoy.filters.http.grpc_json_transcoder",
         "envoy.filters.http.router",
     ]
-    transcoder = hcm["http_filters"][2]["typed_config"]
+    health = hcm["http_filters"][0]["typed_config"]
+    assert health["pass_through_mode"] is False
+    assert health["headers"] == [{"name": ":path", "string_match": {"exact": "/healthz"}}]
+    transcoder = hcm["http_filters"][3]["typed_config"]
     assert transcoder["print_options"] == {
         "preserve_proto_field_names": True,
         "always_print_primitive_fields": True,
