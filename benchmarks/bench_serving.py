@@ -14,12 +14,13 @@ vLLM's AsyncLLM in this process, the ceiling; (f) chatgen gRPC on its transforme
 transformers' own generate() on the same prompts, its baseline. With --simulator TTFT_MS,ITL_MS: only chatgen, on
 the token simulator (no model), over gRPC (b), REST (c) and REST from a bare HTTP client (h): what Envoy adds.
 
-Each server runs alone on the machine while it is measured, with the engine settings of
-chatgen.engine.vllm_args (plus --engine-arg); targets that share one (b, c, h; f, g) take turns within each level.
-All get the same requests: a seeded synthetic chat workload
-(log-normal prompt and output lengths) or a JSONL replay, every request streaming exactly its max_tokens
-(ignore_eos). Each (target, concurrency) run salts its prompts with a distinct first word, so prefix caching (on,
-as in production) never serves one run from another's.
+All servers start first, with the engine settings of chatgen.engine.vllm_args (plus --engine-arg); then every
+target takes its turn at every concurrency level, a few requests per client at a time, while the others sit idle,
+so that the machine's drift touches all alike (--apart: one server at a time, for machines without the memory for
+all; on a GPU, co-resident vLLM engines each get their share of --gpu-memory-utilization). All get the same
+requests: a seeded synthetic chat workload (log-normal prompt and output lengths) or a JSONL replay, every request
+streaming exactly its max_tokens (ignore_eos). Each (target, concurrency) run salts its prompts with a distinct
+first word, so prefix caching (on, as in production) never serves one run from another's.
 
 Reported per target and concurrency: requests/s, output tokens/s, TTFT p50/p99 and inter-token latency p50/p99
 (ms), errors; then the throughput ratios b/a, b/d, c/a, c/b, c/d, b/e, f/g, h/b and the TTFT p50 that Envoy
@@ -31,12 +32,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import math
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -181,25 +183,29 @@ class Sweep:
 # ---- targets ----------------------------------------------------------------------------------------------------
 
 
-async def sweep_openai_server(sweep: Sweep, target: str, base: str, model: str) -> None:
-    async with openai_sender(base, model, max(sweep.args.concurrency) + 8) as send:
-        await sweep.warm_up(send)
-        for c in sweep.args.concurrency:
-            await sweep.run(target, c, send)
+Senders = dict[str, Send]
+Opener = Callable[[], contextlib.AbstractAsyncContextManager[Senders]]
 
 
-async def sweep_chatgen(
-    sweep: Sweep, setup: EngineSetup, grpc_on: bool, rest_on: bool, *flags: str, raw_rest: bool = False
-) -> None:
-    async with chatgen_senders(setup, max(sweep.args.concurrency) + 8, *flags) as send:
-        await sweep.warm_up(send.grpc if grpc_on else send.rest)
-        senders = {"grpc": send.grpc, "rest": send.rest, "raw-rest": send.raw_rest}
-        on = {"grpc": grpc_on, "rest": rest_on, "raw-rest": raw_rest}
-        for c in sweep.args.concurrency:
-            await sweep.take_turns({t: s for t, s in senders.items() if on[t]}, c)
+@contextlib.asynccontextmanager
+async def openai_server(serve: Any, setup: EngineSetup, target: str, max_connections: int) -> AsyncIterator[Senders]:
+    """(a) or (d): a server process with an OpenAI API, and httpx as its client."""
+    with serve(setup) as served:
+        async with openai_sender(served.base, setup.served_name, max_connections) as send:
+            yield {target: send}
 
 
-async def sweep_engine(sweep: Sweep, setup: EngineSetup) -> None:
+@contextlib.asynccontextmanager
+async def chatgen(setup: EngineSetup, on: set[str], max_connections: int, *flags: str) -> AsyncIterator[Senders]:
+    """(b), (c) and (h): one `chatgen serve`, over gRPC, REST (httpx) and REST (bare client)."""
+    async with chatgen_senders(setup, max_connections, *flags) as send:
+        all_of = {"grpc": send.grpc, "rest": send.rest, "raw-rest": send.raw_rest}
+        yield {target: s for target, s in all_of.items() if target in on}
+
+
+@contextlib.asynccontextmanager
+async def engine_in_process(setup: EngineSetup) -> AsyncIterator[Senders]:
+    """(e): vLLM's AsyncLLM in this process, the ceiling."""
     import os
 
     from transformers import AutoTokenizer
@@ -230,9 +236,7 @@ async def sweep_engine(sweep: Sweep, setup: EngineSetup) -> None:
         return timer.done(tokens)
 
     try:
-        await sweep.warm_up(send)
-        for c in sweep.args.concurrency:
-            await sweep.run("engine", c, send)
+        yield {"engine": send}
     finally:
         llm.shutdown()
         # Drop the last reference now: AsyncLLM.__del__ shuts down again, which fails at interpreter exit.
@@ -240,17 +244,17 @@ async def sweep_engine(sweep: Sweep, setup: EngineSetup) -> None:
 
 
 @contextlib.asynccontextmanager
-async def hf_engine_sender(setup: EngineSetup) -> AsyncIterator[Send]:
-    """chatgen's fallback engine (transformers, one generate() per request on a worker thread), over gRPC."""
+async def hf_engine(setup: EngineSetup) -> AsyncIterator[Senders]:
+    """(f): chatgen's fallback engine (transformers, one generate() per request on a worker thread), over gRPC."""
     # vLLM's flags don't apply to this engine (chatgen refuses them for it).
     async with chatgen_senders(replace(setup, engine_argv=()), 8, "--engine", "hf") as send:
-        yield send.grpc
+        yield {"hf": send.grpc}
 
 
 @contextlib.asynccontextmanager
-async def transformers_sender(setup: EngineSetup) -> AsyncIterator[Send]:
-    """The hf engine's baseline: transformers' own generate() on the same prompts, in this process, with as many
-    generations at once as the hf engine runs (its worker threads), greedy, exactly max_tokens each."""
+async def transformers_generate(setup: EngineSetup) -> AsyncIterator[Senders]:
+    """(g), the hf engine's baseline: transformers' own generate() on the same prompts, in this process, with as
+    many generations at once as the hf engine runs (its worker threads), greedy, exactly max_tokens each."""
     import concurrent.futures
 
     import torch
@@ -303,23 +307,52 @@ async def transformers_sender(setup: EngineSetup) -> AsyncIterator[Send]:
         return timer.done(tokens)
 
     try:
-        yield send
+        yield {"transformers": send}
     finally:
         pool.shutdown()
 
 
-async def sweep_fallback(sweep: Sweep, setup: EngineSetup, hf_on: bool, transformers_on: bool) -> None:
-    """(f) and (g), taking turns like (b) and (c): the idle one holds its model but takes no CPU."""
-    async with contextlib.AsyncExitStack() as stack:
-        senders = {}
-        if hf_on:
-            senders["hf"] = await stack.enter_async_context(hf_engine_sender(setup))
-        if transformers_on:
-            senders["transformers"] = await stack.enter_async_context(transformers_sender(setup))
-        for send in senders.values():
-            await sweep.warm_up(send)
-        for c in sweep.args.concurrency:
-            await sweep.take_turns(senders, c)
+def openers(args: argparse.Namespace, setup: EngineSetup) -> list[Opener]:
+    """What serves the chosen targets: one opener per server (or in-process engine), in the order they start."""
+    targets = set(args.targets)
+    connections = max(args.concurrency) + 8
+    if args.simulator:
+        # No model runs: a fixed token schedule, so the only differences between (b), (c) and (h) are Envoy's.
+        flags = ("--engine", "simulator", "--simulator-timing", f"{args.simulator},{args.output_len}")
+        return [functools.partial(chatgen, replace(setup, engine_argv=()), targets, connections, *flags)]
+    if not args.apart:
+        # Every vLLM engine resident at once: on a GPU, each gets its share of the memory.
+        engines = len(targets & {"vllm", "smg", "engine"}) + bool(targets & {"grpc", "rest"})
+        setup = setup.sharing_gpu(engines)
+    out: list[Opener] = []
+    if "vllm" in targets:
+        out.append(functools.partial(openai_server, vllm_serve, setup, "vllm", connections))
+    if "smg" in targets:
+        out.append(functools.partial(openai_server, smg_serve, setup, "smg", connections))
+    if targets & {"grpc", "rest"}:
+        out.append(functools.partial(chatgen, setup, targets, connections))
+    if "engine" in targets:
+        out.append(functools.partial(engine_in_process, setup))
+    if "hf" in targets:
+        out.append(functools.partial(hf_engine, setup))
+    if "transformers" in targets:
+        out.append(functools.partial(transformers_generate, setup))
+    return out
+
+
+async def run_sweep(sweep: Sweep, openers: list[Opener], apart: bool) -> None:
+    """All servers up at once, every target taking its turn at every level, so that the machine's drift touches
+    them alike (an idle server takes no CPU); or, with `apart`, one server at a time (its own targets still taking
+    turns), for machines without the memory for all of them."""
+    for group in [openers] if not apart else [[o] for o in openers]:
+        async with contextlib.AsyncExitStack() as stack:
+            senders: Senders = {}
+            for open_ in group:
+                senders.update(await stack.enter_async_context(open_()))
+            for send in senders.values():
+                await sweep.warm_up(send)
+            for c in sweep.args.concurrency:
+                await sweep.take_turns(senders, c)
 
 
 # ---- report -----------------------------------------------------------------------------------------------------
@@ -406,22 +439,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         workload = synthetic(size, args.seed, tokenizer, args.input_len, args.output_len, args.max_model_len)
     sweep = Sweep(args, workload)
     try:
-        if "vllm" in args.targets:
-            with vllm_serve(setup) as served:
-                await sweep_openai_server(sweep, "vllm", served.base, choice.served_name)
-        if "smg" in args.targets:
-            with smg_serve(setup) as served:
-                await sweep_openai_server(sweep, "smg", served.base, choice.served_name)
-        if args.simulator:
-            # No model runs: a fixed token schedule, so the only differences between (b) and (c) are Envoy's.
-            flags = ("--engine", "simulator", "--simulator-timing", f"{args.simulator},{args.output_len}")
-            await sweep_chatgen(sweep, replace(setup, engine_argv=()), True, True, *flags, raw_rest=True)
-        elif "grpc" in args.targets or "rest" in args.targets:
-            await sweep_chatgen(sweep, setup, "grpc" in args.targets, "rest" in args.targets)
-        if "engine" in args.targets:
-            await sweep_engine(sweep, setup)
-        if "hf" in args.targets or "transformers" in args.targets:
-            await sweep_fallback(sweep, setup, "hf" in args.targets, "transformers" in args.targets)
+        await run_sweep(sweep, openers(args, setup), args.apart)
     finally:
         sweep.progress.close()
     table = ratios(sweep.levels)
@@ -482,6 +500,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TTFT_MS,ITL_MS",
         help="measure what the serving stack adds: chatgen gRPC vs REST on the token simulator (no model, no other "
         "target), e.g. --simulator 20,2",
+    )
+    parser.add_argument(
+        "--apart",
+        action="store_true",
+        help="start one server at a time (default: all at once, taking turns; needs memory for all of them)",
     )
     parser.add_argument("--smoke", action="store_true", help="a tiny sweep that checks the harness still works")
     return parser

@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -40,6 +40,15 @@ class EngineSetup:
     def vllm_argv(self) -> list[str]:
         """`vllm serve`'s engine flags: chatgen's defaults, then the user's (which win)."""
         return [*self.defaults().argv(), *self.engine_argv]
+
+    def sharing_gpu(self, engines: int) -> EngineSetup:
+        """For `engines` vLLM engines resident at once: on a GPU each takes its share of the memory (vLLM's default
+        0.9 is one engine's whole GPU), before the user's flags, which win. On a CPU nothing changes: each engine
+        has its own KV-cache space (VLLM_CPU_KVCACHE_SPACE)."""
+        if engines <= 1 or self.defaults().on_cpu:
+            return self
+        share = f"--gpu-memory-utilization={0.9 / engines:.2f}"
+        return replace(self, engine_argv=(share, *self.engine_argv))
 
     def defaults(self) -> EngineDefaults:
         from chatgen.engine.vllm_engine import cpu_only

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+
+import pytest
 
 from benchmarks.bench_serving import ROUND_PER_CLIENT, Sweep
 from benchmarks.clients import Result
@@ -41,3 +44,57 @@ def test_targets_measured_together_take_turns_in_rounds() -> None:
         assert (lv.concurrency, lv.requests, lv.ok, lv.errors) == (1, 10, 10, {})
         assert lv.ttft_p50_ms == 5.0  # median (nearest rank) of 1..10 ms over all rounds; the last alone: 9
         assert lv.output_tokens_per_s == 55 / lv.seconds
+
+
+def test_all_servers_are_up_together_unless_apart() -> None:
+    """run_sweep: by default every server starts before the first request and all take turns at each level;
+    with apart, each server runs its whole sweep alone."""
+    from benchmarks.bench_serving import run_sweep
+
+    events: list[str] = []
+
+    def opener(target: str):  # type: ignore[no-untyped-def]
+        @contextlib.asynccontextmanager
+        async def open_():  # type: ignore[no-untyped-def]
+            events.append(f"start {target}")
+
+            async def send(request: Request) -> Result:
+                events.append(target)
+                return Result(ok=True, ttft=0.001, output_tokens=1)
+
+            yield {target: send}
+            events.append(f"stop {target}")
+
+        return open_
+
+    for apart in (False, True):
+        events.clear()
+        args = argparse.Namespace(requests=4, requests_per_client=1, concurrency=[1, 2], targets=["vllm", "grpc"])
+        sweep = Sweep(args, [Request(({"role": "user", "content": "hi"},), max_tokens=1)] * 4)
+        asyncio.run(run_sweep(sweep, [opener("vllm"), opener("grpc")], apart))
+        sweep.progress.close()
+        starts = [i for i, e in enumerate(events) if e.startswith("start")]
+        stops = [i for i, e in enumerate(events) if e.startswith("stop")]
+        sent = [e for e in events if not e.startswith(("start", "stop"))]
+        # 2 warm-up requests each, then 4 per level and target.
+        assert sent.count("vllm") == sent.count("grpc") == 2 + 4 + 4
+        assert len(sweep.levels) == 4
+        if not apart:
+            assert starts == [0, 1] and min(stops) > max(i for i, e in enumerate(events) if e in ("vllm", "grpc"))
+            assert sent[4:8] == ["vllm"] * 4  # after the warm-ups, targets take turns
+            assert sent[8:12] == ["grpc"] * 4
+        else:
+            assert events.index("stop vllm") < events.index("start grpc")
+
+
+def test_co_resident_engines_share_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks.targets import EngineSetup
+
+    setup = EngineSetup("/m", "m", 2048, 8, engine_argv=("--block-size=32",))
+    assert setup.sharing_gpu(3) == setup  # on this CPU: nothing to share (each engine has its own KV space)
+    monkeypatch.setattr("chatgen.engine.vllm_engine.cpu_only", lambda: False)
+    shared = setup.sharing_gpu(3)
+    assert shared.engine_argv == ("--gpu-memory-utilization=0.30", "--block-size=32")
+    assert setup.sharing_gpu(1) == setup
+    # The user's own --gpu-memory-utilization comes later on the command line, so it wins.
+    assert shared.vllm_argv().index("--gpu-memory-utilization=0.30") < shared.vllm_argv().index("--block-size=32")
