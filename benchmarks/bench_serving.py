@@ -155,9 +155,6 @@ class Sweep:
         picked = [self.workload[i % len(self.workload)] for i in range(n)]
         return salted(picked, f"{LETTERS[target]}{concurrency}")
 
-    async def run(self, target: str, concurrency: int, send: Send) -> None:
-        await self.take_turns({target: send}, concurrency)
-
     async def take_turns(self, senders: dict[str, Send], concurrency: int) -> None:
         """One level of several targets that share a server or a machine, taking turns in rounds of
         ROUND_PER_CLIENT requests per client: the machine's slow drift then touches every target alike (one target

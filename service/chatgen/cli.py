@@ -23,7 +23,7 @@ from chatgen.engine.factory import ENGINES, SimulatorTiming, create_engine, reso
 from chatgen.gateway import EnvoyProcess, GatewaySettings, default_work_dir, envoy_command, render_config
 from chatgen.metrics import Metrics
 from chatgen.server import GrpcServer
-from chatgen.tls import handshake_ok, tls_files
+from chatgen.tls import TlsFiles, handshake_ok, tls_files
 from chatgen.transport.auth import load_keys
 
 log = logging.getLogger("chatgen")
@@ -283,9 +283,11 @@ def _simulator_timing(text: str) -> SimulatorTiming:
         raise SystemExit(f"--simulator-timing wants TTFT_MS,ITL_MS,TOKENS (e.g. 50,10,64), got {text!r}") from None
 
 
-def gateway_settings(args: argparse.Namespace, grpc_host: str, grpc_port: int, work_dir: Path) -> GatewaySettings:
-    """The gateway's settings from the flags `chatgen serve` and `chatgen gateway` share."""
-    tls = tls_files(args.tls_cert, args.tls_key)
+def gateway_settings(
+    args: argparse.Namespace, tls: TlsFiles | None, grpc_host: str, grpc_port: int, work_dir: Path
+) -> GatewaySettings:
+    """The gateway's settings from the flags `chatgen serve` and `chatgen gateway` share (`tls`: their checked
+    --tls-cert/--tls-key)."""
     return GatewaySettings(
         http_host=args.host,
         http_port=args.http_port,
@@ -307,7 +309,8 @@ def gateway(args: argparse.Namespace) -> int:
     """Render the config and replace this process with Envoy: signals then reach Envoy itself, as a container's
     main process should receive them."""
     work_dir = Path(args.work_dir) if args.work_dir else default_work_dir()
-    settings = replace(gateway_settings(args, args.grpc_host, args.grpc_port, work_dir), log_level=args.log_level)
+    tls = tls_files(args.tls_cert, args.tls_key)
+    settings = replace(gateway_settings(args, tls, args.grpc_host, args.grpc_port, work_dir), log_level=args.log_level)
     config = render_config(settings)
     if args.render_only:
         print(config)
@@ -367,7 +370,7 @@ async def serve(args: argparse.Namespace) -> int:
         else:
             await _tls_listening(_local(args.host), server.port)
         if not args.no_gateway:
-            envoy = EnvoyProcess(gateway_settings(args, _local(args.host), server.port, default_work_dir()))
+            envoy = EnvoyProcess(gateway_settings(args, tls, _local(args.host), server.port, default_work_dir()))
             envoy.start()
             await envoy.wait_ready()
         return await _run_until_stopped(args, engine, server, envoy, admission)

@@ -14,6 +14,7 @@ import pytest
 from chatgen.cli import build_parser, environment_names, gateway_settings
 from chatgen.gateway import render_config
 from chatgen.server import LIVENESS
+from chatgen.tls import tls_files
 from tests.support.envoy import assert_envoy_accepts
 from tests.support.k8s import OVERLAYS, REPO, Rendered, render
 
@@ -127,8 +128,12 @@ def test_the_sidecar_renders_the_envoy_config_chatgen_serve_runs(rendered: Rende
     serve, _ = build_parser(rendered.environment("server"), "serve").parse_known_args(rendered.command("server")[1:])
     gw = build_parser(rendered.environment("gateway"), "gateway").parse_args(rendered.command("gateway")[1:])
     # serve points its own Envoy at its gRPC port on loopback; the sidecar at the pod's loopback.
-    as_serve = gateway_settings(serve, "127.0.0.1", serve.grpc_port, tmp_path / "serve")
-    as_sidecar = gateway_settings(gw, gw.grpc_host, gw.grpc_port, tmp_path / "sidecar")
+    as_serve = gateway_settings(
+        serve, tls_files(serve.tls_cert, serve.tls_key), "127.0.0.1", serve.grpc_port, tmp_path / "serve"
+    )
+    as_sidecar = gateway_settings(
+        gw, tls_files(gw.tls_cert, gw.tls_key), gw.grpc_host, gw.grpc_port, tmp_path / "sidecar"
+    )
     serve_text = render_config(as_serve).read_text().replace(str(tmp_path / "serve"), "DIR")
     sidecar_config = render_config(as_sidecar)
     assert sidecar_config.read_text().replace(str(tmp_path / "sidecar"), "DIR") == serve_text
