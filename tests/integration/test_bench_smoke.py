@@ -48,6 +48,14 @@ def test_benchmark_smoke_run(tmp_path: Path, model_dir: Path) -> None:
         row = report["ratios"][concurrency]
         for key in ("b/a", "b/d", "c/a", "c/b", "c/d", "f/g"):
             assert math.isfinite(row[key]) and row[key] > 0, row
+    # The smoke run takes turns one request per client at a time: 4 rounds at concurrency 1 (enough for the
+    # ratios' confidence intervals), 1 at 4 (not enough: none is made up).
+    assert {(lv["concurrency"], len(lv["rounds"])) for lv in levels} == {(1, 4), (4, 1)}
+    for key in ("b/a", "b/d", "c/b", "f/g"):
+        low, high = report["ratios"]["1"][f"{key} ci_low"], report["ratios"]["1"][f"{key} ci_high"]
+        assert 0 < low <= high, report["ratios"]["1"]
+    assert not any(k.endswith("ci_low") for k in report["ratios"]["4"])
+    assert "95 % confidence interval from paired rounds" in result.stdout
     assert "--enable-prefix-caching" in report["settings"]["engine_args"]
     for label in ("(a) vllm serve", "(c) chatgen REST", "(d) SMG", "(f) chatgen gRPC, hf engine", "(g) transformers"):
         assert label in result.stdout

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
+import statistics
 
 import pytest
 
@@ -14,7 +16,9 @@ from benchmarks.workload import Request
 
 
 def test_targets_measured_together_take_turns_in_rounds() -> None:
-    args = argparse.Namespace(requests=10, requests_per_client=1, concurrency=[1], targets=["grpc", "rest"])
+    args = argparse.Namespace(
+        requests=10, requests_per_client=1, round_per_client=ROUND_PER_CLIENT, concurrency=[1], targets=["grpc", "rest"]
+    )
     workload = [Request(({"role": "user", "content": f"prompt {i}"},), max_tokens=i + 1) for i in range(10)]
     sweep = Sweep(args, workload)
     calls: list[tuple[str, str]] = []
@@ -44,6 +48,8 @@ def test_targets_measured_together_take_turns_in_rounds() -> None:
         assert (lv.concurrency, lv.requests, lv.ok, lv.errors) == (1, 10, 10, {})
         assert lv.ttft_p50_ms == 5.0  # median (nearest rank) of 1..10 ms over all rounds; the last alone: 9
         assert lv.output_tokens_per_s == 55 / lv.seconds
+        # One tokens/s figure per round: 1+2+3+4, 5+6+7+8 and 9+10 tokens over each round's own time.
+        assert len(lv.rounds) == 3 and all(r > 0 for r in lv.rounds)
 
 
 def test_all_servers_are_up_together_unless_apart() -> None:
@@ -69,7 +75,10 @@ def test_all_servers_are_up_together_unless_apart() -> None:
 
     for apart in (False, True):
         events.clear()
-        args = argparse.Namespace(requests=4, requests_per_client=1, concurrency=[1, 2], targets=["vllm", "grpc"])
+        args = argparse.Namespace(
+            requests=4, requests_per_client=1, round_per_client=ROUND_PER_CLIENT, concurrency=[1, 2],
+            targets=["vllm", "grpc"],
+        )  # fmt: skip
         sweep = Sweep(args, [Request(({"role": "user", "content": "hi"},), max_tokens=1)] * 4)
         asyncio.run(run_sweep(sweep, [opener("vllm"), opener("grpc")], apart))
         sweep.progress.close()
@@ -98,3 +107,34 @@ def test_co_resident_engines_share_a_gpu(monkeypatch: pytest.MonkeyPatch) -> Non
     assert setup.sharing_gpu(1) == setup
     # The user's own --gpu-memory-utilization comes later on the command line, so it wins.
     assert shared.vllm_argv().index("--gpu-memory-utilization=0.30") < shared.vllm_argv().index("--block-size=32")
+
+
+def test_ratio_intervals_come_from_paired_rounds() -> None:
+    """Round i of each target ran the same requests: the ratio's 95 % interval is a t-interval of the paired log
+    ratios, so drift that moves both targets of a pair alike does not widen it."""
+    from benchmarks.bench_serving import Level, paired_interval, ratios
+
+    # A slow drift (100 -> 40 tok/s) that touches both alike, and b always 2 % ahead of a: a tight interval at 1.02.
+    a_rounds = [100.0, 80.0, 60.0, 40.0]
+    b_rounds = [x * 1.02 for x in a_rounds]
+    low, high = paired_interval(b_rounds, a_rounds)  # type: ignore[misc]
+    assert low == pytest.approx(1.02) and high == pytest.approx(1.02)
+    # Noisy pairs: log ratios of 0.10, -0.10, 0.05, -0.05 have mean 0 and sd 0.0913; t(0.975, 3) = 3.182.
+    b_noisy = [100 * math.exp(0.10), 80 * math.exp(-0.10), 60 * math.exp(0.05), 40 * math.exp(-0.05)]
+    low, high = paired_interval(b_noisy, a_rounds)  # type: ignore[misc]
+    half = 3.182446 * statistics.stdev([0.10, -0.10, 0.05, -0.05]) / 2
+    assert low == pytest.approx(math.exp(-half), rel=1e-5) and high == pytest.approx(math.exp(half), rel=1e-5)
+    assert low < 1 < high
+    # Too few rounds (or a round with nothing done) give no interval rather than a meaningless one.
+    assert paired_interval([1.0, 2.0], [1.0, 2.0]) is None
+    assert paired_interval([1.0, 0.0, 2.0], [1.0, 1.0, 2.0]) is None
+
+    levels = [
+        Level("vllm", 8, 32, 32, output_tokens_per_s=70.0, rounds=a_rounds),
+        Level("grpc", 8, 32, 32, output_tokens_per_s=71.4, rounds=b_rounds),
+        Level("smg", 8, 32, 32, output_tokens_per_s=70.0, rounds=a_rounds[:2]),
+    ]
+    row = ratios(levels)["8"]
+    assert row["b/a"] == pytest.approx(1.02)
+    assert row["b/a ci_low"] == pytest.approx(1.02) and row["b/a ci_high"] == pytest.approx(1.02)
+    assert row["b/d"] == pytest.approx(1.02) and "b/d ci_low" not in row  # SMG ran two rounds only
