@@ -129,6 +129,12 @@ def build_parser(environ: Mapping[str, str] | None = None, command: str | None =
         help="on SIGTERM, how long in-flight requests may take to finish (a second signal stops at once)",
     )
     serve.add_argument("--log-level", default="info", choices=LOG_LEVELS, help="log level")
+    serve.add_argument(
+        "--no-request-log",
+        action="store_true",
+        help="no log line per chat/completion call (JSON: request id, status, tokens, latencies; logger "
+        "chatgen.requests at INFO)",
+    )
 
     gateway = sub.add_parser(
         "gateway",
@@ -184,6 +190,13 @@ def _network_args(command: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     net.add_argument("--http-port", metavar="PORT", type=int, default=8000, help="REST (Envoy) port")
     net.add_argument(
         "--envoy-admin-port", metavar="PORT", type=int, default=9901, help="Envoy admin (binds 127.0.0.1 only)"
+    )
+    net.add_argument(
+        "--envoy-stats-port",
+        metavar="PORT",
+        type=int,
+        default=0,
+        help="serve Envoy's Prometheus stats (GET /stats/prometheus, nothing else of the admin) here (0: off)",
     )
     net.add_argument("--envoy-concurrency", metavar="N", type=int, default=2, help="Envoy worker threads")
     net.add_argument("--tls-cert", metavar="PEM", default=None, help="serve gRPC and REST over TLS: certificate chain")
@@ -302,6 +315,7 @@ def gateway_settings(
         max_upstream_requests=args.max_running + args.max_waiting + UPSTREAM_HEADROOM,
         tls=tls,
         upstream_tls=tls is not None,
+        stats_port=args.envoy_stats_port,
     )
 
 
@@ -363,6 +377,7 @@ async def serve(args: argparse.Namespace) -> int:
             admission=admission,
             max_message_bytes=args.max_request_bytes,
             credentials=tls.server_credentials() if tls is not None else None,
+            log_requests=not args.no_request_log,
         )
         await server.start()
         if tls is None:

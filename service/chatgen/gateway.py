@@ -47,6 +47,9 @@ class GatewaySettings:
     # TLS on the REST listener, and to the gRPC server (when its port is TLS).
     tls: TlsFiles | None = None
     upstream_tls: bool = False
+    # A listener on http_host serving only GET /stats/prometheus from the admin port (0: none), so that
+    # Prometheus can scrape Envoy while the admin interface itself stays on 127.0.0.1.
+    stats_port: int = 0
 
 
 def envoy_binary() -> str:
@@ -153,12 +156,49 @@ def _upstream_tls(enabled: bool) -> str:
     return _transport_socket("UpstreamTlsContext", {"alpn_protocols": ["h2"]}) if enabled else "null"
 
 
+def _stats_listener(settings: GatewaySettings) -> tuple[str, str]:
+    """(listener, cluster) YAML for --envoy-stats-port, or empty. Istio exposes Envoy's stats the same way
+    (a listener whose one route leads to the admin's /stats/prometheus); no other admin path is reachable."""
+    if not settings.stats_port:
+        return "", ""
+    listener = f"""\
+  - name: stats
+    address: {{socket_address: {{address: {settings.http_host}, port_value: {settings.stats_port}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: stats
+          route_config:
+            virtual_hosts:
+            - name: stats
+              domains: ["*"]
+              routes:
+              - match: {{path: /stats/prometheus, headers: [{{name: ":method", string_match: {{exact: GET}}}}]}}
+                route: {{cluster: envoy_admin}}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}"""
+    cluster = f"""\
+  - name: envoy_admin
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: envoy_admin
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {settings.admin_port}}}}}}}"""
+    return listener, cluster
+
+
 def render_config(settings: GatewaySettings) -> Path:
     """Write the descriptor set and the rendered envoy.yaml into work_dir; return the config's path."""
     work = settings.work_dir
     work.mkdir(parents=True, exist_ok=True)
     descriptor = build_descriptor_set(work / "chatgen.pb")
     template = string.Template((GATEWAY_DIR / "envoy.yaml").read_text())
+    stats_listener, admin_cluster = _stats_listener(settings)
     config = template.substitute(
         admin_port=settings.admin_port,
         http_host=settings.http_host,
@@ -173,6 +213,8 @@ def render_config(settings: GatewaySettings) -> Path:
         local_reply_mappers=_local_reply_mappers(" " * 12, settings.max_body_bytes),
         listener_tls=_listener_tls(settings.tls),
         upstream_tls=_upstream_tls(settings.upstream_tls),
+        stats_listener=stats_listener,
+        admin_cluster=admin_cluster,
     )
     path = work / "envoy.yaml"
     path.write_text(config)

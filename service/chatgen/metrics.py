@@ -1,12 +1,44 @@
-"""Prometheus metrics on their own port (prometheus-client): what proves that aborts free the engine and that
-admission control holds (the engine's running requests, requests started, aborted, waiting and turned away)."""
+"""Prometheus metrics on their own port (prometheus-client).
+
+chatgen's own families are engine-agnostic (they read the same on the vLLM and hf engines): requests by RPC and
+gRPC status, time to first token, inter-token and end-to-end latency histograms, prompt and generation token
+counters, the engine's running requests, admission's admitted and waiting choices, aborts and rejections. On the
+vLLM engine the same endpoint also serves vLLM's own `vllm:*` families (KV-cache usage, scheduler queues, prefix
+cache hits, ...), which vLLM's stat logger keeps in prometheus-client's default registry, plus the process and
+Python runtime collectors registered there.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from collections.abc import Iterable
+
+import grpc
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from chatgen.chat.admission import Admission
 from chatgen.engine import Engine
+
+# vLLM's buckets for the same three measures (vllm/v1/metrics/loggers.py), so dashboards built for vLLM's
+# histograms read chatgen's alike.
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+                20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)  # fmt: skip
+ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
+               40.0, 80.0)  # fmt: skip
+E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
+               480.0, 960.0, 1920.0, 7680.0)  # fmt: skip
+
+
+class _Forward(Collector):
+    """Another registry's families, collected when this one is scraped (no describe(): names are not checked
+    against this registry's, and vLLM registers its families only once the engine has started)."""
+
+    def __init__(self, source: CollectorRegistry) -> None:
+        self._source = source
+
+    def collect(self) -> Iterable[Metric]:
+        return self._source.collect()
 
 
 class Metrics:
@@ -31,6 +63,67 @@ class Metrics:
             "Requests turned away because the admission queue was full (RESOURCE_EXHAUSTED / HTTP 429)",
             registry=self.registry,
         )
+        self.requests = Counter(
+            "chatgen_requests",
+            "Chat and completion calls finished, by RPC and gRPC status code (CANCELLED: the caller went away)",
+            ["rpc", "code"],
+            registry=self.registry,
+        )
+        self.ttft = Histogram(
+            "chatgen_time_to_first_token_seconds",
+            "From the call's arrival to its first generated token (admission wait and prefill included)",
+            ["rpc"],
+            buckets=TTFT_BUCKETS,
+            registry=self.registry,
+        )
+        self.itl = Histogram(
+            "chatgen_inter_token_latency_seconds",
+            "Time between two successive outputs of one engine request (one per decode step)",
+            buckets=ITL_BUCKETS,
+            registry=self.registry,
+        )
+        self.e2e = Histogram(
+            "chatgen_e2e_request_latency_seconds",
+            "From the call's arrival to its end, whatever the status",
+            ["rpc"],
+            buckets=E2E_BUCKETS,
+            registry=self.registry,
+        )
+        self.prompt_tokens = Counter(
+            "chatgen_prompt_tokens", "Prompt tokens of the calls finished", registry=self.registry
+        )
+        self.generation_tokens = Counter(
+            "chatgen_generation_tokens",
+            "Tokens generated for the calls finished (all choices; cancelled calls count what they got)",
+            registry=self.registry,
+        )
+        self.registry.register(_Forward(REGISTRY))
+
+    # The chat layer's GenerationObserver.
+    def engine_request_started(self) -> None:
+        self.started.inc()
+
+    def engine_request_aborted(self) -> None:
+        self.aborted.inc()
+
+    def output_gap(self, seconds: float) -> None:
+        self.itl.observe(seconds)
+
+    def call_finished(
+        self,
+        rpc: str,
+        code: grpc.StatusCode,
+        seconds: float,
+        ttft: float | None,
+        prompt_tokens: int,
+        completion_tokens: int,
+    ) -> None:
+        self.requests.labels(rpc, code.name).inc()
+        self.e2e.labels(rpc).observe(seconds)
+        if ttft is not None:
+            self.ttft.labels(rpc).observe(ttft)
+        self.prompt_tokens.inc(prompt_tokens)
+        self.generation_tokens.inc(completion_tokens)
 
     def watch(self, admission: Admission) -> None:
         Gauge(

@@ -12,6 +12,7 @@ from chatgen.chat.generation import Generator
 from chatgen.engine import Engine
 from chatgen.metrics import Metrics
 from chatgen.transport.auth import PROTECTED_PREFIX, ApiKeyInterceptor
+from chatgen.transport.calls import CallLog
 from chatgen.transport.malformed import MalformedMessageInterceptor
 from chatgen.transport.servicers import ChatServicer, GenerateServicer, ModelsServicer
 from chatgen.v1 import chatgen_pb2 as pb
@@ -38,6 +39,7 @@ class GrpcServer:
         admission: Admission | None = None,
         max_message_bytes: int = 16 * 1024 * 1024,
         credentials: grpc.ServerCredentials | None = None,
+        log_requests: bool = True,
     ) -> None:
         self.engine = engine
         self.server = grpc.aio.server(
@@ -56,11 +58,11 @@ class GrpcServer:
             parser_cls,
             tool_calls=tool_calls,
             admission=admission,
-            on_start=metrics.started.inc if metrics is not None else None,
-            on_abort=metrics.aborted.inc if metrics is not None else None,
+            observer=metrics,
         )
-        pb_grpc.add_ChatServicer_to_server(ChatServicer(generator), self.server)
-        pb_grpc.add_GenerateServicer_to_server(GenerateServicer(generator), self.server)
+        calls = CallLog(metrics, log_requests)
+        pb_grpc.add_ChatServicer_to_server(ChatServicer(generator, calls), self.server)
+        pb_grpc.add_GenerateServicer_to_server(GenerateServicer(generator, calls), self.server)
         abilities = model_abilities(engine.tokenizer, reasoning_parser=reasoning, tool_parser=tool_calls)
         pb_grpc.add_ModelsServicer_to_server(ModelsServicer([(engine.model, abilities)]), self.server)
         self.health = health.aio.HealthServicer()

@@ -52,7 +52,8 @@ def test_the_gateway_sidecar_serves_rest_in_front_of_a_separate_server(service: 
     """The sidecar's command line and settings from the manifest, with this machine's ports: `chatgen gateway`
     becomes Envoy itself (signals reach it directly) and serves the OpenAI API from the server on grpc_port."""
     rendered = render("cpu")
-    http_port, admin_port = free_port(), free_port()
+    http_port, admin_port, stats_port = free_port(), free_port(), free_port()
+    assert rendered.environment("gateway")["CHATGEN_ENVOY_STATS_PORT"] == "9401"  # the manifest's, moved here
     env = {
         **os.environ,
         **rendered.environment("gateway"),
@@ -60,6 +61,7 @@ def test_the_gateway_sidecar_serves_rest_in_front_of_a_separate_server(service: 
         "CHATGEN_HTTP_PORT": str(http_port),
         "CHATGEN_ENVOY_ADMIN_PORT": str(admin_port),
         "CHATGEN_GRPC_PORT": service.grpc_address.rsplit(":", 1)[1],
+        "CHATGEN_ENVOY_STATS_PORT": str(stats_port),
     }
     command = rendered.command("gateway")
     command[command.index("--work-dir") + 1] = str(tmp_path)
@@ -99,6 +101,21 @@ def test_the_gateway_sidecar_serves_rest_in_front_of_a_separate_server(service: 
         )
         assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 4
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+        # Envoy's stats, where the manifest's envoy-metrics port has Prometheus look: the two calls above counted.
+        stats = f"http://127.0.0.1:{stats_port}"
+        scraped = httpx.get(f"{stats}/stats/prometheus", timeout=5)
+        assert scraped.status_code == 200
+        completed = [
+            float(line.split()[-1])
+            for line in scraped.text.splitlines()
+            if line.startswith("envoy_cluster_upstream_rq_completed{") and 'envoy_cluster_name="chatgen_grpc"' in line
+        ]
+        assert completed == [2.0], completed
+        # Nothing else of the admin interface is reachable from outside the pod.
+        for method, path in (("GET", "/stats"), ("GET", "/config_dump"), ("POST", "/quitquitquit")):
+            assert httpx.request(method, f"{stats}{path}", timeout=5).status_code == 404, path
+        assert httpx.post(f"{stats}/stats/prometheus", timeout=5).status_code == 404
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(15)

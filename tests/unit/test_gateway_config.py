@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
@@ -81,3 +82,22 @@ def test_plain_config_has_no_tls(tmp_path: Path) -> None:
     doc = yaml.safe_load(render_config(settings(tmp_path)).read_text())
     assert doc["static_resources"]["listeners"][0]["filter_chains"][0]["transport_socket"] is None
     assert doc["static_resources"]["clusters"][0]["transport_socket"] is None
+
+
+def test_the_stats_listener_exposes_only_prometheus_stats(tmp_path: Path) -> None:
+    plain = yaml.safe_load(render_config(settings(tmp_path)).read_text())["static_resources"]
+    assert [lst["name"] for lst in plain["listeners"]] == ["rest"]
+    assert "envoy_admin" not in [c["name"] for c in plain["clusters"]]
+
+    config = render_config(replace(settings(tmp_path / "stats"), stats_port=19401))
+    assert_envoy_accepts(config)
+    resources = yaml.safe_load(config.read_text())["static_resources"]
+    stats = next(lst for lst in resources["listeners"] if lst["name"] == "stats")
+    assert stats["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 19401}
+    hcm = stats["filter_chains"][0]["filters"][0]["typed_config"]
+    routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
+    assert len(routes) == 1 and routes[0]["match"]["path"] == "/stats/prometheus"
+    assert routes[0]["route"] == {"cluster": "envoy_admin"}
+    admin = next(c for c in resources["clusters"] if c["name"] == "envoy_admin")
+    endpoint = admin["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+    assert endpoint == {"address": "127.0.0.1", "port_value": 19901}  # the admin port, loopback only

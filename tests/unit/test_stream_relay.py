@@ -10,6 +10,7 @@ import pytest
 
 from chatgen.errors import ChatgenError, Failure
 from chatgen.transport import errors as wire
+from chatgen.transport.calls import REQUEST_ID_KEY, CallRecord, request_id_from
 
 
 class _Aborted(Exception):
@@ -19,11 +20,17 @@ class _Aborted(Exception):
 class RecordingContext:
     """Stands in for grpc.aio.ServicerContext: records what the relay asks of it."""
 
-    def __init__(self, sse: bool, time_remaining: float | None = None) -> None:
-        self._metadata = ((wire.SSE_METADATA_KEY, "1"),) if sse else ()
+    def __init__(
+        self, sse: bool, time_remaining: float | None = None, metadata: tuple[tuple[str, str], ...] = ()
+    ) -> None:
+        self._metadata = (((wire.SSE_METADATA_KEY, "1"),) if sse else ()) + metadata
         self._time_remaining = time_remaining
         self.trailing: tuple[tuple[str, str], ...] = ()
+        self.initial: list[tuple[tuple[str, str], ...]] = []
         self.aborted: tuple[grpc.StatusCode, str] | None = None
+
+    async def send_initial_metadata(self, md: tuple[tuple[str, str], ...]) -> None:
+        self.initial.append(md)
 
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return self._metadata
@@ -116,3 +123,88 @@ async def test_deadline_before_the_first_chunk_is_a_504_status() -> None:
             pass
     assert ctx.aborted is not None and ctx.aborted[0] is grpc.StatusCode.DEADLINE_EXCEEDED
     assert '"code":"deadline_exceeded"' in dict(ctx.trailing)[wire.ERROR_METADATA_KEY]
+
+
+# ---- the call record: status and request id ---------------------------------------------------------------------
+
+
+def _record(ctx: RecordingContext) -> CallRecord:
+    return CallRecord("StreamChatCompletion", request_id_from(ctx), "m")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("sse", [False, True])
+async def test_a_stream_returns_the_callers_request_id_with_its_first_chunk(sse: bool) -> None:
+    ctx = RecordingContext(sse=sse, metadata=((REQUEST_ID_KEY, "req-42"),))
+    record = _record(ctx)
+    out = [c async for c in wire.stream(ctx, chunks(None), lambda e: "error", lambda: "[DONE]", record)]  # type: ignore[arg-type]
+    assert out[:3] == ["chunk0", "chunk1", "chunk2"]
+    assert ctx.initial == [((REQUEST_ID_KEY, "req-42"),)]  # once, not per chunk
+    assert record.code is grpc.StatusCode.OK and record.id_sent and ctx.trailing == ()
+
+
+async def test_a_stream_failing_before_its_first_chunk_returns_the_id_in_the_trailers() -> None:
+    ctx = RecordingContext(sse=False, metadata=((REQUEST_ID_KEY, "req-43"),))
+    record = _record(ctx)
+    with pytest.raises(_Aborted):
+        async for _ in wire.stream(ctx, chunks(0), lambda e: "error", lambda: "[DONE]", record):  # type: ignore[arg-type]
+            pass
+    assert record.code is grpc.StatusCode.UNAVAILABLE and ctx.initial == []
+    trailing = dict(ctx.trailing)
+    assert trailing[REQUEST_ID_KEY] == "req-43" and wire.ERROR_METADATA_KEY in trailing
+
+
+async def test_an_sse_error_after_the_first_chunk_is_recorded_with_its_code() -> None:
+    ctx = RecordingContext(sse=True)
+    record = _record(ctx)
+    out = [c async for c in wire.stream(ctx, chunks(2), lambda e: "error", lambda: "[DONE]", record)]  # type: ignore[arg-type]
+    assert out == ["chunk0", "chunk1", "error", "[DONE]"]
+    assert record.code is grpc.StatusCode.UNAVAILABLE and len(ctx.initial) == 1
+
+
+@pytest.mark.parametrize(
+    ("remaining", "code"), [(None, grpc.StatusCode.CANCELLED), (0.0, grpc.StatusCode.DEADLINE_EXCEEDED)]
+)
+async def test_a_stream_closed_under_us_is_cancelled_or_past_its_deadline(
+    remaining: float | None, code: grpc.StatusCode
+) -> None:
+    ctx = RecordingContext(sse=False)
+    record = _record(ctx)
+    relayed = wire.stream(ctx, chunks(None), lambda e: "error", lambda: "[DONE]", record)  # type: ignore[arg-type]
+    assert await anext(relayed) == "chunk0"
+    ctx._time_remaining = remaining  # gRPC cancels a call whose deadline passed, as one whose caller left
+    await relayed.aclose()
+    assert record.code is code
+
+
+async def test_a_unary_call_returns_the_request_id_in_its_headers_or_its_trailers() -> None:
+    ctx = RecordingContext(sse=False, metadata=((REQUEST_ID_KEY, "req-44"),))
+    record = _record(ctx)
+
+    async def ok() -> str:
+        return "reply"
+
+    assert await wire.unary(ctx, ok, record) == "reply"  # type: ignore[arg-type]
+    assert ctx.initial == [((REQUEST_ID_KEY, "req-44"),)] and record.code is grpc.StatusCode.OK
+
+    async def bad() -> str:
+        raise ChatgenError(Failure.MODEL_NOT_FOUND, "no such model", "model")
+
+    ctx, record = RecordingContext(sse=False), _record(RecordingContext(sse=False))
+    with pytest.raises(_Aborted):
+        await wire.unary(ctx, bad, record)  # type: ignore[arg-type]
+    assert record.code is grpc.StatusCode.NOT_FOUND and ctx.initial == []
+    assert dict(ctx.trailing)[REQUEST_ID_KEY] == record.request_id
+
+
+@pytest.mark.parametrize(
+    ("sent", "kept"),
+    [("abc-123", True), ("x" * 128, True), ("x" * 129, False), ("", False), ("bad\nid", False), ("é", False)],
+)
+def test_request_ids_are_the_callers_when_sane(sent: str, kept: bool) -> None:
+    got = request_id_from(RecordingContext(sse=False, metadata=((REQUEST_ID_KEY, sent),)))  # type: ignore[arg-type]
+    if kept:
+        assert got == sent
+    else:
+        assert got != sent and len(got) == 32 and int(got, 16) >= 0
+    fresh = {request_id_from(RecordingContext(sse=False)) for _ in range(3)}  # type: ignore[arg-type]
+    assert len(fresh) == 3

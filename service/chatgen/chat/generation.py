@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import time
 import uuid
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field, replace
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from chatgen.chat.admission import Admission
 from chatgen.chat.forced_tools import ForcedTools, forced_tools
@@ -47,6 +48,18 @@ MAX_N = 16
 MAX_TOP_LOGPROBS = 20
 
 
+class GenerationObserver(Protocol):
+    """What the chat layer reports while requests run (chatgen.metrics implements it)."""
+
+    def engine_request_started(self) -> None: ...
+
+    def engine_request_aborted(self) -> None:
+        """An engine request stopped before it finished (its caller cancelled, went away or timed out)."""
+
+    def output_gap(self, seconds: float) -> None:
+        """Time between two successive outputs of one engine request: the inter-token latency."""
+
+
 @dataclass
 class Generation:
     """A prepared request: prompt tokens and engine options, plus the usage counted while it runs."""
@@ -64,6 +77,8 @@ class Generation:
     # parallel_tool_calls false: calls after the first are dropped.
     max_tool_calls: int | None = None
     completion_tokens: int = field(default=0)
+    # time.perf_counter() when the first output carrying tokens arrived (any choice), for time to first token.
+    first_token_at: float | None = None
 
     @property
     def usage(self) -> Usage:
@@ -85,14 +100,11 @@ class Generator:
         parser_cls: type | None = None,
         tool_calls: bool = False,
         admission: Admission | None = None,
-        on_start: Callable[[], None] | None = None,
-        on_abort: Callable[[], None] | None = None,
+        observer: GenerationObserver | None = None,
     ) -> None:
         self._engine = engine
         self._admission = admission
-        # Called once for each engine request submitted, and for each stopped before it finished (metrics).
-        self._on_start = on_start
-        self._on_abort = on_abort
+        self._observer = observer
         # vLLM's Parser class for the served model (reasoning and/or tool calls), when one is configured.
         self._parser_cls = parser_cls
         # Whether a tool-call parser is configured, i.e. tool_choice "auto" can return tool calls.
@@ -208,13 +220,22 @@ class Generator:
     async def _outputs(self, gen: Generation, index: int) -> AsyncGenerator[EngineOutput, None]:
         """One choice's engine outputs, counted into usage. Closing this iterator aborts its engine request."""
         finished = False
-        if self._on_start is not None:
-            self._on_start()
+        observer = self._observer
+        if observer is not None:
+            observer.engine_request_started()
+        last: float | None = None
         try:
             # aclosing: when our caller stops early, the engine's generator is closed now (aborting the request),
             # not whenever the garbage collector gets to it.
             async with contextlib.aclosing(self._engine.generate(gen.engine_request(index))) as outputs:
                 async for out in outputs:
+                    if out.token_ids:
+                        now = time.perf_counter()
+                        if gen.first_token_at is None:
+                            gen.first_token_at = now
+                        if last is not None and observer is not None:
+                            observer.output_gap(now - last)
+                        last = now
                     gen.completion_tokens += len(out.token_ids)
                     finished = out.finish_reason is not None
                     yield out
@@ -223,8 +244,8 @@ class Generator:
         except EngineRejectedRequest as exc:
             raise invalid(exc.message, exc.param) from exc
         finally:
-            if not finished and self._on_abort is not None:
-                self._on_abort()
+            if not finished and observer is not None:
+                observer.engine_request_aborted()
 
     async def _choice_deltas(self, gen: Generation, index: int) -> AsyncGenerator[Delta, None]:
         if gen.forced is not None and gen.forced[index] is not None:

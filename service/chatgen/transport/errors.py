@@ -15,6 +15,7 @@ from typing import TypeVar
 import grpc
 
 from chatgen.errors import ChatgenError, Failure
+from chatgen.transport.calls import CallRecord
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +38,10 @@ def as_chatgen_error(exc: Exception) -> ChatgenError:
     return ChatgenError(Failure.INTERNAL, f"internal error: {type(exc).__name__}")
 
 
-async def abort(context: grpc.aio.ServicerContext, err: ChatgenError) -> None:
+async def abort(context: grpc.aio.ServicerContext, err: ChatgenError, extra: tuple[tuple[str, str], ...] = ()) -> None:
     if len(err.message) > _MAX_MESSAGE:
         err = ChatgenError(err.failure, err.message[:_MAX_MESSAGE] + "...", err.param)
-    metadata = [(ERROR_METADATA_KEY, err.openai_json())]
+    metadata = [(ERROR_METADATA_KEY, err.openai_json()), *extra]
     if err.retry_after is not None:
         # `retry-after` becomes the REST response's Retry-After header; grpc-retry-pushback-ms is what gRPC
         # clients' retry policies honour.
@@ -49,12 +50,38 @@ async def abort(context: grpc.aio.ServicerContext, err: ChatgenError) -> None:
     await context.abort(err.wire.grpc_code, err.message)
 
 
-async def unary(context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[T]]) -> T:
+def _ended_early(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+    """The status of a call cancelled under us: gRPC's own deadline, or the caller going away."""
+    remaining = context.time_remaining()
+    return grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= 0 else grpc.StatusCode.CANCELLED
+
+
+async def _failed(context: grpc.aio.ServicerContext, err: ChatgenError, record: CallRecord | None) -> None:
+    if record is None:
+        await abort(context, err)
+        return
+    record.code = err.wire.grpc_code
+    await abort(context, err, () if record.id_sent else record.metadata)
+
+
+async def unary(
+    context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[T]], record: CallRecord | None = None
+) -> T:
+    """Run `call`; a failure aborts the call with its status. With a record: its status, and the request id in
+    the response headers (or the trailers of a failure)."""
     try:
-        return await call()
+        result = await call()
+    except asyncio.CancelledError:
+        if record is not None:
+            record.code = _ended_early(context)
+        raise
     except Exception as exc:
-        await abort(context, as_chatgen_error(exc))
+        await _failed(context, as_chatgen_error(exc), record)
         raise  # unreachable: abort raises
+    if record is not None:
+        await context.send_initial_metadata(record.metadata)
+        record.id_sent = True
+    return result
 
 
 def wants_sse_framing(context: grpc.aio.ServicerContext) -> bool:
@@ -66,9 +93,12 @@ async def stream(
     chunks: AsyncGenerator[T, None],
     error_chunk: Callable[[ChatgenError], T],
     done_chunk: Callable[[], T],
+    record: CallRecord | None = None,
 ) -> AsyncGenerator[T, None]:
     """Relay `chunks`; on failure abort the call, or for gateway SSE streams already under way, send an error
-    chunk. Cancellation (a client that went away) is not caught: it closes `chunks`, which aborts the engine."""
+    chunk. Cancellation (a client that went away) is not caught: it closes `chunks`, which aborts the engine.
+    With a record: its status, and the request id in the headers sent with the first chunk (or the trailers of
+    a call that fails before it)."""
     sse = wants_sse_framing(context)
     # gRPC ends a call whose deadline passed with DEADLINE_EXCEEDED, which a gRPC caller reads from the status.
     # An SSE caller has had its HTTP 200 by then; for it the stream stops just before the deadline with an error
@@ -76,12 +106,21 @@ async def stream(
     remaining = context.time_remaining() if sse else None
     stop_at = asyncio.get_running_loop().time() + max(remaining - _SSE_DEADLINE_MARGIN, 0.0) if remaining else None
     started = False
+
+    async def first() -> None:
+        nonlocal started
+        started = True
+        if record is not None:
+            await context.send_initial_metadata(record.metadata)
+            record.id_sent = True
+
     try:
         async with contextlib.aclosing(chunks):
             if stop_at is None:
                 # The per-token path: no timer to arm and disarm around every chunk.
                 async for chunk in chunks:
-                    started = True
+                    if not started:
+                        await first()
                     yield chunk
             while stop_at is not None:
                 try:
@@ -93,12 +132,19 @@ async def stream(
                     raise ChatgenError(
                         Failure.DEADLINE_EXCEEDED, "The request's timeout passed before it finished"
                     ) from None
-                started = True
+                if not started:
+                    await first()
                 yield chunk
+    except (asyncio.CancelledError, GeneratorExit):
+        if record is not None:
+            record.code = _ended_early(context)
+        raise
     except Exception as exc:
         err = as_chatgen_error(exc)
         if not (started and sse):
-            await abort(context, err)
+            await _failed(context, err, record)
+        elif record is not None:
+            record.code = err.wire.grpc_code
         yield error_chunk(err)
     if sse:
         yield done_chunk()

@@ -16,6 +16,7 @@ from chatgen.engine.base import ModelInfo, TokenLogprob
 from chatgen.errors import ChatgenError, Failure
 from chatgen.transport import convert
 from chatgen.transport import errors as wire
+from chatgen.transport.calls import CallLog, CallRecord
 from chatgen.v1 import chatgen_pb2 as pb
 from chatgen.v1 import chatgen_pb2_grpc as pb_grpc
 
@@ -103,31 +104,36 @@ async def _relay(
     context: grpc.aio.ServicerContext,
     chunk_type: Any,
     envelope: dict[str, Any],
-    ids: list[str],
+    record: CallRecord,
     chunks: AsyncGenerator[Any, None],
 ) -> AsyncGenerator[Any, None]:
-    """wire.stream with the chunk type's own error chunk (the request id, once known) and end-of-stream chunk."""
+    """wire.stream with the chunk type's own error chunk (the completion id, once known) and end-of-stream
+    chunk."""
 
     def error_chunk(err: ChatgenError) -> Any:
-        return chunk_type(id=ids[0] if ids else "", **envelope, error=error_pb(err))
+        gen = record.generation
+        return chunk_type(id=gen.request_id if gen is not None else "", **envelope, error=error_pb(err))
 
     def done_chunk() -> Any:
         return chunk_type(object=wire.DONE_OBJECT)
 
-    async with contextlib.aclosing(wire.stream(context, chunks, error_chunk, done_chunk)) as relay:
+    async with contextlib.aclosing(wire.stream(context, chunks, error_chunk, done_chunk, record)) as relay:
         async for chunk in relay:
             yield chunk
 
 
 class ChatServicer(pb_grpc.ChatServicer):
-    def __init__(self, generator: Generator) -> None:
+    def __init__(self, generator: Generator, calls: CallLog) -> None:
         self._gen = generator
+        self._calls = calls
 
     async def CreateChatCompletion(
         self, request: pb.ChatCompletionRequest, context: grpc.aio.ServicerContext
     ) -> pb.ChatCompletion:
+        record = self._calls.begin("CreateChatCompletion", context, request.model)
+
         async def run() -> pb.ChatCompletion:
-            gen = self._gen.prepare_chat(convert.chat_request(request))
+            gen = record.generation = self._gen.prepare_chat(convert.chat_request(request))
             async with self._gen.admitted(gen):
                 result = await self._gen.complete(gen)
             reply = pb.ChatCompletion(
@@ -143,7 +149,10 @@ class ChatServicer(pb_grpc.ChatServicer):
                     choice.logprobs.CopyFrom(chat_logprobs_pb(c.logprobs))
             return reply
 
-        return await wire.unary(context, run)
+        try:
+            return await wire.unary(context, run, record)
+        finally:
+            self._calls.end(record)
 
     async def StreamChatCompletion(
         self, request: pb.ChatCompletionRequest, context: grpc.aio.ServicerContext
@@ -153,11 +162,10 @@ class ChatServicer(pb_grpc.ChatServicer):
             "created": int(time.time()),
             "model": self._gen.model_name,
         }
-        ids: list[str] = []
+        record = self._calls.begin("StreamChatCompletion", context, request.model)
 
         async def chunks() -> AsyncGenerator[pb.ChatCompletionChunk, None]:
-            gen = self._gen.prepare_chat(convert.chat_request(request))
-            ids.append(gen.request_id)
+            gen = record.generation = self._gen.prepare_chat(convert.chat_request(request))
             async with self._gen.admitted(gen), contextlib.aclosing(chat_chunks(gen)) as admitted:
                 async for chunk in admitted:
                     yield chunk
@@ -185,18 +193,25 @@ class ChatServicer(pb_grpc.ChatServicer):
             if convert.include_usage(request):
                 yield pb.ChatCompletionChunk(id=gen.request_id, **envelope, usage=usage_pb(gen.usage))
 
-        async with contextlib.aclosing(_relay(context, pb.ChatCompletionChunk, envelope, ids, chunks())) as relay:
-            async for chunk in relay:
-                yield chunk
+        relayed = _relay(context, pb.ChatCompletionChunk, envelope, record, chunks())
+        try:
+            async with contextlib.aclosing(relayed) as relay:
+                async for chunk in relay:
+                    yield chunk
+        finally:
+            self._calls.end(record)
 
 
 class GenerateServicer(pb_grpc.GenerateServicer):
-    def __init__(self, generator: Generator) -> None:
+    def __init__(self, generator: Generator, calls: CallLog) -> None:
         self._gen = generator
+        self._calls = calls
 
     async def CreateCompletion(self, request: pb.CompletionRequest, context: grpc.aio.ServicerContext) -> pb.Completion:
+        record = self._calls.begin("CreateCompletion", context, request.model)
+
         async def run() -> pb.Completion:
-            gen = self._gen.prepare_completion(convert.completion_request(request))
+            gen = record.generation = self._gen.prepare_completion(convert.completion_request(request))
             async with self._gen.admitted(gen):
                 result = await self._gen.complete(gen)
             reply = pb.Completion(
@@ -213,7 +228,10 @@ class GenerateServicer(pb_grpc.GenerateServicer):
                     choice.logprobs.CopyFrom(completion_logprobs_pb((*c.prompt_logprobs, *c.logprobs), 0))
             return reply
 
-        return await wire.unary(context, run)
+        try:
+            return await wire.unary(context, run, record)
+        finally:
+            self._calls.end(record)
 
     async def StreamCompletion(
         self, request: pb.CompletionRequest, context: grpc.aio.ServicerContext
@@ -223,11 +241,10 @@ class GenerateServicer(pb_grpc.GenerateServicer):
             "created": int(time.time()),
             "model": self._gen.model_name,
         }
-        ids: list[str] = []
+        record = self._calls.begin("StreamCompletion", context, request.model)
 
         async def chunks() -> AsyncGenerator[pb.CompletionChunk, None]:
-            gen = self._gen.prepare_completion(convert.completion_request(request))
-            ids.append(gen.request_id)
+            gen = record.generation = self._gen.prepare_completion(convert.completion_request(request))
             async with self._gen.admitted(gen), contextlib.aclosing(completion_chunks(gen)) as admitted:
                 async for chunk in admitted:
                     yield chunk
@@ -247,9 +264,12 @@ class GenerateServicer(pb_grpc.GenerateServicer):
             if convert.include_usage(request):
                 yield pb.CompletionChunk(id=gen.request_id, **envelope, usage=usage_pb(gen.usage))
 
-        async with contextlib.aclosing(_relay(context, pb.CompletionChunk, envelope, ids, chunks())) as relay:
-            async for chunk in relay:
-                yield chunk
+        try:
+            async with contextlib.aclosing(_relay(context, pb.CompletionChunk, envelope, record, chunks())) as relay:
+                async for chunk in relay:
+                    yield chunk
+        finally:
+            self._calls.end(record)
 
 
 def model_pb(info: ModelInfo, abilities: list[str]) -> pb.Model:
