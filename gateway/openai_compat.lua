@@ -14,6 +14,14 @@ local STREAMABLE = { ["/v1/chat/completions"] = true, ["/v1/completions"] = true
 -- {type, code}. chatgen.gateway fills the table in from chatgen.errors.GATEWAY_REPLIES when it renders this file.
 local HTTP_ERRORS = {} --[[ GATEWAY_REPLIES ]]
 
+-- The shared gateway (chatgen gateway --backends) only: the models it routes (name -> true), the body of
+-- GET /v1/models, and the errors it answers itself ({HTTP status, OpenAI type, code}, from chatgen.errors).
+-- With one backend MODELS stays nil and the server answers for its own model.
+local MODELS = nil --[[ MODELS ]]
+local MODEL_LIST = nil --[[ MODEL_LIST ]]
+local MODEL_ERRORS = {} --[[ MODEL_ERRORS ]]
+local MODEL_HEADER = "x-chatgen-model"
+
 local ESCAPES = { ['"'] = '\\"', ['\\'] = '\\\\', ['\n'] = '\\n', ['\r'] = '\\r', ['\t'] = '\\t' }
 
 local function json_string(s)
@@ -24,10 +32,45 @@ local function percent_decode(s)
   return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
 end
 
+local function respond_error(handle, kind, message, param)
+  local e = MODEL_ERRORS[kind]
+  local body = '{"error":{"message":' .. json_string(message) .. ',"type":"' .. e[2] .. '","param":' ..
+    (param and ('"' .. param .. '"') or "null") .. ',"code":"' .. e[3] .. '"}}'
+  -- Like a server error: local_reply_config rewrites local reply bodies, envoy_on_response puts this one back.
+  handle:respond({ [":status"] = tostring(e[1]), ["content-type"] = "application/json", ["x-chatgen-error"] = body },
+    body)
+end
+
+-- GET /v1/models and GET /v1/models/ID. The openai SDK sends a model id's "/" as %2F, which the transcoder
+-- leaves encoded in a multi-segment {id=**}: the path carries the decoded id instead (model ids only). The
+-- shared gateway answers the list itself, 404s models it does not route and picks the route of the others.
+-- True when answered here.
+local function models_request(handle, headers, method, path, query)
+  if method ~= "GET" then return false end
+  if MODELS ~= nil and path == "/v1/models" then
+    handle:respond({ [":status"] = "200", ["content-type"] = "application/json" }, MODEL_LIST)
+    return true
+  end
+  local raw = path:match("^/v1/models/(.+)$")
+  if raw == nil then return false end
+  local id = percent_decode(raw)
+  if id ~= raw and id:match("^[%w%._:/@%+%-]+$") then
+    headers:replace(":path", "/v1/models/" .. id .. query)
+  end
+  if MODELS == nil then return false end
+  if not MODELS[id] then
+    respond_error(handle, "not_found", "The model '" .. id .. "' does not exist", "model")
+    return true
+  end
+  headers:add(MODEL_HEADER, id)
+  return false
+end
+
 function envoy_on_request(handle)
   local headers = handle:headers()
-  -- Only the gateway may ask the server for SSE framing.
+  -- Only the gateway may ask the server for SSE framing, or pick a model's route.
   headers:remove("x-chatgen-sse")
+  headers:remove(MODEL_HEADER)
   -- A REST caller's timeout becomes the gRPC deadline: the server stops the request when it passes and the
   -- caller gets 504 with an OpenAI error body (DEADLINE_EXCEEDED below).
   local timeout_ms = headers:get("x-request-timeout-ms")
@@ -35,14 +78,28 @@ function envoy_on_request(handle)
   if timeout_ms ~= nil and timeout_ms:match("^%d+$") and #timeout_ms <= 8 then
     headers:add("grpc-timeout", timeout_ms .. "m")
   end
-  if headers:get(":method") ~= "POST" then return end
+  local method = headers:get(":method")
   local path, query = headers:get(":path"):match("^([^?]*)(.*)$")
+  if models_request(handle, headers, method, path, query) then return end
+  if method ~= "POST" then return end
   if not STREAMABLE[path] then return end
   handle:body()
   local request = handle:streamInfo():dynamicMetadata():get("chatgen.request")
+  -- Header handles taken before body() yielded are stale now; take them again.
+  headers = handle:headers()
+  if MODELS ~= nil then
+    local model = request ~= nil and request["model"] or nil
+    if type(model) ~= "string" or model == "" then
+      respond_error(handle, "invalid", "'model' is required", "model")
+      return
+    end
+    if not MODELS[model] then
+      respond_error(handle, "not_found", "The model '" .. model .. "' does not exist", "model")
+      return
+    end
+    headers:add(MODEL_HEADER, model)
+  end
   if request ~= nil and request["stream"] == true then
-    -- Header handles taken before body() yielded are stale now; take them again.
-    headers = handle:headers()
     headers:replace(":path", path .. ":stream" .. query)
     headers:add("x-chatgen-sse", "1")
   end

@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from chatgen.backends import BackendsError, load_backends
 from chatgen.chat.admission import Admission, AdmissionLimits
 from chatgen.chat.parsing import load_parser_class
 from chatgen.engine import Engine, EngineError
@@ -149,6 +150,13 @@ def build_parser(environ: Mapping[str, str] | None = None, command: str | None =
     _network_args(gateway)
     gateway.add_argument(
         "--grpc-host", default="127.0.0.1", help="where the gRPC server listens (a sidecar: the pod's loopback)"
+    )
+    gateway.add_argument(
+        "--backends",
+        metavar="FILE",
+        default=None,
+        help="the shared gateway: a YAML file listing models and the chatgen gRPC servers (host:port) of each; "
+        "requests are routed by their `model`, replicas balanced by least request (--grpc-host/--grpc-port unused)",
     )
     gateway.add_argument(
         "--work-dir", metavar="DIR", default=None, help="where the rendered config goes (default: a /tmp directory)"
@@ -325,6 +333,12 @@ def gateway(args: argparse.Namespace) -> int:
     work_dir = Path(args.work_dir) if args.work_dir else default_work_dir()
     tls = tls_files(args.tls_cert, args.tls_key)
     settings = replace(gateway_settings(args, tls, args.grpc_host, args.grpc_port, work_dir), log_level=args.log_level)
+    if args.backends:
+        try:
+            models = load_backends(Path(args.backends))
+        except BackendsError as exc:
+            raise SystemExit(f"chatgen gateway: {exc}") from None
+        settings = replace(settings, models=models, rendered_at=int(time.time()))
     config = render_config(settings)
     if args.render_only:
         print(config)

@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from chatgen.backends import ModelRoute
 from chatgen.errors import FAILURES, GATEWAY_REPLIES, Failure
 from chatgen.protogen import REPO_ROOT, build_descriptor_set
 from chatgen.tls import TlsFiles, probe_context
@@ -50,6 +51,11 @@ class GatewaySettings:
     # A listener on http_host serving only GET /stats/prometheus from the admin port (0: none), so that
     # Prometheus can scrape Envoy while the admin interface itself stays on 127.0.0.1.
     stats_port: int = 0
+    # The shared gateway (`chatgen gateway --backends`): model -> replicas. Empty: the one server at
+    # grpc_host:grpc_port, which answers for its own model.
+    models: tuple[ModelRoute, ...] = ()
+    # When the config was rendered: the `created` of the models GET /v1/models lists (--backends).
+    rendered_at: int = 0
 
 
 def envoy_binary() -> str:
@@ -113,19 +119,48 @@ def _local_reply_mappers(indent: str, max_body_bytes: int) -> str:
 
 
 LUA_TABLE_MARKER = "{} --[[ GATEWAY_REPLIES ]]"
+LUA_MODELS_MARKER = "nil --[[ MODELS ]]"
+LUA_MODEL_LIST_MARKER = "nil --[[ MODEL_LIST ]]"
+LUA_MODEL_ERRORS_MARKER = "{} --[[ MODEL_ERRORS ]]"
 
 
-def render_lua(work_dir: Path) -> Path:
-    """gateway/openai_compat.lua with its HTTP status -> OpenAI error table filled in from chatgen.errors."""
+def _lua_string(text: str) -> str:
+    # A Lua long string: no escapes are interpreted, and the rendered JSON holds no "]==]".
+    if "]==]" in text:
+        raise ValueError("text would end the Lua long string")
+    return f"[==[{text}]==]"
+
+
+def model_list_json(models: tuple[ModelRoute, ...], created: int) -> str:
+    """GET /v1/models at the shared gateway: the union of the models it routes, in the order configured (as
+    Envoy AI Gateway answers it, from its config; one model's details come from its servers: GET /v1/models/ID)."""
+    data = [{"id": m.name, "object": "model", "created": created, "owned_by": "chatgen"} for m in models]
+    return json.dumps({"object": "list", "data": data}, separators=(",", ":"))
+
+
+def render_lua(work_dir: Path, models: tuple[ModelRoute, ...] = (), created: int = 0) -> Path:
+    """gateway/openai_compat.lua with its HTTP status -> OpenAI error table filled in from chatgen.errors, and for
+    the shared gateway the models it routes."""
     source = (GATEWAY_DIR / "openai_compat.lua").read_text()
     entries = ", ".join(
         f'[{status}] = {{ "{error_type}", "{code}" }}'
         for status, (error_type, code) in ((s, _openai_kind(f)) for s, f in GATEWAY_REPLIES.items())
     )
-    if LUA_TABLE_MARKER not in source:
-        raise ValueError(f"gateway/openai_compat.lua lost its {LUA_TABLE_MARKER!r} line")
+    for marker in (LUA_TABLE_MARKER, LUA_MODELS_MARKER, LUA_MODEL_LIST_MARKER, LUA_MODEL_ERRORS_MARKER):
+        if marker not in source:
+            raise ValueError(f"gateway/openai_compat.lua lost its {marker!r} line")
+    source = source.replace(LUA_TABLE_MARKER, "{ " + entries + " }")
+    model_errors = ", ".join(
+        f'{key} = {{ {FAILURES[f].http_status}, "{FAILURES[f].openai_type}", "{f.value}" }}'
+        for key, f in (("not_found", Failure.MODEL_NOT_FOUND), ("invalid", Failure.INVALID_REQUEST))
+    )
+    source = source.replace(LUA_MODEL_ERRORS_MARKER, "{ " + model_errors + " }")
+    if models:
+        names = ", ".join(f"[ {_lua_string(m.name)} ] = true" for m in models)
+        source = source.replace(LUA_MODELS_MARKER, "{ " + names + " }")
+        source = source.replace(LUA_MODEL_LIST_MARKER, _lua_string(model_list_json(models, created)))
     path = work_dir / "openai_compat.lua"
-    path.write_text(source.replace(LUA_TABLE_MARKER, "{ " + entries + " }"))
+    path.write_text(source)
     return path
 
 
@@ -192,6 +227,108 @@ def _stats_listener(settings: GatewaySettings) -> tuple[str, str]:
     return listener, cluster
 
 
+# Which failures a shared gateway retries on another replica: only those where the caller has had nothing yet
+# (Envoy never retries once response headers went downstream, so a started stream is never retried): no
+# connection, a stream refused or reset before any response, a replica that is draining (UNAVAILABLE) or full
+# (RESOURCE_EXHAUSTED). A request cut before its first chunk may have run on the first replica: it costs compute
+# twice, never output.
+RETRY_ON = "connect-failure,refused-stream,reset,unavailable,resource-exhausted"
+
+
+def _routes(settings: GatewaySettings) -> str:
+    indent = " " * 14
+    if not settings.models:
+        lines = [
+            '- match: {prefix: "/"}',
+            "  # No route timeout: a long generation is a legitimate long request.",
+            "  route: {cluster: chatgen_grpc, timeout: 0s}",
+        ]
+        return "\n".join(indent + line for line in lines)
+    lines = []
+    for i, model in enumerate(settings.models):
+        header = f"{{name: x-chatgen-model, string_match: {{exact: {json.dumps(model.name)}}}}}"
+        lines += [
+            f'- match: {{prefix: "/", headers: [{header}]}}',
+            "  route:",
+            f"    cluster: model_{i}",
+            "    timeout: 0s",
+            "    retry_policy:",
+            f"      retry_on: {RETRY_ON}",
+            "      num_retries: 2",
+            "      retry_host_predicate:",
+            "      - name: envoy.retry_host_predicates.previous_hosts",
+            "        typed_config: {'@type': type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3."
+            "PreviousHostsPredicate}",
+            "      host_selection_retry_max_attempts: 5",
+        ]
+    return "\n".join(indent + line for line in lines)
+
+
+_HTTP2_UPSTREAM = [
+    "  typed_extension_protocol_options:",
+    "    envoy.extensions.upstreams.http.v3.HttpProtocolOptions:",
+    '      "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions',
+    "      explicit_http_config: {http2_protocol_options: {}}",
+]
+
+
+def _endpoints(name: str, addresses: list[tuple[str, int]]) -> list[str]:
+    lines = ["  load_assignment:", f"    cluster_name: {name}", "    endpoints:", "    - lb_endpoints:"]
+    for host, port in addresses:
+        address = json.dumps(host)  # quoted: an IPv6 address holds colons
+        lines.append(f"      - endpoint: {{address: {{socket_address: {{address: {address}, port_value: {port}}}}}}}")
+    return lines
+
+
+def _upstream_clusters(settings: GatewaySettings) -> str:
+    tls = _upstream_tls(settings.upstream_tls)
+    if not settings.models:
+        lines = [
+            "- name: chatgen_grpc",
+            "  type: STATIC",
+            "  connect_timeout: 2s",
+            "  # TLS when the gRPC port is TLS (null: plaintext h2).",
+            f"  transport_socket: {tls}",
+            "  # Matches the server's admission limits (running + waiting) with room for model listings and for",
+            "  # requests the server itself turns away with 429; past it Envoy answers 429 too (local_reply_config).",
+            "  circuit_breakers:",
+            "    thresholds:",
+            f"    - {{max_requests: {settings.max_upstream_requests}, "
+            f"max_pending_requests: {settings.max_upstream_requests}}}",
+            *_HTTP2_UPSTREAM,
+            *_endpoints("chatgen_grpc", [(settings.grpc_host, settings.grpc_port)]),
+        ]
+        return "\n".join("  " + line for line in lines)
+    lines = []
+    for i, model in enumerate(settings.models):
+        limit = model.max_requests
+        lines += [
+            f"- name: model_{i}",
+            f"  # {model.name}",
+            # STRICT_DNS: a name (a headless Service) stands for all its addresses, re-resolved (every 5 s) as
+            # pods come and go.
+            "  type: STRICT_DNS",
+            "  connect_timeout: 2s",
+            # Long streams of very different lengths: the replica with the fewest requests in flight, not turns.
+            "  lb_policy: LEAST_REQUEST",
+            f"  transport_socket: {tls}",
+            "  circuit_breakers:",
+            "    thresholds:",
+            f"    - {{max_requests: {limit}, max_pending_requests: {limit}, max_retries: {limit}}}",
+            # A replica whose gRPC health is NOT_SERVING (loading, draining) gets no new requests; no panic
+            # routing to unhealthy replicas when most are down: their answer would be UNAVAILABLE anyway.
+            "  health_checks:",
+            "  - {timeout: 2s, interval: 2s, no_traffic_interval: 2s, unhealthy_threshold: 2, healthy_threshold: 1,",
+            "     grpc_health_check: {}}",
+            "  common_lb_config: {healthy_panic_threshold: {value: 0}}",
+            "  outlier_detection: {consecutive_5xx: 5, consecutive_gateway_failure: 3, interval: 5s,",
+            "                      base_ejection_time: 15s, max_ejection_percent: 50}",
+            *_HTTP2_UPSTREAM,
+            *_endpoints(f"model_{i}", [(b.host, b.port) for b in model.backends]),
+        ]
+    return "\n".join("  " + line for line in lines)
+
+
 def render_config(settings: GatewaySettings) -> Path:
     """Write the descriptor set and the rendered envoy.yaml into work_dir; return the config's path."""
     work = settings.work_dir
@@ -209,12 +346,14 @@ def render_config(settings: GatewaySettings) -> Path:
         max_connections=settings.max_connections,
         max_upstream_requests=settings.max_upstream_requests,
         descriptor_file=descriptor,
-        lua_file=render_lua(work),
+        lua_file=render_lua(work, settings.models, settings.rendered_at),
         local_reply_mappers=_local_reply_mappers(" " * 12, settings.max_body_bytes),
         listener_tls=_listener_tls(settings.tls),
         upstream_tls=_upstream_tls(settings.upstream_tls),
         stats_listener=stats_listener,
         admin_cluster=admin_cluster,
+        routes=_routes(settings),
+        upstream_clusters=_upstream_clusters(settings),
     )
     path = work / "envoy.yaml"
     path.write_text(config)

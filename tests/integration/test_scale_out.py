@@ -1,0 +1,216 @@
+"""The shared gateway (`chatgen gateway --backends`): several chatgen processes behind one real Envoy. Requests are
+routed by their `model`, spread over a model's replicas, and a replica stopped under load (drained, or killed)
+loses no request that had not started streaming. The replicas run the token simulator (the real tokenizer,
+admission, servicers and gRPC server; no model), so that the load is the gateway's."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import Service, free_port, running_service
+
+pytestmark = pytest.mark.integration
+
+# 10 ms to the first token, then 3 ms per token, 12 tokens: ≈ 45 ms per request.
+TIMING = "10,3,12"
+
+
+def replica(name: str) -> contextlib.AbstractContextManager[Service]:
+    return running_service(
+        "simulator", "--served-model-name", name, "--simulator-timing", TIMING, "--no-gateway",
+        "--shutdown-grace", "10",
+    )  # fmt: skip
+
+
+@dataclass
+class Gateway:
+    base: str
+    stats_port: int
+    process: subprocess.Popen[bytes]
+
+    def stat(self, name: str) -> float:
+        text = httpx.get(f"http://127.0.0.1:{self.stats_port}/stats/prometheus", timeout=5).text
+        # The parser names an Envoy counter's samples <name>_total.
+        names = (name, f"{name}_total")
+        return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name in names)
+
+
+@contextlib.contextmanager
+def gateway(models: dict[str, list[Service]], tmp_path: Path) -> Iterator[Gateway]:
+    lines = ["models:"]
+    for name, replicas in models.items():
+        lines += [f"- name: {name}", f"  backends: [{', '.join(r.grpc_address for r in replicas)}]"]
+    config = tmp_path / "backends.yaml"
+    config.write_text("\n".join(lines) + "\n")
+    http_port, admin_port, stats_port = free_port(), free_port(), free_port()
+    chatgen = Path(sys.executable).with_name("chatgen")
+    command = [
+        str(chatgen), "gateway", "--backends", str(config), "--host", "127.0.0.1", "--http-port", str(http_port),
+        "--envoy-admin-port", str(admin_port), "--envoy-stats-port", str(stats_port), "--work-dir", str(tmp_path),
+    ]  # fmt: skip
+    proc = subprocess.Popen(command)
+    base = f"http://127.0.0.1:{http_port}"
+    try:
+        deadline = time.monotonic() + 60
+        # Ready once every model's replicas passed their first gRPC health check.
+        while True:
+            assert proc.poll() is None, f"chatgen gateway exited with {proc.returncode}"
+            with contextlib.suppress(httpx.TransportError):
+                if all(httpx.get(f"{base}/v1/models/{m}", timeout=2).status_code == 200 for m in models):
+                    break
+            assert time.monotonic() < deadline, "the gateway did not route to every model"
+            time.sleep(0.2)
+        yield Gateway(base, stats_port, proc)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)
+
+
+def served(service: Service, rpc: str = "StreamChatCompletion") -> float:
+    """Calls this replica finished with status OK (its own /metrics)."""
+    text = httpx.get(f"http://127.0.0.1:{service.metrics_port}/metrics", timeout=5).text
+    return sum(
+        s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == "chatgen_requests_total" and s.labels == {"rpc": rpc, "code": "OK"}
+    )
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, dict[str, list[Service]]]]:
+    with replica("model-a") as a1, replica("model-a") as a2, replica("org/model-b") as b1:
+        models = {"model-a": [a1, a2], "org/model-b": [b1]}
+        with gateway(models, tmp_path_factory.mktemp("gateway")) as gw:
+            yield gw, models
+
+
+def client(base: str) -> openai.AsyncOpenAI:
+    # No SDK retries: whatever is retried must be the gateway's doing.
+    return openai.AsyncOpenAI(api_key="unused", base_url=f"{base}/v1", max_retries=0, timeout=60)
+
+
+def test_models_are_the_union_and_an_unknown_model_is_a_404_at_the_gateway(
+    fleet: tuple[Gateway, dict[str, list[Service]]],
+) -> None:
+    gw, _ = fleet
+    sdk = openai.OpenAI(api_key="unused", base_url=f"{gw.base}/v1", max_retries=0)
+    assert [m.id for m in sdk.models.list()] == ["model-a", "org/model-b"]
+    # One model's details come from its own servers (max_model_len among them).
+    one = httpx.get(f"{gw.base}/v1/models/org%2Fmodel-b", timeout=10)
+    assert one.status_code == 200 and one.json()["id"] == "org/model-b" and one.json()["max_model_len"] == 2048
+
+    before = [served(r) for rs in fleet[1].values() for r in rs]
+    with pytest.raises(openai.NotFoundError) as caught:
+        sdk.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    error = caught.value.body
+    assert error == {  # type: ignore[comparison-overlap]
+        "message": "The model 'nope' does not exist",
+        "type": "not_found_error",
+        "param": "model",
+        "code": "model_not_found",
+    }
+    missing = httpx.get(f"{gw.base}/v1/models/nope", timeout=10)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+    no_model = httpx.post(f"{gw.base}/v1/completions", json={"prompt": "hi"}, timeout=10)
+    assert no_model.status_code == 400 and no_model.json()["error"]["param"] == "model"
+    assert [served(r) for rs in fleet[1].values() for r in rs] == before  # none of them reached a server
+
+
+async def test_requests_go_to_their_models_servers_spread_over_the_replicas(
+    fleet: tuple[Gateway, dict[str, list[Service]]],
+) -> None:
+    gw, models = fleet
+    (a1, a2), (b1,) = models["model-a"], models["org/model-b"]
+    before = {id(s): served(s) for s in (a1, a2, b1)}
+    sdk = client(gw.base)
+    limit = asyncio.Semaphore(8)
+
+    async def one(model: str) -> str:
+        async with limit:
+            stream = await sdk.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=12, stream=True
+            )
+            chunks = [c async for c in stream]
+            assert chunks[-1].choices[0].finish_reason == "length"
+            return chunks[0].model
+
+    names = await asyncio.gather(*(one("model-a") for _ in range(40)), *(one("org/model-b") for _ in range(10)))
+    assert names == ["model-a"] * 40 + ["org/model-b"] * 10
+    got = {id(s): served(s) - before[id(s)] for s in (a1, a2, b1)}
+    assert got[id(a1)] + got[id(a2)] == 40 and got[id(b1)] == 10
+    # Least request over two replicas at 8 in flight: both get a real share.
+    assert min(got[id(a1)], got[id(a2)]) >= 10, got
+    unary = await sdk.completions.create(model="org/model-b", prompt="Once", max_tokens=3)
+    assert unary.model == "org/model-b" and unary.usage is not None and unary.usage.completion_tokens == 3
+
+
+@dataclass
+class Outcome:
+    ok: int = 0
+    failed_after_start: int = 0
+    failed_before_start: list[str] = field(default_factory=list)
+
+
+async def load_while(stop_one: Service, sig: signal.Signals, base: str, seconds: float, at: float) -> Outcome:
+    """8 clients streaming chat completions for `seconds`; `sig` goes to one replica `at` seconds in."""
+    sdk = client(base)
+    outcome = Outcome()
+    end = time.monotonic() + seconds
+
+    async def worker() -> None:
+        while time.monotonic() < end:
+            started = False
+            try:
+                stream = await sdk.chat.completions.create(
+                    model="model-k", messages=[{"role": "user", "content": "hi"}], max_tokens=12, stream=True
+                )
+                async for _ in stream:
+                    started = True
+                outcome.ok += 1
+            except (openai.APIError, httpx.HTTPError) as exc:
+                if started:
+                    outcome.failed_after_start += 1
+                else:
+                    outcome.failed_before_start.append(repr(exc))
+
+    async def stop() -> None:
+        await asyncio.sleep(at)
+        stop_one.process.send_signal(sig)
+
+    await asyncio.gather(stop(), *(worker() for _ in range(8)))
+    return outcome
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["drained", "killed"])
+async def test_stopping_a_replica_under_load_loses_no_request_that_had_not_started(
+    sig: signal.Signals, tmp_path: Path
+) -> None:
+    with replica("model-k") as k1, replica("model-k") as k2, gateway({"model-k": [k1, k2]}, tmp_path) as gw:
+        outcome = await load_while(k1, sig, gw.base, seconds=8, at=2.5)
+        assert k1.process.wait(30) is not None
+        after_stop = served(k2)
+        retried = gw.stat("envoy_cluster_upstream_rq_retry")
+    # Every request that had not started streaming was served by the other replica; only a stream cut by the
+    # kill itself may fail (a drain lets its streams finish).
+    assert outcome.failed_before_start == [], outcome.failed_before_start[:5]
+    if sig is signal.SIGTERM:
+        assert outcome.failed_after_start == 0
+    assert outcome.failed_after_start <= 8  # at most the streams in flight when the replica went
+    assert outcome.ok > 100 and after_stop > outcome.ok / 2, (outcome, after_stop)
+    if sig is signal.SIGKILL:
+        # The dead replica was tried (least request favours its empty queue) and the gateway retried elsewhere.
+        assert retried >= 1

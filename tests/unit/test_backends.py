@@ -1,0 +1,113 @@
+"""The shared gateway's routing config (`chatgen gateway --backends`): parsing, and the Envoy config it renders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from chatgen.backends import Backend, BackendsError, ModelRoute, load_backends, parse_backends
+from chatgen.gateway import RETRY_ON, GatewaySettings, model_list_json, render_config
+from tests.support.envoy import assert_envoy_accepts
+
+CONFIG = """
+models:
+- name: model-a
+  backends: [10.0.0.1:50051, "chatgen-a-grpc.default.svc:50051"]
+- name: Qwen/Qwen3-8B@fp8
+  backends: ["[::1]:50052"]
+  max_requests: 64
+"""
+
+
+def test_a_config_lists_models_with_their_backends(tmp_path: Path) -> None:
+    path = tmp_path / "backends.yaml"
+    path.write_text(CONFIG)
+    assert load_backends(path) == (
+        ModelRoute("model-a", (Backend("10.0.0.1", 50051), Backend("chatgen-a-grpc.default.svc", 50051)), 2 * 1024),
+        ModelRoute("Qwen/Qwen3-8B@fp8", (Backend("::1", 50052),), 64),
+    )
+
+
+@pytest.mark.parametrize(
+    ("doc", "complaint"),
+    [
+        ({}, "wants a 'models' list"),
+        ({"models": []}, "wants a 'models' list"),
+        ({"models": [], "extra": 1}, "wants a 'models' list"),
+        ({"models": [{"name": "a", "backends": ["h:1"]}], "extra": 1}, "unknown keys ['extra']"),
+        ({"models": [{"name": "a", "backends": []}]}, "backends must list at least one"),
+        ({"models": [{"name": "a b", "backends": ["h:1"]}]}, "name must be a model name"),
+        ({"models": [{"name": 'a"b', "backends": ["h:1"]}]}, "name must be a model name"),
+        ({"models": [{"name": "a", "backends": ["h"]}]}, "'h' is not host:port"),
+        ({"models": [{"name": "a", "backends": ["h:99999"]}]}, "is not host:port"),
+        ({"models": [{"name": "a", "backends": ["h:1", "h:1"]}]}, "lists a backend twice"),
+        ({"models": [{"name": "a", "backends": ["h:1"], "max_requests": 0}]}, "max_requests must be a positive"),
+        ({"models": [{"name": "a", "backends": ["h:1"], "weight": 2}]}, "unknown keys ['weight']"),
+        ({"models": [{"name": "a", "backends": ["h:1"]}, {"name": "a", "backends": ["g:1"]}]}, "listed twice"),
+    ],
+)
+def test_a_bad_config_is_refused_naming_what_is_wrong(doc: object, complaint: str) -> None:
+    with pytest.raises(BackendsError, match=complaint.replace("[", r"\[").replace("]", r"\]")):
+        parse_backends(doc)
+
+
+def test_the_shared_gateway_config_routes_by_model_and_balances_replicas(tmp_path: Path) -> None:
+    models = parse_backends(yaml.safe_load(CONFIG))
+    settings = GatewaySettings(
+        http_host="127.0.0.1", http_port=18000, grpc_host="unused", grpc_port=1, admin_port=19901,
+        work_dir=tmp_path, models=models, rendered_at=1700000000,
+    )  # fmt: skip
+    config = render_config(settings)
+    assert_envoy_accepts(config)
+    resources = yaml.safe_load(config.read_text())["static_resources"]
+    hcm = resources["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
+    assert [r["match"]["headers"][0]["string_match"]["exact"] for r in routes] == ["model-a", "Qwen/Qwen3-8B@fp8"]
+    assert [r["route"]["cluster"] for r in routes] == ["model_0", "model_1"]
+    for route in routes:
+        assert route["match"]["headers"][0]["name"] == "x-chatgen-model"
+        assert route["route"]["timeout"] == "0s"
+        retry = route["route"]["retry_policy"]
+        # Only failures where the caller has had nothing yet; never a status a started stream could carry.
+        assert retry["retry_on"] == RETRY_ON
+        assert set(RETRY_ON.split(",")) == {"connect-failure", "refused-stream", "reset", "unavailable",
+                                            "resource-exhausted"}  # fmt: skip
+        assert retry["retry_host_predicate"][0]["name"] == "envoy.retry_host_predicates.previous_hosts"
+    clusters = {c["name"]: c for c in resources["clusters"]}
+    assert set(clusters) == {"model_0", "model_1"}  # no single-server cluster
+    a = clusters["model_0"]
+    assert a["lb_policy"] == "LEAST_REQUEST" and a["type"] == "STRICT_DNS"
+    assert a["health_checks"][0]["grpc_health_check"] == {}
+    assert a["common_lb_config"] == {"healthy_panic_threshold": {"value": 0}}
+    assert a["outlier_detection"]["consecutive_gateway_failure"] == 3
+    http2 = a["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+    assert http2["explicit_http_config"] == {"http2_protocol_options": {}}
+    endpoints = [
+        e["endpoint"]["address"]["socket_address"] for e in a["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    ]
+    assert endpoints == [
+        {"address": "10.0.0.1", "port_value": 50051},
+        {"address": "chatgen-a-grpc.default.svc", "port_value": 50051},
+    ]
+    assert a["circuit_breakers"]["thresholds"][0] == {"max_requests": 2048, "max_pending_requests": 2048,
+                                                      "max_retries": 2048}  # fmt: skip
+    assert clusters["model_1"]["circuit_breakers"]["thresholds"][0]["max_requests"] == 64
+    lua = (tmp_path / "openai_compat.lua").read_text()
+    assert "local MODELS = { [ [==[model-a]==] ] = true, [ [==[Qwen/Qwen3-8B@fp8]==] ] = true }" in lua
+    assert f"local MODEL_LIST = [==[{model_list_json(models, 1700000000)}]==]" in lua
+
+
+def test_one_backend_keeps_the_single_server_config(tmp_path: Path) -> None:
+    settings = GatewaySettings(
+        http_host="127.0.0.1", http_port=18000, grpc_host="127.0.0.1", grpc_port=15051, admin_port=19901,
+        work_dir=tmp_path,
+    )  # fmt: skip
+    resources = yaml.safe_load(render_config(settings).read_text())["static_resources"]
+    hcm = resources["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    assert hcm["route_config"]["virtual_hosts"][0]["routes"] == [
+        {"match": {"prefix": "/"}, "route": {"cluster": "chatgen_grpc", "timeout": "0s"}}
+    ]
+    assert [c["name"] for c in resources["clusters"]] == ["chatgen_grpc"]
+    assert "local MODELS = nil" in (tmp_path / "openai_compat.lua").read_text()
