@@ -21,7 +21,14 @@ from chatgen.chat.admission import Admission, AdmissionLimits
 from chatgen.chat.parsing import load_parser_class
 from chatgen.engine import Engine, EngineError
 from chatgen.engine.factory import ENGINES, SimulatorTiming, create_engine, resolve_model
-from chatgen.gateway import EnvoyProcess, GatewaySettings, default_work_dir, envoy_command, render_config
+from chatgen.gateway import (
+    EnvoyProcess,
+    GatewaySettings,
+    default_work_dir,
+    drain_gateway,
+    envoy_command,
+    render_config,
+)
 from chatgen.metrics import Metrics
 from chatgen.server import GrpcServer
 from chatgen.tls import TlsFiles, handshake_ok, tls_files
@@ -166,9 +173,31 @@ def build_parser(environ: Mapping[str, str] | None = None, command: str | None =
     )
     _load_args(gateway)
     gateway.add_argument("--log-level", default="warning", choices=LOG_LEVELS, help="Envoy's log level")
+
+    drain = sub.add_parser(
+        "gateway-drain",
+        help="drain a running gateway before it stops (a Kubernetes preStop hook)",
+        description="Tell the gateway's Envoy (through its admin port, on this host) to fail its /healthz and drain "
+        "its listeners, then wait until its REST calls in flight have finished (or --timeout passes): the streams "
+        "it carries end normally before Envoy gets its SIGTERM.",
+        formatter_class=_HelpFormatter,
+        allow_abbrev=False,
+    )
+    drain.add_argument("--envoy-admin-port", metavar="PORT", type=int, default=9901, help="the gateway's Envoy admin")
+    drain.add_argument(
+        "--timeout", metavar="SECONDS", type=float, default=40.0, help="stop waiting for calls in flight after this"
+    )
+    drain.add_argument(
+        "--settle",
+        metavar="SECONDS",
+        type=float,
+        default=5.0,
+        help="wait at least this long, while load balancers take the failing /healthz out of rotation",
+    )
     if environ is not None:
         # Only the command being run: a variable meant for one must not fail the other.
-        _environment_defaults(gateway if command == "gateway" else serve, environ)
+        chosen = {"gateway": gateway, "gateway-drain": drain}.get(command or "", serve)
+        _environment_defaults(chosen, environ)
     return parser
 
 
@@ -492,12 +521,15 @@ def main(argv: list[str] | None = None) -> int:
         print(engine_help())
         return 0
     logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=getattr(logging, getattr(args, "log_level", "info").upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if args.command == "serve":
         return asyncio.run(serve(args))
     if args.command == "gateway":
         return gateway(args)
+    if args.command == "gateway-drain":
+        return drain_gateway(args.envoy_admin_port, args.timeout, args.settle)
     return 2
 
 

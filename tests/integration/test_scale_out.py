@@ -28,9 +28,9 @@ pytestmark = pytest.mark.integration
 TIMING = "10,3,12"
 
 
-def replica(name: str) -> contextlib.AbstractContextManager[Service]:
+def replica(name: str, timing: str = TIMING) -> contextlib.AbstractContextManager[Service]:
     return running_service(
-        "simulator", "--served-model-name", name, "--simulator-timing", TIMING, "--no-gateway",
+        "simulator", "--served-model-name", name, "--simulator-timing", timing, "--no-gateway",
         "--shutdown-grace", "10",
     )  # fmt: skip
 
@@ -38,6 +38,7 @@ def replica(name: str) -> contextlib.AbstractContextManager[Service]:
 @dataclass
 class Gateway:
     base: str
+    admin_port: int
     stats_port: int
     process: subprocess.Popen[bytes]
 
@@ -73,7 +74,7 @@ def gateway(models: dict[str, list[Service]], tmp_path: Path) -> Iterator[Gatewa
                     break
             assert time.monotonic() < deadline, "the gateway did not route to every model"
             time.sleep(0.2)
-        yield Gateway(base, stats_port, proc)
+        yield Gateway(base, admin_port, stats_port, proc)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(15)
@@ -214,3 +215,33 @@ async def test_stopping_a_replica_under_load_loses_no_request_that_had_not_start
     if sig is signal.SIGKILL:
         # The dead replica was tried (least request favours its empty queue) and the gateway retried elsewhere.
         assert retried >= 1
+
+
+def test_a_gateway_drained_before_it_stops_lets_its_streams_finish(tmp_path: Path) -> None:
+    """`chatgen gateway-drain` (the shared gateway's preStop hook): /healthz fails at once, so load balancers stop
+    sending calls, and it returns only once the streams in flight have ended normally."""
+    # 30 tokens 100 ms apart: a 3 s stream.
+    with replica("model-slow", "10,100,30") as slow, gateway({"model-slow": [slow]}, tmp_path) as gw:
+        body = {"model": "model-slow", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 30,
+                "stream": True}  # fmt: skip
+        with (
+            httpx.Client(base_url=gw.base, timeout=60) as http,
+            http.stream("POST", "/v1/chat/completions", json=body) as r,
+        ):
+            events = r.iter_lines()
+            assert r.status_code == 200 and next(events).startswith("data: ")
+            chatgen = Path(sys.executable).with_name("chatgen")
+            drain = subprocess.Popen(
+                [str(chatgen), "gateway-drain", "--envoy-admin-port", str(gw.admin_port), "--settle", "0.5",
+                 "--timeout", "30"],
+                stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            deadline = time.monotonic() + 10
+            while httpx.get(f"{gw.base}/healthz", timeout=5).status_code != 503:
+                assert time.monotonic() < deadline, "/healthz kept answering 200 during the drain"
+                time.sleep(0.05)
+            assert drain.poll() is None  # still waiting: the stream is in flight
+            rest = [line for line in events if line]
+        assert rest[-1] == "data: [DONE]" and sum(1 for line in rest if '"content":"' in line) >= 20
+        _, stderr = drain.communicate(timeout=30)
+        assert drain.returncode == 0 and "gateway drained" in stderr
