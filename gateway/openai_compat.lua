@@ -41,6 +41,10 @@ local function respond_error(handle, kind, message, param)
     body)
 end
 
+local function model_not_found(handle, model)
+  respond_error(handle, "not_found", "The model '" .. model .. "' does not exist", "model")
+end
+
 -- GET /v1/models and GET /v1/models/ID. The openai SDK sends a model id's "/" as %2F, which the transcoder
 -- leaves encoded in a multi-segment {id=**}: the path carries the decoded id instead (model ids only). The
 -- shared gateway answers the list itself, 404s models it does not route and picks the route of the others.
@@ -59,7 +63,7 @@ local function models_request(handle, headers, method, path, query)
   end
   if MODELS == nil then return false end
   if not MODELS[id] then
-    respond_error(handle, "not_found", "The model '" .. id .. "' does not exist", "model")
+    model_not_found(handle, id)
     return true
   end
   headers:add(MODEL_HEADER, id)
@@ -94,7 +98,7 @@ function envoy_on_request(handle)
       return
     end
     if not MODELS[model] then
-      respond_error(handle, "not_found", "The model '" .. model .. "' does not exist", "model")
+      model_not_found(handle, model)
       return
     end
     headers:add(MODEL_HEADER, model)

@@ -183,7 +183,7 @@ def build_parser(environ: Mapping[str, str] | None = None, command: str | None =
         formatter_class=_HelpFormatter,
         allow_abbrev=False,
     )
-    drain.add_argument("--envoy-admin-port", metavar="PORT", type=int, default=9901, help="the gateway's Envoy admin")
+    _envoy_admin_port(drain, "the gateway's Envoy admin")
     drain.add_argument(
         "--timeout", metavar="SECONDS", type=float, default=40.0, help="stop waiting for calls in flight after this"
     )
@@ -220,14 +220,17 @@ def _from_environment(action: argparse.Action) -> bool:
 LOG_LEVELS = ["debug", "info", "warning", "error"]
 
 
+def _envoy_admin_port(group: argparse.ArgumentParser | argparse._ArgumentGroup, help: str) -> None:
+    # One default for the gateway that binds it and the drain that calls it (CHATGEN_ENVOY_ADMIN_PORT for both).
+    group.add_argument("--envoy-admin-port", metavar="PORT", type=int, default=9901, help=help)
+
+
 def _network_args(command: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     net = command.add_argument_group("network")
     net.add_argument("--host", default="0.0.0.0", help="address the listeners bind to")
     net.add_argument("--grpc-port", metavar="PORT", type=int, default=50051, help="gRPC port")
     net.add_argument("--http-port", metavar="PORT", type=int, default=8000, help="REST (Envoy) port")
-    net.add_argument(
-        "--envoy-admin-port", metavar="PORT", type=int, default=9901, help="Envoy admin (binds 127.0.0.1 only)"
-    )
+    _envoy_admin_port(net, "Envoy admin (binds 127.0.0.1 only)")
     net.add_argument(
         "--envoy-stats-port",
         metavar="PORT",

@@ -216,16 +216,13 @@ def _stats_listener(settings: GatewaySettings) -> tuple[str, str]:
           http_filters:
           - name: envoy.filters.http.router
             typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}"""
-    cluster = f"""\
-  - name: envoy_admin
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: envoy_admin
-      endpoints:
-      - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {settings.admin_port}}}}}}}"""
-    return listener, cluster
+    cluster = [
+        "- name: envoy_admin",
+        "  type: STATIC",
+        "  connect_timeout: 1s",
+        *_endpoints("envoy_admin", [("127.0.0.1", settings.admin_port)]),
+    ]
+    return listener, "\n".join("  " + line for line in cluster)
 
 
 # Which failures a shared gateway retries on another replica: only those where the caller has had nothing yet
@@ -341,16 +338,12 @@ def render_config(settings: GatewaySettings) -> Path:
         admin_port=settings.admin_port,
         http_host=settings.http_host,
         http_port=settings.http_port,
-        grpc_host=settings.grpc_host,
-        grpc_port=settings.grpc_port,
         max_body_bytes=settings.max_body_bytes,
         max_connections=settings.max_connections,
-        max_upstream_requests=settings.max_upstream_requests,
         descriptor_file=descriptor,
         lua_file=render_lua(work, settings.models, settings.rendered_at),
         local_reply_mappers=_local_reply_mappers(" " * 12, settings.max_body_bytes),
         listener_tls=_listener_tls(settings.tls),
-        upstream_tls=_upstream_tls(settings.upstream_tls),
         stats_listener=stats_listener,
         admin_cluster=admin_cluster,
         routes=_routes(settings),
