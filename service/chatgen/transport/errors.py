@@ -97,8 +97,8 @@ async def stream(
 ) -> AsyncGenerator[T, None]:
     """Relay `chunks`; on failure abort the call, or for gateway SSE streams already under way, send an error
     chunk. Cancellation (a client that went away) is not caught: it closes `chunks`, which aborts the engine.
-    With a record: its status, and the request id in the headers sent with the first chunk (or the trailers of
-    a call that fails before it)."""
+    With a record: its status, and for gRPC callers the request id in the headers sent with the first chunk (or
+    the trailers of a call that fails before it)."""
     sse = wants_sse_framing(context)
     # gRPC ends a call whose deadline passed with DEADLINE_EXCEEDED, which a gRPC caller reads from the status.
     # An SSE caller has had its HTTP 200 by then; for it the stream stops just before the deadline with an error
@@ -110,7 +110,11 @@ async def stream(
     async def first() -> None:
         nonlocal started
         started = True
-        if record is not None:
+        # grpcio's asyncio server sends metadata of our own in a write of its own, ahead of the first message; a
+        # server that dies between the two leaves the caller headers and no chunk, which Envoy can no longer
+        # retry. The gateway returns the request id to REST callers itself, so their streams send no metadata of
+        # ours and the headers leave with the first chunk.
+        if record is not None and not sse:
             await context.send_initial_metadata(record.metadata)
             record.id_sent = True
 
