@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import random
 import signal
 import socket
 import subprocess
@@ -10,12 +11,35 @@ import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+
+
+def _ephemeral_ports() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free now, below the kernel's ephemeral range. A port the kernel hands out (bind to port 0) is one it
+    may also give the local end of any outgoing connection, and a server given one binds it only later (Envoy once
+    the engine has loaded, tens of seconds on): in a busy test run a connection took it first. Below the range,
+    nothing but another listener can take it."""
+    low, _ = _ephemeral_ports()
+    first = 10000 if low > 12000 else 1024
+    pick = random.SystemRandom()
+    for _ in range(200):
+        port = pick.randrange(first, low)
+        with socket.socket() as s:
+            try:
+                # The wildcard address: taken if anything listens on the port, whichever address it bound.
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free port in {first}..{low - 1}")
 
 
 def pct(values: list[float], q: float) -> float:

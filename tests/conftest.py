@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,17 +17,13 @@ import httpx
 import openai
 import pytest
 
+from benchmarks.local_server import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 MODEL_NAME = "smollm2-135m-instruct"
 # The integration suite runs once per engine: vLLM (the default engine) and the transformers fallback.
 # CHATGEN_TEST_ENGINES=vllm narrows it.
 TEST_ENGINES = os.environ.get("CHATGEN_TEST_ENGINES", "vllm,hf").split(",")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

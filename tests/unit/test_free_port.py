@@ -1,0 +1,40 @@
+"""Ports for the servers tests and benchmarks start: free, and outside the range the kernel gives outgoing
+connections, so that nothing but another listener can take one before its server binds it."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from benchmarks import local_server
+from benchmarks.local_server import _ephemeral_ports, free_port
+
+
+def test_ports_are_below_the_ephemeral_range_and_bindable() -> None:
+    low, high = _ephemeral_ports()
+    assert 1024 < low < high
+    ports = [free_port() for _ in range(20)]
+    assert all(1024 <= p < low for p in ports), ports
+    for port in ports[:5]:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))
+
+
+def test_a_port_something_listens_on_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+
+        class Picks:
+            def __init__(self) -> None:
+                self.calls = 0
+
+            def randrange(self, start: int, stop: int) -> int:
+                self.calls += 1
+                return busy if self.calls == 1 else start + 7
+
+        monkeypatch.setattr(local_server.random, "SystemRandom", Picks)
+        monkeypatch.setattr(local_server, "_ephemeral_ports", lambda: (busy + 100, busy + 200))
+        assert free_port() == 10007
