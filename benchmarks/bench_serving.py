@@ -72,6 +72,8 @@ LABELS = {
     "raw-rest": "chatgen REST, bare client",
 }
 RATIOS = [("b", "a"), ("b", "d"), ("c", "a"), ("c", "b"), ("c", "d"), ("b", "e"), ("f", "g"), ("h", "b")]
+# TTFT p50 ratios (below 1: the first target answers sooner): chatgen against the two baselines, REST against gRPC.
+TTFT_RATIOS = [("b", "a"), ("b", "d"), ("c", "b")]
 
 # Targets measured together take turns in rounds of this many requests per client (see Sweep.take_turns).
 ROUND_PER_CLIENT = 4
@@ -95,8 +97,10 @@ class Level:
     ttft_p99_ms: float = math.nan
     itl_p50_ms: float = math.nan
     itl_p99_ms: float = math.nan
-    # Output tokens/s of each round, in order (the samples a ratio's confidence interval is built from).
+    # Output tokens/s and TTFT p50 (ms) of each round, in order (the samples a ratio's confidence interval is
+    # built from).
     rounds: list[float] = field(default_factory=list)
+    round_ttft_p50_ms: list[float] = field(default_factory=list)
 
 
 def salted(requests: list[Request], salt: str) -> list[Request]:
@@ -125,7 +129,12 @@ async def run_requests(
 
 
 def summarize(
-    target: str, concurrency: int, results: list[Result], seconds: float, rounds: list[float] | None = None
+    target: str,
+    concurrency: int,
+    results: list[Result],
+    seconds: float,
+    rounds: list[float] | None = None,
+    round_ttft_p50_ms: list[float] | None = None,
 ) -> Level:
     ok = [r for r in results if r.ok]
     ttfts = [r.ttft * 1000 for r in ok]
@@ -144,6 +153,7 @@ def summarize(
         pct(itls, 0.5),
         pct(itls, 0.99),
         rounds or [],
+        round_ttft_p50_ms or [],
     )
 
 
@@ -174,6 +184,7 @@ class Sweep:
         results: dict[str, list[Result]] = {target: [] for target in senders}
         seconds = dict.fromkeys(senders, 0.0)
         rounds: dict[str, list[float]] = {target: [] for target in senders}
+        round_ttfts: dict[str, list[float]] = {target: [] for target in senders}
         size = self.args.round_per_client * concurrency
         for start in range(0, self.count(concurrency), size):
             for target, send in senders.items():
@@ -182,8 +193,11 @@ class Sweep:
                 results[target] += done
                 seconds[target] += took
                 rounds[target].append(sum(r.output_tokens for r in done if r.ok) / took)
+                round_ttfts[target].append(pct([r.ttft * 1000 for r in done if r.ok], 0.5))
         for target in senders:
-            self.levels.append(summarize(target, concurrency, results[target], seconds[target], rounds[target]))
+            self.levels.append(
+                summarize(target, concurrency, results[target], seconds[target], rounds[target], round_ttfts[target])
+            )
 
     async def warm_up(self, send: Send) -> None:
         for request in salted(self.workload[:2], "warmup"):
@@ -369,9 +383,10 @@ async def run_sweep(sweep: Sweep, openers: list[Opener], apart: bool) -> None:
 
 
 def paired_interval(top: list[float], bottom: list[float]) -> tuple[float, float] | None:
-    """95 % confidence interval of the throughput ratio top/bottom from paired rounds (round i of each ran the same
-    requests): a t-interval of the mean log ratio, back on the ratio scale. None below MIN_ROUNDS_FOR_CI pairs."""
-    pairs = [(x, y) for x, y in zip(top, bottom, strict=False) if x > 0 and y > 0]
+    """95 % confidence interval of the ratio top/bottom of a per-round figure (tokens/s, TTFT p50) from paired
+    rounds (round i of each ran the same requests): a t-interval of the mean log ratio, back on the ratio scale.
+    None below MIN_ROUNDS_FOR_CI pairs."""
+    pairs = [(x, y) for x, y in zip(top, bottom, strict=False) if x > 0 and y > 0]  # NaN compares False
     if len(pairs) < MIN_ROUNDS_FOR_CI:
         return None
     import numpy as np
@@ -385,8 +400,9 @@ def paired_interval(top: list[float], bottom: list[float]) -> tuple[float, float
 
 
 def ratios(levels: list[Level]) -> dict[str, dict[str, float]]:
-    """Per concurrency: throughput ratios between targets (each with its paired-round 95 % confidence interval,
-    `<ratio> ci_low` / `ci_high`, where there are enough rounds), and the TTFT p50 Envoy adds (c - b, ms)."""
+    """Per concurrency: throughput ratios between targets and TTFT p50 ratios (`ttft b/a`), each with its
+    paired-round 95 % confidence interval (`<ratio> ci_low` / `ci_high`) where there are enough rounds, and the
+    TTFT p50 Envoy adds (c - b, ms)."""
     by = {(LETTERS[lv.target], lv.concurrency): lv for lv in levels}
     out: dict[str, dict[str, float]] = {}
     for c in sorted({lv.concurrency for lv in levels}):
@@ -398,6 +414,14 @@ def ratios(levels: list[Level]) -> dict[str, dict[str, float]]:
                 interval = paired_interval(x.rounds, y.rounds)
                 if interval is not None:
                     row[f"{top}/{bottom} ci_low"], row[f"{top}/{bottom} ci_high"] = interval
+        for top, bottom in TTFT_RATIOS:
+            x, y = by.get((top, c)), by.get((bottom, c))
+            if x is not None and y is not None and y.ttft_p50_ms > 0:
+                key = f"ttft {top}/{bottom}"
+                row[key] = x.ttft_p50_ms / y.ttft_p50_ms
+                interval = paired_interval(x.round_ttft_p50_ms, y.round_ttft_p50_ms)
+                if interval is not None:
+                    row[f"{key} ci_low"], row[f"{key} ci_high"] = interval
         b = by.get(("b", c))
         for rest in ("c", "h"):
             r = by.get((rest, c))

@@ -138,3 +138,40 @@ def test_ratio_intervals_come_from_paired_rounds() -> None:
     assert row["b/a"] == pytest.approx(1.02)
     assert row["b/a ci_low"] == pytest.approx(1.02) and row["b/a ci_high"] == pytest.approx(1.02)
     assert row["b/d"] == pytest.approx(1.02) and "b/d ci_low" not in row  # SMG ran two rounds only
+
+
+def test_ttft_ratios_pair_the_rounds_medians() -> None:
+    """TTFT p50 of b over a (below 1: b answers sooner), with an interval from each round's median TTFT; at
+    concurrency 1 with one request per client per round, that pairs request i of b with request i of a."""
+    from benchmarks.bench_serving import Level, ratios
+
+    a_ttft = [1000.0, 1100.0, 900.0, 1050.0]
+    b_ttft = [t * 0.95 for t in a_ttft]
+    levels = [
+        Level("vllm", 1, 4, 4, output_tokens_per_s=8.0, ttft_p50_ms=1000.0, rounds=[8.0] * 4, round_ttft_p50_ms=a_ttft),
+        Level("grpc", 1, 4, 4, output_tokens_per_s=8.0, ttft_p50_ms=950.0, rounds=[8.0] * 4, round_ttft_p50_ms=b_ttft),
+        Level("rest", 1, 4, 4, output_tokens_per_s=8.0, ttft_p50_ms=1045.0, rounds=[8.0] * 4),
+    ]
+    row = ratios(levels)["1"]
+    assert row["ttft b/a"] == pytest.approx(0.95)
+    assert row["ttft b/a ci_low"] == pytest.approx(0.95) and row["ttft b/a ci_high"] == pytest.approx(0.95)
+    assert row["ttft c/b"] == pytest.approx(1.1) and "ttft c/b ci_low" not in row  # no rounds kept for c
+    assert "ttft b/d" not in row  # no SMG in this run
+    assert row["b/a"] == 1.0 and row["ttft_p50_c-b_ms"] == pytest.approx(95.0)
+
+
+def test_each_rounds_ttft_median_is_kept() -> None:
+    args = argparse.Namespace(
+        requests=6, requests_per_client=1, round_per_client=2, concurrency=[1], targets=["grpc", "rest"]
+    )
+    workload = [Request(({"role": "user", "content": f"p{i}"},), max_tokens=i + 1) for i in range(6)]
+    sweep = Sweep(args, workload)
+
+    async def send(request: Request) -> Result:
+        return Result(ok=True, ttft=0.001 * request.max_tokens, output_tokens=request.max_tokens)
+
+    asyncio.run(sweep.take_turns({"grpc": send, "rest": send}, 1))
+    sweep.progress.close()
+    for lv in sweep.levels:
+        # Rounds of 2 requests with TTFTs 1,2 / 3,4 / 5,6 ms; the nearest-rank median of two is the lower one.
+        assert lv.round_ttft_p50_ms == [1.0, 3.0, 5.0]
