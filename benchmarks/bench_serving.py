@@ -421,6 +421,10 @@ def ratios(levels: list[Level]) -> dict[str, dict[str, float]]:
                 row[key] = x.ttft_p50_ms / y.ttft_p50_ms
                 interval = paired_interval(x.round_ttft_p50_ms, y.round_ttft_p50_ms)
                 if interval is not None:
+                    # The ratio of two p50s can fall outside the interval of the paired rounds' ratios (at
+                    # concurrency 1 the p50s are of different requests); with an interval, the figure is its
+                    # centre: the geometric mean of the paired ratios.
+                    row[key] = math.sqrt(interval[0] * interval[1])
                     row[f"{key} ci_low"], row[f"{key} ci_high"] = interval
         b = by.get(("b", c))
         for rest in ("c", "h"):
@@ -431,7 +435,34 @@ def ratios(levels: list[Level]) -> dict[str, dict[str, float]]:
     return out
 
 
-def print_report(levels: list[Level], table: dict[str, dict[str, float]]) -> None:
+def pooled(levels: list[Level]) -> dict[str, float]:
+    """Every level's paired rounds together, per ratio: the geometric mean of the paired ratios with its 95 %
+    interval (`b/a`, `b/a ci_low`, `b/a ci_high`; `ttft b/a` ...). More pairs than any one level has, so the
+    narrowest statement a run can make about two targets."""
+    by = {(LETTERS[lv.target], lv.concurrency): lv for lv in levels}
+    levels_run = sorted({lv.concurrency for lv in levels})
+    out: dict[str, float] = {}
+    for key, pairs, figure in [
+        *((f"{t}/{b}", (t, b), "rounds") for t, b in RATIOS),
+        *((f"ttft {t}/{b}", (t, b), "round_ttft_p50_ms") for t, b in TTFT_RATIOS),
+    ]:
+        tops: list[float] = []
+        bottoms: list[float] = []
+        for c in levels_run:
+            x, y = by.get((pairs[0], c)), by.get((pairs[1], c))
+            if x is not None and y is not None:
+                xs, ys = getattr(x, figure), getattr(y, figure)
+                n = min(len(xs), len(ys))
+                tops += xs[:n]
+                bottoms += ys[:n]
+        interval = paired_interval(tops, bottoms)
+        if interval is not None:
+            out[key] = math.sqrt(interval[0] * interval[1])
+            out[f"{key} ci_low"], out[f"{key} ci_high"] = interval
+    return out
+
+
+def print_report(levels: list[Level], table: dict[str, dict[str, float]], together: dict[str, float]) -> None:
     head = (
         f"{'target':<30}{'conc':>5}{'ok':>6}{'req/s':>8}{'tok/s':>9}{'TTFT p50':>10}{'p99':>8}{'ITL p50':>9}{'p99':>8}"
     )
@@ -445,15 +476,15 @@ def print_report(levels: list[Level], table: dict[str, dict[str, float]]) -> Non
         )
     columns = sorted({k for row in table.values() for k in row if not k.endswith(("ci_low", "ci_high"))})
     print(f"\n{'conc':>5}" + "".join(f"{k:>22}" for k in columns))
-    for c, row in table.items():
+    for c, row in [*table.items(), *([("all", together)] if together else [])]:
         cells = []
         for k in columns:
-            cell = f"{row.get(k, math.nan):.3f}"
+            cell = f"{row[k]:.3f}" if k in row else "-"
             if f"{k} ci_low" in row:
                 cell += f" [{row[f'{k} ci_low']:.2f},{row[f'{k} ci_high']:.2f}]"
             cells.append(f"{cell:>22}")
         print(f"{c:>5}" + "".join(cells))
-    print("[low,high]: 95 % confidence interval from paired rounds")
+    print("[low,high]: 95 % confidence interval from paired rounds; all: every level's paired rounds pooled")
 
 
 def plot(levels: list[Level], path: Path) -> None:
@@ -504,7 +535,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         sweep.progress.close()
     table = ratios(sweep.levels)
-    print_report(sweep.levels, table)
+    together = pooled(sweep.levels)
+    print_report(sweep.levels, table, together)
     report = {
         "settings": {
             "model": choice.path,
@@ -521,6 +553,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         },
         "levels": [asdict(lv) for lv in sweep.levels],
         "ratios": table,
+        "pooled": together,
     }
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))

@@ -153,7 +153,7 @@ def test_ttft_ratios_pair_the_rounds_medians() -> None:
         Level("rest", 1, 4, 4, output_tokens_per_s=8.0, ttft_p50_ms=1045.0, rounds=[8.0] * 4),
     ]
     row = ratios(levels)["1"]
-    assert row["ttft b/a"] == pytest.approx(0.95)
+    assert row["ttft b/a"] == pytest.approx(0.95)  # with an interval: the geometric mean of the paired ratios
     assert row["ttft b/a ci_low"] == pytest.approx(0.95) and row["ttft b/a ci_high"] == pytest.approx(0.95)
     assert row["ttft c/b"] == pytest.approx(1.1) and "ttft c/b ci_low" not in row  # no rounds kept for c
     assert "ttft b/d" not in row  # no SMG in this run
@@ -175,3 +175,25 @@ def test_each_rounds_ttft_median_is_kept() -> None:
     for lv in sweep.levels:
         # Rounds of 2 requests with TTFTs 1,2 / 3,4 / 5,6 ms; the nearest-rank median of two is the lower one.
         assert lv.round_ttft_p50_ms == [1.0, 3.0, 5.0]
+
+
+def test_pooled_ratios_pair_every_levels_rounds() -> None:
+    """All levels' paired rounds together: b is 2 % ahead at one level and 4 % at the other, so the pooled
+    geometric mean lies between; TTFT pairs pool the same way; a pair with too few rounds anywhere gives nothing."""
+    from benchmarks.bench_serving import Level, pooled
+
+    def level(target: str, c: int, rounds: list[float], ttfts: list[float]) -> Level:
+        return Level(target, c, 4, 4, rounds=rounds, round_ttft_p50_ms=ttfts)
+
+    levels = [
+        level("vllm", 1, [10.0, 11.0], [100.0, 110.0]),
+        level("grpc", 1, [10.2, 11.22], [90.0, 99.0]),
+        level("vllm", 8, [30.0, 33.0, 36.0], [500.0, 550.0, 600.0]),
+        level("grpc", 8, [31.2, 34.32], [450.0, 495.0]),  # one round fewer: pairs stop at the shorter list
+        level("smg", 8, [30.0], [500.0]),
+    ]
+    together = pooled(levels)
+    assert together["b/a"] == pytest.approx(math.sqrt(math.sqrt(1.02 * 1.02 * 1.04 * 1.04)))
+    assert together["b/a ci_low"] < 1.02 < 1.04 < together["b/a ci_high"]
+    assert together["ttft b/a"] == pytest.approx(0.9) and together["ttft b/a ci_high"] == pytest.approx(0.9)
+    assert "b/d" not in together and "ttft b/d" not in together  # one SMG round: no interval, no figure
