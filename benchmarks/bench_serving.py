@@ -23,11 +23,11 @@ streaming exactly its max_tokens (ignore_eos). Each (target, concurrency) run sa
 first word, so prefix caching (on, as in production) never serves one run from another's.
 
 Reported per target and concurrency: requests/s, output tokens/s, TTFT p50/p99 and inter-token latency p50/p99
-(ms), errors; then the throughput ratios b/a, b/d, c/a, c/b, c/d, b/e, f/g, h/b and the TTFT p50 that Envoy
-adds (c - b, h - b). Each ratio comes with a 95 % confidence interval from its rounds: round i of one target and
-round i of the other ran the same requests minutes apart, so their tokens/s ratio is one paired sample of it
-(t-interval of the mean log ratio; at least 3 rounds). On a GPU machine the same command runs unchanged with the
-CUDA vLLM build.
+(ms), errors; then the throughput ratios b/a, b/d, c/a, c/b, c/d, b/e, f/g, h/b, the TTFT p50 ratios b/a, b/d,
+c/b and the TTFT p50 that Envoy adds (c - b, h - b). Each ratio comes with a 95 % confidence interval from its
+rounds: round i of one target and round i of the other ran the same requests minutes apart, so the ratio of their
+tokens/s (or median TTFTs) is one paired sample of it (t-interval of the mean log ratio; at least 3 rounds), and
+a last row pools every level's pairs. On a GPU machine the same command runs unchanged with the CUDA vLLM build.
 """
 
 from __future__ import annotations
