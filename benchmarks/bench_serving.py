@@ -399,6 +399,15 @@ def paired_interval(top: list[float], bottom: list[float]) -> tuple[float, float
     return math.exp(ci.low), math.exp(ci.high)
 
 
+def _centre(interval: tuple[float, float]) -> float:
+    """The geometric mean of the paired ratios: their log-scale t-interval is symmetric about its log."""
+    return math.sqrt(interval[0] * interval[1])
+
+
+def _put_interval(row: dict[str, float], key: str, interval: tuple[float, float]) -> None:
+    row[f"{key} ci_low"], row[f"{key} ci_high"] = interval
+
+
 def ratios(levels: list[Level]) -> dict[str, dict[str, float]]:
     """Per concurrency: throughput ratios between targets and TTFT p50 ratios (`ttft b/a`), each with its
     paired-round 95 % confidence interval (`<ratio> ci_low` / `ci_high`) where there are enough rounds, and the
@@ -413,19 +422,17 @@ def ratios(levels: list[Level]) -> dict[str, dict[str, float]]:
                 row[f"{top}/{bottom}"] = x.output_tokens_per_s / y.output_tokens_per_s
                 interval = paired_interval(x.rounds, y.rounds)
                 if interval is not None:
-                    row[f"{top}/{bottom} ci_low"], row[f"{top}/{bottom} ci_high"] = interval
+                    _put_interval(row, f"{top}/{bottom}", interval)
         for top, bottom in TTFT_RATIOS:
             x, y = by.get((top, c)), by.get((bottom, c))
             if x is not None and y is not None and y.ttft_p50_ms > 0:
                 key = f"ttft {top}/{bottom}"
-                row[key] = x.ttft_p50_ms / y.ttft_p50_ms
                 interval = paired_interval(x.round_ttft_p50_ms, y.round_ttft_p50_ms)
+                # The ratio of two p50s can fall outside the interval of the paired rounds' ratios (at concurrency
+                # 1 the p50s are of different requests): with an interval, the figure is its centre.
+                row[key] = _centre(interval) if interval is not None else x.ttft_p50_ms / y.ttft_p50_ms
                 if interval is not None:
-                    # The ratio of two p50s can fall outside the interval of the paired rounds' ratios (at
-                    # concurrency 1 the p50s are of different requests); with an interval, the figure is its
-                    # centre: the geometric mean of the paired ratios.
-                    row[key] = math.sqrt(interval[0] * interval[1])
-                    row[f"{key} ci_low"], row[f"{key} ci_high"] = interval
+                    _put_interval(row, key, interval)
         b = by.get(("b", c))
         for rest in ("c", "h"):
             r = by.get((rest, c))
@@ -442,14 +449,14 @@ def pooled(levels: list[Level]) -> dict[str, float]:
     by = {(LETTERS[lv.target], lv.concurrency): lv for lv in levels}
     levels_run = sorted({lv.concurrency for lv in levels})
     out: dict[str, float] = {}
-    for key, pairs, figure in [
+    for key, (top, bottom), figure in [
         *((f"{t}/{b}", (t, b), "rounds") for t, b in RATIOS),
         *((f"ttft {t}/{b}", (t, b), "round_ttft_p50_ms") for t, b in TTFT_RATIOS),
     ]:
         tops: list[float] = []
         bottoms: list[float] = []
         for c in levels_run:
-            x, y = by.get((pairs[0], c)), by.get((pairs[1], c))
+            x, y = by.get((top, c)), by.get((bottom, c))
             if x is not None and y is not None:
                 xs, ys = getattr(x, figure), getattr(y, figure)
                 n = min(len(xs), len(ys))
@@ -457,8 +464,8 @@ def pooled(levels: list[Level]) -> dict[str, float]:
                 bottoms += ys[:n]
         interval = paired_interval(tops, bottoms)
         if interval is not None:
-            out[key] = math.sqrt(interval[0] * interval[1])
-            out[f"{key} ci_low"], out[f"{key} ci_high"] = interval
+            out[key] = _centre(interval)
+            _put_interval(out, key, interval)
     return out
 
 
