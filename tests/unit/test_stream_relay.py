@@ -132,13 +132,17 @@ def _record(ctx: RecordingContext) -> CallRecord:
     return CallRecord("StreamChatCompletion", request_id_from(ctx), "m")  # type: ignore[arg-type]
 
 
-async def test_a_stream_returns_the_callers_request_id_with_its_first_chunk() -> None:
+async def test_a_stream_returns_the_callers_request_id_in_its_trailers() -> None:
+    """No headers of ours ahead of the first chunk: grpcio would send them in a write of their own."""
     ctx = RecordingContext(sse=False, metadata=((REQUEST_ID_KEY, "req-42"),))
     record = _record(ctx)
-    out = [c async for c in wire.stream(ctx, chunks(None), lambda e: "error", lambda: "[DONE]", record)]  # type: ignore[arg-type]
-    assert out[:3] == ["chunk0", "chunk1", "chunk2"]
-    assert ctx.initial == [((REQUEST_ID_KEY, "req-42"),)]  # once, not per chunk
-    assert record.code is grpc.StatusCode.OK and record.id_sent and ctx.trailing == ()
+    relayed = wire.stream(ctx, chunks(None), lambda e: "error", lambda: "[DONE]", record)  # type: ignore[arg-type]
+    assert await anext(relayed) == "chunk0"
+    assert ctx.initial == [] and ctx.trailing == ()
+    out = [c async for c in relayed]
+    assert out == ["chunk1", "chunk2"]
+    assert ctx.initial == [] and ctx.trailing == ((REQUEST_ID_KEY, "req-42"),)
+    assert record.code is grpc.StatusCode.OK and not record.id_sent
 
 
 async def test_a_gateway_stream_sends_no_headers_of_its_own() -> None:
@@ -148,7 +152,7 @@ async def test_a_gateway_stream_sends_no_headers_of_its_own() -> None:
     record = _record(ctx)
     out = [c async for c in wire.stream(ctx, chunks(None), lambda e: "error", lambda: "[DONE]", record)]  # type: ignore[arg-type]
     assert out[:3] == ["chunk0", "chunk1", "chunk2"] and out[-1] == "[DONE]"
-    assert ctx.initial == [] and not record.id_sent and record.code is grpc.StatusCode.OK
+    assert ctx.initial == [] and ctx.trailing == () and record.code is grpc.StatusCode.OK
 
 
 async def test_a_stream_failing_before_its_first_chunk_returns_the_id_in_the_trailers() -> None:
@@ -160,6 +164,18 @@ async def test_a_stream_failing_before_its_first_chunk_returns_the_id_in_the_tra
     assert record.code is grpc.StatusCode.UNAVAILABLE and ctx.initial == []
     trailing = dict(ctx.trailing)
     assert trailing[REQUEST_ID_KEY] == "req-43" and wire.ERROR_METADATA_KEY in trailing
+
+
+async def test_a_grpc_stream_failing_mid_way_returns_the_id_with_the_error_in_its_trailers() -> None:
+    ctx = RecordingContext(sse=False, metadata=((REQUEST_ID_KEY, "req-45"),))
+    record = _record(ctx)
+    out = []
+    with pytest.raises(_Aborted):
+        async for c in wire.stream(ctx, chunks(2), lambda e: "error", lambda: "[DONE]", record):  # type: ignore[arg-type]
+            out.append(c)
+    assert out == ["chunk0", "chunk1"] and record.code is grpc.StatusCode.UNAVAILABLE
+    trailing = dict(ctx.trailing)
+    assert trailing[REQUEST_ID_KEY] == "req-45" and wire.ERROR_METADATA_KEY in trailing
 
 
 async def test_an_sse_error_after_the_first_chunk_is_recorded_with_its_code() -> None:

@@ -3,7 +3,7 @@ one structured log line.
 
 The request id is the caller's `x-request-id` (REST callers get one from Envoy, which makes one up when the caller
 sent none and returns it on the response), else a new one; it comes back to gRPC callers in the response headers
-(initial metadata) of a call that succeeds, and in the trailers of one that fails.
+(initial metadata) of a unary call that succeeds, and in the trailers of a stream or of a call that fails.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class CallRecord:
     # Set once the request is prepared (it has passed validation).
     generation: Generation | None = None
     code: grpc.StatusCode = grpc.StatusCode.OK
-    # Whether the request id has gone back in the response headers (the trailers carry it otherwise).
+    # Whether the request id has gone back in a unary call's response headers (the trailers carry it otherwise).
     id_sent: bool = False
 
     @property

@@ -97,34 +97,24 @@ async def stream(
 ) -> AsyncGenerator[T, None]:
     """Relay `chunks`; on failure abort the call, or for gateway SSE streams already under way, send an error
     chunk. Cancellation (a client that went away) is not caught: it closes `chunks`, which aborts the engine.
-    With a record: its status, and for gRPC callers the request id in the headers sent with the first chunk (or
-    the trailers of a call that fails before it)."""
+    With a record: its status, and for gRPC callers the request id in the trailers."""
     sse = wants_sse_framing(context)
     # gRPC ends a call whose deadline passed with DEADLINE_EXCEEDED, which a gRPC caller reads from the status.
     # An SSE caller has had its HTTP 200 by then; for it the stream stops just before the deadline with an error
     # event, so it learns why the stream ended.
     remaining = context.time_remaining() if sse else None
     stop_at = asyncio.get_running_loop().time() + max(remaining - _SSE_DEADLINE_MARGIN, 0.0) if remaining else None
+    # No metadata of ours goes out ahead of the first chunk: grpcio's asyncio server can only send it in a write of
+    # its own (a syscall and a completion more per stream, 3 % of the serving process's samples under load), and
+    # a server that dies between the two leaves the caller headers and no chunk, which Envoy can no longer retry.
+    # gRPC callers get the request id in the trailers; the gateway returns it to REST callers itself.
     started = False
-
-    async def first() -> None:
-        nonlocal started
-        started = True
-        # grpcio's asyncio server sends metadata of our own in a write of its own, ahead of the first message; a
-        # server that dies between the two leaves the caller headers and no chunk, which Envoy can no longer
-        # retry. The gateway returns the request id to REST callers itself, so their streams send no metadata of
-        # ours and the headers leave with the first chunk.
-        if record is not None and not sse:
-            await context.send_initial_metadata(record.metadata)
-            record.id_sent = True
-
     try:
         async with contextlib.aclosing(chunks):
             if stop_at is None:
                 # The per-token path: no timer to arm and disarm around every chunk.
                 async for chunk in chunks:
-                    if not started:
-                        await first()
+                    started = True
                     yield chunk
             while stop_at is not None:
                 try:
@@ -136,8 +126,7 @@ async def stream(
                     raise ChatgenError(
                         Failure.DEADLINE_EXCEEDED, "The request's timeout passed before it finished"
                     ) from None
-                if not started:
-                    await first()
+                started = True
                 yield chunk
     except (asyncio.CancelledError, GeneratorExit):
         if record is not None:
@@ -150,5 +139,8 @@ async def stream(
         elif record is not None:
             record.code = err.wire.grpc_code
         yield error_chunk(err)
+    else:
+        if record is not None and not sse:
+            context.set_trailing_metadata(record.metadata)
     if sse:
         yield done_chunk()
