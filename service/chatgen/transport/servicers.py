@@ -133,7 +133,7 @@ class ChatServicer(pb_grpc.ChatServicer):
         record = self._calls.begin("CreateChatCompletion", context, request.model)
 
         async def run() -> pb.ChatCompletion:
-            gen = record.generation = self._gen.prepare_chat(convert.chat_request(request))
+            gen = record.generation = await self._gen.prepare_chat(convert.chat_request(request))
             async with self._gen.admitted(gen):
                 result = await self._gen.complete(gen)
             reply = pb.ChatCompletion(
@@ -165,7 +165,7 @@ class ChatServicer(pb_grpc.ChatServicer):
         record = self._calls.begin("StreamChatCompletion", context, request.model)
 
         async def chunks() -> AsyncGenerator[pb.ChatCompletionChunk, None]:
-            gen = record.generation = self._gen.prepare_chat(convert.chat_request(request))
+            gen = record.generation = await self._gen.prepare_chat(convert.chat_request(request))
             async with self._gen.admitted(gen), contextlib.aclosing(chat_chunks(gen)) as admitted:
                 async for chunk in admitted:
                     yield chunk
@@ -211,7 +211,7 @@ class GenerateServicer(pb_grpc.GenerateServicer):
         record = self._calls.begin("CreateCompletion", context, request.model)
 
         async def run() -> pb.Completion:
-            gen = record.generation = self._gen.prepare_completion(convert.completion_request(request))
+            gen = record.generation = await self._gen.prepare_completion(convert.completion_request(request))
             async with self._gen.admitted(gen):
                 result = await self._gen.complete(gen)
             reply = pb.Completion(
@@ -244,7 +244,7 @@ class GenerateServicer(pb_grpc.GenerateServicer):
         record = self._calls.begin("StreamCompletion", context, request.model)
 
         async def chunks() -> AsyncGenerator[pb.CompletionChunk, None]:
-            gen = record.generation = self._gen.prepare_completion(convert.completion_request(request))
+            gen = record.generation = await self._gen.prepare_completion(convert.completion_request(request))
             async with self._gen.admitted(gen), contextlib.aclosing(completion_chunks(gen)) as admitted:
                 async for chunk in admitted:
                     yield chunk
