@@ -3,6 +3,7 @@
     .venv/bin/python -m benchmarks.bench_serving                         # embedded model; concurrency 1 8 32 64
     .venv/bin/python -m benchmarks.bench_serving --concurrency 1 8 --json out.json --plot out.png
     .venv/bin/python -m benchmarks.bench_serving --replay prompts.jsonl --model /models/Qwen3-0.6B
+    .venv/bin/python -m benchmarks.bench_serving --model tiny            # serving-bound: the serving layers' cost
     .venv/bin/python -m benchmarks.bench_serving --engine-arg=--max-num-batched-tokens=4096   # any vLLM flag
     .venv/bin/python -m benchmarks.bench_serving --targets hf,transformers --concurrency 1 4  # the fallback engine
     .venv/bin/python -m benchmarks.bench_serving --simulator 20,2 --concurrency 1 8 32        # what Envoy adds
@@ -49,6 +50,7 @@ from typing import Any
 from benchmarks.clients import Result, Timer
 from benchmarks.local_server import pct
 from benchmarks.targets import EngineSetup, Send, chatgen_senders, openai_sender, smg_serve, vllm_serve
+from benchmarks.tiny_model import bench_model
 from benchmarks.workload import Request, prompt_ids, replay, synthetic
 
 LETTERS = {
@@ -80,7 +82,9 @@ ROUND_PER_CLIENT = 4
 # Fewer paired rounds than this give no confidence interval for a ratio.
 MIN_ROUNDS_FOR_CI = 3
 
-TARGETS = ("vllm", "smg", "grpc", "rest", "engine", "hf", "transformers")
+TARGETS = ("vllm", "smg", "grpc", "rest", "raw-rest", "engine", "hf", "transformers")
+# The targets one `chatgen serve` on vLLM answers.
+CHATGEN_TARGETS = {"grpc", "rest", "raw-rest"}
 
 
 @dataclass
@@ -346,14 +350,14 @@ def openers(args: argparse.Namespace, setup: EngineSetup) -> list[Opener]:
         return [functools.partial(chatgen, replace(setup, engine_argv=()), targets, connections, *flags)]
     if not args.apart:
         # Every vLLM engine resident at once: on a GPU, each gets its share of the memory.
-        engines = len(targets & {"vllm", "smg", "engine"}) + bool(targets & {"grpc", "rest"})
+        engines = len(targets & {"vllm", "smg", "engine"}) + bool(targets & CHATGEN_TARGETS)
         setup = setup.sharing_gpu(engines)
     out: list[Opener] = []
     if "vllm" in targets:
         out.append(functools.partial(openai_server, vllm_serve, setup, "vllm", connections))
     if "smg" in targets:
         out.append(functools.partial(openai_server, smg_serve, setup, "smg", connections))
-    if targets & {"grpc", "rest"}:
+    if targets & CHATGEN_TARGETS:
         out.append(functools.partial(chatgen, setup, targets, connections))
     if "engine" in targets:
         out.append(functools.partial(engine_in_process, setup))
@@ -524,9 +528,7 @@ def plot(levels: list[Level], path: Path) -> None:
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
-    from chatgen.engine.factory import resolve_model
-
-    choice = resolve_model(args.model, None)
+    choice = bench_model(args.model)
     setup = EngineSetup(
         choice.path, choice.served_name, args.max_model_len, max(args.concurrency), tuple(args.engine_arg), args.dtype
     )
@@ -571,12 +573,17 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None, help="HF model dir (default: the embedded SmolLM2)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="HF model dir (default: the embedded SmolLM2); tiny: a random one-layer model with its tokenizer, so "
+        "that the engine's step is nearly free and the serving layers are what is measured",
+    )
     parser.add_argument(
         "--targets",
         type=lambda s: s.split(","),
         default=list(TARGETS[:4]),
-        help="comma-separated, of: vllm, smg, grpc, rest, engine, hf, transformers (default: the first four)",
+        help="comma-separated, of: vllm, smg, grpc, rest, raw-rest, engine, hf, transformers (default: the first four)",
     )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--requests", type=int, default=16, help="requests per level, at least")

@@ -2,6 +2,7 @@
 
     .venv/bin/python -m benchmarks.profile_serving                     # 20 s per protocol, 8 clients, SmolLM2
     .venv/bin/python -m benchmarks.profile_serving --seconds 60 --concurrency 32 --compare-vllm --json prof.json
+    .venv/bin/python -m benchmarks.profile_serving --model tiny --concurrency 32 --compare-vllm   # serving-bound
 
 It starts `chatgen serve` (the vLLM engine, as the benchmark runs it; or the token simulator with --simulator, where
 the serving stack itself is the bottleneck), streams chat completions from N clients,
@@ -36,6 +37,7 @@ import psutil
 
 from benchmarks.clients import Result
 from benchmarks.targets import EngineSetup, Send, chatgen_senders, openai_sender, vllm_serve
+from benchmarks.tiny_model import bench_model
 from benchmarks.workload import Request, synthetic
 
 # Innermost-frame file prefixes (py-spy shortens paths to the package part) -> the layer they belong to.
@@ -202,9 +204,7 @@ def envoy_child(pid: int) -> psutil.Process | None:
 async def run(args: argparse.Namespace) -> list[Profile]:
     from transformers import AutoTokenizer
 
-    from chatgen.engine.factory import resolve_model
-
-    choice = resolve_model(args.model, None)
+    choice = bench_model(args.model)
     setup = EngineSetup(choice.path, choice.served_name, args.max_model_len, args.concurrency)
     tokenizer = AutoTokenizer.from_pretrained(choice.path)
     workload = synthetic(256, args.seed, tokenizer, args.input_len, args.output_len, args.max_model_len)
@@ -253,7 +253,12 @@ def report(profiles: list[Profile]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None, help="HF model dir (default: the embedded SmolLM2)")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="HF model dir (default: the embedded SmolLM2); tiny: a random one-layer model with its tokenizer, so "
+        "that the engine's step is nearly free and the serving layers are what is measured",
+    )
     parser.add_argument("--seconds", type=float, default=20.0, help="load (and sampling) time per protocol")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--input-len", type=int, default=128)
