@@ -10,11 +10,9 @@ max_tokens (ignore_eos), so the random weights only choose which tokens.
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
-from chatgen.embedded_model import default_cache_dir, embedded_model_dir
+from chatgen.embedded_model import default_cache_dir, embedded_model_dir, save_model_dir
 from chatgen.engine.factory import ModelChoice, resolve_model
 
 TINY_MODEL = "tiny"
@@ -43,13 +41,7 @@ def tiny_model_dir(base: Path, cache_dir: Path) -> Path:
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(base)
-    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / ".complete").write_text("ok\n")
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
+    save_model_dir(target, model, tokenizer)
     return target
 
 

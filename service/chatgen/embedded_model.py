@@ -14,6 +14,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,22 @@ def embedded_model_dir(cache_dir: Path | None = None) -> Path:
     return target
 
 
+def save_model_dir(target: Path, model: Any, tokenizer: Any, marker: str = "ok") -> None:
+    """Write a model directory (safetensors, tokenizer, generation config) in a temporary sibling, mark it complete
+    and rename it over `target`: an interrupted or concurrent build never leaves a half-written directory that a
+    later start would load."""
+    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if model.generation_config is not None:
+        model.generation_config.save_pretrained(tmp)
+    (tmp / ".complete").write_text(marker + "\n")
+    shutil.rmtree(target, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, target)
+
+
 def _progress(message: str) -> None:
     # Printed rather than logged: the first start spends ~30 s here and the user should see why.
     print(f"[chatgen] {message}", file=sys.stderr, flush=True)
@@ -64,8 +81,6 @@ def _convert(source: Path, target: Path) -> None:
 
     started = time.monotonic()
     _progress(f"converting embedded model {source.name} -> {target} (first start only)")
-    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
     _progress("tokenizer loaded; dequantizing weights")
     gguf_model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name)
@@ -81,14 +96,7 @@ def _convert(source: Path, target: Path) -> None:
     if missing or unexpected:
         raise RuntimeError(f"embedded model conversion failed: missing={missing} unexpected={unexpected}")
     _progress("writing safetensors")
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    if model.generation_config is not None:
-        model.generation_config.save_pretrained(tmp)
-    (tmp / ".complete").write_text(source.name + "\n")
-    shutil.rmtree(target, ignore_errors=True)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, target)
+    save_model_dir(target, model, tokenizer, source.name)
     _progress(f"embedded model ready in {time.monotonic() - started:.0f} s")
 
 

@@ -15,9 +15,10 @@ import hashlib
 import itertools
 import json
 import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
+
+from chatgen.embedded_model import save_model_dir
 
 CACHE_ROOT = Path(os.environ.get("CHATGEN_TEST_MODEL_CACHE", Path.home() / ".cache" / "chatgen" / "test-models"))
 
@@ -125,11 +126,5 @@ def build_scripted_model(
         for a, b in successor.items():
             head[b] += 10.0 * embed[a] / embed[a].norm()
         model.lm_head.weight.copy_(head)
-    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / ".complete").write_text("ok\n")
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
+    save_model_dir(target, model, tokenizer)
     return target
