@@ -22,22 +22,30 @@ def _ephemeral_ports() -> tuple[int, int]:
         return 32768, 60999  # Linux's default
 
 
+# Every port free_port has handed out in this process: a server's ports are picked together and bound later, so
+# a check by binding cannot see that an earlier pick (not listening yet) already holds a port.
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A port free now, below the kernel's ephemeral range. A port the kernel hands out (bind to port 0) is one it
-    may also give the local end of any outgoing connection, and a server given one binds it only later (Envoy once
-    the engine has loaded, tens of seconds on): in a busy test run a connection took it first. Below the range,
-    nothing but another listener can take it."""
+    """A port free now, below the kernel's ephemeral range, and never one this process was given before. A port the
+    kernel hands out (bind to port 0) is one it may also give the local end of any outgoing connection, and a
+    server given one binds it only later (Envoy once the engine has loaded, tens of seconds on): in a busy test run
+    a connection took it first. Below the range, nothing but another listener can take it."""
     low, _ = _ephemeral_ports()
     first = 10000 if low > 12000 else 1024
     pick = random.SystemRandom()
     for _ in range(200):
         port = pick.randrange(first, low)
+        if port in _handed_out:
+            continue
         with socket.socket() as s:
             try:
                 # The wildcard address: taken if anything listens on the port, whichever address it bound.
                 s.bind(("0.0.0.0", port))
             except OSError:
                 continue
+        _handed_out.add(port)
         return port
     raise RuntimeError(f"no free port in {first}..{low - 1}")
 

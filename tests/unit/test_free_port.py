@@ -38,3 +38,17 @@ def test_a_port_something_listens_on_is_skipped(monkeypatch: pytest.MonkeyPatch)
         monkeypatch.setattr(local_server.random, "SystemRandom", Picks)
         monkeypatch.setattr(local_server, "_ephemeral_ports", lambda: (busy + 100, busy + 200))
         assert free_port() == 10007
+
+
+def test_a_port_is_never_handed_out_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server's ports are picked together and bound later: the second pick cannot see the first by binding."""
+    a, b = free_port(), free_port()
+    picks = iter([a, a, a, b])
+
+    class Picks:
+        def randrange(self, start: int, stop: int) -> int:
+            return next(picks)
+
+    monkeypatch.setattr(local_server.random, "SystemRandom", Picks)
+    monkeypatch.setattr(local_server, "_handed_out", set())
+    assert [free_port(), free_port()] == [a, b]
