@@ -50,7 +50,7 @@ from typing import Any
 from benchmarks.clients import Result, Timer
 from benchmarks.local_server import pct
 from benchmarks.targets import EngineSetup, Send, chatgen_senders, openai_sender, smg_serve, vllm_serve
-from benchmarks.tiny_model import bench_model
+from benchmarks.tiny_model import MODEL_HELP, bench_model
 from benchmarks.workload import Request, prompt_ids, replay, synthetic
 
 LETTERS = {
@@ -576,8 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--model",
         default=None,
-        help="HF model dir (default: the embedded SmolLM2); tiny: a random one-layer model with its tokenizer, so "
-        "that the engine's step is nearly free and the serving layers are what is measured",
+        help=MODEL_HELP,
     )
     parser.add_argument(
         "--targets",

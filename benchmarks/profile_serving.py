@@ -37,7 +37,7 @@ import psutil
 
 from benchmarks.clients import Result
 from benchmarks.targets import EngineSetup, Send, chatgen_senders, openai_sender, vllm_serve
-from benchmarks.tiny_model import bench_model
+from benchmarks.tiny_model import MODEL_HELP, bench_model
 from benchmarks.workload import Request, synthetic
 
 # Innermost-frame file prefixes (py-spy shortens paths to the package part) -> the layer they belong to.
@@ -256,8 +256,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--model",
         default=None,
-        help="HF model dir (default: the embedded SmolLM2); tiny: a random one-layer model with its tokenizer, so "
-        "that the engine's step is nearly free and the serving layers are what is measured",
+        help=MODEL_HELP,
     )
     parser.add_argument("--seconds", type=float, default=20.0, help="load (and sampling) time per protocol")
     parser.add_argument("--concurrency", type=int, default=8)

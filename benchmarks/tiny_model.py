@@ -16,6 +16,10 @@ from chatgen.embedded_model import default_cache_dir, embedded_model_dir, save_m
 from chatgen.engine.factory import ModelChoice, resolve_model
 
 TINY_MODEL = "tiny"
+MODEL_HELP = (
+    "HF model dir (default: the embedded SmolLM2); tiny: a random one-layer model with its tokenizer, so that the "
+    "engine's step is nearly free and the serving layers are what is measured"
+)
 _VERSION = "1"
 _WIDTH = 64
 
