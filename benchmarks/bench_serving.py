@@ -573,11 +573,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--model",
-        default=None,
-        help=MODEL_HELP,
-    )
+    parser.add_argument("--model", default=None, help=MODEL_HELP)
     parser.add_argument(
         "--targets",
         type=lambda s: s.split(","),

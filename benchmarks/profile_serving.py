@@ -253,11 +253,7 @@ def report(profiles: list[Profile]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--model",
-        default=None,
-        help=MODEL_HELP,
-    )
+    parser.add_argument("--model", default=None, help=MODEL_HELP)
     parser.add_argument("--seconds", type=float, default=20.0, help="load (and sampling) time per protocol")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--input-len", type=int, default=128)
