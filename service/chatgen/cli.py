@@ -27,6 +27,7 @@ from chatgen.gateway import (
     default_work_dir,
     drain_gateway,
     envoy_command,
+    envoy_workers,
     render_config,
 )
 from chatgen.metrics import Metrics
@@ -238,7 +239,13 @@ def _network_args(command: argparse.ArgumentParser) -> argparse._ArgumentGroup:
         default=0,
         help="serve Envoy's Prometheus stats (GET /stats/prometheus, nothing else of the admin) here (0: off)",
     )
-    net.add_argument("--envoy-concurrency", metavar="N", type=int, default=2, help="Envoy worker threads")
+    net.add_argument(
+        "--envoy-concurrency",
+        metavar="N",
+        type=envoy_workers,
+        default="auto",
+        help="Envoy worker threads; auto: one per 4 CPUs this process may use (affinity, cgroup CPU limit), 1 to 4",
+    )
     net.add_argument("--tls-cert", metavar="PEM", default=None, help="serve gRPC and REST over TLS: certificate chain")
     net.add_argument("--tls-key", metavar="PEM", default=None, help="the certificate's private key")
     return net

@@ -1,7 +1,7 @@
-"""The serving benchmark's and the profiler's smoke runs (tiny sweeps), so neither can rot: the benchmark must start
-`vllm serve`, SMG, `chatgen serve` (vLLM and hf engines) and transformers in-process, all at once as it does by
-default, send every request without an error, and write its table, JSON and plot; the profiler must sample a loaded
-server."""
+"""The benchmarks' smoke runs (tiny sweeps), so none can rot: the serving benchmark must start `vllm serve`, SMG,
+`chatgen serve` (vLLM and hf engines) and transformers in-process, all at once as it does by default, send every
+request without an error, and write its table, JSON and plot; the profiler must sample a loaded server; the Envoy
+worker comparison must run its servers' rounds."""
 
 from __future__ import annotations
 
@@ -108,3 +108,25 @@ def test_envoy_overhead_run_on_the_token_simulator(tmp_path: Path, model_dir: Pa
         assert lv["ttft_p50_ms"] >= 5, lv
     for row in report["ratios"].values():
         assert {"c/b", "h/b", "ttft_p50_c-b_ms", "ttft_p50_h-b_ms"} <= set(row), row
+
+
+def test_envoy_workers_smoke_run(tmp_path: Path, model_dir: Path) -> None:
+    out = tmp_path / "workers.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.envoy_workers", "--workers", "2", "1", "--concurrency", "4",
+         "--seconds", "1", "--rounds", "2", "--simulator", "5,1", "--output-len", "16", "--json", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    counts = json.loads(out.read_text())
+    assert [c["workers"] for c in counts] == [2, 1]
+    for c in counts:
+        assert len(c["rounds"]) == len(c["ratios"]) == 2, c
+        for r in c["rounds"]:
+            assert r["errors"] == 0 and r["tokens_per_s"] > 0 and r["envoy_us_per_token"] > 0, r
+    assert counts[0]["ratios"] == [1.0, 1.0]
+    assert all(ratio > 0 for ratio in counts[1]["ratios"])
+    assert "tok/s over 2 workers" in result.stdout

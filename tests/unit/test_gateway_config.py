@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 import yaml
 
-from chatgen.gateway import GatewaySettings, render_config
+from chatgen.cli import build_parser
+from chatgen.gateway import GatewaySettings, auto_envoy_workers, envoy_command, render_config, usable_cpus
 from tests.support.envoy import assert_envoy_accepts
 
 
@@ -101,3 +104,31 @@ def test_the_stats_listener_exposes_only_prometheus_stats(tmp_path: Path) -> Non
     admin = next(c for c in resources["clusters"] if c["name"] == "envoy_admin")
     endpoint = admin["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
     assert endpoint == {"address": "127.0.0.1", "port_value": 19901}  # the admin port, loopback only
+
+
+@pytest.mark.parametrize(("cpus", "workers"), [(0.5, 1), (2, 1), (7.9, 1), (8, 2), (12, 3), (16, 4), (96, 4)])
+def test_auto_envoy_workers_one_per_four_cpus(cpus: float, workers: int) -> None:
+    assert auto_envoy_workers(cpus) == workers
+
+
+def test_usable_cpus_honours_a_cgroup_cpu_limit(tmp_path: Path) -> None:
+    affinity = len(os.sched_getaffinity(0))
+    limit = tmp_path / "cpu.max"
+    limit.write_text("150000 100000\n")
+    assert usable_cpus(limit) == min(affinity, 1.5)
+    limit.write_text("max 100000\n")
+    assert usable_cpus(limit) == affinity
+    assert usable_cpus(tmp_path / "missing") == affinity
+
+
+def test_envoy_concurrency_flag_reaches_envoys_command_line(tmp_path: Path) -> None:
+    def command(*argv: str, environ: dict[str, str] | None = None) -> list[str]:
+        args = build_parser(environ or {}, "serve").parse_args(["serve", *argv])
+        cmd = envoy_command(replace(settings(tmp_path), concurrency=args.envoy_concurrency), tmp_path / "envoy.yaml")
+        return cmd[cmd.index("--concurrency") : cmd.index("--concurrency") + 2]
+
+    assert command() == ["--concurrency", str(auto_envoy_workers(usable_cpus()))]
+    assert command("--envoy-concurrency", "3") == ["--concurrency", "3"]
+    assert command(environ={"CHATGEN_ENVOY_CONCURRENCY": "AUTO"}) == command()
+    with pytest.raises(SystemExit):
+        command("--envoy-concurrency", "0")
