@@ -209,6 +209,7 @@ async def test_stopping_a_replica_under_load_loses_no_request_that_had_not_start
         assert k1.process.wait(30) is not None
         after_stop = served(k2)
         retried = gw.stat("envoy_cluster_upstream_rq_retry")
+        ejected = gw.stat("envoy_cluster_outlier_detection_ejections_enforced_total")
     # Every request that had no response yet was served by the other replica; only a stream cut by the kill
     # itself (its headers sent) may fail, and a drain lets its streams finish.
     assert outcome.failed_before_start == [], outcome.failed_before_start[:5]
@@ -217,8 +218,10 @@ async def test_stopping_a_replica_under_load_loses_no_request_that_had_not_start
     assert outcome.failed_after_start <= 8  # at most the streams in flight when the replica went
     assert outcome.ok > 100 and after_stop > outcome.ok / 2, (outcome, after_stop)
     if sig is signal.SIGKILL:
-        # The dead replica was tried (least request favours its empty queue) and the gateway retried elsewhere.
-        assert retried >= 1
+        # The dead replica was taken out of the gateway's hands: a request sent to it (least request favours its
+        # empty queue) was retried elsewhere, or the outlier detector ejected it first (its cut streams count as
+        # gateway failures) so that no new request picked it — one CI run saw no retry at all, only the ejection.
+        assert retried >= 1 or ejected >= 1, (retried, ejected)
 
 
 def test_a_gateway_drained_before_it_stops_lets_its_streams_finish(tmp_path: Path) -> None:
