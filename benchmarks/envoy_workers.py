@@ -22,10 +22,16 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from benchmarks.profile_serving import cpu_seconds, drive, envoy_child
-from benchmarks.targets import ChatgenSenders, EngineSetup, chatgen_senders
-from benchmarks.tiny_model import bench_model
-from benchmarks.workload import Request, synthetic
+from benchmarks.profile_serving import (
+    add_workload_arguments,
+    cpu_seconds,
+    drive,
+    envoy_child,
+    prepare,
+    simulator_flags,
+)
+from benchmarks.targets import ChatgenSenders, chatgen_senders
+from benchmarks.workload import Request
 
 
 @dataclass
@@ -58,13 +64,8 @@ async def one_round(senders: ChatgenSenders, workload: list[Request], concurrenc
 
 
 async def run(args: argparse.Namespace) -> list[WorkerCount]:
-    from transformers import AutoTokenizer
-
-    choice = bench_model(None)
-    setup = EngineSetup(choice.path, choice.served_name, args.max_model_len, args.concurrency)
-    tokenizer = AutoTokenizer.from_pretrained(choice.path)
-    workload = synthetic(256, args.seed, tokenizer, args.input_len, args.output_len, args.max_model_len)
-    flags = ("--engine", "simulator", "--simulator-timing", f"{args.simulator},{args.output_len}")
+    setup, workload = prepare(None, args)
+    flags = simulator_flags(args.simulator, args.output_len)
     counts = [WorkerCount(w) for w in args.workers]
     async with contextlib.AsyncExitStack() as stack:
         servers = []
@@ -107,10 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="load time per worker count and round")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--simulator", default="20,5", metavar="TTFT_MS,ITL_MS", help="the token simulator's timing")
-    parser.add_argument("--input-len", type=int, default=128)
-    parser.add_argument("--output-len", type=int, default=64)
-    parser.add_argument("--max-model-len", type=int, default=2048)
-    parser.add_argument("--seed", type=int, default=0)
+    add_workload_arguments(parser)
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     if len(set(args.workers)) != len(args.workers) or min(args.workers) < 1:

@@ -201,17 +201,34 @@ def envoy_child(pid: int) -> psutil.Process | None:
     return None
 
 
-async def run(args: argparse.Namespace) -> list[Profile]:
+def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
+    """The synthetic workload's shape (see `prepare`); benchmarks.envoy_workers takes the same."""
+    parser.add_argument("--input-len", type=int, default=128)
+    parser.add_argument("--output-len", type=int, default=64)
+    parser.add_argument("--max-model-len", type=int, default=2048)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def prepare(model: str | None, args: argparse.Namespace) -> tuple[EngineSetup, list[Request]]:
+    """The served model's engine settings and 256 seeded requests in its tokens, from `add_workload_arguments`'
+    arguments and --concurrency."""
     from transformers import AutoTokenizer
 
-    choice = bench_model(args.model)
+    choice = bench_model(model)
     setup = EngineSetup(choice.path, choice.served_name, args.max_model_len, args.concurrency)
     tokenizer = AutoTokenizer.from_pretrained(choice.path)
-    workload = synthetic(256, args.seed, tokenizer, args.input_len, args.output_len, args.max_model_len)
+    return setup, synthetic(256, args.seed, tokenizer, args.input_len, args.output_len, args.max_model_len)
+
+
+def simulator_flags(timing: str, output_len: int) -> tuple[str, ...]:
+    """`chatgen serve` flags for the token simulator: TTFT_MS,ITL_MS and the workload's output length."""
+    return ("--engine", "simulator", "--simulator-timing", f"{timing},{output_len}")
+
+
+async def run(args: argparse.Namespace) -> list[Profile]:
+    setup, workload = prepare(args.model, args)
     profiles = []
-    flags: tuple[str, ...] = ()
-    if args.simulator:
-        flags = ("--engine", "simulator", "--simulator-timing", f"{args.simulator},{args.output_len}")
+    flags = simulator_flags(args.simulator, args.output_len) if args.simulator else ()
     async with chatgen_senders(setup, args.concurrency + 8, *flags) as send:
         main, envoy = psutil.Process(send.server.pid), envoy_child(send.server.pid)
         for request in workload[:2]:
@@ -256,10 +273,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default=None, help=MODEL_HELP)
     parser.add_argument("--seconds", type=float, default=20.0, help="load (and sampling) time per protocol")
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--input-len", type=int, default=128)
-    parser.add_argument("--output-len", type=int, default=64)
-    parser.add_argument("--max-model-len", type=int, default=2048)
-    parser.add_argument("--seed", type=int, default=0)
+    add_workload_arguments(parser)
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--top", type=int, default=12, help="chatgen functions to list")
     parser.add_argument("--no-sample", dest="sample", action="store_false", help="CPU per token only, no py-spy")

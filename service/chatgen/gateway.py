@@ -44,7 +44,7 @@ class GatewaySettings:
     max_connections: int = 4096
     # Concurrent requests Envoy forwards to the gRPC server (its circuit breaker).
     max_upstream_requests: int = 1024
-    # Envoy's worker threads (auto_envoy_workers() when chatgen picks).
+    # Envoy's worker threads; the CLI's default (`auto`) is auto_envoy_workers(usable_cpus()).
     concurrency: int = 1
     log_level: str = "warning"
     # TLS on the REST listener, and to the gRPC server (when its port is TLS).
