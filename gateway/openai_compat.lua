@@ -3,10 +3,9 @@
 -- Request:  OpenAI uses one path for streaming and unary calls; `"stream": true` in the JSON body picks the
 --           streaming RPC. json_to_metadata (the filter before this one) has parsed the body's top-level
 --           `stream` key into dynamic metadata by the time body() returns, so no JSON is parsed here.
--- Response: gRPC errors get OpenAI's error JSON (the server sends it in `x-chatgen-error`), the server's
---           "[DONE]" chunk becomes the SSE terminator `data: [DONE]`, and stream deltas drop the empty
---           `"tool_calls":[]` that the transcoder prints for every repeated field (OpenAI sends it only when
---           a delta carries a tool call). Neither pattern can match inside a JSON string, where quotes are escaped.
+-- Response: gRPC errors get OpenAI's error JSON (the server sends it in `x-chatgen-error`). Streams need
+--           nothing here: the streaming RPCs the gateway calls send Server-Sent Events ready to pass on
+--           (google.api.HttpBody), so no Lua runs per token.
 
 local STREAMABLE = { ["/v1/chat/completions"] = true, ["/v1/completions"] = true }
 
@@ -72,8 +71,7 @@ end
 
 function envoy_on_request(handle)
   local headers = handle:headers()
-  -- Only the gateway may ask the server for SSE framing, or pick a model's route.
-  headers:remove("x-chatgen-sse")
+  -- Only the gateway may pick a model's route.
   headers:remove(MODEL_HEADER)
   -- A REST caller's timeout becomes the gRPC deadline: the server stops the request when it passes and the
   -- caller gets 504 with an OpenAI error body (DEADLINE_EXCEEDED below).
@@ -105,7 +103,6 @@ function envoy_on_request(handle)
   end
   if request ~= nil and request["stream"] == true then
     headers:replace(":path", path .. ":stream" .. query)
-    headers:add("x-chatgen-sse", "1")
   end
 end
 
@@ -182,25 +179,6 @@ function envoy_on_response(handle)
           body:setBytes((bytes:gsub('"param":null', '"param":"' .. field .. '"', 1)))
         end
       end
-    end
-    return
-  end
-  local content_type = headers:get("content-type")
-  if content_type == nil or not content_type:find("text/event-stream", 1, true) then return end
-  for chunk in handle:bodyChunks() do
-    local n = chunk:length()
-    if n > 0 then
-      local bytes = chunk:getBytes(0, n)
-      local changed = false
-      if bytes:find('"tool_calls":[]', 1, true) then
-        bytes = bytes:gsub(',"tool_calls":%[%]', ""):gsub('{"tool_calls":%[%]', "{")
-        changed = true
-      end
-      if bytes:find('"object":"[DONE]"', 1, true) then
-        bytes = bytes:gsub('data: {"id":"","object":"%[DONE%]".-}\n\n', "data: [DONE]\n\n")
-        changed = true
-      end
-      if changed then chunk:setBytes(bytes) end
     end
   end
 end

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from google.protobuf import struct_pb2
+from google.protobuf import json_format, struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -83,6 +83,25 @@ def test_chat_stream_matches_unary_text(channel: grpc.Channel) -> None:
     assert usage_chunk.usage.prompt_tokens == unary.usage.prompt_tokens
     # gRPC callers never see the gateway's SSE terminator.
     assert not any(c.object == "[DONE]" for c in chunks)
+
+
+def test_the_gateways_event_stream_is_the_typed_stream_as_sse(channel: grpc.Channel) -> None:
+    """StreamChatCompletionEvents (what the REST gateway calls): the same chunks, each an SSE event holding its
+    proto3 JSON, the content type on the first message, then `data: [DONE]`."""
+    stub = pb_grpc.ChatStub(channel)
+    request = chat_request(max_tokens=12, stream_options={"include_usage": True})
+    typed = list(stub.StreamChatCompletion(request, timeout=60))
+    bodies = list(stub.StreamChatCompletionEvents(request, timeout=60))
+    assert bodies[0].content_type == "text/event-stream"
+    assert all(b.content_type == "" for b in bodies[1:])
+    events = [e.removeprefix("data: ") for b in bodies for e in b.data.decode().split("\n\n") if e]
+    assert events[-1] == "[DONE]" and len(events) == len(typed) + 1
+    parsed = [json_format.Parse(e, pb.ChatCompletionChunk()) for e in events[:-1]]
+    assert len({c.id for c in parsed}) == 1 and parsed[0].id != typed[0].id
+    for got, want in zip(parsed, typed, strict=True):
+        got.id, got.created = want.id, want.created
+        assert got == want
+    assert '"index":0' in events[0] and '"tool_calls"' not in "".join(events)
 
 
 def test_max_tokens_gives_length(channel: grpc.Channel) -> None:

@@ -168,7 +168,7 @@ def test_rest_callers_get_their_request_id_back_or_one_made_for_them(service: Se
         made_id = made.headers["x-request-id"]
         assert str(uuid.UUID(made_id)) == made_id  # Envoy's own, a UUID
         line = log_line(service, made_id)
-        assert line["rpc"] == "StreamChatCompletion" and line["status"] == "OK" and line["completion_tokens"] == 3
+        assert line["rpc"] == "StreamChatCompletionEvents" and line["status"] == "OK" and line["completion_tokens"] == 3
 
         # Errors too, with the id the gateway passed on.
         missing = http.post("/v1/chat/completions", json={**body, "model": "nope"}, headers={"x-request-id": "r-404"})

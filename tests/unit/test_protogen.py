@@ -20,14 +20,17 @@ def test_descriptor_set_carries_http_rules(tmp_path: Path) -> None:
     rules: dict[str, tuple[str, str]] = {}
     for service in files["chatgen/v1/chatgen.proto"].service:
         for method in service.method:
+            if not method.options.HasExtension(annotations_pb2.http):
+                continue  # gRPC only
             rule: http_pb2.HttpRule = method.options.Extensions[annotations_pb2.http]
             verb = rule.WhichOneof("pattern")
             rules[f"{service.name}.{method.name}"] = (verb, getattr(rule, verb))
     assert rules == {
         "Chat.CreateChatCompletion": ("post", "/v1/chat/completions"),
-        "Chat.StreamChatCompletion": ("post", "/v1/chat/completions:stream"),
+        # The typed streams are gRPC only; the gateway streams their chunks as Server-Sent Events from these.
+        "Chat.StreamChatCompletionEvents": ("post", "/v1/chat/completions:stream"),
         "Generate.CreateCompletion": ("post", "/v1/completions"),
-        "Generate.StreamCompletion": ("post", "/v1/completions:stream"),
+        "Generate.StreamCompletionEvents": ("post", "/v1/completions:stream"),
         "Models.ListModels": ("get", "/v1/models"),
         "Models.GetModel": ("get", "/v1/models/{id=**}"),
     }

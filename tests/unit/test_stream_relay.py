@@ -23,7 +23,8 @@ class RecordingContext:
     def __init__(
         self, sse: bool, time_remaining: float | None = None, metadata: tuple[tuple[str, str], ...] = ()
     ) -> None:
-        self._metadata = (((wire.SSE_METADATA_KEY, "1"),) if sse else ()) + metadata
+        self.sse = sse  # what the servicer passes: True for the gateway's *Events RPCs
+        self._metadata = metadata
         self._time_remaining = time_remaining
         self.trailing: tuple[tuple[str, str], ...] = ()
         self.initial: list[tuple[tuple[str, str], ...]] = []
@@ -55,7 +56,7 @@ async def chunks(fail_after: int | None) -> AsyncIterator[str]:
 
 async def relay(ctx: RecordingContext, fail_after: int | None) -> list[str]:
     out: list[str] = []
-    async for c in wire.stream(ctx, chunks(fail_after), lambda e: f"error:{e.message}", lambda: "[DONE]"):  # type: ignore[arg-type]
+    async for c in wire.stream(ctx, chunks(fail_after), lambda e: f"error:{e.message}", ctx.sse):  # type: ignore[arg-type]
         out.append(c)
     return out
 
@@ -64,13 +65,13 @@ async def test_grpc_caller_gets_chunks_only() -> None:
     assert await relay(RecordingContext(sse=False), None) == ["chunk0", "chunk1", "chunk2"]
 
 
-async def test_gateway_caller_gets_done_marker() -> None:
-    assert await relay(RecordingContext(sse=True), None) == ["chunk0", "chunk1", "chunk2", "[DONE]"]
+async def test_gateway_caller_gets_the_same_chunks() -> None:
+    assert await relay(RecordingContext(sse=True), None) == ["chunk0", "chunk1", "chunk2"]
 
 
-async def test_gateway_mid_stream_error_is_an_error_chunk_then_done() -> None:
+async def test_gateway_mid_stream_error_is_the_last_chunk() -> None:
     ctx = RecordingContext(sse=True)
-    assert await relay(ctx, 2) == ["chunk0", "chunk1", "error:engine died", "[DONE]"]
+    assert await relay(ctx, 2) == ["chunk0", "chunk1", "error:engine died"]
     assert ctx.aborted is None
 
 
@@ -105,9 +106,9 @@ async def test_sse_stream_past_its_deadline_ends_with_a_timeout_event_and_stops_
             closed.append(True)
 
     ctx = RecordingContext(sse=True, time_remaining=0.3)
-    out = [c async for c in wire.stream(ctx, slow(), lambda e: f"error:{e.failure.value}", lambda: "[DONE]")]  # type: ignore[arg-type]
-    assert 2 <= len(out) - 2 <= 6  # a few chunks in 0.25 s, not all 100
-    assert out[-2:] == ["error:deadline_exceeded", "[DONE]"]
+    out = [c async for c in wire.stream(ctx, slow(), lambda e: f"error:{e.failure.value}", ctx.sse)]  # type: ignore[arg-type]
+    assert 2 <= len(out) - 1 <= 6  # a few chunks in 0.25 s, not all 100
+    assert out[-1] == "error:deadline_exceeded"
     assert closed == [True]  # the generation behind the stream was stopped, not left running
     assert ctx.aborted is None  # the HTTP status was sent long ago: the error travels in the stream
 
@@ -119,7 +120,7 @@ async def test_deadline_before_the_first_chunk_is_a_504_status() -> None:
 
     ctx = RecordingContext(sse=True, time_remaining=0.1)
     with pytest.raises(_Aborted):
-        async for _ in wire.stream(ctx, never(), lambda e: "error", lambda: "[DONE]"):  # type: ignore[arg-type]
+        async for _ in wire.stream(ctx, never(), lambda e: "error", ctx.sse):  # type: ignore[arg-type]
             pass
     assert ctx.aborted is not None and ctx.aborted[0] is grpc.StatusCode.DEADLINE_EXCEEDED
     assert '"code":"deadline_exceeded"' in dict(ctx.trailing)[wire.ERROR_METADATA_KEY]
@@ -136,7 +137,7 @@ async def test_a_stream_returns_the_callers_request_id_in_its_trailers() -> None
     """No headers of ours ahead of the first chunk: grpcio would send them in a write of their own."""
     ctx = RecordingContext(sse=False, metadata=((REQUEST_ID_KEY, "req-42"),))
     record = _record(ctx)
-    relayed = wire.stream(ctx, chunks(None), lambda e: "error", lambda: "[DONE]", record)  # type: ignore[arg-type]
+    relayed = wire.stream(ctx, chunks(None), lambda e: "error", ctx.sse, record)  # type: ignore[arg-type]
     assert await anext(relayed) == "chunk0"
     assert ctx.initial == [] and ctx.trailing == ()
     out = [c async for c in relayed]
@@ -150,8 +151,8 @@ async def test_a_gateway_stream_sends_no_headers_of_its_own() -> None:
     and a server dying between the two would leave a REST caller a 200 that Envoy can no longer retry."""
     ctx = RecordingContext(sse=True, metadata=((REQUEST_ID_KEY, "req-44"),))
     record = _record(ctx)
-    out = [c async for c in wire.stream(ctx, chunks(None), lambda e: "error", lambda: "[DONE]", record)]  # type: ignore[arg-type]
-    assert out[:3] == ["chunk0", "chunk1", "chunk2"] and out[-1] == "[DONE]"
+    out = [c async for c in wire.stream(ctx, chunks(None), lambda e: "error", ctx.sse, record)]  # type: ignore[arg-type]
+    assert out == ["chunk0", "chunk1", "chunk2"]
     assert ctx.initial == [] and ctx.trailing == () and record.code is grpc.StatusCode.OK
 
 
@@ -159,7 +160,7 @@ async def test_a_stream_failing_before_its_first_chunk_returns_the_id_in_the_tra
     ctx = RecordingContext(sse=False, metadata=((REQUEST_ID_KEY, "req-43"),))
     record = _record(ctx)
     with pytest.raises(_Aborted):
-        async for _ in wire.stream(ctx, chunks(0), lambda e: "error", lambda: "[DONE]", record):  # type: ignore[arg-type]
+        async for _ in wire.stream(ctx, chunks(0), lambda e: "error", ctx.sse, record):  # type: ignore[arg-type]
             pass
     assert record.code is grpc.StatusCode.UNAVAILABLE and ctx.initial == []
     trailing = dict(ctx.trailing)
@@ -171,7 +172,7 @@ async def test_a_grpc_stream_failing_mid_way_returns_the_id_with_the_error_in_it
     record = _record(ctx)
     out = []
     with pytest.raises(_Aborted):
-        async for c in wire.stream(ctx, chunks(2), lambda e: "error", lambda: "[DONE]", record):  # type: ignore[arg-type]
+        async for c in wire.stream(ctx, chunks(2), lambda e: "error", ctx.sse, record):  # type: ignore[arg-type]
             out.append(c)
     assert out == ["chunk0", "chunk1"] and record.code is grpc.StatusCode.UNAVAILABLE
     trailing = dict(ctx.trailing)
@@ -181,8 +182,8 @@ async def test_a_grpc_stream_failing_mid_way_returns_the_id_with_the_error_in_it
 async def test_an_sse_error_after_the_first_chunk_is_recorded_with_its_code() -> None:
     ctx = RecordingContext(sse=True)
     record = _record(ctx)
-    out = [c async for c in wire.stream(ctx, chunks(2), lambda e: "error", lambda: "[DONE]", record)]  # type: ignore[arg-type]
-    assert out == ["chunk0", "chunk1", "error", "[DONE]"]
+    out = [c async for c in wire.stream(ctx, chunks(2), lambda e: "error", ctx.sse, record)]  # type: ignore[arg-type]
+    assert out == ["chunk0", "chunk1", "error"]
     assert record.code is grpc.StatusCode.UNAVAILABLE and ctx.initial == []
 
 
@@ -194,7 +195,7 @@ async def test_a_stream_closed_under_us_is_cancelled_or_past_its_deadline(
 ) -> None:
     ctx = RecordingContext(sse=False)
     record = _record(ctx)
-    relayed = wire.stream(ctx, chunks(None), lambda e: "error", lambda: "[DONE]", record)  # type: ignore[arg-type]
+    relayed = wire.stream(ctx, chunks(None), lambda e: "error", ctx.sse, record)  # type: ignore[arg-type]
     assert await anext(relayed) == "chunk0"
     ctx._time_remaining = remaining  # gRPC cancels a call whose deadline passed, as one whose caller left
     await relayed.aclose()

@@ -20,10 +20,6 @@ from chatgen.transport.calls import CallRecord
 log = logging.getLogger(__name__)
 
 ERROR_METADATA_KEY = "x-chatgen-error"
-# Set by the gateway on streaming REST calls: the stream then ends with a "[DONE]" chunk, and errors after the
-# first chunk travel as an error chunk (HTTP status and headers are already sent by then).
-SSE_METADATA_KEY = "x-chatgen-sse"
-DONE_OBJECT = "[DONE]"
 
 T = TypeVar("T")
 _MAX_MESSAGE = 2000
@@ -84,21 +80,17 @@ async def unary(
     return result
 
 
-def wants_sse_framing(context: grpc.aio.ServicerContext) -> bool:
-    return any(k == SSE_METADATA_KEY and v == "1" for k, v in (context.invocation_metadata() or ()))
-
-
 async def stream(
     context: grpc.aio.ServicerContext,
     chunks: AsyncGenerator[T, None],
     error_chunk: Callable[[ChatgenError], T],
-    done_chunk: Callable[[], T],
+    sse: bool,
     record: CallRecord | None = None,
 ) -> AsyncGenerator[T, None]:
-    """Relay `chunks`; on failure abort the call, or for gateway SSE streams already under way, send an error
-    chunk. Cancellation (a client that went away) is not caught: it closes `chunks`, which aborts the engine.
-    With a record: its status, and for gRPC callers the request id in the trailers."""
-    sse = wants_sse_framing(context)
+    """Relay `chunks`; on failure abort the call, or for an SSE stream (the gateway's, whose HTTP status and
+    headers went out with the first chunk) already under way, end with an error chunk. Cancellation (a client
+    that went away) is not caught: it closes `chunks`, which aborts the engine. With a record: its status, and
+    for gRPC callers the request id in the trailers."""
     # gRPC ends a call whose deadline passed with DEADLINE_EXCEEDED, which a gRPC caller reads from the status.
     # An SSE caller has had its HTTP 200 by then; for it the stream stops just before the deadline with an error
     # event, so it learns why the stream ended.
@@ -142,5 +134,3 @@ async def stream(
     else:
         if record is not None and not sse:
             context.set_trailing_metadata(record.metadata)
-    if sse:
-        yield done_chunk()

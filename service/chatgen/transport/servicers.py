@@ -8,13 +8,14 @@ from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 import grpc
+from google.api import httpbody_pb2
 from google.protobuf import struct_pb2
 
 from chatgen.chat.generation import Generation, Generator
 from chatgen.chat.types import Choice, ToolCallDelta, Usage
 from chatgen.engine.base import ModelInfo, TokenLogprob
 from chatgen.errors import ChatgenError, Failure
-from chatgen.transport import convert
+from chatgen.transport import convert, sse
 from chatgen.transport import errors as wire
 from chatgen.transport.calls import CallLog, CallRecord
 from chatgen.v1 import chatgen_pb2 as pb
@@ -106,18 +107,15 @@ async def _relay(
     envelope: dict[str, Any],
     record: CallRecord,
     chunks: AsyncGenerator[Any, None],
+    events: bool,
 ) -> AsyncGenerator[Any, None]:
-    """wire.stream with the chunk type's own error chunk (the completion id, once known) and end-of-stream
-    chunk."""
+    """wire.stream with the chunk type's own error chunk (the completion id, once known)."""
 
     def error_chunk(err: ChatgenError) -> Any:
         gen = record.generation
         return chunk_type(id=gen.request_id if gen is not None else "", **envelope, error=error_pb(err))
 
-    def done_chunk() -> Any:
-        return chunk_type(object=wire.DONE_OBJECT)
-
-    async with contextlib.aclosing(wire.stream(context, chunks, error_chunk, done_chunk, record)) as relay:
+    async with contextlib.aclosing(wire.stream(context, chunks, error_chunk, events, record)) as relay:
         async for chunk in relay:
             yield chunk
 
@@ -157,27 +155,63 @@ class ChatServicer(pb_grpc.ChatServicer):
     async def StreamChatCompletion(
         self, request: pb.ChatCompletionRequest, context: grpc.aio.ServicerContext
     ) -> AsyncGenerator[pb.ChatCompletionChunk, None]:
-        envelope: dict[str, Any] = {
-            "object": "chat.completion.chunk",
-            "created": int(time.time()),
-            "model": self._gen.model_name,
-        }
         record = self._calls.begin("StreamChatCompletion", context, request.model)
+        try:
+            async with contextlib.aclosing(self._chunks(request, context, record, None)) as relay:
+                async for chunk in relay:
+                    yield chunk
+        finally:
+            self._calls.end(record)
 
-        async def chunks() -> AsyncGenerator[pb.ChatCompletionChunk, None]:
+    async def StreamChatCompletionEvents(
+        self, request: pb.ChatCompletionRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncGenerator[httpbody_pb2.HttpBody, None]:
+        record = self._calls.begin("StreamChatCompletionEvents", context, request.model)
+        try:
+            envelope = self._envelope()
+            events = sse.Events(pb.ChatCompletionChunk(**envelope))
+            async with contextlib.aclosing(self._chunks(request, context, record, events, envelope)) as relay:
+                async for chunk in relay:
+                    yield chunk if isinstance(chunk, httpbody_pb2.HttpBody) else events.chunk(chunk)
+            yield events.body(sse.DONE)
+        finally:
+            self._calls.end(record)
+
+    def _envelope(self) -> dict[str, Any]:
+        return {"object": "chat.completion.chunk", "created": int(time.time()), "model": self._gen.model_name}
+
+    def _chunks(
+        self,
+        request: pb.ChatCompletionRequest,
+        context: grpc.aio.ServicerContext,
+        record: CallRecord,
+        events: sse.Events | None,
+        envelope: dict[str, Any] | None = None,
+    ) -> AsyncGenerator[Any, None]:
+        """The stream's chunks, relayed. With `events`, the deltas that carry only text (almost every token's)
+        come as that event stream's HttpBody already, and the rest as chunks."""
+        envelope = envelope or self._envelope()
+
+        async def chunks() -> AsyncGenerator[Any, None]:
             gen = record.generation = await self._gen.prepare_chat(convert.chat_request(request))
             async with self._gen.admitted(gen), contextlib.aclosing(chat_chunks(gen)) as admitted:
                 async for chunk in admitted:
                     yield chunk
 
-        async def chat_chunks(gen: Generation) -> AsyncGenerator[pb.ChatCompletionChunk, None]:
+        async def chat_chunks(gen: Generation) -> AsyncGenerator[Any, None]:
             for index in range(gen.n):
                 first = pb.ChatCompletionDelta(role="assistant", content="")
                 yield pb.ChatCompletionChunk(
                     id=gen.request_id, **envelope, choices=[pb.ChatCompletionChunkChoice(index=index, delta=first)]
                 )
+            plain = events is not None and gen.options.logprobs is None
             async with contextlib.aclosing(self._gen.stream(gen)) as deltas:
                 async for d in deltas:
+                    if plain and not (d.finish_reason or d.tool_calls) and (not d.text) != (not d.reasoning):
+                        assert events is not None
+                        field, text = ("content", d.text) if d.text else ("reasoning_content", d.reasoning)
+                        yield events.text(gen.request_id, d.index, field, text)
+                        continue
                     choice = pb.ChatCompletionChunkChoice(index=d.index, delta=pb.ChatCompletionDelta())
                     if d.reasoning:
                         choice.delta.reasoning_content = d.reasoning
@@ -193,13 +227,7 @@ class ChatServicer(pb_grpc.ChatServicer):
             if convert.include_usage(request):
                 yield pb.ChatCompletionChunk(id=gen.request_id, **envelope, usage=usage_pb(gen.usage))
 
-        relayed = _relay(context, pb.ChatCompletionChunk, envelope, record, chunks())
-        try:
-            async with contextlib.aclosing(relayed) as relay:
-                async for chunk in relay:
-                    yield chunk
-        finally:
-            self._calls.end(record)
+        return _relay(context, pb.ChatCompletionChunk, envelope, record, chunks(), events is not None)
 
 
 class GenerateServicer(pb_grpc.GenerateServicer):
@@ -236,23 +264,57 @@ class GenerateServicer(pb_grpc.GenerateServicer):
     async def StreamCompletion(
         self, request: pb.CompletionRequest, context: grpc.aio.ServicerContext
     ) -> AsyncGenerator[pb.CompletionChunk, None]:
-        envelope: dict[str, Any] = {
-            "object": "text_completion",
-            "created": int(time.time()),
-            "model": self._gen.model_name,
-        }
         record = self._calls.begin("StreamCompletion", context, request.model)
+        try:
+            async with contextlib.aclosing(self._chunks(request, context, record, None)) as relay:
+                async for chunk in relay:
+                    yield chunk
+        finally:
+            self._calls.end(record)
 
-        async def chunks() -> AsyncGenerator[pb.CompletionChunk, None]:
+    async def StreamCompletionEvents(
+        self, request: pb.CompletionRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncGenerator[httpbody_pb2.HttpBody, None]:
+        record = self._calls.begin("StreamCompletionEvents", context, request.model)
+        try:
+            envelope = self._envelope()
+            events = sse.Events(pb.CompletionChunk(**envelope))
+            async with contextlib.aclosing(self._chunks(request, context, record, events, envelope)) as relay:
+                async for chunk in relay:
+                    yield chunk if isinstance(chunk, httpbody_pb2.HttpBody) else events.chunk(chunk)
+            yield events.body(sse.DONE)
+        finally:
+            self._calls.end(record)
+
+    def _envelope(self) -> dict[str, Any]:
+        return {"object": "text_completion", "created": int(time.time()), "model": self._gen.model_name}
+
+    def _chunks(
+        self,
+        request: pb.CompletionRequest,
+        context: grpc.aio.ServicerContext,
+        record: CallRecord,
+        events: sse.Events | None,
+        envelope: dict[str, Any] | None = None,
+    ) -> AsyncGenerator[Any, None]:
+        """As ChatServicer._chunks."""
+        envelope = envelope or self._envelope()
+
+        async def chunks() -> AsyncGenerator[Any, None]:
             gen = record.generation = await self._gen.prepare_completion(convert.completion_request(request))
             async with self._gen.admitted(gen), contextlib.aclosing(completion_chunks(gen)) as admitted:
                 async for chunk in admitted:
                     yield chunk
 
-        async def completion_chunks(gen: Generation) -> AsyncGenerator[pb.CompletionChunk, None]:
+        async def completion_chunks(gen: Generation) -> AsyncGenerator[Any, None]:
             offsets = [0] * gen.n  # characters of each choice's text sent so far
+            plain = events is not None and gen.options.logprobs is None
             async with contextlib.aclosing(self._gen.stream(gen)) as deltas:
                 async for d in deltas:
+                    if plain and not d.finish_reason:
+                        assert events is not None
+                        yield events.text(gen.request_id, d.index, "text", d.text)
+                        continue
                     choice = pb.CompletionChunkChoice(index=d.index, text=d.text)
                     if d.finish_reason:
                         choice.finish_reason = d.finish_reason
@@ -264,12 +326,7 @@ class GenerateServicer(pb_grpc.GenerateServicer):
             if convert.include_usage(request):
                 yield pb.CompletionChunk(id=gen.request_id, **envelope, usage=usage_pb(gen.usage))
 
-        try:
-            async with contextlib.aclosing(_relay(context, pb.CompletionChunk, envelope, record, chunks())) as relay:
-                async for chunk in relay:
-                    yield chunk
-        finally:
-            self._calls.end(record)
+        return _relay(context, pb.CompletionChunk, envelope, record, chunks(), events is not None)
 
 
 def model_pb(info: ModelInfo, abilities: list[str]) -> pb.Model:
