@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any
@@ -120,7 +121,56 @@ async def _relay(
             yield chunk
 
 
-class ChatServicer(pb_grpc.ChatServicer):
+class _Streams:
+    """A streaming RPC's two forms around a subclass's `_chunks`: typed chunks for gRPC callers, and the same
+    chunks as Server-Sent Events (google.api.HttpBody) for the REST gateway."""
+
+    _calls: CallLog
+    _chunk_type: Any  # pb.ChatCompletionChunk or pb.CompletionChunk
+
+    def _envelope(self) -> dict[str, Any]:
+        """The fields every chunk of a stream shares but its id."""
+        raise NotImplementedError
+
+    def _chunks(
+        self,
+        request: Any,
+        context: grpc.aio.ServicerContext,
+        record: CallRecord,
+        events: sse.Events | None,
+        envelope: dict[str, Any],
+    ) -> AsyncGenerator[Any, None]:
+        """The stream's chunks, relayed. With `events`, the deltas that carry only text (almost every token's)
+        come as that event stream's HttpBody already, the rest as chunks."""
+        raise NotImplementedError
+
+    async def _typed(self, rpc: str, request: Any, context: grpc.aio.ServicerContext) -> AsyncGenerator[Any, None]:
+        record = self._calls.begin(rpc, context, request.model)
+        try:
+            async with contextlib.aclosing(self._chunks(request, context, record, None, self._envelope())) as relay:
+                async for chunk in relay:
+                    yield chunk
+        finally:
+            self._calls.end(record)
+
+    async def _events(
+        self, rpc: str, request: Any, context: grpc.aio.ServicerContext
+    ) -> AsyncGenerator[httpbody_pb2.HttpBody, None]:
+        record = self._calls.begin(rpc, context, request.model)
+        try:
+            envelope = self._envelope()
+            events = sse.Events(self._chunk_type(**envelope))
+            async with contextlib.aclosing(self._chunks(request, context, record, events, envelope)) as relay:
+                async for chunk in relay:
+                    yield chunk if isinstance(chunk, httpbody_pb2.HttpBody) else events.chunk(chunk)
+            yield events.body(sse.DONE)
+        finally:
+            self._calls.end(record)
+
+
+class ChatServicer(_Streams, pb_grpc.ChatServicer):
+    _chunk_type = pb.ChatCompletionChunk
+
     def __init__(self, generator: Generator, calls: CallLog) -> None:
         self._gen = generator
         self._calls = calls
@@ -152,30 +202,8 @@ class ChatServicer(pb_grpc.ChatServicer):
         finally:
             self._calls.end(record)
 
-    async def StreamChatCompletion(
-        self, request: pb.ChatCompletionRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncGenerator[pb.ChatCompletionChunk, None]:
-        record = self._calls.begin("StreamChatCompletion", context, request.model)
-        try:
-            async with contextlib.aclosing(self._chunks(request, context, record, None)) as relay:
-                async for chunk in relay:
-                    yield chunk
-        finally:
-            self._calls.end(record)
-
-    async def StreamChatCompletionEvents(
-        self, request: pb.ChatCompletionRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncGenerator[httpbody_pb2.HttpBody, None]:
-        record = self._calls.begin("StreamChatCompletionEvents", context, request.model)
-        try:
-            envelope = self._envelope()
-            events = sse.Events(pb.ChatCompletionChunk(**envelope))
-            async with contextlib.aclosing(self._chunks(request, context, record, events, envelope)) as relay:
-                async for chunk in relay:
-                    yield chunk if isinstance(chunk, httpbody_pb2.HttpBody) else events.chunk(chunk)
-            yield events.body(sse.DONE)
-        finally:
-            self._calls.end(record)
+    StreamChatCompletion = functools.partialmethod(_Streams._typed, "StreamChatCompletion")
+    StreamChatCompletionEvents = functools.partialmethod(_Streams._events, "StreamChatCompletionEvents")
 
     def _envelope(self) -> dict[str, Any]:
         return {"object": "chat.completion.chunk", "created": int(time.time()), "model": self._gen.model_name}
@@ -186,12 +214,8 @@ class ChatServicer(pb_grpc.ChatServicer):
         context: grpc.aio.ServicerContext,
         record: CallRecord,
         events: sse.Events | None,
-        envelope: dict[str, Any] | None = None,
+        envelope: dict[str, Any],
     ) -> AsyncGenerator[Any, None]:
-        """The stream's chunks, relayed. With `events`, the deltas that carry only text (almost every token's)
-        come as that event stream's HttpBody already, and the rest as chunks."""
-        envelope = envelope or self._envelope()
-
         async def chunks() -> AsyncGenerator[Any, None]:
             gen = record.generation = await self._gen.prepare_chat(convert.chat_request(request))
             async with self._gen.admitted(gen), contextlib.aclosing(chat_chunks(gen)) as admitted:
@@ -230,7 +254,9 @@ class ChatServicer(pb_grpc.ChatServicer):
         return _relay(context, pb.ChatCompletionChunk, envelope, record, chunks(), events is not None)
 
 
-class GenerateServicer(pb_grpc.GenerateServicer):
+class GenerateServicer(_Streams, pb_grpc.GenerateServicer):
+    _chunk_type = pb.CompletionChunk
+
     def __init__(self, generator: Generator, calls: CallLog) -> None:
         self._gen = generator
         self._calls = calls
@@ -261,30 +287,8 @@ class GenerateServicer(pb_grpc.GenerateServicer):
         finally:
             self._calls.end(record)
 
-    async def StreamCompletion(
-        self, request: pb.CompletionRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncGenerator[pb.CompletionChunk, None]:
-        record = self._calls.begin("StreamCompletion", context, request.model)
-        try:
-            async with contextlib.aclosing(self._chunks(request, context, record, None)) as relay:
-                async for chunk in relay:
-                    yield chunk
-        finally:
-            self._calls.end(record)
-
-    async def StreamCompletionEvents(
-        self, request: pb.CompletionRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncGenerator[httpbody_pb2.HttpBody, None]:
-        record = self._calls.begin("StreamCompletionEvents", context, request.model)
-        try:
-            envelope = self._envelope()
-            events = sse.Events(pb.CompletionChunk(**envelope))
-            async with contextlib.aclosing(self._chunks(request, context, record, events, envelope)) as relay:
-                async for chunk in relay:
-                    yield chunk if isinstance(chunk, httpbody_pb2.HttpBody) else events.chunk(chunk)
-            yield events.body(sse.DONE)
-        finally:
-            self._calls.end(record)
+    StreamCompletion = functools.partialmethod(_Streams._typed, "StreamCompletion")
+    StreamCompletionEvents = functools.partialmethod(_Streams._events, "StreamCompletionEvents")
 
     def _envelope(self) -> dict[str, Any]:
         return {"object": "text_completion", "created": int(time.time()), "model": self._gen.model_name}
@@ -295,11 +299,8 @@ class GenerateServicer(pb_grpc.GenerateServicer):
         context: grpc.aio.ServicerContext,
         record: CallRecord,
         events: sse.Events | None,
-        envelope: dict[str, Any] | None = None,
+        envelope: dict[str, Any],
     ) -> AsyncGenerator[Any, None]:
-        """As ChatServicer._chunks."""
-        envelope = envelope or self._envelope()
-
         async def chunks() -> AsyncGenerator[Any, None]:
             gen = record.generation = await self._gen.prepare_completion(convert.completion_request(request))
             async with self._gen.admitted(gen), contextlib.aclosing(completion_chunks(gen)) as admitted:
