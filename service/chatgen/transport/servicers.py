@@ -125,12 +125,14 @@ class _Streams:
     """A streaming RPC's two forms around a subclass's `_chunks`: typed chunks for gRPC callers, and the same
     chunks as Server-Sent Events (google.api.HttpBody) for the REST gateway."""
 
+    _gen: Generator
     _calls: CallLog
     _chunk_type: Any  # pb.ChatCompletionChunk or pb.CompletionChunk
+    _object: str  # the chunks' `object`
 
     def _envelope(self) -> dict[str, Any]:
         """The fields every chunk of a stream shares but its id."""
-        raise NotImplementedError
+        return {"object": self._object, "created": int(time.time()), "model": self._gen.model_name}
 
     def _chunks(
         self,
@@ -170,6 +172,7 @@ class _Streams:
 
 class ChatServicer(_Streams, pb_grpc.ChatServicer):
     _chunk_type = pb.ChatCompletionChunk
+    _object = "chat.completion.chunk"
 
     def __init__(self, generator: Generator, calls: CallLog) -> None:
         self._gen = generator
@@ -204,9 +207,6 @@ class ChatServicer(_Streams, pb_grpc.ChatServicer):
 
     StreamChatCompletion = functools.partialmethod(_Streams._typed, "StreamChatCompletion")
     StreamChatCompletionEvents = functools.partialmethod(_Streams._events, "StreamChatCompletionEvents")
-
-    def _envelope(self) -> dict[str, Any]:
-        return {"object": "chat.completion.chunk", "created": int(time.time()), "model": self._gen.model_name}
 
     def _chunks(
         self,
@@ -251,11 +251,12 @@ class ChatServicer(_Streams, pb_grpc.ChatServicer):
             if convert.include_usage(request):
                 yield pb.ChatCompletionChunk(id=gen.request_id, **envelope, usage=usage_pb(gen.usage))
 
-        return _relay(context, pb.ChatCompletionChunk, envelope, record, chunks(), events is not None)
+        return _relay(context, self._chunk_type, envelope, record, chunks(), events is not None)
 
 
 class GenerateServicer(_Streams, pb_grpc.GenerateServicer):
     _chunk_type = pb.CompletionChunk
+    _object = "text_completion"
 
     def __init__(self, generator: Generator, calls: CallLog) -> None:
         self._gen = generator
@@ -289,9 +290,6 @@ class GenerateServicer(_Streams, pb_grpc.GenerateServicer):
 
     StreamCompletion = functools.partialmethod(_Streams._typed, "StreamCompletion")
     StreamCompletionEvents = functools.partialmethod(_Streams._events, "StreamCompletionEvents")
-
-    def _envelope(self) -> dict[str, Any]:
-        return {"object": "text_completion", "created": int(time.time()), "model": self._gen.model_name}
 
     def _chunks(
         self,
@@ -327,7 +325,7 @@ class GenerateServicer(_Streams, pb_grpc.GenerateServicer):
             if convert.include_usage(request):
                 yield pb.CompletionChunk(id=gen.request_id, **envelope, usage=usage_pb(gen.usage))
 
-        return _relay(context, pb.CompletionChunk, envelope, record, chunks(), events is not None)
+        return _relay(context, self._chunk_type, envelope, record, chunks(), events is not None)
 
 
 def model_pb(info: ModelInfo, abilities: list[str]) -> pb.Model:
