@@ -156,8 +156,7 @@ def test_rest_answers_as_the_table_says(http: httpx.Client, example: Example, st
         assert response.status_code == 200, response.text
         events = [line[len("data: ") :] for line in response.text.split("\n\n") if line]
         assert events[-1] == "[DONE]"
-        error = json.loads(events[-2])["error"]
-        assert (error["type"], error["code"]) == (FAILURES[failure].openai_type, failure.value)
+        check_openai_error(json.loads(events[-2])["error"], failure, example.param)
         return
     assert response.status_code == FAILURES[failure].http_status, response.text
     assert response.headers["content-type"] == "application/json"

@@ -113,10 +113,15 @@ def test_slow_path_chunks_keep_every_field() -> None:
     assert got["logprobs"]["content"] == [{"token": "x", "logprob": -0.5, "bytes": [120], "top_logprobs": []}]
 
 
-def test_an_error_chunk_is_an_event_with_the_error() -> None:
+def test_an_error_chunk_is_an_event_with_the_whole_openai_error_object() -> None:
     chunk = pb.ChatCompletionChunk(**ENVELOPE, error=pb.ErrorDetail(message="engine died", type="t", code="c"))
     got = json.loads(parse(chat_events().chunk(chunk).data)[0])
-    assert got["error"] == {"message": "engine died", "type": "t", "code": "c"} and got["choices"] == []
+    # OpenAI's error object always has all four keys: an absent param is null, as in chatgen's other errors.
+    assert list(got["error"].items()) == [("message", "engine died"), ("type", "t"), ("param", None), ("code", "c")]
+    assert got["choices"] == []
+    with_param = pb.ErrorDetail(message="m", type="t", param="max_tokens", code="c")
+    got = json.loads(parse(chat_events().chunk(pb.ChatCompletionChunk(**ENVELOPE, error=with_param)).data)[0])
+    assert got["error"]["param"] == "max_tokens"
 
 
 def test_only_the_first_body_carries_the_content_type_and_done_is_the_terminator() -> None:

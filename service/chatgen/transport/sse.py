@@ -34,10 +34,13 @@ _PLACEHOLDER = "\x00chatgen-text\x00"
 def _in_field_order(data: dict[str, Any], descriptor: Descriptor) -> dict[str, Any]:
     """json_format's dict with its keys in the .proto's order (it puts fields printed for having no presence
     last), as the transcoder printed them: `"index"` first, as OpenAI sends it. The delta's empty `tool_calls`
-    is left out here."""
+    is left out here, and an error's absent `param` is `null`: OpenAI's error object always has all four keys,
+    as chatgen's other error replies do."""
     out: dict[str, Any] = {}
     for field in descriptor.fields:
         if field.name not in data:
+            if descriptor.name == "ErrorDetail":
+                out[field.name] = None
             continue
         value = data[field.name]
         kind = field.message_type
