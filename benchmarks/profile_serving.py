@@ -73,6 +73,9 @@ class Profile:
     envoy_cpu_s: float = 0.0
     server_us_per_token: float = 0.0
     envoy_us_per_token: float = 0.0
+    # Output tokens per content chunk: above 1 when vLLM merged a stream's tokens (its consumer was behind), which
+    # spreads the per-chunk costs (a gRPC write, an SSE event) over several tokens.
+    tokens_per_chunk: float = 0.0
     samples: int = 0
     layers: dict[str, float] = field(default_factory=dict)
     self_time: dict[str, float] = field(default_factory=dict)
@@ -159,6 +162,8 @@ async def measure(
     seconds = time.monotonic() - started
     server_cpu, envoy_cpu = cpu_seconds(main) - before, cpu_seconds(envoy) - envoy_before
     tokens = sum(r.output_tokens for r in results if r.ok)
+    # A stream's first content chunk starts its clock, each later one adds an inter-token gap.
+    chunks = sum(len(r.itls) + 1 for r in results if r.ok and r.output_tokens)
     profile = Profile(
         server,
         protocol,
@@ -170,6 +175,7 @@ async def measure(
         envoy_cpu,
         server_cpu / tokens * 1e6 if tokens else 0.0,
         envoy_cpu / tokens * 1e6 if tokens else 0.0,
+        tokens / chunks if chunks else 0.0,
     )
     if spy is not None:
         _, err = spy.communicate(timeout=120)
@@ -247,11 +253,11 @@ async def run(args: argparse.Namespace) -> list[Profile]:
 
 def report(profiles: list[Profile]) -> None:
     head = f"{'server':<12}{'protocol':<10}{'tokens':>8}{'tok/s':>8}{'errors':>8}{'server µs/tok':>15}"
-    print(f"\n{head}{'envoy µs/tok':>14}")
+    print(f"\n{head}{'envoy µs/tok':>14}{'tok/chunk':>11}")
     for p in profiles:
         print(
             f"{p.server:<12}{p.protocol:<10}{p.output_tokens:>8}{p.output_tokens / p.seconds:>8.1f}{p.errors:>8}"
-            f"{p.server_us_per_token:>15.0f}{p.envoy_us_per_token:>14.0f}"
+            f"{p.server_us_per_token:>15.0f}{p.envoy_us_per_token:>14.0f}{p.tokens_per_chunk:>11.2f}"
         )
     for p in profiles:
         if not p.samples:

@@ -78,6 +78,8 @@ def test_profiler_smoke_run(tmp_path: Path, model_dir: Path) -> None:
     assert set(profiles) == {"grpc", "rest"}
     for p in profiles.values():
         assert p["errors"] == 0 and p["output_tokens"] > 0 and p["server_us_per_token"] > 0, p
+        # The simulator's engine yields one token at a time, and the stream relays each one as it comes.
+        assert 1.0 <= p["tokens_per_chunk"] < 1.1, p
         # The sampler saw the serving process at work, and chatgen's own code among it.
         assert p["samples"] > 50 and abs(sum(p["layers"].values()) - 1) < 1e-6, p
         assert p["layers"].get("chatgen", 0) > 0 and p["chatgen_functions"], p
