@@ -14,6 +14,9 @@ through Envoy; (d) SMG, the Rust OpenAI gateway, in front of vLLM's own gRPC wor
 vLLM's AsyncLLM in this process, the ceiling; (f) chatgen gRPC on its transformers fallback engine and (g)
 transformers' own generate() on the same prompts, its baseline. With --simulator TTFT_MS,ITL_MS: only chatgen, on
 the token simulator (no model), over gRPC (b), REST (c) and REST from a bare HTTP client (h): what Envoy adds.
+The REST targets (a), (c) and (d) use httpx, the openai SDK's client; --http-client bare drives them with the bare
+client instead, whose own cost per chunk is about the gRPC client's: where the benchmark shares the CPU with the
+servers, or one Python client process cannot keep up with them, httpx's parsing caps the REST targets first.
 
 All servers start first, with the engine settings of chatgen.engine.vllm_args (plus --engine-arg); then every
 target takes its turn at every concurrency level, a few requests per client at a time, while the others sit idle,
@@ -49,7 +52,15 @@ from typing import Any
 
 from benchmarks.clients import Result, Timer
 from benchmarks.local_server import pct
-from benchmarks.targets import EngineSetup, Send, chatgen_senders, openai_sender, smg_serve, vllm_serve
+from benchmarks.targets import (
+    HTTP_CLIENTS,
+    EngineSetup,
+    Send,
+    chatgen_senders,
+    openai_sender,
+    smg_serve,
+    vllm_serve,
+)
 from benchmarks.tiny_model import MODEL_HELP, bench_model
 from benchmarks.workload import Request, prompt_ids, replay, synthetic
 
@@ -216,17 +227,21 @@ Opener = Callable[[], contextlib.AbstractAsyncContextManager[Senders]]
 
 
 @contextlib.asynccontextmanager
-async def openai_server(serve: Any, setup: EngineSetup, target: str, max_connections: int) -> AsyncIterator[Senders]:
-    """(a) or (d): a server process with an OpenAI API, and httpx as its client."""
+async def openai_server(
+    serve: Any, setup: EngineSetup, target: str, max_connections: int, http_client: str
+) -> AsyncIterator[Senders]:
+    """(a) or (d): a server process with an OpenAI API, and `http_client` as its client."""
     with serve(setup) as served:
-        async with openai_sender(served.base, setup.served_name, max_connections) as send:
+        async with openai_sender(served.base, setup.served_name, max_connections, http_client) as send:
             yield {target: send}
 
 
 @contextlib.asynccontextmanager
-async def chatgen(setup: EngineSetup, on: set[str], max_connections: int, *flags: str) -> AsyncIterator[Senders]:
-    """(b), (c) and (h): one `chatgen serve`, over gRPC, REST (httpx) and REST (bare client)."""
-    async with chatgen_senders(setup, max_connections, *flags) as send:
+async def chatgen(
+    setup: EngineSetup, on: set[str], max_connections: int, http_client: str, *flags: str
+) -> AsyncIterator[Senders]:
+    """(b), (c) and (h): one `chatgen serve`, over gRPC, REST (`http_client`) and REST (bare client)."""
+    async with chatgen_senders(setup, max_connections, *flags, http_client=http_client) as send:
         all_of = {"grpc": send.grpc, "rest": send.rest, "raw-rest": send.raw_rest}
         yield {target: s for target, s in all_of.items() if target in on}
 
@@ -347,18 +362,20 @@ def openers(args: argparse.Namespace, setup: EngineSetup) -> list[Opener]:
     if args.simulator:
         # No model runs: a fixed token schedule, so the only differences between (b), (c) and (h) are Envoy's.
         flags = ("--engine", "simulator", "--simulator-timing", f"{args.simulator},{args.output_len}")
-        return [functools.partial(chatgen, replace(setup, engine_argv=()), targets, connections, *flags)]
+        return [
+            functools.partial(chatgen, replace(setup, engine_argv=()), targets, connections, args.http_client, *flags)
+        ]
     if not args.apart:
         # Every vLLM engine resident at once: on a GPU, each gets its share of the memory.
         engines = len(targets & {"vllm", "smg", "engine"}) + bool(targets & CHATGEN_TARGETS)
         setup = setup.sharing_gpu(engines)
     out: list[Opener] = []
     if "vllm" in targets:
-        out.append(functools.partial(openai_server, vllm_serve, setup, "vllm", connections))
+        out.append(functools.partial(openai_server, vllm_serve, setup, "vllm", connections, args.http_client))
     if "smg" in targets:
-        out.append(functools.partial(openai_server, smg_serve, setup, "smg", connections))
+        out.append(functools.partial(openai_server, smg_serve, setup, "smg", connections, args.http_client))
     if targets & CHATGEN_TARGETS:
-        out.append(functools.partial(chatgen, setup, targets, connections))
+        out.append(functools.partial(chatgen, setup, targets, connections, args.http_client))
     if "engine" in targets:
         out.append(functools.partial(engine_in_process, setup))
     if "hf" in targets:
@@ -473,7 +490,9 @@ def pooled(levels: list[Level]) -> dict[str, float]:
     return out
 
 
-def print_report(levels: list[Level], table: dict[str, dict[str, float]], together: dict[str, float]) -> None:
+def print_report(
+    levels: list[Level], table: dict[str, dict[str, float]], together: dict[str, float], http_client: str
+) -> None:
     head = (
         f"{'target':<30}{'conc':>5}{'ok':>6}{'req/s':>8}{'tok/s':>9}{'TTFT p50':>10}{'p99':>8}{'ITL p50':>9}{'p99':>8}"
     )
@@ -496,6 +515,7 @@ def print_report(levels: list[Level], table: dict[str, dict[str, float]], togeth
             cells.append(f"{cell:>22}")
         print(f"{c:>5}" + "".join(cells))
     print("[low,high]: 95 % confidence interval from paired rounds; all: every level's paired rounds pooled")
+    print(f"OpenAI REST targets (a, c, d) driven by the {http_client} HTTP client; (h) by the bare one")
 
 
 def plot(levels: list[Level], path: Path) -> None:
@@ -545,13 +565,14 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         sweep.progress.close()
     table = ratios(sweep.levels)
     together = pooled(sweep.levels)
-    print_report(sweep.levels, table, together)
+    print_report(sweep.levels, table, together, args.http_client)
     report = {
         "settings": {
             "model": choice.path,
             "concurrency": args.concurrency,
             "engine_args": setup.vllm_argv(),
             "simulator": args.simulator,
+            "http_client": args.http_client,
             "workload": {
                 "replay": args.replay,
                 "seed": args.seed,
@@ -615,6 +636,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--apart",
         action="store_true",
         help="start one server at a time (default: all at once, taking turns; needs memory for all of them)",
+    )
+    parser.add_argument(
+        "--http-client",
+        choices=HTTP_CLIENTS,
+        default="httpx",
+        help="the client of the OpenAI REST targets (a), (c) and (d): httpx, as the openai SDK uses (default), or "
+        "bare, an asyncio HTTP/1.1 client about as cheap per chunk as the gRPC client, so that the servers and not "
+        "the client are what is compared where the client shares the CPU",
     )
     parser.add_argument("--smoke", action="store_true", help="a tiny sweep that checks the harness still works")
     return parser

@@ -36,7 +36,7 @@ from pathlib import Path
 import psutil
 
 from benchmarks.clients import Result
-from benchmarks.targets import EngineSetup, Send, chatgen_senders, openai_sender, vllm_serve
+from benchmarks.targets import HTTP_CLIENTS, EngineSetup, Send, chatgen_senders, openai_sender, vllm_serve
 from benchmarks.tiny_model import MODEL_HELP, bench_model
 from benchmarks.workload import Request, synthetic
 
@@ -235,7 +235,7 @@ async def run(args: argparse.Namespace) -> list[Profile]:
     setup, workload = prepare(args.model, args)
     profiles = []
     flags = simulator_flags(args.simulator, args.output_len) if args.simulator else ()
-    async with chatgen_senders(setup, args.concurrency + 8, *flags) as send:
+    async with chatgen_senders(setup, args.concurrency + 8, *flags, http_client=args.http_client) as send:
         main, envoy = psutil.Process(send.server.pid), envoy_child(send.server.pid)
         for request in workload[:2]:
             await send.grpc(request)
@@ -243,7 +243,8 @@ async def run(args: argparse.Namespace) -> list[Profile]:
         profiles.append(await measure("chatgen", "rest", send.rest, workload, args, main, envoy))
     if args.compare_vllm and not args.simulator:
         with vllm_serve(setup) as served:
-            async with openai_sender(served.base, setup.served_name, args.concurrency + 8) as send_vllm:
+            connections = args.concurrency + 8
+            async with openai_sender(served.base, setup.served_name, connections, args.http_client) as send_vllm:
                 for request in workload[:2]:
                     await send_vllm(request)
                 api = psutil.Process(served.pid)
@@ -289,6 +290,12 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         metavar="TTFT_MS,ITL_MS",
         help="serve from the token simulator instead of vLLM, so that the serving stack is the bottleneck",
+    )
+    parser.add_argument(
+        "--http-client",
+        choices=HTTP_CLIENTS,
+        default="httpx",
+        help="the REST client (chatgen through Envoy, and `vllm serve`): httpx as the openai SDK uses, or bare",
     )
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)

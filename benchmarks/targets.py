@@ -189,9 +189,26 @@ class ChatgenSenders:
     raw_rest: Send
 
 
+# The HTTP clients a benchmark can drive OpenAI-compatible servers with: httpx, the client the `openai` SDK uses
+# (what an SDK caller's process does per chunk), or a bare asyncio HTTP/1.1 client (clients.RawHttp), whose own
+# cost per chunk is about the gRPC client's, so that on a few cores the servers are what is measured.
+HTTP_CLIENTS = ("httpx", "bare")
+
+
 @contextlib.asynccontextmanager
-async def openai_sender(base: str, model: str, max_connections: int) -> AsyncIterator[Send]:
-    """Streamed chat requests to an OpenAI-compatible server (vllm serve, SMG, chatgen via Envoy) over httpx."""
+async def openai_sender(base: str, model: str, max_connections: int, client: str = "httpx") -> AsyncIterator[Send]:
+    """Streamed chat requests to an OpenAI-compatible server (vllm serve, SMG, chatgen via Envoy) over `client`,
+    one of HTTP_CLIENTS."""
+    if client == "bare":
+        host, port = base.removeprefix("http://").rsplit(":", 1)
+        raw = RawHttp(host, int(port), model)
+        try:
+            yield raw.chat
+        finally:
+            raw.close()
+        return
+    if client != "httpx":
+        raise ValueError(f"unknown HTTP client {client!r} (one of {', '.join(HTTP_CLIENTS)})")
     limits = httpx.Limits(max_connections=max_connections)
     async with httpx.AsyncClient(base_url=base, timeout=3600, limits=limits) as http:
 
@@ -202,7 +219,10 @@ async def openai_sender(base: str, model: str, max_connections: int) -> AsyncIte
 
 
 @contextlib.asynccontextmanager
-async def chatgen_senders(setup: EngineSetup, max_connections: int, *flags: str) -> AsyncIterator[ChatgenSenders]:
+async def chatgen_senders(
+    setup: EngineSetup, max_connections: int, *flags: str, http_client: str = "httpx"
+) -> AsyncIterator[ChatgenSenders]:
+    """`rest` over `http_client` (one of HTTP_CLIENTS), `raw_rest` always over the bare client."""
     import grpc
 
     from chatgen.v1 import chatgen_pb2_grpc as pb_grpc
@@ -210,16 +230,12 @@ async def chatgen_senders(setup: EngineSetup, max_connections: int, *flags: str)
     with chatgen_serve(setup, *flags) as server:
         async with (
             grpc.aio.insecure_channel(server.grpc_address) as channel,
-            openai_sender(server.http_base, setup.served_name, max_connections) as send_rest,
+            openai_sender(server.http_base, setup.served_name, max_connections, http_client) as send_rest,
+            openai_sender(server.http_base, setup.served_name, max_connections, "bare") as send_raw,
         ):
             stub = pb_grpc.ChatStub(channel)
-            host, port = server.http_base.removeprefix("http://").rsplit(":", 1)
-            raw = RawHttp(host, int(port), setup.served_name)
 
             async def send_grpc(request: Request) -> Result:
                 return await grpc_chat(stub, setup.served_name, request)
 
-            try:
-                yield ChatgenSenders(server, send_grpc, send_rest, raw.chat)
-            finally:
-                raw.close()
+            yield ChatgenSenders(server, send_grpc, send_rest, send_raw)

@@ -24,6 +24,9 @@ TARGETS = ("vllm", "smg", "grpc", "rest", "hf", "transformers")
 def test_benchmark_smoke_run(tmp_path: Path, model_dir: Path) -> None:
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
     command = [sys.executable, "-m", "benchmarks.bench_serving", "--smoke", "--targets", ",".join(TARGETS)]
+    # The bare HTTP client here (its parsing of `vllm serve`'s and SMG's streams is what this run can check);
+    # httpx, the default, drives REST in the simulator run below.
+    command += ["--http-client", "bare"]
     result = subprocess.run(
         [*command, "--json", str(out), "--plot", str(png)],
         cwd=REPO,
@@ -35,6 +38,7 @@ def test_benchmark_smoke_run(tmp_path: Path, model_dir: Path) -> None:
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads(out.read_text())
+    assert report["settings"]["http_client"] == "bare"
     levels = report["levels"]
     assert {(lv["target"], lv["concurrency"]) for lv in levels} == {(t, c) for t in TARGETS for c in (1, 4)}
     for lv in levels:
@@ -99,7 +103,7 @@ def test_envoy_overhead_run_on_the_token_simulator(tmp_path: Path, model_dir: Pa
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads(out.read_text())
-    assert report["settings"]["simulator"] == "5,1"
+    assert report["settings"]["simulator"] == "5,1" and report["settings"]["http_client"] == "httpx"
     levels = report["levels"]
     assert {(lv["target"], lv["concurrency"]) for lv in levels} == {
         (t, c) for t in ("grpc", "rest", "raw-rest") for c in (1, 2)
