@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -441,6 +442,9 @@ async def serve(args: argparse.Namespace) -> int:
             envoy = EnvoyProcess(gateway_settings(args, tls, _local(args.host), server.port, default_work_dir()))
             envoy.start()
             await envoy.wait_ready()
+        frozen = freeze_startup_heap()
+        note = f"[chatgen] {frozen} start-up objects frozen out of the garbage collector's reach"
+        print(note, file=sys.stderr, flush=True)
         return await _run_until_stopped(args, engine, server, envoy, admission)
     finally:
         print("[chatgen] shutting down", file=sys.stderr, flush=True)
@@ -450,6 +454,16 @@ async def serve(args: argparse.Namespace) -> int:
         if envoy is not None:
             envoy.stop()
         await engine.shutdown()
+
+
+def freeze_startup_heap() -> int:
+    """Move every object alive once the server is up (torch, transformers, vLLM, the tokenizer: ≈ 700,000 with
+    vLLM) out of the garbage collector's reach, as `vllm serve` does (vllm.utils.gc_utils.freeze_gc_heap).
+    Otherwise each full collection walks them all: ≈ 300 ms with the event loop stopped, every stream in flight
+    stalled (inter-token p99 of 400-500 ms under load). Returns how many objects are frozen."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 async def _watch_engine(engine: Engine, interval: float = 1.0) -> str:
