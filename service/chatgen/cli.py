@@ -405,7 +405,9 @@ async def serve(args: argparse.Namespace) -> int:
         simulator=_simulator_timing(args.simulator_timing),
         engine_argv=args.engine_argv,
     )
-    print(f"[chatgen] starting the {engine.name} engine on {choice.path}", file=sys.stderr, flush=True)
+    loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
+    note = f"[chatgen] starting the {engine.name} engine on {choice.path} ({loop} event loop)"
+    print(note, file=sys.stderr, flush=True)
     started = time.monotonic()
     await engine.start()
     print(f"[chatgen] engine ready in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
@@ -454,6 +456,17 @@ async def serve(args: argparse.Namespace) -> int:
         if envoy is not None:
             envoy.stop()
         await engine.shutdown()
+
+
+def _event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where it is installed (vLLM depends on it; `vllm serve` runs on it through uvicorn), else asyncio's
+    own loop. Every token of every stream is a few loop callbacks (grpc's completions, the generators that
+    relay it), and uvloop runs them in C."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def freeze_startup_heap() -> int:
@@ -549,7 +562,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if args.command == "serve":
-        return asyncio.run(serve(args))
+        with asyncio.Runner(loop_factory=_event_loop_factory()) as runner:
+            return runner.run(serve(args))
     if args.command == "gateway":
         return gateway(args)
     if args.command == "gateway-drain":

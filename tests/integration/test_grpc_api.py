@@ -240,6 +240,11 @@ def test_server_runs_the_requested_engine(service: Service) -> None:
     assert f"model '{MODEL_NAME}' ({service.engine})" in ready[0]
 
 
+def test_the_server_runs_on_uvloop(service: Service) -> None:
+    starting = [line for line in service.log if "[chatgen] starting the" in line]
+    assert len(starting) == 1 and starting[0].rstrip().endswith("(uvloop event loop)"), starting
+
+
 def test_the_start_up_heap_is_frozen_out_of_the_garbage_collectors_reach(service: Service) -> None:
     # Else every full collection walks torch's, transformers' and vLLM's objects: a pause of ≈ 300 ms that stalls
     # every stream in flight.
