@@ -50,7 +50,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks.clients import Result, Timer
+from benchmarks.clients import Result, Timer, frozen_heap
 from benchmarks.local_server import pct
 from benchmarks.targets import (
     HTTP_CLIENTS,
@@ -396,8 +396,9 @@ async def run_sweep(sweep: Sweep, openers: list[Opener], apart: bool) -> None:
                 senders.update(await stack.enter_async_context(open_()))
             for send in senders.values():
                 await sweep.warm_up(send)
-            for c in sweep.args.concurrency:
-                await sweep.take_turns(senders, c)
+            with frozen_heap():
+                for c in sweep.args.concurrency:
+                    await sweep.take_turns(senders, c)
 
 
 # ---- report -----------------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from benchmarks.clients import frozen_heap
 from benchmarks.profile_serving import (
     add_workload_arguments,
     cpu_seconds,
@@ -63,6 +64,23 @@ async def one_round(senders: ChatgenSenders, workload: list[Request], concurrenc
     return Round(tokens / elapsed, envoy_cpu / tokens * 1e6 if tokens else 0.0, sum(not r.ok for r in results))
 
 
+async def one_paired_round(
+    i: int, args: argparse.Namespace, counts: list[WorkerCount], servers: list[ChatgenSenders], workload: list[Request]
+) -> None:
+    """Round i: every worker count's server in turn (each round starting with the next), paired with the first."""
+    order = [(i + k) % len(counts) for k in range(len(counts))]
+    measured = {k: await one_round(servers[k], workload, args.concurrency, args.seconds) for k in order}
+    first = measured[0].tokens_per_s
+    for k, count in enumerate(counts):
+        count.rounds.append(measured[k])
+        count.ratios.append(measured[k].tokens_per_s / first if first else 0.0)
+    print(
+        f"round {i + 1}/{args.rounds}: "
+        + ", ".join(f"{c.workers} workers {measured[k].tokens_per_s:.0f} tok/s" for k, c in enumerate(counts)),
+        flush=True,
+    )
+
+
 async def run(args: argparse.Namespace) -> list[WorkerCount]:
     setup, workload = prepare(None, args)
     flags = simulator_flags(args.simulator, args.output_len)
@@ -74,18 +92,9 @@ async def run(args: argparse.Namespace) -> list[WorkerCount]:
             servers.append(await stack.enter_async_context(chatgen_senders(setup, args.concurrency + 8, *flags, *flag)))
             for request in workload[:4]:
                 await servers[-1].raw_rest(request)
-        for i in range(args.rounds):
-            order = [(i + k) % len(counts) for k in range(len(counts))]
-            measured = {k: await one_round(servers[k], workload, args.concurrency, args.seconds) for k in order}
-            first = measured[0].tokens_per_s
-            for k, count in enumerate(counts):
-                count.rounds.append(measured[k])
-                count.ratios.append(measured[k].tokens_per_s / first if first else 0.0)
-            print(
-                f"round {i + 1}/{args.rounds}: "
-                + ", ".join(f"{c.workers} workers {measured[k].tokens_per_s:.0f} tok/s" for k, c in enumerate(counts)),
-                flush=True,
-            )
+        with frozen_heap():
+            for i in range(args.rounds):
+                await one_paired_round(i, args, counts, servers, workload)
     return counts
 
 

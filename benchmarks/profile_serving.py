@@ -35,7 +35,7 @@ from pathlib import Path
 
 import psutil
 
-from benchmarks.clients import Result
+from benchmarks.clients import Result, frozen_heap
 from benchmarks.targets import HTTP_CLIENTS, EngineSetup, Send, chatgen_senders, openai_sender, vllm_serve
 from benchmarks.tiny_model import MODEL_HELP, bench_model
 from benchmarks.workload import Request, synthetic
@@ -239,8 +239,9 @@ async def run(args: argparse.Namespace) -> list[Profile]:
         main, envoy = psutil.Process(send.server.pid), envoy_child(send.server.pid)
         for request in workload[:2]:
             await send.grpc(request)
-        profiles.append(await measure("chatgen", "grpc", send.grpc, workload, args, main, None))
-        profiles.append(await measure("chatgen", "rest", send.rest, workload, args, main, envoy))
+        with frozen_heap():
+            profiles.append(await measure("chatgen", "grpc", send.grpc, workload, args, main, None))
+            profiles.append(await measure("chatgen", "rest", send.rest, workload, args, main, envoy))
     if args.compare_vllm and not args.simulator:
         with vllm_serve(setup) as served:
             connections = args.concurrency + 8
@@ -248,7 +249,8 @@ async def run(args: argparse.Namespace) -> list[Profile]:
                 for request in workload[:2]:
                     await send_vllm(request)
                 api = psutil.Process(served.pid)
-                profiles.append(await measure("vllm serve", "rest", send_vllm, workload, args, api, None))
+                with frozen_heap():
+                    profiles.append(await measure("vllm serve", "rest", send_vllm, workload, args, api, None))
     return profiles
 
 

@@ -456,6 +456,9 @@ async def serve(args: argparse.Namespace) -> int:
         if envoy is not None:
             envoy.stop()
         await engine.shutdown()
+        # Frozen objects are never collected, not even at exit, where native extensions (triton's nanobind) then
+        # report them as leaks.
+        gc.unfreeze()
 
 
 def _event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
