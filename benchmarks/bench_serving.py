@@ -516,7 +516,8 @@ def print_report(
             cells.append(f"{cell:>22}")
         print(f"{c:>5}" + "".join(cells))
     print("[low,high]: 95 % confidence interval from paired rounds; all: every level's paired rounds pooled")
-    print(f"OpenAI REST targets (a, c, d) driven by the {http_client} HTTP client; (h) by the bare one")
+    bare_h = "" if http_client == "bare" else "; (h) on the bare one"
+    print(f"OpenAI REST targets (a, c, d) on the {http_client} HTTP client{bare_h}")
 
 
 def plot(levels: list[Level], path: Path) -> None:
