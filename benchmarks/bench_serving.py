@@ -53,9 +53,9 @@ from typing import Any
 from benchmarks.clients import Result, Timer, frozen_heap
 from benchmarks.local_server import pct
 from benchmarks.targets import (
-    HTTP_CLIENTS,
     EngineSetup,
     Send,
+    add_http_client_argument,
     chatgen_senders,
     openai_sender,
     smg_serve,
@@ -639,14 +639,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="start one server at a time (default: all at once, taking turns; needs memory for all of them)",
     )
-    parser.add_argument(
-        "--http-client",
-        choices=HTTP_CLIENTS,
-        default="httpx",
-        help="the client of the OpenAI REST targets (a), (c) and (d): httpx, as the openai SDK uses (default), or "
-        "bare, an asyncio HTTP/1.1 client about as cheap per chunk as the gRPC client, so that the servers and not "
-        "the client are what is compared where the client shares the CPU",
-    )
+    add_http_client_argument(parser)  # for (a), (c) and (d)
     parser.add_argument("--smoke", action="store_true", help="a tiny sweep that checks the harness still works")
     return parser
 

@@ -36,7 +36,14 @@ from pathlib import Path
 import psutil
 
 from benchmarks.clients import Result, frozen_heap
-from benchmarks.targets import HTTP_CLIENTS, EngineSetup, Send, chatgen_senders, openai_sender, vllm_serve
+from benchmarks.targets import (
+    EngineSetup,
+    Send,
+    add_http_client_argument,
+    chatgen_senders,
+    openai_sender,
+    vllm_serve,
+)
 from benchmarks.tiny_model import MODEL_HELP, bench_model
 from benchmarks.workload import Request, synthetic
 
@@ -293,12 +300,7 @@ def main(argv: list[str] | None = None) -> None:
         metavar="TTFT_MS,ITL_MS",
         help="serve from the token simulator instead of vLLM, so that the serving stack is the bottleneck",
     )
-    parser.add_argument(
-        "--http-client",
-        choices=HTTP_CLIENTS,
-        default="httpx",
-        help="the REST client (chatgen through Envoy, and `vllm serve`): httpx as the openai SDK uses, or bare",
-    )
+    add_http_client_argument(parser)  # for chatgen through Envoy and `vllm serve`
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     profiles = asyncio.run(run(args))

@@ -6,6 +6,7 @@ Engine settings come from one place, chatgen.engine.vllm_args.EngineDefaults plu
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib.util
 import os
@@ -193,6 +194,17 @@ class ChatgenSenders:
 # (what an SDK caller's process does per chunk), or a bare asyncio HTTP/1.1 client (clients.RawHttp), whose own
 # cost per chunk is about the gRPC client's, so that on a few cores the servers are what is measured.
 HTTP_CLIENTS = ("httpx", "bare")
+
+
+def add_http_client_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--http-client",
+        choices=HTTP_CLIENTS,
+        default="httpx",
+        help="the client of the OpenAI REST targets: httpx, as the openai SDK uses (default), or bare, an asyncio "
+        "HTTP/1.1 client about as cheap per chunk as the gRPC client, so that the servers and not the client are "
+        "what is compared where the client shares the CPU",
+    )
 
 
 @contextlib.asynccontextmanager
