@@ -7,6 +7,7 @@ import asyncio
 import gc
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
@@ -414,6 +415,9 @@ async def serve(args: argparse.Namespace) -> int:
 
     server: GrpcServer | None = None
     envoy: EnvoyProcess | None = None
+    work_dir = default_work_dir()
+    # Envoy's rendered config goes there; a directory this process made is removed when it exits.
+    made_work_dir = not work_dir.exists()
     try:
         metrics = Metrics(engine) if args.metrics_port else None
         admission = Admission(limits, on_reject=metrics.rejected.inc if metrics is not None else None)
@@ -441,7 +445,7 @@ async def serve(args: argparse.Namespace) -> int:
         else:
             await _tls_listening(_local(args.host), server.port)
         if not args.no_gateway:
-            envoy = EnvoyProcess(gateway_settings(args, tls, _local(args.host), server.port, default_work_dir()))
+            envoy = EnvoyProcess(gateway_settings(args, tls, _local(args.host), server.port, work_dir))
             envoy.start()
             await envoy.wait_ready()
         frozen = freeze_startup_heap()
@@ -455,6 +459,8 @@ async def serve(args: argparse.Namespace) -> int:
             await server.stop(0)
         if envoy is not None:
             envoy.stop()
+        if made_work_dir:
+            shutil.rmtree(work_dir, ignore_errors=True)
         await engine.shutdown()
         # Frozen objects are never collected, not even at exit, where native extensions (triton's nanobind) then
         # report them as leaks.

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import time
+from pathlib import Path
 
 import grpc
 import httpx
@@ -75,6 +77,17 @@ async def test_sigterm_refuses_new_requests_finishes_live_streams_then_exits_0(e
                 asyncio.ensure_future(grpc_stream(channel, 30, flags[2])),
             ]
             await asyncio.wait_for(asyncio.gather(*(f.wait() for f in flags)), 120)
+            # What the server leaves on disk while it runs: Envoy's rendered config, and vLLM's engine-core
+            # sockets in a directory of its own (vLLM's default, /tmp, keeps them after every exit).
+            run_dir = Path(f"/tmp/chatgen-test-{os.getpid()}-{svc.grpc_address.rsplit(':', 1)[1]}")
+            assert (run_dir / "envoy.yaml").is_file()
+            ipc_dir = None
+            if engine == "vllm":
+                server = psutil.Process(svc.process.pid)
+                sockets = {Path(c.laddr) for c in server.net_connections(kind="unix") if c.laddr}
+                assert len({path.parent for path in sockets}) == 1, sockets
+                ipc_dir = sockets.pop().parent
+                assert ipc_dir.name.startswith("chatgen-vllm-ipc-") and any(ipc_dir.iterdir()), ipc_dir
 
             svc.process.send_signal(signal.SIGTERM)
             deadline = time.monotonic() + 10
@@ -105,6 +118,9 @@ async def test_sigterm_refuses_new_requests_finishes_live_streams_then_exits_0(e
             assert all("error" not in c for c in chunks)
         assert grpc_chunks[-1].choices[0].finish_reason == "length"  # type: ignore[attr-defined]
         assert await wait_exit(svc, 60) == 0
+        # A clean exit leaves nothing behind.
+        assert not run_dir.exists()
+        assert ipc_dir is None or not ipc_dir.exists()
 
 
 def engine_core(pid: int) -> psutil.Process:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
@@ -57,6 +59,7 @@ class VllmEngine(Engine):
         self._llm: Any = None
         self._tokenizer: Any = None
         self._model: ModelInfo | None = None
+        self._ipc_dir: str | None = None
         # Parsed now, so a bad vLLM flag stops `chatgen serve` before any model loads.
         self.engine_args = engine_args(
             EngineDefaults(
@@ -85,7 +88,15 @@ class VllmEngine(Engine):
 
         s = self._settings
         os.environ.update(cpu_kv_cache_env(dict(os.environ), s.cpu_kv_cache_gib))
-        self._llm = AsyncLLM.from_engine_args(self.engine_args)
+        if "VLLM_RPC_BASE_PATH" not in os.environ:
+            # vLLM's engine-core sockets (ZMQ ipc files) go to /tmp by default and stay there after every exit,
+            # even a clean one: a directory of this process's own instead, removed at shutdown.
+            self._ipc_dir = os.environ["VLLM_RPC_BASE_PATH"] = tempfile.mkdtemp(prefix="chatgen-vllm-ipc-")
+        try:
+            self._llm = AsyncLLM.from_engine_args(self.engine_args)
+        except BaseException:
+            self._remove_ipc_dir()
+            raise
         self._tokenizer = self._llm.get_tokenizer()
         self._model = ModelInfo(
             name=s.served_model_name,
@@ -176,6 +187,13 @@ class VllmEngine(Engine):
         if self._llm is not None:
             self._llm.shutdown()
             self._llm = None
+        self._remove_ipc_dir()
+
+    def _remove_ipc_dir(self) -> None:
+        if self._ipc_dir is not None:
+            shutil.rmtree(self._ipc_dir, ignore_errors=True)
+            os.environ.pop("VLLM_RPC_BASE_PATH", None)
+            self._ipc_dir = None
 
 
 def _logprobs(
