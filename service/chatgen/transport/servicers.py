@@ -122,8 +122,9 @@ async def _relay(
 
 
 class _Streams:
-    """A streaming RPC's two forms around a subclass's `_chunks`: typed chunks for gRPC callers, and the same
-    chunks as Server-Sent Events (google.api.HttpBody) for the REST gateway."""
+    """A streaming RPC's two forms: typed chunks for gRPC callers, and the same chunks as Server-Sent Events
+    (google.api.HttpBody) for the REST gateway. A subclass prepares its request (`_prepare`) and turns the
+    generation's deltas into chunks (`_delta_chunks`); the rest is shared."""
 
     _gen: Generator
     _calls: CallLog
@@ -134,6 +135,16 @@ class _Streams:
         """The fields every chunk of a stream shares but its id."""
         return {"object": self._object, "created": int(time.time()), "model": self._gen.model_name}
 
+    async def _prepare(self, request: Any) -> Generation:
+        raise NotImplementedError
+
+    def _delta_chunks(
+        self, request: Any, gen: Generation, events: sse.Events | None, envelope: dict[str, Any]
+    ) -> AsyncGenerator[Any, None]:
+        """The chunks of an admitted generation. With `events`, the deltas that carry only text (almost every
+        token's) come as that event stream's HttpBody already, the rest as chunks."""
+        raise NotImplementedError
+
     def _chunks(
         self,
         request: Any,
@@ -142,9 +153,16 @@ class _Streams:
         events: sse.Events | None,
         envelope: dict[str, Any],
     ) -> AsyncGenerator[Any, None]:
-        """The stream's chunks, relayed. With `events`, the deltas that carry only text (almost every token's)
-        come as that event stream's HttpBody already, the rest as chunks."""
-        raise NotImplementedError
+        """The stream's chunks, relayed: the request prepared, admitted, then its generation's chunks."""
+
+        async def chunks() -> AsyncGenerator[Any, None]:
+            gen = record.generation = await self._prepare(request)
+            deltas = self._delta_chunks(request, gen, events, envelope)
+            async with self._gen.admitted(gen), contextlib.aclosing(deltas) as admitted:
+                async for chunk in admitted:
+                    yield chunk
+
+        return _relay(context, self._chunk_type, envelope, record, chunks(), events is not None)
 
     async def _typed(self, rpc: str, request: Any, context: grpc.aio.ServicerContext) -> AsyncGenerator[Any, None]:
         record = self._calls.begin(rpc, context, request.model)
@@ -184,7 +202,7 @@ class ChatServicer(_Streams, pb_grpc.ChatServicer):
         record = self._calls.begin("CreateChatCompletion", context, request.model)
 
         async def run() -> pb.ChatCompletion:
-            gen = record.generation = await self._gen.prepare_chat(convert.chat_request(request))
+            gen = record.generation = await self._prepare(request)
             async with self._gen.admitted(gen):
                 result = await self._gen.complete(gen)
             reply = pb.ChatCompletion(
@@ -208,50 +226,39 @@ class ChatServicer(_Streams, pb_grpc.ChatServicer):
     StreamChatCompletion = functools.partialmethod(_Streams._typed, "StreamChatCompletion")
     StreamChatCompletionEvents = functools.partialmethod(_Streams._events, "StreamChatCompletionEvents")
 
-    def _chunks(
-        self,
-        request: pb.ChatCompletionRequest,
-        context: grpc.aio.ServicerContext,
-        record: CallRecord,
-        events: sse.Events | None,
-        envelope: dict[str, Any],
+    async def _prepare(self, request: pb.ChatCompletionRequest) -> Generation:
+        return await self._gen.prepare_chat(convert.chat_request(request))
+
+    async def _delta_chunks(
+        self, request: pb.ChatCompletionRequest, gen: Generation, events: sse.Events | None, envelope: dict[str, Any]
     ) -> AsyncGenerator[Any, None]:
-        async def chunks() -> AsyncGenerator[Any, None]:
-            gen = record.generation = await self._gen.prepare_chat(convert.chat_request(request))
-            async with self._gen.admitted(gen), contextlib.aclosing(chat_chunks(gen)) as admitted:
-                async for chunk in admitted:
-                    yield chunk
-
-        async def chat_chunks(gen: Generation) -> AsyncGenerator[Any, None]:
-            for index in range(gen.n):
-                first = pb.ChatCompletionDelta(role="assistant", content="")
-                yield pb.ChatCompletionChunk(
-                    id=gen.request_id, **envelope, choices=[pb.ChatCompletionChunkChoice(index=index, delta=first)]
-                )
-            plain = events is not None and gen.options.logprobs is None
-            async with contextlib.aclosing(self._gen.stream(gen)) as deltas:
-                async for d in deltas:
-                    if plain and not (d.finish_reason or d.tool_calls) and (not d.text) != (not d.reasoning):
-                        assert events is not None
-                        field, text = ("content", d.text) if d.text else ("reasoning_content", d.reasoning)
-                        yield events.text(gen.request_id, d.index, field, text)
-                        continue
-                    choice = pb.ChatCompletionChunkChoice(index=d.index, delta=pb.ChatCompletionDelta())
-                    if d.reasoning:
-                        choice.delta.reasoning_content = d.reasoning
-                    if d.text:
-                        choice.delta.content = d.text
-                    for call in d.tool_calls:
-                        choice.delta.tool_calls.append(_tool_call_delta_pb(call))
-                    if d.finish_reason:
-                        choice.finish_reason = d.finish_reason
-                    if gen.options.logprobs is not None:
-                        choice.logprobs.CopyFrom(chat_logprobs_pb(d.logprobs))
-                    yield pb.ChatCompletionChunk(id=gen.request_id, **envelope, choices=[choice])
-            if convert.include_usage(request):
-                yield pb.ChatCompletionChunk(id=gen.request_id, **envelope, usage=usage_pb(gen.usage))
-
-        return _relay(context, self._chunk_type, envelope, record, chunks(), events is not None)
+        for index in range(gen.n):
+            first = pb.ChatCompletionDelta(role="assistant", content="")
+            yield pb.ChatCompletionChunk(
+                id=gen.request_id, **envelope, choices=[pb.ChatCompletionChunkChoice(index=index, delta=first)]
+            )
+        plain = events is not None and gen.options.logprobs is None
+        async with contextlib.aclosing(self._gen.stream(gen)) as deltas:
+            async for d in deltas:
+                if plain and not (d.finish_reason or d.tool_calls) and (not d.text) != (not d.reasoning):
+                    assert events is not None
+                    field, text = ("content", d.text) if d.text else ("reasoning_content", d.reasoning)
+                    yield events.text(gen.request_id, d.index, field, text)
+                    continue
+                choice = pb.ChatCompletionChunkChoice(index=d.index, delta=pb.ChatCompletionDelta())
+                if d.reasoning:
+                    choice.delta.reasoning_content = d.reasoning
+                if d.text:
+                    choice.delta.content = d.text
+                for call in d.tool_calls:
+                    choice.delta.tool_calls.append(_tool_call_delta_pb(call))
+                if d.finish_reason:
+                    choice.finish_reason = d.finish_reason
+                if gen.options.logprobs is not None:
+                    choice.logprobs.CopyFrom(chat_logprobs_pb(d.logprobs))
+                yield pb.ChatCompletionChunk(id=gen.request_id, **envelope, choices=[choice])
+        if convert.include_usage(request):
+            yield pb.ChatCompletionChunk(id=gen.request_id, **envelope, usage=usage_pb(gen.usage))
 
 
 class GenerateServicer(_Streams, pb_grpc.GenerateServicer):
@@ -266,7 +273,7 @@ class GenerateServicer(_Streams, pb_grpc.GenerateServicer):
         record = self._calls.begin("CreateCompletion", context, request.model)
 
         async def run() -> pb.Completion:
-            gen = record.generation = await self._gen.prepare_completion(convert.completion_request(request))
+            gen = record.generation = await self._prepare(request)
             async with self._gen.admitted(gen):
                 result = await self._gen.complete(gen)
             reply = pb.Completion(
@@ -291,41 +298,30 @@ class GenerateServicer(_Streams, pb_grpc.GenerateServicer):
     StreamCompletion = functools.partialmethod(_Streams._typed, "StreamCompletion")
     StreamCompletionEvents = functools.partialmethod(_Streams._events, "StreamCompletionEvents")
 
-    def _chunks(
-        self,
-        request: pb.CompletionRequest,
-        context: grpc.aio.ServicerContext,
-        record: CallRecord,
-        events: sse.Events | None,
-        envelope: dict[str, Any],
+    async def _prepare(self, request: pb.CompletionRequest) -> Generation:
+        return await self._gen.prepare_completion(convert.completion_request(request))
+
+    async def _delta_chunks(
+        self, request: pb.CompletionRequest, gen: Generation, events: sse.Events | None, envelope: dict[str, Any]
     ) -> AsyncGenerator[Any, None]:
-        async def chunks() -> AsyncGenerator[Any, None]:
-            gen = record.generation = await self._gen.prepare_completion(convert.completion_request(request))
-            async with self._gen.admitted(gen), contextlib.aclosing(completion_chunks(gen)) as admitted:
-                async for chunk in admitted:
-                    yield chunk
-
-        async def completion_chunks(gen: Generation) -> AsyncGenerator[Any, None]:
-            offsets = [0] * gen.n  # characters of each choice's text sent so far
-            plain = events is not None and gen.options.logprobs is None
-            async with contextlib.aclosing(self._gen.stream(gen)) as deltas:
-                async for d in deltas:
-                    if plain and not d.finish_reason:
-                        assert events is not None
-                        yield events.text(gen.request_id, d.index, "text", d.text)
-                        continue
-                    choice = pb.CompletionChunkChoice(index=d.index, text=d.text)
-                    if d.finish_reason:
-                        choice.finish_reason = d.finish_reason
-                    if gen.options.logprobs is not None:
-                        entries = (*d.prompt_logprobs, *d.logprobs)
-                        choice.logprobs.CopyFrom(completion_logprobs_pb(entries, offsets[d.index]))
-                    offsets[d.index] += len(d.text)
-                    yield pb.CompletionChunk(id=gen.request_id, **envelope, choices=[choice])
-            if convert.include_usage(request):
-                yield pb.CompletionChunk(id=gen.request_id, **envelope, usage=usage_pb(gen.usage))
-
-        return _relay(context, self._chunk_type, envelope, record, chunks(), events is not None)
+        offsets = [0] * gen.n  # characters of each choice's text sent so far
+        plain = events is not None and gen.options.logprobs is None
+        async with contextlib.aclosing(self._gen.stream(gen)) as deltas:
+            async for d in deltas:
+                if plain and not d.finish_reason:
+                    assert events is not None
+                    yield events.text(gen.request_id, d.index, "text", d.text)
+                    continue
+                choice = pb.CompletionChunkChoice(index=d.index, text=d.text)
+                if d.finish_reason:
+                    choice.finish_reason = d.finish_reason
+                if gen.options.logprobs is not None:
+                    entries = (*d.prompt_logprobs, *d.logprobs)
+                    choice.logprobs.CopyFrom(completion_logprobs_pb(entries, offsets[d.index]))
+                offsets[d.index] += len(d.text)
+                yield pb.CompletionChunk(id=gen.request_id, **envelope, choices=[choice])
+        if convert.include_usage(request):
+            yield pb.CompletionChunk(id=gen.request_id, **envelope, usage=usage_pb(gen.usage))
 
 
 def model_pb(info: ModelInfo, abilities: list[str]) -> pb.Model:
