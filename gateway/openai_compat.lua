@@ -1,13 +1,13 @@
 -- Makes Envoy's grpc_json_transcoder speak OpenAI's REST dialect in front of chatgen.
 --
--- Request:  OpenAI uses one path for streaming and unary calls; `"stream": true` in the JSON body picks the
---           streaming RPC. json_to_metadata (the filter before this one) has parsed the body's top-level
---           `stream` key into dynamic metadata by the time body() returns, so no JSON is parsed here.
--- Response: gRPC errors get OpenAI's error JSON (the server sends it in `x-chatgen-error`). Streams need
---           nothing here: the streaming RPCs the gateway calls send Server-Sent Events ready to pass on
---           (google.api.HttpBody), so no Lua runs per token.
+-- Request:  the POST bodies go to the server as they came (google.api.HttpBody), which checks them and picks
+--           a stream or a unary reply from `"stream"`; nothing here reads them, except that the shared gateway
+--           routes on `model` (json_to_metadata, the filter before this one, has parsed it into dynamic metadata
+--           by the time body() returns, so no JSON is parsed here).
+-- Response: gRPC errors get OpenAI's error JSON (the server sends it in `x-chatgen-error`). Replies and streams
+--           need nothing here: the server sends their bytes ready to pass on, so no Lua runs per token.
 
-local STREAMABLE = { ["/v1/chat/completions"] = true, ["/v1/completions"] = true }
+local ROUTED = { ["/v1/chat/completions"] = true, ["/v1/completions"] = true }
 
 -- HTTP status of an error without a chatgen error body (Envoy's own, or raised by gRPC itself) -> OpenAI error
 -- {type, code}. chatgen.gateway fills the table in from chatgen.errors.GATEWAY_REPLIES when it renders this file.
@@ -83,27 +83,21 @@ function envoy_on_request(handle)
   local method = headers:get(":method")
   local path, query = headers:get(":path"):match("^([^?]*)(.*)$")
   if models_request(handle, headers, method, path, query) then return end
-  if method ~= "POST" then return end
-  if not STREAMABLE[path] then return end
+  if MODELS == nil or method ~= "POST" or not ROUTED[path] then return end
   handle:body()
   local request = handle:streamInfo():dynamicMetadata():get("chatgen.request")
   -- Header handles taken before body() yielded are stale now; take them again.
   headers = handle:headers()
-  if MODELS ~= nil then
-    local model = request ~= nil and request["model"] or nil
-    if type(model) ~= "string" or model == "" then
-      respond_error(handle, "invalid", "'model' is required", "model")
-      return
-    end
-    if not MODELS[model] then
-      model_not_found(handle, model)
-      return
-    end
-    headers:add(MODEL_HEADER, model)
+  local model = request ~= nil and request["model"] or nil
+  if type(model) ~= "string" or model == "" then
+    respond_error(handle, "invalid", "'model' is required", "model")
+    return
   end
-  if request ~= nil and request["stream"] == true then
-    headers:replace(":path", path .. ":stream" .. query)
+  if not MODELS[model] then
+    model_not_found(handle, model)
+    return
   end
+  headers:add(MODEL_HEADER, model)
 end
 
 -- The JSON-escaped text of the "message" member of a transcoder status body ({"code":N,"message":"..."}),
@@ -148,6 +142,7 @@ function envoy_on_response(handle)
   headers:remove("grpc-status")
   headers:remove("grpc-message")
   headers:remove("grpc-accept-encoding")
+  headers:remove("grpc-status-details-bin")
   -- The server's retry pushback for gRPC callers; REST callers get the same as `retry-after`.
   headers:remove("grpc-retry-pushback-ms")
   if err ~= nil then

@@ -99,7 +99,7 @@ class Metrics:
         )
         self.registry.register(_Forward(REGISTRY))
 
-    # The chat layer's GenerationObserver.
+    # The chat layer's EngineObserver (chatgen.chat.job).
     def engine_request_started(self) -> None:
         self.started.inc()
 

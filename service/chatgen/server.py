@@ -8,12 +8,14 @@ from grpc_reflection.v1alpha import reflection
 
 from chatgen.chat.abilities import model_abilities
 from chatgen.chat.admission import Admission
-from chatgen.chat.generation import Generator
+from chatgen.chat.api import ChatApi
+from chatgen.chat.validation import MAX_N, ServedModel
 from chatgen.engine import Engine
 from chatgen.metrics import Metrics
 from chatgen.transport.auth import PROTECTED_PREFIX, ApiKeyInterceptor
-from chatgen.transport.calls import CallLog
+from chatgen.transport.calls import CallLog, CallLogInterceptor
 from chatgen.transport.malformed import MalformedMessageInterceptor
+from chatgen.transport.replies import model_card
 from chatgen.transport.servicers import ChatServicer, GenerateServicer, ModelsServicer
 from chatgen.v1 import chatgen_pb2 as pb
 from chatgen.v1 import chatgen_pb2_grpc as pb_grpc
@@ -47,24 +49,26 @@ class GrpcServer:
             interceptors=[
                 *([ApiKeyInterceptor(api_keys)] if api_keys else []),
                 MalformedMessageInterceptor(PROTECTED_PREFIX),
+                CallLogInterceptor(CallLog(metrics, log_requests)),
             ],
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.so_reuseport", 0),
             ],
         )
-        generator = Generator(
-            engine,
-            parser_cls,
-            tool_calls=tool_calls,
-            admission=admission,
-            observer=metrics,
+        served = ServedModel(
+            name=engine.model.name,
+            engine=engine.name,
+            logprobs=engine.supports_logprobs,
+            chat_template=bool(getattr(engine.tokenizer, "chat_template", None)),
+            tool_parser=tool_calls,
+            max_choices=min(MAX_N, admission.limits.max_running) if admission is not None else MAX_N,
         )
-        calls = CallLog(metrics, log_requests)
-        pb_grpc.add_ChatServicer_to_server(ChatServicer(generator, calls), self.server)
-        pb_grpc.add_GenerateServicer_to_server(GenerateServicer(generator, calls), self.server)
+        api = ChatApi(engine, served, parser_cls, admission=admission, observer=metrics)
+        pb_grpc.add_ChatServicer_to_server(ChatServicer(api), self.server)
+        pb_grpc.add_GenerateServicer_to_server(GenerateServicer(api), self.server)
         abilities = model_abilities(engine.tokenizer, reasoning_parser=reasoning, tool_parser=tool_calls)
-        pb_grpc.add_ModelsServicer_to_server(ModelsServicer([(engine.model, abilities)]), self.server)
+        pb_grpc.add_ModelsServicer_to_server(ModelsServicer([model_card(engine.model, abilities)]), self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection([*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import grpc
 import pytest
+from google.api.httpbody_pb2 import HttpBody
 from google.protobuf import json_format, struct_pb2
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_status import rpc_status
 
 from chatgen.v1 import chatgen_pb2 as pb
 from chatgen.v1 import chatgen_pb2_grpc as pb_grpc
@@ -85,13 +89,19 @@ def test_chat_stream_matches_unary_text(channel: grpc.Channel) -> None:
     assert not any(c.object == "[DONE]" for c in chunks)
 
 
+def http_body(request: pb.ChatCompletionRequest | None = None, **fields: object) -> HttpBody:
+    """A REST body: `request` as OpenAI's JSON (with `fields` added), or `fields` alone."""
+    body = json_format.MessageToDict(request, preserving_proto_field_name=True) if request is not None else {}
+    return HttpBody(content_type="application/json", data=json.dumps({"model": MODEL_NAME, **body, **fields}).encode())
+
+
 def test_the_gateways_event_stream_is_the_typed_stream_as_sse(channel: grpc.Channel) -> None:
-    """StreamChatCompletionEvents (what the REST gateway calls): the same chunks, each an SSE event holding its
-    proto3 JSON, the content type on the first message, then `data: [DONE]`."""
+    """CreateChatCompletionHttp with "stream": true (what the REST gateway calls): the typed stream's chunks, each
+    an SSE event holding its proto3 JSON, the content type on the first message, then `data: [DONE]`."""
     stub = pb_grpc.ChatStub(channel)
     request = chat_request(max_tokens=12, stream_options={"include_usage": True})
     typed = list(stub.StreamChatCompletion(request, timeout=60))
-    bodies = list(stub.StreamChatCompletionEvents(request, timeout=60))
+    bodies = list(stub.CreateChatCompletionHttp(http_body(request, stream=True), timeout=60))
     assert bodies[0].content_type == "text/event-stream"
     assert all(b.content_type == "" for b in bodies[1:])
     events = [e.removeprefix("data: ") for b in bodies for e in b.data.decode().split("\n\n") if e]
@@ -102,6 +112,33 @@ def test_the_gateways_event_stream_is_the_typed_stream_as_sse(channel: grpc.Chan
         got.id, got.created = want.id, want.created
         assert got == want
     assert '"index":0' in events[0] and '"tool_calls"' not in "".join(events)
+
+
+def test_the_gateways_unary_call_is_one_json_body(channel: grpc.Channel) -> None:
+    stub = pb_grpc.ChatStub(channel)
+    fields: dict[str, object] = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5, "temperature": 0}
+    typed = stub.CreateChatCompletion(
+        json_format.ParseDict({"model": MODEL_NAME, **fields}, pb.ChatCompletionRequest())
+    )
+    (body,) = list(stub.CreateChatCompletionHttp(http_body(**fields), timeout=60))
+    assert body.content_type == "application/json"
+    reply = json_format.Parse(body.data, pb.ChatCompletion())
+    assert reply.choices == typed.choices and reply.usage == typed.usage
+    assert json.loads(body.data)["choices"][0]["message"]["tool_calls"] == []  # printed, as the transcoder did
+
+
+def test_the_gateways_calls_check_json_types_strictly(channel: grpc.Channel) -> None:
+    """What proto3's JSON parsing would take ("3" for 3, an object for a one-element array) is a 400 here."""
+    stub = pb_grpc.ChatStub(channel)
+    for fields, param in [
+        ({"messages": {"role": "user", "content": "Hi"}}, "messages"),
+        ({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": "3"}, "max_tokens"),
+        ({"messages": [{"role": "user", "content": "Hi"}], "stream": "yes"}, "stream"),
+    ]:
+        with pytest.raises(grpc.RpcError) as info:
+            list(stub.CreateChatCompletionHttp(http_body(**fields), timeout=60))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert json.loads(dict(info.value.trailing_metadata())["x-chatgen-error"])["error"]["param"] == param
 
 
 def test_max_tokens_gives_length(channel: grpc.Channel) -> None:
@@ -193,6 +230,21 @@ def test_bad_requests_get_status_and_openai_error(channel: grpc.Channel, request
         body = json.loads(trailers["x-chatgen-error"])
         assert body["error"]["param"] == param
         assert body["error"]["message"] == info.value.details()
+        # The same error as google.rpc.Status (AIP-193), as a client in any language decodes it.
+        status = rpc_status.from_call(info.value)
+        assert status is not None and status.code == code.value[0] and status.message == info.value.details()
+        reasons, fields = [], []
+        for detail in status.details:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                error_info = error_details_pb2.ErrorInfo()
+                detail.Unpack(error_info)
+                reasons.append((error_info.reason, error_info.domain))
+            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                bad = error_details_pb2.BadRequest()
+                detail.Unpack(bad)
+                fields += [v.field for v in bad.field_violations]
+        assert reasons == [(body["error"]["code"].upper(), "chatgen.v1")]
+        assert fields == [param]
     # The server keeps serving after every error.
     assert (
         "Paris" in pb_grpc.ChatStub(channel).CreateChatCompletion(chat_request(), timeout=60).choices[0].message.content

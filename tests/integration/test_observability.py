@@ -161,14 +161,14 @@ def test_rest_callers_get_their_request_id_back_or_one_made_for_them(service: Se
     with httpx.Client(base_url=service.http_base, timeout=120) as http:
         mine = http.post("/v1/chat/completions", json=body, headers={"x-request-id": "rest-mine-1"})
         assert mine.status_code == 200 and mine.headers.get_list("x-request-id") == ["rest-mine-1"]
-        assert log_line(service, "rest-mine-1")["rpc"] == "CreateChatCompletion"
+        assert log_line(service, "rest-mine-1")["rpc"] == "CreateChatCompletionHttp"
 
         made = http.post("/v1/chat/completions", json={**body, "stream": True})
         assert made.status_code == 200 and "data: [DONE]" in made.text
         made_id = made.headers["x-request-id"]
         assert str(uuid.UUID(made_id)) == made_id  # Envoy's own, a UUID
         line = log_line(service, made_id)
-        assert line["rpc"] == "StreamChatCompletionEvents" and line["status"] == "OK" and line["completion_tokens"] == 3
+        assert line["rpc"] == "CreateChatCompletionHttp" and line["status"] == "OK" and line["completion_tokens"] == 3
 
         # Errors too, with the id the gateway passed on.
         missing = http.post("/v1/chat/completions", json={**body, "model": "nope"}, headers={"x-request-id": "r-404"})

@@ -80,7 +80,7 @@ def gateway(models: dict[str, list[Service]], tmp_path: Path) -> Iterator[Gatewa
         proc.wait(15)
 
 
-def served(service: Service, rpc: str = "StreamChatCompletionEvents") -> float:
+def served(service: Service, rpc: str = "CreateChatCompletionHttp") -> float:
     """Calls this replica finished with status OK (its own /metrics)."""
     text = httpx.get(f"http://127.0.0.1:{service.metrics_port}/metrics", timeout=5).text
     return sum(

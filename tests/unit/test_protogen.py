@@ -26,11 +26,9 @@ def test_descriptor_set_carries_http_rules(tmp_path: Path) -> None:
             verb = rule.WhichOneof("pattern")
             rules[f"{service.name}.{method.name}"] = (verb, getattr(rule, verb))
     assert rules == {
-        "Chat.CreateChatCompletion": ("post", "/v1/chat/completions"),
-        # The typed streams are gRPC only; the gateway streams their chunks as Server-Sent Events from these.
-        "Chat.StreamChatCompletionEvents": ("post", "/v1/chat/completions:stream"),
-        "Generate.CreateCompletion": ("post", "/v1/completions"),
-        "Generate.StreamCompletionEvents": ("post", "/v1/completions:stream"),
+        # The typed RPCs are gRPC only; the gateway passes OpenAI's JSON bodies to these as they came.
+        "Chat.CreateChatCompletionHttp": ("post", "/v1/chat/completions"),
+        "Generate.CreateCompletionHttp": ("post", "/v1/completions"),
         "Models.ListModels": ("get", "/v1/models"),
         "Models.GetModel": ("get", "/v1/models/{id=**}"),
     }

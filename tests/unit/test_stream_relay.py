@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import grpc
 import pytest
+from google.rpc import status_pb2
 
 from chatgen.errors import ChatgenError, Failure
 from chatgen.transport import errors as wire
-from chatgen.transport.calls import REQUEST_ID_KEY, CallRecord, request_id_from
+from chatgen.transport.calls import REQUEST_ID_KEY, CallRecord, bind_call, request_id_from
 
 
 class _Aborted(Exception):
@@ -23,7 +24,7 @@ class RecordingContext:
     def __init__(
         self, sse: bool, time_remaining: float | None = None, metadata: tuple[tuple[str, str], ...] = ()
     ) -> None:
-        self.sse = sse  # what the servicer passes: True for the gateway's *Events RPCs
+        self.sse = sse  # what the servicer passes: True for the gateway's *Http RPCs
         self._metadata = metadata
         self._time_remaining = time_remaining
         self.trailing: tuple[tuple[str, str], ...] = ()
@@ -129,15 +130,25 @@ async def test_deadline_before_the_first_chunk_is_a_504_status() -> None:
 # ---- the call record: status and request id ---------------------------------------------------------------------
 
 
+@pytest.fixture(autouse=True)
+def no_call_record() -> Iterator[None]:
+    """Each test binds its own call record (the transport's interceptor does it per RPC), none left after."""
+    token = bind_call(None)
+    yield
+    token.var.reset(token)
+
+
 def _record(ctx: RecordingContext) -> CallRecord:
-    return CallRecord("StreamChatCompletion", request_id_from(ctx), "m")  # type: ignore[arg-type]
+    record = CallRecord("StreamChatCompletion", request_id_from(ctx))  # type: ignore[arg-type]
+    bind_call(record)
+    return record
 
 
 async def test_a_stream_returns_the_callers_request_id_in_its_trailers() -> None:
     """No headers of ours ahead of the first chunk: grpcio would send them in a write of their own."""
     ctx = RecordingContext(sse=False, metadata=((REQUEST_ID_KEY, "req-42"),))
     record = _record(ctx)
-    relayed = wire.stream(ctx, chunks(None), lambda e: "error", ctx.sse, record)  # type: ignore[arg-type]
+    relayed = wire.stream(ctx, chunks(None), lambda e: "error", ctx.sse)  # type: ignore[arg-type]
     assert await anext(relayed) == "chunk0"
     assert ctx.initial == [] and ctx.trailing == ()
     out = [c async for c in relayed]
@@ -151,7 +162,7 @@ async def test_a_gateway_stream_sends_no_headers_of_its_own() -> None:
     and a server dying between the two would leave a REST caller a 200 that Envoy can no longer retry."""
     ctx = RecordingContext(sse=True, metadata=((REQUEST_ID_KEY, "req-44"),))
     record = _record(ctx)
-    out = [c async for c in wire.stream(ctx, chunks(None), lambda e: "error", ctx.sse, record)]  # type: ignore[arg-type]
+    out = [c async for c in wire.stream(ctx, chunks(None), lambda e: "error", ctx.sse)]  # type: ignore[arg-type]
     assert out == ["chunk0", "chunk1", "chunk2"]
     assert ctx.initial == [] and ctx.trailing == () and record.code is grpc.StatusCode.OK
 
@@ -160,7 +171,7 @@ async def test_a_stream_failing_before_its_first_chunk_returns_the_id_in_the_tra
     ctx = RecordingContext(sse=False, metadata=((REQUEST_ID_KEY, "req-43"),))
     record = _record(ctx)
     with pytest.raises(_Aborted):
-        async for _ in wire.stream(ctx, chunks(0), lambda e: "error", ctx.sse, record):  # type: ignore[arg-type]
+        async for _ in wire.stream(ctx, chunks(0), lambda e: "error", ctx.sse):  # type: ignore[arg-type]
             pass
     assert record.code is grpc.StatusCode.UNAVAILABLE and ctx.initial == []
     trailing = dict(ctx.trailing)
@@ -172,7 +183,7 @@ async def test_a_grpc_stream_failing_mid_way_returns_the_id_with_the_error_in_it
     record = _record(ctx)
     out = []
     with pytest.raises(_Aborted):
-        async for c in wire.stream(ctx, chunks(2), lambda e: "error", ctx.sse, record):  # type: ignore[arg-type]
+        async for c in wire.stream(ctx, chunks(2), lambda e: "error", ctx.sse):  # type: ignore[arg-type]
             out.append(c)
     assert out == ["chunk0", "chunk1"] and record.code is grpc.StatusCode.UNAVAILABLE
     trailing = dict(ctx.trailing)
@@ -182,7 +193,7 @@ async def test_a_grpc_stream_failing_mid_way_returns_the_id_with_the_error_in_it
 async def test_an_sse_error_after_the_first_chunk_is_recorded_with_its_code() -> None:
     ctx = RecordingContext(sse=True)
     record = _record(ctx)
-    out = [c async for c in wire.stream(ctx, chunks(2), lambda e: "error", ctx.sse, record)]  # type: ignore[arg-type]
+    out = [c async for c in wire.stream(ctx, chunks(2), lambda e: "error", ctx.sse)]  # type: ignore[arg-type]
     assert out == ["chunk0", "chunk1", "error"]
     assert record.code is grpc.StatusCode.UNAVAILABLE and ctx.initial == []
 
@@ -195,7 +206,7 @@ async def test_a_stream_closed_under_us_is_cancelled_or_past_its_deadline(
 ) -> None:
     ctx = RecordingContext(sse=False)
     record = _record(ctx)
-    relayed = wire.stream(ctx, chunks(None), lambda e: "error", ctx.sse, record)  # type: ignore[arg-type]
+    relayed = wire.stream(ctx, chunks(None), lambda e: "error", ctx.sse)  # type: ignore[arg-type]
     assert await anext(relayed) == "chunk0"
     ctx._time_remaining = remaining  # gRPC cancels a call whose deadline passed, as one whose caller left
     await relayed.aclose()
@@ -209,7 +220,7 @@ async def test_a_unary_call_returns_the_request_id_in_its_headers_or_its_trailer
     async def ok() -> str:
         return "reply"
 
-    assert await wire.unary(ctx, ok, record) == "reply"  # type: ignore[arg-type]
+    assert await wire.unary(ctx, ok()) == "reply"  # type: ignore[arg-type]
     assert ctx.initial == [((REQUEST_ID_KEY, "req-44"),)] and record.code is grpc.StatusCode.OK
 
     async def bad() -> str:
@@ -217,9 +228,12 @@ async def test_a_unary_call_returns_the_request_id_in_its_headers_or_its_trailer
 
     ctx, record = RecordingContext(sse=False), _record(RecordingContext(sse=False))
     with pytest.raises(_Aborted):
-        await wire.unary(ctx, bad, record)  # type: ignore[arg-type]
+        await wire.unary(ctx, bad())  # type: ignore[arg-type]
     assert record.code is grpc.StatusCode.NOT_FOUND and ctx.initial == []
-    assert dict(ctx.trailing)[REQUEST_ID_KEY] == record.request_id
+    trailers = dict(ctx.trailing)
+    assert trailers[REQUEST_ID_KEY] == record.request_id
+    status = status_pb2.Status.FromString(trailers[wire.STATUS_DETAILS_KEY])
+    assert (status.code, status.message) == (grpc.StatusCode.NOT_FOUND.value[0], "no such model")
 
 
 @pytest.mark.parametrize(

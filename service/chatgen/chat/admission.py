@@ -17,7 +17,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from chatgen.errors import ChatgenError, Failure, unsupported
+from chatgen.errors import ChatgenError, Failure
 
 # What an overloaded server suggests to callers: long enough for a few requests to finish.
 RETRY_AFTER_SECONDS = 1
@@ -66,9 +66,8 @@ class Admission:
         if self._draining is not None:
             raise ChatgenError(Failure.SHUTTING_DOWN, self._draining)
         if n > self.limits.max_running:
-            raise unsupported(
-                f"'n' is {n}, but this server runs at most {self.limits.max_running} choices at once", "n"
-            )
+            # Validation keeps `n` within max_running (ServedModel.max_choices); more could never be admitted.
+            raise ValueError(f"{n} slots asked of {self.limits.max_running}")
         if self._running + n <= self.limits.max_running and not self._queue:
             self._take(n)
         elif self._waiting + n <= self.limits.max_waiting:

@@ -8,11 +8,10 @@ parser is involved: the constrained output already is the call, and both engines
 from __future__ import annotations
 
 import json
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from chatgen.chat.types import ChatRequest, ToolCall, ToolCallDelta
+from chatgen.chat.types import ToolCall, ToolCallDelta, new_tool_call_id
 from chatgen.errors import invalid
 
 
@@ -41,26 +40,34 @@ class ForcedTools:
             for i, item in enumerate(items)
         )
 
+    def for_choice(self) -> ForcedTools:
+        """A copy for one choice: each choice's calls get ids of their own."""
+        return ForcedTools(self.function, self.schema)
+
     def first_delta(self) -> ToolCallDelta | None:
         """Streams of a named function open with the call's id and name; its arguments then stream as written."""
         return ToolCallDelta(0, id=self._id(0), name=self.function, arguments="") if self.function else None
 
     def _id(self, index: int) -> str:
         while len(self.call_ids) <= index:
-            self.call_ids.append(f"chatcmpl-tool-{uuid.uuid4().hex[:16]}")
+            self.call_ids.append(new_tool_call_id())
         return self.call_ids[index]
 
 
-def forced_tools(request: ChatRequest, forced_function: str | None) -> ForcedTools | None:
-    if request.tool_choice != "required" and forced_function is None:
+def forced_tools(
+    tools: tuple[dict[str, Any], ...], tool_choice: str | None, function: str | None, single: bool
+) -> ForcedTools | None:
+    """The forced call's schema for tool_choice "required" or a named `function`; None for the other choices.
+    `single`: parallel_tool_calls false, so "required" allows one call."""
+    if tool_choice != "required" and function is None:
         return None
-    if not request.tools:
+    if not tools:
         raise invalid("tool_choice needs 'tools'", "tool_choice")
-    by_name = {t["function"]["name"]: t["function"] for t in request.tools}
-    if forced_function is not None:
-        if forced_function not in by_name:
-            raise invalid(f"tool_choice names '{forced_function}', which is not in 'tools'", "tool_choice")
-        return ForcedTools(forced_function, json.dumps(_parameters(by_name[forced_function])))
+    by_name = {t["function"]["name"]: t["function"] for t in tools}
+    if function is not None:
+        if function not in by_name:
+            raise invalid(f"tool_choice names '{function}', which is not in 'tools'", "tool_choice")
+        return ForcedTools(function, json.dumps(_parameters(by_name[function])))
     branches = [
         {
             "type": "object",
@@ -70,7 +77,7 @@ def forced_tools(request: ChatRequest, forced_function: str | None) -> ForcedToo
         for name, fn in by_name.items()
     ]
     schema: dict[str, Any] = {"type": "array", "minItems": 1, "items": {"anyOf": branches}}
-    if request.parallel_tool_calls is False:
+    if single:
         schema["maxItems"] = 1
     return ForcedTools(None, json.dumps(schema))
 

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from chatgen.chat.types import ChatRequest, ToolCall, ToolCallDelta
+from chatgen.chat.types import ToolCall, ToolCallDelta, new_tool_call_id
+from chatgen.chat.validation import ChatPlan
 
 
 @dataclass(frozen=True)
@@ -37,39 +38,27 @@ def load_parser_class(reasoning_parser: str | None, tool_parser: str | None, tok
     )
 
 
-def vllm_message(m: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"role": m.role, "content": m.content}
-    if m.tool_calls:
-        out["tool_calls"] = [
-            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-            for c in m.tool_calls
-        ]
-    if m.tool_call_id is not None:
-        out["tool_call_id"] = m.tool_call_id
-    return out
-
-
 class OutputParser:
     def __init__(
         self,
         parser_cls: type,
         tokenizer: Any,
-        request: ChatRequest,
-        template_kwargs: dict[str, Any],
+        plan: ChatPlan,
         prompt_token_ids: list[int],
     ) -> None:
         from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 
-        # Tool calls are only parsed where the caller offered tools and did not say "none".
-        self._tools_enabled = bool(request.tools) and request.tool_choice in (None, "auto")
+        # Tool calls are only parsed where the caller offered tools and left the choice to the model.
+        self._tools_enabled = plan.parses_tool_calls
+        template_kwargs = plan.template_variables
         # Validated from plain data: pydantic builds vLLM's typed tool and tool-choice params from our dicts.
         self._request = ChatCompletionRequest.model_validate(
             {
-                "model": request.model,
-                "messages": [vllm_message(m) for m in request.messages],
+                "model": plan.model,
+                "messages": [m.openai_dict() for m in plan.messages],
                 "chat_template_kwargs": template_kwargs,
-                "tools": request.tools or None,
-                "tool_choice": request.tool_choice or ("auto" if request.tools else None),
+                "tools": list(plan.tools) or None,
+                "tool_choice": plan.tool_choice or ("auto" if plan.tools else None),
             }
         )
         tools = self._request.tools if self._tools_enabled else None
@@ -106,15 +95,10 @@ class OutputParser:
             text, self._request, enable_auto_tools=self._tools_enabled, model_output_token_ids=list(token_ids)
         )
         tool_calls = tuple(
-            ToolCall(id=c.id or _tool_call_id(), name=c.name, arguments=_json_text(c.arguments)) for c in (calls or ())
+            ToolCall(id=c.id or new_tool_call_id(), name=c.name, arguments=_json_text(c.arguments))
+            for c in (calls or ())
         )
         return Parsed(reasoning=reasoning or "", content=content or "", tool_calls=tool_calls)
-
-
-def _tool_call_id() -> str:
-    import uuid
-
-    return f"chatcmpl-tool-{uuid.uuid4().hex}"
 
 
 def _json_text(arguments: Any) -> str:

@@ -1,8 +1,9 @@
-"""The service's own request and result types, independent of protobuf and of the engine."""
+"""The chat layer's own message and result types, independent of protobuf (the engine's TokenLogprob aside)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from chatgen.engine.base import TokenLogprob
@@ -14,6 +15,11 @@ class ToolCall:
     name: str
     # JSON text, as the model wrote it.
     arguments: str
+
+
+def new_tool_call_id() -> str:
+    """The one format of the tool-call ids the server makes up (vLLM's)."""
+    return f"chatcmpl-tool-{uuid.uuid4().hex}"
 
 
 @dataclass(frozen=True)
@@ -35,61 +41,19 @@ class Message:
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str | None = None
 
-
-@dataclass(frozen=True)
-class Sampling:
-    """Sampling as the caller asked for it; None means "the default"."""
-
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    min_p: float | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    repetition_penalty: float | None = None
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    ignore_eos: bool = False
-    n: int = 1
-    stop_token_ids: tuple[int, ...] = ()
-    # OpenAI's logit_bias: token id -> bias in [-100, 100].
-    logit_bias: tuple[tuple[int, float], ...] = ()
-    # None: no logprobs; k: the chosen token's logprob and the k most likely alternatives.
-    logprobs: int | None = None
-    skip_special_tokens: bool = True
-    # JSON Schema text the output must satisfy (response_format json_object / json_schema); None: free text.
-    json_schema: str | None = None
-
-
-@dataclass(frozen=True)
-class ChatRequest:
-    model: str
-    messages: list[Message]
-    sampling: Sampling = field(default_factory=Sampling)
-    # Variables for the chat template, as the caller sent them (chat_template_kwargs).
-    template_kwargs: dict[str, Any] = field(default_factory=dict)
-    # The request-level thinking switch (Xinference's enable_thinking); None: not sent.
-    enable_thinking: bool | None = None
-    # Caller-chosen id; the response id is built from it (vLLM's request_id extra).
-    request_id: str | None = None
-    # OpenAI tool definitions ({"type": "function", "function": {...}}) and tool_choice ("auto", "none",
-    # "required", or "function" with the name in forced_function).
-    tools: list[dict[str, Any]] = field(default_factory=list)
-    tool_choice: str | None = None
-    forced_function: str | None = None
-    # False: at most one tool call per turn.
-    parallel_tool_calls: bool | None = None
-
-
-@dataclass(frozen=True)
-class CompletionRequest:
-    model: str
-    prompt: str
-    sampling: Sampling = field(default_factory=Sampling)
-    # Return the prompt in front of the completion.
-    echo: bool = False
-    request_id: str | None = None
+    def openai_dict(self) -> dict[str, Any]:
+        """The message in OpenAI's JSON shape (tool-call arguments as JSON text), as parsers and templates read it."""
+        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.name is not None:
+            out["name"] = self.name
+        if self.tool_calls:
+            out["tool_calls"] = [
+                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                for c in self.tool_calls
+            ]
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        return out
 
 
 @dataclass(frozen=True)
@@ -131,5 +95,22 @@ class Choice:
 
 @dataclass(frozen=True)
 class Result:
+    """A unary call's answer. `id`: the completion id (chatcmpl-..., cmpl-...)."""
+
+    id: str
     choices: list[Choice]
     usage: Usage
+
+
+@dataclass(frozen=True)
+class StreamStart:
+    """A stream's first item, once the request is admitted: what every chunk of it shares."""
+
+    id: str
+    n: int
+    # Whether the deltas carry logprobs (the request asked for them).
+    logprobs: bool
+
+
+# What a stream yields: its StreamStart, the choices' Deltas as they come, then its Usage when it was asked for.
+StreamItem = StreamStart | Delta | Usage

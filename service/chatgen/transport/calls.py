@@ -1,27 +1,34 @@
 """One record per chat or completion call: its request id, status, tokens and latencies, for the metrics and for
-one structured log line.
+one structured log line, kept by an interceptor (as grpc's interceptor examples log) around every Chat and
+Generate RPC.
 
 The request id is the caller's `x-request-id` (REST callers get one from Envoy, which makes one up when the caller
 sent none and returns it on the response), else a new one; it comes back to gRPC callers in the response headers
-(initial metadata) of a unary call that succeeds, and in the trailers of a stream or of a call that fails.
+(initial metadata) of a unary call that succeeds, and in the trailers of a stream or of a call that fails. The
+chat layer fills in the tokens and timings (chatgen.chat.accounting); transport.errors sets the status.
 """
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 
-from chatgen.chat.generation import Generation
+from chatgen.chat import accounting
+from chatgen.chat.accounting import RequestStats
 from chatgen.metrics import Metrics
 
 REQUEST_ID_KEY = "x-request-id"
 # Longer or odd request ids are replaced, not echoed: they end up in logs and headers.
 _MAX_REQUEST_ID = 128
+LOGGED_SERVICES = ("/chatgen.v1.Chat/", "/chatgen.v1.Generate/")
 
 log = logging.getLogger("chatgen.requests")
 
@@ -38,10 +45,7 @@ def request_id_from(context: grpc.aio.ServicerContext) -> str:
 class CallRecord:
     rpc: str
     request_id: str
-    model: str
-    started: float = field(default_factory=time.perf_counter)
-    # Set once the request is prepared (it has passed validation).
-    generation: Generation | None = None
+    stats: RequestStats = field(default_factory=RequestStats)
     code: grpc.StatusCode = grpc.StatusCode.OK
     # Whether the request id has gone back in a unary call's response headers (the trailers carry it otherwise).
     id_sent: bool = False
@@ -51,35 +55,103 @@ class CallRecord:
         return ((REQUEST_ID_KEY, self.request_id),)
 
 
+_current: contextvars.ContextVar[CallRecord | None] = contextvars.ContextVar("chatgen_call", default=None)
+
+
+def current_call() -> CallRecord | None:
+    """The record of the RPC this code serves (None outside a logged RPC)."""
+    return _current.get()
+
+
+def bind_call(record: CallRecord | None) -> contextvars.Token[CallRecord | None]:
+    """Make `record` the call record of this context, and its stats the chat layer's (chatgen.chat.accounting)."""
+    if record is not None:
+        accounting.bind(record.stats)
+    return _current.set(record)
+
+
 class CallLog:
-    """Starts and finishes call records: metrics for every call, and one JSON log line each unless turned off."""
+    """Finishes call records: metrics for every call, and one JSON log line each unless turned off."""
 
     def __init__(self, metrics: Metrics | None, log_requests: bool = True) -> None:
         self._metrics = metrics
         self._log_requests = log_requests
 
-    def begin(self, rpc: str, context: grpc.aio.ServicerContext, model: str) -> CallRecord:
-        return CallRecord(rpc, request_id_from(context), model)
-
     def end(self, call: CallRecord) -> None:
-        seconds = time.perf_counter() - call.started
-        gen = call.generation
-        ttft = gen.first_token_at - call.started if gen is not None and gen.first_token_at is not None else None
-        prompt_tokens = len(gen.prompt_token_ids) if gen is not None else 0
-        completion_tokens = gen.completion_tokens if gen is not None else 0
+        seconds = time.perf_counter() - call.stats.started
+        stats = call.stats
+        ttft = stats.ttft
         if self._metrics is not None:
-            self._metrics.call_finished(call.rpc, call.code, seconds, ttft, prompt_tokens, completion_tokens)
+            self._metrics.call_finished(
+                call.rpc, call.code, seconds, ttft, stats.prompt_tokens, stats.completion_tokens
+            )
         if self._log_requests and log.isEnabledFor(logging.INFO):
             line = {
                 "request_id": call.request_id,
-                "id": gen.request_id if gen is not None else None,
+                "id": stats.completion_id,
                 "rpc": call.rpc,
-                "model": call.model,
+                "model": stats.model,
                 "status": call.code.name,
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "n": gen.n if gen is not None else None,
+                "prompt_tokens": stats.prompt_tokens,
+                "completion_tokens": stats.completion_tokens,
+                "n": stats.n,
                 "ttft_ms": round(ttft * 1000, 1) if ttft is not None else None,
                 "e2e_ms": round(seconds * 1000, 1),
             }
             log.info("%s", json.dumps(line, ensure_ascii=False))
+
+
+class CallLogInterceptor(grpc.aio.ServerInterceptor):
+    """Binds a CallRecord (and the chat layer's stats in it) around each Chat and Generate RPC, then logs it."""
+
+    def __init__(self, calls: CallLog) -> None:
+        self._calls = calls
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or not details.method.startswith(LOGGED_SERVICES):
+            return handler
+        wrapped = self._wrapped.get(details.method)
+        if wrapped is None:
+            wrapped = self._wrapped[details.method] = self._wrap(details.method.rsplit("/", 1)[1], handler)
+        return wrapped
+
+    def _begin(self, rpc: str, context: grpc.aio.ServicerContext) -> CallRecord:
+        # Each RPC runs in a task of its own, whose context ends with it: nothing to reset afterwards (and a
+        # stream finalized elsewhere could not reset it).
+        record = CallRecord(rpc, request_id_from(context))
+        bind_call(record)
+        return record
+
+    def _wrap(self, rpc: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        kwargs = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary is not None:
+            unary_inner = handler.unary_unary
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                record = self._begin(rpc, context)
+                try:
+                    return await unary_inner(request, context)
+                finally:
+                    self._calls.end(record)
+
+            return grpc.unary_unary_rpc_method_handler(unary, **kwargs)
+        stream_inner = handler.unary_stream
+
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            record = self._begin(rpc, context)
+            try:
+                async for item in stream_inner(request, context):
+                    yield item
+            finally:
+                self._calls.end(record)
+
+        return grpc.unary_stream_rpc_method_handler(stream, **kwargs)

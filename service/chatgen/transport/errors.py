@@ -1,7 +1,7 @@
-"""ChatgenError -> gRPC status, plus the OpenAI error JSON in trailing metadata for the REST gateway.
-
-Envoy's transcoder turns the gRPC status into the HTTP status; its own error body is not OpenAI-shaped, so the
-gateway's Lua filter replaces it with the JSON carried in `x-chatgen-error`.
+"""ChatgenError -> gRPC status, in three forms: the status code and message; `google.rpc.Status` with
+`ErrorInfo` (reason = the error code) and `BadRequest.FieldViolation` (field = `param`) in
+`grpc-status-details-bin`, per AIP-193, for gRPC callers in any language; and the OpenAI error JSON in the
+`x-chatgen-error` trailer, which the REST gateway's Lua filter puts in place of the transcoder's own error body.
 """
 
 from __future__ import annotations
@@ -13,13 +13,18 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TypeVar
 
 import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
 
 from chatgen.errors import ChatgenError, Failure
-from chatgen.transport.calls import CallRecord
+from chatgen.transport.calls import current_call
 
 log = logging.getLogger(__name__)
 
 ERROR_METADATA_KEY = "x-chatgen-error"
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+# ErrorInfo.domain: who defines the reasons (AIP-193 wants the service's name).
+ERROR_DOMAIN = "chatgen.v1"
 
 T = TypeVar("T")
 _MAX_MESSAGE = 2000
@@ -34,10 +39,33 @@ def as_chatgen_error(exc: Exception) -> ChatgenError:
     return ChatgenError(Failure.INTERNAL, f"internal error: {type(exc).__name__}")
 
 
+def rpc_status(err: ChatgenError) -> status_pb2.Status:
+    """The error as google.rpc.Status: ErrorInfo always, BadRequest when a field is at fault, RetryInfo on
+    overload."""
+    details = [error_details_pb2.ErrorInfo(reason=err.failure.value.upper(), domain=ERROR_DOMAIN)]
+    if err.param is not None:
+        violation = error_details_pb2.BadRequest.FieldViolation(field=err.param, description=err.message)
+        details.append(error_details_pb2.BadRequest(field_violations=[violation]))
+    if err.retry_after is not None:
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.seconds = err.retry_after
+        details.append(retry)
+    status = status_pb2.Status(code=err.wire.grpc_code.value[0], message=err.message)
+    for detail in details:
+        packed = any_pb2.Any()
+        packed.Pack(detail)
+        status.details.append(packed)
+    return status
+
+
 async def abort(context: grpc.aio.ServicerContext, err: ChatgenError, extra: tuple[tuple[str, str], ...] = ()) -> None:
     if len(err.message) > _MAX_MESSAGE:
-        err = ChatgenError(err.failure, err.message[:_MAX_MESSAGE] + "...", err.param)
-    metadata = [(ERROR_METADATA_KEY, err.openai_json()), *extra]
+        err = ChatgenError(err.failure, err.message[:_MAX_MESSAGE] + "...", err.param, err.retry_after)
+    metadata: list[tuple[str, str | bytes]] = [
+        (ERROR_METADATA_KEY, err.openai_json()),
+        (STATUS_DETAILS_KEY, rpc_status(err).SerializeToString()),
+        *extra,
+    ]
     if err.retry_after is not None:
         # `retry-after` becomes the REST response's Retry-After header; grpc-retry-pushback-ms is what gRPC
         # clients' retry policies honour.
@@ -52,7 +80,8 @@ def _ended_early(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
     return grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= 0 else grpc.StatusCode.CANCELLED
 
 
-async def _failed(context: grpc.aio.ServicerContext, err: ChatgenError, record: CallRecord | None) -> None:
+async def _failed(context: grpc.aio.ServicerContext, err: ChatgenError) -> None:
+    record = current_call()
     if record is None:
         await abort(context, err)
         return
@@ -60,19 +89,18 @@ async def _failed(context: grpc.aio.ServicerContext, err: ChatgenError, record: 
     await abort(context, err, () if record.id_sent else record.metadata)
 
 
-async def unary(
-    context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[T]], record: CallRecord | None = None
-) -> T:
-    """Run `call`; a failure aborts the call with its status. With a record: its status, and the request id in
-    the response headers (or the trailers of a failure)."""
+async def unary(context: grpc.aio.ServicerContext, call: Awaitable[T]) -> T:
+    """Await `call`; a failure aborts the RPC with its status. In a logged RPC: its status in the call record,
+    and the request id in the response headers (or the trailers of a failure)."""
+    record = current_call()
     try:
-        result = await call()
+        result = await call
     except asyncio.CancelledError:
         if record is not None:
             record.code = _ended_early(context)
         raise
     except Exception as exc:
-        await _failed(context, as_chatgen_error(exc), record)
+        await _failed(context, as_chatgen_error(exc))
         raise  # unreachable: abort raises
     if record is not None:
         await context.send_initial_metadata(record.metadata)
@@ -85,12 +113,12 @@ async def stream(
     chunks: AsyncGenerator[T, None],
     error_chunk: Callable[[ChatgenError], T],
     sse: bool,
-    record: CallRecord | None = None,
 ) -> AsyncGenerator[T, None]:
     """Relay `chunks`; on failure abort the call, or for an SSE stream (the gateway's, whose HTTP status and
     headers went out with the first chunk) already under way, end with an error chunk. Cancellation (a client
-    that went away) is not caught: it closes `chunks`, which aborts the engine. With a record: its status, and
+    that went away) is not caught: it closes `chunks`, which aborts the engine. In a logged RPC: its status, and
     for gRPC callers the request id in the trailers."""
+    record = current_call()
     # gRPC ends a call whose deadline passed with DEADLINE_EXCEEDED, which a gRPC caller reads from the status.
     # An SSE caller has had its HTTP 200 by then; for it the stream stops just before the deadline with an error
     # event, so it learns why the stream ended.
@@ -127,7 +155,7 @@ async def stream(
     except Exception as exc:
         err = as_chatgen_error(exc)
         if not (started and sse):
-            await _failed(context, err, record)
+            await _failed(context, err)
         elif record is not None:
             record.code = err.wire.grpc_code
         yield error_chunk(err)

@@ -1,8 +1,8 @@
 """Stream chunks as Server-Sent Events, the bytes of the REST gateway's streaming responses.
 
-Each chunk becomes `data: <JSON>\\n\\n`, its JSON the proto3 JSON mapping of the message (as Envoy's transcoder
-prints it with preserve_proto_field_names and always_print_primitive_fields: `"index": 0` and `"choices": []` are
-sent), except for the delta's `"tool_calls": []`, which OpenAI sends only when a delta carries a tool call.
+Each chunk becomes `data: <JSON>\\n\\n`, its JSON the proto3 JSON mapping of the message (field names as in the
+.proto, fields without presence printed: `"index": 0` and `"choices": []` are sent), except for the delta's
+`"tool_calls": []`, which OpenAI sends only when a delta carries a tool call. Unary replies are the same JSON.
 
 Rendering a message through json_format costs ≈ 40 µs, more than the whole transcoder did per token, so the chunk
 that almost every token is — one choice, its delta holding only `content` (or only `reasoning_content`), or for
@@ -20,6 +20,7 @@ from typing import Any
 from google.api import httpbody_pb2
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor
+from google.protobuf.message import Message
 
 from chatgen.v1 import chatgen_pb2 as pb
 
@@ -55,10 +56,17 @@ def _in_field_order(data: dict[str, Any], descriptor: Descriptor) -> dict[str, A
     return out
 
 
+def json_text(message: Message) -> str:
+    """Any reply message as the REST API's JSON, through json_format."""
+    data = json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    return _dumps(_in_field_order(data, message.DESCRIPTOR))
+
+
 def event(chunk: pb.ChatCompletionChunk | pb.CompletionChunk) -> bytes:
     """Any chunk, through json_format."""
-    data = json_format.MessageToDict(chunk, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
-    return ("data: " + _dumps(_in_field_order(data, chunk.DESCRIPTOR)) + "\n\n").encode()
+    return ("data: " + json_text(chunk) + "\n\n").encode()
 
 
 class Events:

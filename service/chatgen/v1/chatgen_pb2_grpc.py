@@ -46,9 +46,9 @@ class ChatStub:
                 request_serializer=chatgen_dot_v1_dot_chatgen__pb2.ChatCompletionRequest.SerializeToString,
                 response_deserializer=chatgen_dot_v1_dot_chatgen__pb2.ChatCompletionChunk.FromString,
                 _registered_method=True)
-        self.StreamChatCompletionEvents = channel.unary_stream(
-                '/chatgen.v1.Chat/StreamChatCompletionEvents',
-                request_serializer=chatgen_dot_v1_dot_chatgen__pb2.ChatCompletionRequest.SerializeToString,
+        self.CreateChatCompletionHttp = channel.unary_stream(
+                '/chatgen.v1.Chat/CreateChatCompletionHttp',
+                request_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
                 response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
                 _registered_method=True)
 
@@ -69,12 +69,14 @@ class ChatServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def StreamChatCompletionEvents(self, request, context):
-        """StreamChatCompletion's chunks as Server-Sent Events, for the REST gateway: it sends `POST /v1/chat/completions`
-        with `"stream": true` here and passes the bytes through. Each HttpBody holds events `data: <chunk>\n\n`, the
-        chunk in the proto3 JSON mapping (field names as in the .proto, fields without presence printed, empty
-        `tool_calls` left out); an error after the first event is a chunk with `error` set; the stream ends with
-        `data: [DONE]\n\n`. The server renders the JSON because Envoy's transcoder costs more CPU per token doing it.
+    def CreateChatCompletionHttp(self, request, context):
+        """The REST API's `POST /v1/chat/completions`: the body is a ChatCompletionRequest in OpenAI's JSON, passed on
+        by the gateway as it came, so that the server checks its JSON types as strictly as OpenAI does (the proto3
+        JSON mapping would take "3" for 3 and an object for a one-element array). Without `"stream": true` the reply
+        is one HttpBody holding the ChatCompletion as JSON; with it, Server-Sent Events: `data: <chunk JSON>\n\n`
+        per ChatCompletionChunk (an error after the first event is a chunk with `error` set), then
+        `data: [DONE]\n\n`. JSON is the proto3 JSON mapping: field names as in the .proto, fields without presence
+        printed, a delta's empty `tool_calls` left out. Errors before the first message are gRPC statuses.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -93,9 +95,9 @@ def add_ChatServicer_to_server(servicer, server):
                     request_deserializer=chatgen_dot_v1_dot_chatgen__pb2.ChatCompletionRequest.FromString,
                     response_serializer=chatgen_dot_v1_dot_chatgen__pb2.ChatCompletionChunk.SerializeToString,
             ),
-            'StreamChatCompletionEvents': grpc.unary_stream_rpc_method_handler(
-                    servicer.StreamChatCompletionEvents,
-                    request_deserializer=chatgen_dot_v1_dot_chatgen__pb2.ChatCompletionRequest.FromString,
+            'CreateChatCompletionHttp': grpc.unary_stream_rpc_method_handler(
+                    servicer.CreateChatCompletionHttp,
+                    request_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
                     response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
     }
@@ -165,7 +167,7 @@ class Chat:
             _registered_method=True)
 
     @staticmethod
-    def StreamChatCompletionEvents(request,
+    def CreateChatCompletionHttp(request,
             target,
             options=(),
             channel_credentials=None,
@@ -178,8 +180,8 @@ class Chat:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/chatgen.v1.Chat/StreamChatCompletionEvents',
-            chatgen_dot_v1_dot_chatgen__pb2.ChatCompletionRequest.SerializeToString,
+            '/chatgen.v1.Chat/CreateChatCompletionHttp',
+            google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
             options,
             channel_credentials,
@@ -212,9 +214,9 @@ class GenerateStub:
                 request_serializer=chatgen_dot_v1_dot_chatgen__pb2.CompletionRequest.SerializeToString,
                 response_deserializer=chatgen_dot_v1_dot_chatgen__pb2.CompletionChunk.FromString,
                 _registered_method=True)
-        self.StreamCompletionEvents = channel.unary_stream(
-                '/chatgen.v1.Generate/StreamCompletionEvents',
-                request_serializer=chatgen_dot_v1_dot_chatgen__pb2.CompletionRequest.SerializeToString,
+        self.CreateCompletionHttp = channel.unary_stream(
+                '/chatgen.v1.Generate/CreateCompletionHttp',
+                request_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
                 response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
                 _registered_method=True)
 
@@ -235,8 +237,8 @@ class GenerateServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def StreamCompletionEvents(self, request, context):
-        """StreamCompletion's chunks as Server-Sent Events, for the REST gateway (as Chat.StreamChatCompletionEvents).
+    def CreateCompletionHttp(self, request, context):
+        """The REST API's `POST /v1/completions`: a CompletionRequest as JSON in, as Chat.CreateChatCompletionHttp.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -255,9 +257,9 @@ def add_GenerateServicer_to_server(servicer, server):
                     request_deserializer=chatgen_dot_v1_dot_chatgen__pb2.CompletionRequest.FromString,
                     response_serializer=chatgen_dot_v1_dot_chatgen__pb2.CompletionChunk.SerializeToString,
             ),
-            'StreamCompletionEvents': grpc.unary_stream_rpc_method_handler(
-                    servicer.StreamCompletionEvents,
-                    request_deserializer=chatgen_dot_v1_dot_chatgen__pb2.CompletionRequest.FromString,
+            'CreateCompletionHttp': grpc.unary_stream_rpc_method_handler(
+                    servicer.CreateCompletionHttp,
+                    request_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
                     response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
     }
@@ -327,7 +329,7 @@ class Generate:
             _registered_method=True)
 
     @staticmethod
-    def StreamCompletionEvents(request,
+    def CreateCompletionHttp(request,
             target,
             options=(),
             channel_credentials=None,
@@ -340,8 +342,8 @@ class Generate:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/chatgen.v1.Generate/StreamCompletionEvents',
-            chatgen_dot_v1_dot_chatgen__pb2.CompletionRequest.SerializeToString,
+            '/chatgen.v1.Generate/CreateCompletionHttp',
+            google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
             options,
             channel_credentials,

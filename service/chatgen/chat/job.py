@@ -1,0 +1,229 @@
+"""A prepared request's work on the engine: its choices' engine requests, turned into deltas (streams) or whole
+choices (unary calls). `n` choices are `n` engine requests over the same prompt (vLLM's prefix cache makes the
+shared prompt cheap), merged as they produce."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass, replace
+from typing import Protocol, TypeVar
+
+from chatgen.chat.accounting import RequestStats
+from chatgen.chat.forced_tools import ForcedTools
+from chatgen.chat.parsing import OutputParser
+from chatgen.chat.types import Choice, Delta, Result, ToolCall, ToolCallDelta, Usage
+from chatgen.engine import Engine, EngineError, EngineOutput, EngineRejectedRequest, EngineRequest, SamplingOptions
+from chatgen.engine.base import TokenLogprob
+from chatgen.errors import ChatgenError, Failure, invalid
+
+T = TypeVar("T")
+
+
+class EngineObserver(Protocol):
+    """What the chat layer reports while engine requests run (chatgen.metrics implements it)."""
+
+    def engine_request_started(self) -> None: ...
+
+    def engine_request_aborted(self) -> None:
+        """An engine request stopped before it finished (its caller cancelled, went away or timed out)."""
+
+    def output_gap(self, seconds: float) -> None:
+        """Time between two successive outputs of one engine request: the inter-token latency."""
+
+
+@dataclass
+class Job:
+    """One request, rendered and checked against the model: prompt tokens, engine options, its choices' extras."""
+
+    id: str
+    prompt_token_ids: list[int]
+    options: SamplingOptions
+    stats: RequestStats
+    n: int = 1
+    # Per choice: splits chat output into reasoning, answer and tool calls (models with a parser).
+    parsers: list[OutputParser] | None = None
+    # Completions with echo: text returned in front of every choice.
+    echo: str = ""
+    # Per choice, for tool_choice "required" / a named function: the constrained output is the call.
+    forced: list[ForcedTools] | None = None
+    # parallel_tool_calls false: calls after the first are dropped.
+    max_tool_calls: int | None = None
+
+    @property
+    def usage(self) -> Usage:
+        return Usage(prompt_tokens=len(self.prompt_token_ids), completion_tokens=self.stats.completion_tokens)
+
+    def engine_request(self, index: int) -> EngineRequest:
+        options = self.options
+        if self.n > 1 and options.seed is not None:
+            # One seed for all choices would make them identical; seeded choices stay reproducible.
+            options = replace(options, seed=options.seed + index)
+        request_id = self.id if self.n == 1 else f"{self.id}-{index}"
+        return EngineRequest(request_id, self.prompt_token_ids, options)
+
+
+class JobRunner:
+    def __init__(self, engine: Engine, observer: EngineObserver | None = None) -> None:
+        self._engine = engine
+        self._observer = observer
+
+    async def _outputs(self, job: Job, index: int) -> AsyncGenerator[EngineOutput, None]:
+        """One choice's engine outputs, counted into the job's stats. Closing this iterator aborts the request."""
+        finished = False
+        observer, stats = self._observer, job.stats
+        if observer is not None:
+            observer.engine_request_started()
+        last: float | None = None
+        try:
+            # aclosing: when our caller stops early, the engine's generator is closed now (aborting the request),
+            # not whenever the garbage collector gets to it.
+            async with contextlib.aclosing(self._engine.generate(job.engine_request(index))) as outputs:
+                async for out in outputs:
+                    if out.token_ids:
+                        now = time.perf_counter()
+                        if stats.first_token_at is None:
+                            stats.first_token_at = now
+                        if last is not None and observer is not None:
+                            observer.output_gap(now - last)
+                        last = now
+                    stats.completion_tokens += len(out.token_ids)
+                    finished = out.finish_reason is not None
+                    yield out
+        except EngineError as exc:
+            raise ChatgenError(Failure.ENGINE_UNAVAILABLE, str(exc)) from exc
+        except EngineRejectedRequest as exc:
+            raise invalid(exc.message, exc.param) from exc
+        finally:
+            if not finished and observer is not None:
+                observer.engine_request_aborted()
+
+    async def _choice_deltas(self, job: Job, index: int) -> AsyncGenerator[Delta, None]:
+        if job.forced is not None:
+            async for delta in self._forced_deltas(job, index, job.forced[index]):
+                yield delta
+            return
+        parser = job.parsers[index] if job.parsers else None
+        first = True
+        async with contextlib.aclosing(self._outputs(job, index)) as outputs:
+            async for out in outputs:
+                text, reasoning = out.text, ""
+                tool_calls: tuple[ToolCallDelta, ...] = ()
+                finish = out.finish_reason
+                if parser is not None:
+                    parsed = parser.delta(out.text, out.token_ids, finished=finish is not None)
+                    text, reasoning, tool_calls = parsed.content, parsed.reasoning, parsed.tool_call_deltas
+                    if job.max_tool_calls is not None:
+                        tool_calls = tuple(c for c in tool_calls if c.index < job.max_tool_calls)
+                    if finish == "stop" and parser.called_tools:
+                        finish = "tool_calls"
+                if first and job.echo:
+                    text = job.echo + text
+                first = False
+                if text or reasoning or finish or out.logprobs or tool_calls or out.prompt_logprobs:
+                    yield Delta(text, finish, reasoning, index, out.logprobs, tool_calls, out.prompt_logprobs)
+
+    async def _forced_deltas(self, job: Job, index: int, forced: ForcedTools) -> AsyncGenerator[Delta, None]:
+        """A named function's arguments stream as they are written; "required" calls come whole at the end
+        (their names are only known once the JSON array is complete)."""
+        opening = forced.first_delta()
+        if opening is not None:
+            yield Delta("", index=index, tool_calls=(opening,))
+        parts: list[str] = []
+        async with contextlib.aclosing(self._outputs(job, index)) as outputs:
+            async for out in outputs:
+                parts.append(out.text)
+                finish = out.finish_reason
+                calls: tuple[ToolCallDelta, ...] = ()
+                if opening is not None and out.text:
+                    calls = (ToolCallDelta(0, arguments=out.text),)
+                elif opening is None and finish is not None:
+                    whole = forced.calls("".join(parts))
+                    calls = tuple(ToolCallDelta(i, c.id, c.name, c.arguments) for i, c in enumerate(whole))
+                if finish == "stop":
+                    finish = forced.finish_reason
+                if calls or finish or out.logprobs:
+                    yield Delta("", finish, "", index, out.logprobs, calls)
+
+    def stream(self, job: Job) -> AsyncGenerator[Delta, None]:
+        """Deltas of all choices as the engine produces them (interleaved when n > 1)."""
+        if job.n == 1:
+            return self._choice_deltas(job, 0)
+        return merge([functools.partial(self._choice_deltas, job, i) for i in range(job.n)])
+
+    async def collect(self, job: Job) -> Result:
+        choices = await asyncio.gather(*(self._collect_choice(job, i) for i in range(job.n)))
+        return Result(id=job.id, choices=list(choices), usage=job.usage)
+
+    async def _collect_choice(self, job: Job, index: int) -> Choice:
+        parts: list[str] = []
+        token_ids: list[int] = []
+        logprobs: list[TokenLogprob] = []
+        prompt_logprobs: tuple[TokenLogprob, ...] = ()
+        finish_reason = "stop"
+        async with contextlib.aclosing(self._outputs(job, index)) as outputs:
+            async for out in outputs:
+                parts.append(out.text)
+                token_ids.extend(out.token_ids)
+                logprobs.extend(out.logprobs)
+                prompt_logprobs = prompt_logprobs or out.prompt_logprobs
+                if out.finish_reason:
+                    finish_reason = out.finish_reason
+        text = "".join(parts)
+        reasoning: str | None = None
+        tool_calls: tuple[ToolCall, ...] = ()
+        if job.forced is not None:
+            forced = job.forced[index]
+            tool_calls = forced.calls(text)
+            if tool_calls:
+                text = ""
+                finish_reason = forced.finish_reason if finish_reason == "stop" else finish_reason
+        elif job.parsers:
+            parsed = job.parsers[index].final(text, token_ids)
+            text, reasoning, tool_calls = parsed.content, parsed.reasoning or None, parsed.tool_calls
+            tool_calls = tool_calls[: job.max_tool_calls]
+            if tool_calls and finish_reason == "stop":
+                finish_reason = "tool_calls"
+        return Choice(
+            index=index,
+            text=job.echo + text,
+            finish_reason=finish_reason,
+            reasoning=reasoning,
+            logprobs=tuple(logprobs) if job.options.logprobs is not None else None,
+            tool_calls=tool_calls,
+            prompt_logprobs=prompt_logprobs,
+        )
+
+
+async def merge(sources: list[Callable[[], AsyncGenerator[T, None]]]) -> AsyncGenerator[T, None]:
+    """Items of several async iterators as they come; the first failure or an early stop cancels them all."""
+    queue: asyncio.Queue[tuple[bool, object]] = asyncio.Queue()
+
+    async def pump(make: Callable[[], AsyncGenerator[T, None]]) -> None:
+        try:
+            async with contextlib.aclosing(make()) as items:
+                async for item in items:
+                    await queue.put((True, item))
+        except Exception as exc:
+            await queue.put((False, exc))
+            return
+        await queue.put((False, None))
+
+    tasks = [asyncio.ensure_future(pump(make)) for make in sources]
+    try:
+        running = len(tasks)
+        while running:
+            ok, value = await queue.get()
+            if ok:
+                yield value  # type: ignore[misc]
+            elif value is None:
+                running -= 1
+            else:
+                raise value  # type: ignore[misc]
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,43 @@
+"""A text completion request -> one validated `CompletionPlan` (as chat.py does for chat requests)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from chatgen.chat.validation import values
+from chatgen.chat.validation.sampling import (
+    SamplingPlan,
+    ServedModel,
+    check_logprobs,
+    check_model,
+    check_stream_options,
+    sampling_plan,
+)
+from chatgen.v1 import chatgen_pb2 as pb
+
+
+@dataclass(frozen=True)
+class CompletionPlan:
+    model: str
+    prompt: str
+    sampling: SamplingPlan
+    # Return the prompt in front of each choice's text (and, with logprobs, score the prompt's tokens too).
+    echo: bool
+    request_id: str | None
+    include_usage: bool
+
+
+def validate_completion(request: pb.CompletionRequest, model: ServedModel, streaming: bool) -> CompletionPlan:
+    check_model(request, model)
+    prompt = values.prompt_text(request.prompt)
+    logprobs = check_logprobs(request.logprobs if request.HasField("logprobs") else None, model, "logprobs")
+    json_schema = values.response_format_schema(request)
+    max_tokens = request.max_tokens if request.HasField("max_tokens") else None
+    return CompletionPlan(
+        model=request.model,
+        prompt=prompt,
+        sampling=sampling_plan(request, model, max_tokens, logprobs, json_schema),
+        echo=request.echo,
+        request_id=request.request_id or None,
+        include_usage=check_stream_options(request, streaming),
+    )

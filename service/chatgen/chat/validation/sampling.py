@@ -1,0 +1,157 @@
+"""The fields chat and completion requests share: the model, sampling, `n`, stop, logit bias, structured output.
+
+The engine's `SamplingOptions` is the one list of sampling fields: a request field of the same name (present on
+both request messages, `optional` in the proto) is copied over when sent and keeps the engine's default when not,
+after its range check here. `SamplingPlan.to_options` then needs only what depends on the prompt: `max_tokens`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from chatgen.chat.validation import values
+from chatgen.engine.base import SamplingOptions
+from chatgen.errors import ChatgenError, Failure, invalid, unsupported
+from chatgen.v1 import chatgen_pb2 as pb
+
+# OpenAI's limits.
+MAX_N = 16
+MAX_TOP_LOGPROBS = 20
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """What this deployment serves and can do: the facts a request is checked against before it is rendered."""
+
+    name: str
+    engine: str
+    # The engine reports logprobs.
+    logprobs: bool = True
+    # The model has a chat template (Chat works; Generate always does).
+    chat_template: bool = True
+    # A tool-call parser is configured: tool_choice "auto" can return tool calls.
+    tool_parser: bool = False
+    # Choices one request may run at once (admission's max_running), at most MAX_N.
+    max_choices: int = MAX_N
+
+
+def _scalar_fields() -> tuple[str, ...]:
+    """SamplingOptions fields that both request messages carry as `optional` scalars of the same name."""
+    names = []
+    for field in dataclasses.fields(SamplingOptions):
+        on_both = [
+            m.DESCRIPTOR.fields_by_name.get(field.name) for m in (pb.ChatCompletionRequest, pb.CompletionRequest)
+        ]
+        if all(f is not None and f.has_presence and f.message_type is None for f in on_both):
+            names.append(field.name)
+    # max_tokens depends on the prompt and logprobs means different things in chat and completions.
+    return tuple(n for n in names if n not in ("max_tokens", "logprobs"))
+
+
+SCALAR_FIELDS = _scalar_fields()
+
+# field -> (accepts the value, the error message); the engine would reject most of these too, but only once the
+# request is queued and without naming the field.
+RANGES: dict[str, tuple[Any, str]] = {
+    "temperature": (lambda v: 0.0 <= v <= 2.0, "'temperature' must be between 0 and 2, got {}"),
+    "top_p": (lambda v: 0.0 < v <= 1.0, "'top_p' must be in (0, 1], got {}"),
+    "top_k": (lambda v: v >= -1, "'top_k' must be -1, 0 (disabled) or positive, got {}"),
+    "min_p": (lambda v: 0.0 <= v <= 1.0, "'min_p' must be between 0 and 1, got {}"),
+    "presence_penalty": (lambda v: -2.0 <= v <= 2.0, "'presence_penalty' must be between -2 and 2, got {}"),
+    "frequency_penalty": (lambda v: -2.0 <= v <= 2.0, "'frequency_penalty' must be between -2 and 2, got {}"),
+    # vLLM only asks for > 0, but the penalty divides logits: near 0 they overflow to inf and sampling fails
+    # (found by fuzzing with 1.4e-45). Useful values are around 1-2.
+    "repetition_penalty": (lambda v: 0.01 <= v <= 100.0, "'repetition_penalty' must be between 0.01 and 100, got {}"),
+}
+
+
+@dataclass(frozen=True)
+class SamplingPlan:
+    """Validated sampling: everything the engine needs but `max_tokens` when the caller left it to the context."""
+
+    n: int
+    # None: as many as the context leaves room for once the prompt is known.
+    max_tokens: int | None
+    fields: dict[str, Any]
+
+    def to_options(self, room: int) -> SamplingOptions:
+        """The engine's options, given the room the prompt leaves in the context."""
+        return SamplingOptions(max_tokens=self.max_tokens if self.max_tokens is not None else room, **self.fields)
+
+
+def check_model(request: Any, model: ServedModel) -> None:
+    if not request.model:
+        raise invalid("'model' is required", "model")
+    if request.model != model.name:
+        raise ChatgenError(
+            Failure.MODEL_NOT_FOUND,
+            f"The model '{request.model}' does not exist; this server serves '{model.name}'",
+            "model",
+        )
+
+
+def check_stream_options(request: Any, streaming: bool) -> bool:
+    """Whether a stream ends with a usage chunk. `stream`, where sent, must agree with the call (REST picks the
+    call from it); stream_options belong to streams only, as OpenAI and vLLM have it."""
+    if request.HasField("stream") and request.stream != streaming:
+        rpc = "a streaming" if request.stream else "a unary"
+        raise invalid(f"'stream' is {str(request.stream).lower()}, but this is not {rpc} call", "stream")
+    if request.HasField("stream_options") and not streaming:
+        raise invalid("'stream_options' is only allowed with 'stream': true", "stream_options")
+    return streaming and bool(request.stream_options.include_usage)
+
+
+def _max_tokens(value: int | None) -> int | None:
+    if value is not None and value < 1:
+        raise invalid(f"'max_tokens' must be at least 1, got {value}", "max_tokens")
+    return value
+
+
+def _choices(request: Any, model: ServedModel) -> int:
+    n = request.n if request.HasField("n") else 1
+    if not 1 <= n <= MAX_N:
+        raise invalid(f"'n' must be between 1 and {MAX_N}, got {n}", "n")
+    if n > model.max_choices:
+        raise unsupported(f"'n' is {n}, but this server runs at most {model.max_choices} choices at once", "n")
+    return n
+
+
+def check_logprobs(top: int | None, model: ServedModel, param: str) -> int | None:
+    """Top logprobs per token (None: no logprobs) within OpenAI's limit and what the engine can do."""
+    if top is None:
+        return None
+    if not model.logprobs:
+        raise unsupported(f"the {model.engine} engine does not report logprobs", "logprobs")
+    if not 0 <= top <= MAX_TOP_LOGPROBS:
+        raise invalid(f"'{param}' must be between 0 and {MAX_TOP_LOGPROBS}, got {top}", param)
+    return top
+
+
+def sampling_plan(
+    request: pb.ChatCompletionRequest | pb.CompletionRequest,
+    model: ServedModel,
+    max_tokens: int | None,
+    logprobs: int | None,
+    json_schema: str | None,
+) -> SamplingPlan:
+    """The sampling a request asks for, every value checked; `logprobs` and `json_schema` come checked already."""
+    fields: dict[str, Any] = {}
+    for name in SCALAR_FIELDS:
+        if not request.HasField(name):
+            continue
+        value = getattr(request, name)
+        check = RANGES.get(name)
+        if check is not None and not check[0](value):
+            raise invalid(check[1].format(value), name)
+        fields[name] = value
+    fields["stop"] = values.stop_strings(request.stop)
+    fields["stop_token_ids"] = tuple(request.stop_token_ids)
+    for token in fields["stop_token_ids"]:
+        if token < 0:
+            raise invalid(f"stop_token_ids has {token}, which is negative", "stop_token_ids")
+    fields["logit_bias"] = values.logit_bias(request.logit_bias)
+    fields["logprobs"] = logprobs
+    fields["json_schema"] = json_schema
+    return SamplingPlan(n=_choices(request, model), max_tokens=_max_tokens(max_tokens), fields=fields)

@@ -1,0 +1,156 @@
+"""Readers for the request fields whose JSON may take several shapes (google.protobuf.Value and Struct): each
+returns the one typed value the rest of the service uses, or raises the error that names the field at fault."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2
+from google.protobuf.message import Message as ProtoMessage
+
+from chatgen.errors import invalid
+
+
+def as_python(message: ProtoMessage) -> Any:
+    """A Struct (or a message with Struct fields) as plain JSON data. JSON numbers arrive as doubles; integral
+    ones become ints again, since JSON Schema keywords like maxItems and template code like range(n) need ints."""
+
+    def fix(value: Any) -> Any:
+        if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+            return int(value)
+        if isinstance(value, dict):
+            return {k: fix(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [fix(v) for v in value]
+        return value
+
+    return fix(json_format.MessageToDict(message, preserving_proto_field_name=True))
+
+
+def kind(value: struct_pb2.Value) -> str | None:
+    """The JSON type a Value holds: None when the field was not sent, else "null_value", "string_value", ..."""
+    return value.WhichOneof("kind")
+
+
+def is_absent(value: struct_pb2.Value) -> bool:
+    return kind(value) in (None, "null_value")
+
+
+def content_text(value: struct_pb2.Value, param: str) -> str:
+    """OpenAI message content: a string, or an array of `{"type": "text", "text": ...}` parts (joined)."""
+    k = kind(value)
+    if k == "string_value":
+        return value.string_value
+    if k == "list_value":
+        texts: list[str] = []
+        for i, part in enumerate(value.list_value.values):
+            fields = part.struct_value.fields if kind(part) == "struct_value" else None
+            if fields is None or fields.get("type", struct_pb2.Value()).string_value != "text":
+                raise invalid(f"{param}[{i}] must be a content part of type 'text'", f"{param}[{i}]")
+            text = fields.get("text")
+            if text is None or kind(text) != "string_value":
+                raise invalid(f"{param}[{i}].text must be a string", f"{param}[{i}].text")
+            texts.append(text.string_value)
+        return "".join(texts)
+    raise invalid(f"{param} must be a string or an array of content parts", param)
+
+
+def stop_strings(value: struct_pb2.Value) -> tuple[str, ...]:
+    """`stop`: a string or an array of strings (empty ones dropped); absent or null: none."""
+    k = kind(value)
+    if is_absent(value):
+        return ()
+    if k == "string_value":
+        return (value.string_value,) if value.string_value else ()
+    if k == "list_value":
+        out: list[str] = []
+        for i, item in enumerate(value.list_value.values):
+            if kind(item) != "string_value":
+                raise invalid(f"stop[{i}] must be a string", f"stop[{i}]")
+            if item.string_value:
+                out.append(item.string_value)
+        return tuple(out)
+    raise invalid("'stop' must be a string or an array of strings", "stop")
+
+
+def prompt_text(value: struct_pb2.Value) -> str:
+    """`prompt`: a non-empty string, or an array holding one."""
+    k = kind(value)
+    text: str | None = None
+    if k == "string_value":
+        text = value.string_value
+    elif k == "list_value" and len(value.list_value.values) == 1:
+        only = value.list_value.values[0]
+        if kind(only) == "string_value":
+            text = only.string_value
+    elif is_absent(value):
+        raise invalid("'prompt' is required", "prompt")
+    if text is None:
+        raise invalid("'prompt' must be a string (or an array holding one string)", "prompt")
+    if not text:
+        raise invalid("'prompt' must be a non-empty string", "prompt")
+    return text
+
+
+def tool_choice(value: struct_pb2.Value) -> tuple[str | None, str | None]:
+    """(tool_choice, forced function name) from "auto" | "none" | "required" | {"type": "function", ...}."""
+    k = kind(value)
+    if is_absent(value):
+        return None, None
+    if k == "string_value":
+        if value.string_value not in ("auto", "none", "required"):
+            raise invalid("'tool_choice' must be auto, none, required or a function", "tool_choice")
+        return value.string_value, None
+    if k == "struct_value":
+        function = value.struct_value.fields.get("function")
+        name = function.struct_value.fields.get("name") if function is not None else None
+        if name is None or kind(name) != "string_value" or not name.string_value:
+            raise invalid('\'tool_choice\' objects name the function: {"function": {"name": ...}}', "tool_choice")
+        return "function", name.string_value
+    raise invalid("'tool_choice' must be a string or an object", "tool_choice")
+
+
+def logit_bias(bias: Any) -> tuple[tuple[int, float], ...]:
+    """OpenAI's logit_bias map (token id as a string key -> bias in [-100, 100]), sorted by token id."""
+    out: list[tuple[int, float]] = []
+    for key, value in sorted(bias.items()):
+        try:
+            token = int(key)
+        except ValueError:
+            raise invalid(f"logit_bias keys must be token ids, got {key!r}", "logit_bias") from None
+        if token < 0:
+            raise invalid(f"logit_bias has token id {token}, which is negative", "logit_bias")
+        if not -100.0 <= value <= 100.0:
+            raise invalid(f"logit_bias values must be between -100 and 100, got {value}", "logit_bias")
+        out.append((token, value))
+    return tuple(out)
+
+
+# OpenAI's json_object mode: any JSON object.
+JSON_OBJECT_SCHEMA = '{"type": "object"}'
+
+
+def response_format_schema(request: Any) -> str | None:
+    """response_format -> the JSON Schema (text) to enforce, or None for free text."""
+    if not request.HasField("response_format"):
+        return None
+    fmt = request.response_format
+    if fmt.type in ("", "text"):
+        return None
+    if fmt.type == "json_object":
+        return JSON_OBJECT_SCHEMA
+    if fmt.type != "json_schema":
+        raise invalid(
+            f"response_format.type must be text, json_object or json_schema, got {fmt.type!r}", "response_format.type"
+        )
+    if not fmt.HasField("json_schema") or not fmt.json_schema.HasField("schema"):
+        raise invalid("response_format json_schema needs json_schema.schema", "response_format.json_schema.schema")
+    schema = as_python(fmt.json_schema.schema)
+    import jsonschema
+
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise invalid(f"invalid JSON schema: {exc.message}", "response_format.json_schema.schema") from None
+    return json.dumps(schema)

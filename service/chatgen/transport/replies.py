@@ -1,0 +1,226 @@
+"""The chat layer's results -> reply messages: unary replies, and the chunks of a stream."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from typing import Any
+
+from google.protobuf import struct_pb2
+
+from chatgen.chat.types import Choice, Delta, Result, StreamItem, StreamStart, ToolCallDelta, Usage
+from chatgen.engine.base import ModelInfo, TokenLogprob
+from chatgen.errors import ChatgenError
+from chatgen.transport import sse
+from chatgen.v1 import chatgen_pb2 as pb
+
+# OpenAI (and vLLM) send -9999.0 for an impossible token: JSON has no -Infinity.
+_MIN_LOGPROB = -9999.0
+
+
+def usage_pb(u: Usage) -> pb.Usage:
+    return pb.Usage(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens, total_tokens=u.total_tokens)
+
+
+def error_pb(err: ChatgenError) -> pb.ErrorDetail:
+    detail = pb.ErrorDetail(message=err.message, type=err.wire.openai_type, code=err.failure.value)
+    if err.param is not None:
+        detail.param = err.param
+    return detail
+
+
+def _logprob(value: float | None) -> float:
+    return _MIN_LOGPROB if value is None else max(value, _MIN_LOGPROB)
+
+
+def _utf8(token: str) -> list[int]:
+    return list(token.encode("utf-8", errors="replace"))
+
+
+def chat_logprobs_pb(logprobs: Sequence[TokenLogprob]) -> pb.ChatLogprobs:
+    return pb.ChatLogprobs(
+        content=[
+            pb.TokenLogprob(
+                token=lp.token,
+                logprob=_logprob(lp.logprob),
+                bytes=_utf8(lp.token),
+                top_logprobs=[pb.TopLogprob(token=t, logprob=_logprob(v), bytes=_utf8(t)) for t, v in lp.top],
+            )
+            for lp in logprobs
+        ]
+    )
+
+
+def completion_logprobs_pb(logprobs: Sequence[TokenLogprob], offset: int) -> pb.CompletionLogprobs:
+    """Legacy completions shape; `offset` is where the first of these tokens starts in the choice's text.
+    A prompt's first token (under echo) has no logprob: null in both arrays, as OpenAI and vLLM send it."""
+    out = pb.CompletionLogprobs()
+    for lp in logprobs:
+        out.tokens.append(lp.token)
+        if lp.logprob is None:
+            out.token_logprobs.add().null_value = struct_pb2.NULL_VALUE
+            out.top_logprobs.add().null_value = struct_pb2.NULL_VALUE
+        else:
+            out.token_logprobs.add().number_value = _logprob(lp.logprob)
+            out.top_logprobs.add().struct_value.update({t: _logprob(v) for t, v in lp.top})
+        out.text_offset.append(offset)
+        offset += len(lp.token)
+    return out
+
+
+def _assistant_message(choice: Choice) -> pb.ChatCompletionMessage:
+    message = pb.ChatCompletionMessage(role="assistant")
+    # OpenAI leaves content out (null) when the model only called tools.
+    if choice.text or not choice.tool_calls:
+        message.content = choice.text
+    if choice.reasoning is not None:
+        message.reasoning_content = choice.reasoning
+    for call in choice.tool_calls:
+        message.tool_calls.add(
+            id=call.id, type="function", function=pb.FunctionCall(name=call.name, arguments=call.arguments)
+        )
+    return message
+
+
+def chat_completion(result: Result, model: str) -> pb.ChatCompletion:
+    reply = pb.ChatCompletion(
+        id=result.id, object="chat.completion", created=int(time.time()), model=model, usage=usage_pb(result.usage)
+    )
+    for c in result.choices:
+        choice = reply.choices.add(index=c.index, message=_assistant_message(c), finish_reason=c.finish_reason)
+        if c.logprobs is not None:
+            choice.logprobs.CopyFrom(chat_logprobs_pb(c.logprobs))
+    return reply
+
+
+def completion(result: Result, model: str) -> pb.Completion:
+    reply = pb.Completion(
+        id=result.id, object="text_completion", created=int(time.time()), model=model, usage=usage_pb(result.usage)
+    )
+    for c in result.choices:
+        choice = reply.choices.add(index=c.index, text=c.text, finish_reason=c.finish_reason)
+        if c.logprobs is not None:
+            # With echo the prompt's own tokens lead (from offset 0); without, the text is the completion.
+            choice.logprobs.CopyFrom(completion_logprobs_pb((*c.prompt_logprobs, *c.logprobs), 0))
+    return reply
+
+
+def _tool_call_delta_pb(d: ToolCallDelta) -> pb.ToolCallDelta:
+    out = pb.ToolCallDelta(index=d.index)
+    if d.id is not None:
+        out.id = d.id
+        out.type = "function"
+    if d.name is not None:
+        out.function.name = d.name
+    if d.arguments is not None:
+        out.function.arguments = d.arguments
+    return out
+
+
+Chunk = Any  # pb.ChatCompletionChunk | pb.CompletionChunk, or a ready SSE event (httpbody_pb2.HttpBody)
+
+
+class StreamChunks:
+    """One stream's items -> its chunks. With `events` (the REST form), the deltas that carry only text (almost
+    every token's) come as that event stream's HttpBody at once, without a chunk message built."""
+
+    chunk_type: Any
+    object_name: str
+
+    def __init__(self, model: str, events: bool) -> None:
+        self.envelope: dict[str, Any] = {"object": self.object_name, "created": int(time.time()), "model": model}
+        self.events = sse.Events(self.chunk_type(**self.envelope)) if events else None
+        self.id = ""
+
+    def error(self, err: ChatgenError) -> Chunk:
+        """The chunk that ends a REST stream already under way (the completion id, once known)."""
+        return self.chunk_type(id=self.id, **self.envelope, error=error_pb(err))
+
+    async def chunks(self, items: AsyncIterator[StreamItem]) -> AsyncGenerator[Chunk, None]:
+        start = StreamStart("", 1, False)
+        async for item in items:
+            if isinstance(item, Delta):
+                yield self._delta(item, start)
+            elif isinstance(item, StreamStart):
+                start, self.id = item, item.id
+                for chunk in self._opening(start):
+                    yield chunk
+            else:
+                yield self.chunk_type(id=start.id, **self.envelope, usage=usage_pb(item))
+
+    def _opening(self, start: StreamStart) -> list[Chunk]:
+        return []
+
+    def _delta(self, d: Delta, start: StreamStart) -> Chunk:
+        raise NotImplementedError
+
+
+class ChatChunks(StreamChunks):
+    chunk_type = pb.ChatCompletionChunk
+    object_name = "chat.completion.chunk"
+
+    def _opening(self, start: StreamStart) -> list[Chunk]:
+        """Each choice opens with the assistant role, as OpenAI streams it."""
+        return [
+            pb.ChatCompletionChunk(
+                id=start.id,
+                **self.envelope,
+                choices=[
+                    pb.ChatCompletionChunkChoice(index=i, delta=pb.ChatCompletionDelta(role="assistant", content=""))
+                ],
+            )
+            for i in range(start.n)
+        ]
+
+    def _delta(self, d: Delta, start: StreamStart) -> Chunk:
+        if self.events is not None and not start.logprobs and not (d.finish_reason or d.tool_calls):
+            if (not d.text) != (not d.reasoning):
+                field, text = ("content", d.text) if d.text else ("reasoning_content", d.reasoning)
+                return self.events.text(start.id, d.index, field, text)
+        choice = pb.ChatCompletionChunkChoice(index=d.index, delta=pb.ChatCompletionDelta())
+        if d.reasoning:
+            choice.delta.reasoning_content = d.reasoning
+        if d.text:
+            choice.delta.content = d.text
+        for call in d.tool_calls:
+            choice.delta.tool_calls.append(_tool_call_delta_pb(call))
+        if d.finish_reason:
+            choice.finish_reason = d.finish_reason
+        if start.logprobs:
+            choice.logprobs.CopyFrom(chat_logprobs_pb(d.logprobs))
+        return pb.ChatCompletionChunk(id=start.id, **self.envelope, choices=[choice])
+
+
+class CompletionChunks(StreamChunks):
+    chunk_type = pb.CompletionChunk
+    object_name = "text_completion"
+
+    def __init__(self, model: str, events: bool) -> None:
+        super().__init__(model, events)
+        # Characters of each choice's text sent so far (the logprobs' text offsets).
+        self._offsets: dict[int, int] = {}
+
+    def _delta(self, d: Delta, start: StreamStart) -> Chunk:
+        if self.events is not None and not start.logprobs and not d.finish_reason:
+            return self.events.text(start.id, d.index, "text", d.text)
+        choice = pb.CompletionChunkChoice(index=d.index, text=d.text)
+        if d.finish_reason:
+            choice.finish_reason = d.finish_reason
+        if start.logprobs:
+            offset = self._offsets.get(d.index, 0)
+            choice.logprobs.CopyFrom(completion_logprobs_pb((*d.prompt_logprobs, *d.logprobs), offset))
+            self._offsets[d.index] = offset + len(d.text)
+        return pb.CompletionChunk(id=start.id, **self.envelope, choices=[choice])
+
+
+def model_card(info: ModelInfo, abilities: list[str]) -> pb.Model:
+    """GET /v1/models/{id}: OpenAI's model object plus the context length and Xinference's type and abilities."""
+    return pb.Model(
+        id=info.name,
+        object="model",
+        created=info.created,
+        owned_by="chatgen",
+        max_model_len=info.max_model_len,
+        model_type="LLM",
+        model_ability=abilities,
+    )
