@@ -3,7 +3,7 @@
 Every failure the service reports is a `ChatgenError` with a `Failure` kind. `FAILURES` maps a kind to its gRPC
 status, its HTTP status (the one Envoy's transcoder derives from that gRPC status, or the one Envoy answers with
 itself) and the OpenAI error `type`; the kind's value is the OpenAI error `code`. `CASES` lists every bad input
-and fault the service answers, with its kind: the README's error table is `python -m chatgen.errors`, and the
+and fault the service answers, with its kind: docs/api.md's error table is `python -m chatgen.errors`, and the
 gateway's own replies (`GATEWAY_REPLIES`) come from the same table, so REST, gRPC and the docs cannot drift apart.
 """
 
@@ -79,15 +79,13 @@ class ErrorCase:
 
 
 CASES: tuple[ErrorCase, ...] = (
-    ErrorCase(
-        "malformed-body", "body is not JSON / not a protobuf message", Failure.INVALID_REQUEST, "", "Envoy / server"
-    ),
+    ErrorCase("malformed-body", "body is not JSON / not a protobuf message", Failure.INVALID_REQUEST, ""),
     ErrorCase(
         "wrong-type",
-        'a field of the wrong JSON type (`"temperature": "hot"`, `"messages": "hi"`)',
+        'a field of the wrong JSON type (`"temperature": "hot"`, `"max_tokens": "3"`, `"stream": "yes"`, '
+        '`"messages": {…}`)',
         Failure.INVALID_REQUEST,
         "temperature, messages, …",
-        "Envoy",
     ),
     ErrorCase("no-model", "`model` missing", Failure.INVALID_REQUEST, "model"),
     ErrorCase("unknown-model", "unknown `model`", Failure.MODEL_NOT_FOUND, "model"),
@@ -102,9 +100,10 @@ CASES: tuple[ErrorCase, ...] = (
     ),
     ErrorCase(
         "bad-content",
-        "content that is not a string or text parts; `stop` not strings",
+        "content missing, or not a string or text parts; `stop` not strings; a tool message without "
+        "`tool_call_id`",
         Failure.INVALID_REQUEST,
-        "messages[0].content[0], stop",
+        "messages[0].content, messages[0].content[0], stop, …",
     ),
     ErrorCase(
         "out-of-range",
@@ -175,7 +174,7 @@ GATEWAY_REPLIES: dict[int, Failure] = {
 
 
 def markdown_table() -> str:
-    """The README's error table."""
+    """docs/api.md's error table."""
     rows = [
         "| failure | answered by | gRPC status | HTTP | OpenAI `type` | `code` | `param` |",
         "|---|---|---|---|---|---|---|",
