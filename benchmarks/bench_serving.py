@@ -41,17 +41,18 @@ import asyncio
 import contextlib
 import functools
 import json
-import math
 import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from benchmarks.clients import Result, Timer, frozen_heap
+from benchmarks.clients import Result, frozen_heap
+from benchmarks.in_process import engine_in_process, transformers_generate
 from benchmarks.local_server import pct
+from benchmarks.report import LABELS, LETTERS, Level, plot, pooled, print_report, ratios
 from benchmarks.targets import (
     EngineSetup,
     Send,
@@ -62,60 +63,13 @@ from benchmarks.targets import (
     vllm_serve,
 )
 from benchmarks.tiny_model import MODEL_HELP, bench_model
-from benchmarks.workload import Request, prompt_ids, replay, synthetic
+from benchmarks.workload import Request, replay, synthetic
 
-LETTERS = {
-    "vllm": "a",
-    "grpc": "b",
-    "rest": "c",
-    "smg": "d",
-    "engine": "e",
-    "hf": "f",
-    "transformers": "g",
-    "raw-rest": "h",
-}
-LABELS = {
-    "vllm": "vllm serve",
-    "grpc": "chatgen gRPC",
-    "rest": "chatgen REST",
-    "smg": "SMG",
-    "engine": "AsyncLLM in-process",
-    "hf": "chatgen gRPC, hf engine",
-    "transformers": "transformers generate",
-    "raw-rest": "chatgen REST, bare client",
-}
-RATIOS = [("b", "a"), ("b", "d"), ("c", "a"), ("c", "b"), ("c", "d"), ("b", "e"), ("f", "g"), ("h", "b")]
-# TTFT p50 ratios (below 1: the first target answers sooner): chatgen against the two baselines, REST against gRPC.
-TTFT_RATIOS = [("b", "a"), ("b", "d"), ("c", "b")]
-
-# Targets measured together take turns in rounds of this many requests per client (see Sweep.take_turns).
 ROUND_PER_CLIENT = 4
-# Fewer paired rounds than this give no confidence interval for a ratio.
-MIN_ROUNDS_FOR_CI = 3
 
 TARGETS = ("vllm", "smg", "grpc", "rest", "raw-rest", "engine", "hf", "transformers")
 # The targets one `chatgen serve` on vLLM answers.
 CHATGEN_TARGETS = {"grpc", "rest", "raw-rest"}
-
-
-@dataclass
-class Level:
-    target: str
-    concurrency: int
-    requests: int
-    ok: int
-    errors: dict[str, int] = field(default_factory=dict)
-    seconds: float = 0.0
-    requests_per_s: float = 0.0
-    output_tokens_per_s: float = 0.0
-    ttft_p50_ms: float = math.nan
-    ttft_p99_ms: float = math.nan
-    itl_p50_ms: float = math.nan
-    itl_p99_ms: float = math.nan
-    # Output tokens/s and TTFT p50 (ms) of each round, in order (the samples a ratio's confidence interval is
-    # built from).
-    rounds: list[float] = field(default_factory=list)
-    round_ttft_p50_ms: list[float] = field(default_factory=list)
 
 
 def salted(requests: list[Request], salt: str) -> list[Request]:
@@ -247,112 +201,11 @@ async def chatgen(
 
 
 @contextlib.asynccontextmanager
-async def engine_in_process(setup: EngineSetup) -> AsyncIterator[Senders]:
-    """(e): vLLM's AsyncLLM in this process, the ceiling."""
-    import os
-
-    from transformers import AutoTokenizer
-    from vllm import SamplingParams
-    from vllm.inputs import TokensPrompt
-    from vllm.sampling_params import RequestOutputKind
-    from vllm.v1.engine.async_llm import AsyncLLM
-
-    from chatgen.engine.vllm_args import cpu_kv_cache_env, engine_args
-
-    os.environ.update(cpu_kv_cache_env(dict(os.environ)))
-    llm: Any = AsyncLLM.from_engine_args(engine_args(setup.defaults(), setup.engine_argv))
-    tokenizer = AutoTokenizer.from_pretrained(setup.model_dir)
-    counter = 0
-
-    async def send(request: Request) -> Result:
-        nonlocal counter
-        counter += 1
-        ids = prompt_ids(tokenizer, request)
-        params = SamplingParams(
-            max_tokens=request.max_tokens, temperature=0, ignore_eos=True, output_kind=RequestOutputKind.DELTA
-        )
-        timer, tokens = Timer(), 0
-        async for out in llm.generate(TokensPrompt(prompt_token_ids=ids), params, f"bench-{counter}"):
-            if out.outputs[0].text:
-                timer.content()
-            tokens += len(out.outputs[0].token_ids)
-        return timer.done(tokens)
-
-    try:
-        yield {"engine": send}
-    finally:
-        llm.shutdown()
-        # Drop the last reference now: AsyncLLM.__del__ shuts down again, which fails at interpreter exit.
-        llm = None
-
-
-@contextlib.asynccontextmanager
 async def hf_engine(setup: EngineSetup) -> AsyncIterator[Senders]:
     """(f): chatgen's fallback engine (transformers, one generate() per request on a worker thread), over gRPC."""
     # vLLM's flags don't apply to this engine (chatgen refuses them for it).
     async with chatgen_senders(replace(setup, engine_argv=()), 8, "--engine", "hf") as send:
         yield {"hf": send.grpc}
-
-
-@contextlib.asynccontextmanager
-async def transformers_generate(setup: EngineSetup) -> AsyncIterator[Senders]:
-    """(g), the hf engine's baseline: transformers' own generate() on the same prompts, in this process, with as
-    many generations at once as the hf engine runs (its worker threads), greedy, exactly max_tokens each."""
-    import concurrent.futures
-
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.generation.streamers import BaseStreamer
-
-    from chatgen.engine.hf_engine import HfSettings
-
-    # The dtype the hf engine loads for --dtype (auto: float32).
-    dtype = torch.float32 if setup.dtype == "auto" else getattr(torch, setup.dtype)
-    tokenizer = AutoTokenizer.from_pretrained(setup.model_dir)
-    model = AutoModelForCausalLM.from_pretrained(setup.model_dir, dtype=dtype).eval()
-    threads = HfSettings.max_concurrent
-    pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="transformers-generate")
-
-    class Stamps(BaseStreamer):  # type: ignore[misc]
-        """When each new token came out of generate() (the first put() is the prompt)."""
-
-        def __init__(self) -> None:
-            self.times: list[float] = []
-            self.prompt_seen = False
-
-        def put(self, value: Any) -> None:
-            if self.prompt_seen:
-                self.times.append(time.perf_counter())
-            self.prompt_seen = True
-
-        def end(self) -> None:
-            pass
-
-    def generate(ids: list[int], max_tokens: int, stamps: Stamps) -> int:
-        with torch.inference_mode():
-            out = model.generate(
-                input_ids=torch.tensor([ids]),
-                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                max_new_tokens=max_tokens,
-                min_new_tokens=max_tokens,
-                do_sample=False,
-                streamer=stamps,
-                pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
-            )
-        return int(out.shape[1] - len(ids))
-
-    async def send(request: Request) -> Result:
-        ids = prompt_ids(tokenizer, request)
-        timer, stamps = Timer(), Stamps()
-        tokens = await asyncio.get_running_loop().run_in_executor(pool, generate, ids, request.max_tokens, stamps)
-        for at in stamps.times:
-            timer.content(at)
-        return timer.done(tokens)
-
-    try:
-        yield {"transformers": send}
-    finally:
-        pool.shutdown()
 
 
 def openers(args: argparse.Namespace, setup: EngineSetup) -> list[Opener]:
@@ -402,149 +255,6 @@ async def run_sweep(sweep: Sweep, openers: list[Opener], apart: bool) -> None:
 
 
 # ---- report -----------------------------------------------------------------------------------------------------
-
-
-def paired_interval(top: list[float], bottom: list[float]) -> tuple[float, float] | None:
-    """95 % confidence interval of the ratio top/bottom of a per-round figure (tokens/s, TTFT p50) from paired
-    rounds (round i of each ran the same requests): a t-interval of the mean log ratio, back on the ratio scale.
-    None below MIN_ROUNDS_FOR_CI pairs."""
-    pairs = [(x, y) for x, y in zip(top, bottom, strict=False) if x > 0 and y > 0]  # NaN compares False
-    if len(pairs) < MIN_ROUNDS_FOR_CI:
-        return None
-    import numpy as np
-    from scipy import stats
-
-    logs = np.log([x / y for x, y in pairs])
-    if np.ptp(logs) == 0:
-        return math.exp(logs[0]), math.exp(logs[0])
-    ci = stats.ttest_1samp(logs, 0.0).confidence_interval(0.95)
-    return math.exp(ci.low), math.exp(ci.high)
-
-
-def _centre(interval: tuple[float, float]) -> float:
-    """The geometric mean of the paired ratios: their log-scale t-interval is symmetric about its log."""
-    return math.sqrt(interval[0] * interval[1])
-
-
-def _put_interval(row: dict[str, float], key: str, interval: tuple[float, float]) -> None:
-    row[f"{key} ci_low"], row[f"{key} ci_high"] = interval
-
-
-def ratios(levels: list[Level]) -> dict[str, dict[str, float]]:
-    """Per concurrency: throughput ratios between targets and TTFT p50 ratios (`ttft b/a`), each with its
-    paired-round 95 % confidence interval (`<ratio> ci_low` / `ci_high`) where there are enough rounds, and the
-    TTFT p50 Envoy adds (c - b, ms)."""
-    by = {(LETTERS[lv.target], lv.concurrency): lv for lv in levels}
-    out: dict[str, dict[str, float]] = {}
-    for c in sorted({lv.concurrency for lv in levels}):
-        row: dict[str, float] = {}
-        for top, bottom in RATIOS:
-            x, y = by.get((top, c)), by.get((bottom, c))
-            if x is not None and y is not None and y.output_tokens_per_s > 0:
-                row[f"{top}/{bottom}"] = x.output_tokens_per_s / y.output_tokens_per_s
-                interval = paired_interval(x.rounds, y.rounds)
-                if interval is not None:
-                    _put_interval(row, f"{top}/{bottom}", interval)
-        for top, bottom in TTFT_RATIOS:
-            x, y = by.get((top, c)), by.get((bottom, c))
-            if x is not None and y is not None and y.ttft_p50_ms > 0:
-                key = f"ttft {top}/{bottom}"
-                interval = paired_interval(x.round_ttft_p50_ms, y.round_ttft_p50_ms)
-                # The ratio of two p50s can fall outside the interval of the paired rounds' ratios (at concurrency
-                # 1 the p50s are of different requests): with an interval, the figure is its centre.
-                row[key] = _centre(interval) if interval is not None else x.ttft_p50_ms / y.ttft_p50_ms
-                if interval is not None:
-                    _put_interval(row, key, interval)
-        b = by.get(("b", c))
-        for rest in ("c", "h"):
-            r = by.get((rest, c))
-            if b is not None and r is not None:
-                row[f"ttft_p50_{rest}-b_ms"] = r.ttft_p50_ms - b.ttft_p50_ms
-        out[str(c)] = row
-    return out
-
-
-def pooled(levels: list[Level]) -> dict[str, float]:
-    """Every level's paired rounds together, per ratio: the geometric mean of the paired ratios with its 95 %
-    interval (`b/a`, `b/a ci_low`, `b/a ci_high`; `ttft b/a` ...). More pairs than any one level has, so the
-    narrowest statement a run can make about two targets."""
-    by = {(LETTERS[lv.target], lv.concurrency): lv for lv in levels}
-    levels_run = sorted({lv.concurrency for lv in levels})
-    out: dict[str, float] = {}
-    for key, (top, bottom), figure in [
-        *((f"{t}/{b}", (t, b), "rounds") for t, b in RATIOS),
-        *((f"ttft {t}/{b}", (t, b), "round_ttft_p50_ms") for t, b in TTFT_RATIOS),
-    ]:
-        tops: list[float] = []
-        bottoms: list[float] = []
-        for c in levels_run:
-            x, y = by.get((top, c)), by.get((bottom, c))
-            if x is not None and y is not None:
-                xs, ys = getattr(x, figure), getattr(y, figure)
-                n = min(len(xs), len(ys))
-                tops += xs[:n]
-                bottoms += ys[:n]
-        interval = paired_interval(tops, bottoms)
-        if interval is not None:
-            out[key] = _centre(interval)
-            _put_interval(out, key, interval)
-    return out
-
-
-def print_report(
-    levels: list[Level], table: dict[str, dict[str, float]], together: dict[str, float], http_client: str
-) -> None:
-    head = (
-        f"{'target':<30}{'conc':>5}{'ok':>6}{'req/s':>8}{'tok/s':>9}{'TTFT p50':>10}{'p99':>8}{'ITL p50':>9}{'p99':>8}"
-    )
-    print("\n" + head + "  errors")
-    for lv in sorted(levels, key=lambda lv: (LETTERS[lv.target], lv.concurrency)):
-        name = f"({LETTERS[lv.target]}) {LABELS[lv.target]}"
-        print(
-            f"{name:<30}{lv.concurrency:>5}{lv.ok:>6}{lv.requests_per_s:>8.2f}{lv.output_tokens_per_s:>9.1f}"
-            f"{lv.ttft_p50_ms:>10.1f}{lv.ttft_p99_ms:>8.1f}{lv.itl_p50_ms:>9.1f}{lv.itl_p99_ms:>8.1f}"
-            f"  {lv.errors or ''}"
-        )
-    columns = sorted({k for row in table.values() for k in row if not k.endswith(("ci_low", "ci_high"))})
-    print(f"\n{'conc':>5}" + "".join(f"{k:>22}" for k in columns))
-    for c, row in [*table.items(), *([("all", together)] if together else [])]:
-        cells = []
-        for k in columns:
-            cell = f"{row[k]:.3f}" if k in row else "-"
-            if f"{k} ci_low" in row:
-                cell += f" [{row[f'{k} ci_low']:.2f},{row[f'{k} ci_high']:.2f}]"
-            cells.append(f"{cell:>22}")
-        print(f"{c:>5}" + "".join(cells))
-    print("[low,high]: 95 % confidence interval from paired rounds; all: every level's paired rounds pooled")
-    bare_h = "" if http_client == "bare" else "; (h) on the bare one"
-    print(f"OpenAI REST targets (a, c, d) on the {http_client} HTTP client{bare_h}")
-
-
-def plot(levels: list[Level], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for target in sorted({lv.target for lv in levels}, key=lambda t: LETTERS[t]):
-        rows = sorted((lv for lv in levels if lv.target == target), key=lambda lv: lv.concurrency)
-        label = f"({LETTERS[target]}) {LABELS[target]}"
-        tps = [lv.output_tokens_per_s for lv in rows]
-        left.plot(tps, [lv.ttft_p50_ms for lv in rows], marker="o", label=label)
-        right.plot(tps, [lv.itl_p50_ms for lv in rows], marker="o", label=label)
-        for lv in rows:
-            left.annotate(str(lv.concurrency), (lv.output_tokens_per_s, lv.ttft_p50_ms), fontsize=7)
-    left.set(xlabel="output tokens/s", ylabel="TTFT p50 (ms)", title="latency vs throughput (labels: concurrency)")
-    right.set(xlabel="output tokens/s", ylabel="inter-token latency p50 (ms)", title="ITL vs throughput")
-    for ax in (left, right):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-
-
-# ---- main -------------------------------------------------------------------------------------------------------
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:

@@ -171,13 +171,13 @@ class RawHttp:
 
 
 async def grpc_chat(stub: Any, model: str, request: Request) -> Result:
-    """chatgen.v1.Chat/StreamChatCompletion on an asyncio stub."""
+    """chatgen.v1.ChatService/StreamChatCompletion on an asyncio stub."""
     import grpc
     from google.protobuf import struct_pb2
 
     from chatgen.v1 import chatgen_pb2 as pb
 
-    message = pb.ChatCompletionRequest(
+    message = pb.CreateChatCompletionRequest(
         model=model,
         messages=[
             pb.ChatMessage(role=m["role"], content=struct_pb2.Value(string_value=m["content"]))

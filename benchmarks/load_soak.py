@@ -97,7 +97,9 @@ def rss_mib(pid: int) -> float:
     return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)]) / 2**20
 
 
-async def grpc_stream(stub: pb_grpc.ChatStub, model: str, text: str, max_tokens: int, cancel_at: int | None) -> Outcome:
+async def grpc_stream(
+    stub: pb_grpc.ChatServiceStub, model: str, text: str, max_tokens: int, cancel_at: int | None
+) -> Outcome:
     start = time.perf_counter()
     ttft = None
     tokens = 0
@@ -155,7 +157,7 @@ async def drive(server: LocalServer, args: argparse.Namespace, model: str) -> li
         grpc.aio.insecure_channel(server.grpc_address) as channel,
         httpx.AsyncClient(base_url=server.http_base, timeout=120, limits=limits) as http,
     ):
-        stub = pb_grpc.ChatStub(channel)
+        stub = pb_grpc.ChatServiceStub(channel)
 
         async def client(index: int) -> None:
             while time.monotonic() < stop_at:

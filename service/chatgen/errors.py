@@ -100,8 +100,7 @@ CASES: tuple[ErrorCase, ...] = (
     ),
     ErrorCase(
         "bad-content",
-        "content missing, or not a string or text parts; `stop` not strings; a tool message without "
-        "`tool_call_id`",
+        "content missing, or not a string or text parts; `stop` not strings; a tool message without `tool_call_id`",
         Failure.INVALID_REQUEST,
         "messages[0].content, messages[0].content[0], stop, …",
     ),
@@ -205,19 +204,17 @@ class ChatgenError(Exception):
         return FAILURES[self.failure]
 
     def openai_body(self) -> dict[str, dict[str, str | None]]:
-        """OpenAI's error object; `code` carries our failure kind (OpenAI uses short snake_case codes too)."""
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.wire.openai_type,
-                "param": self.param,
-                "code": self.failure.value,
-            }
-        }
+        return openai_error(self.failure, self.message, self.param)
 
     def openai_json(self) -> str:
         # ASCII-only and single-line, so it can travel as gRPC metadata (see transport.errors).
         return json.dumps(self.openai_body(), ensure_ascii=True, separators=(",", ":"))
+
+
+def openai_error(failure: Failure, message: str, param: str | None = None) -> dict[str, dict[str, str | None]]:
+    """OpenAI's error JSON, `{"error": {"message", "type", "param", "code"}}`: the one builder for the server's
+    errors and the gateway's own replies. `code` carries the failure kind (OpenAI uses short snake_case codes)."""
+    return {"error": {"message": message, "type": FAILURES[failure].openai_type, "param": param, "code": failure.value}}
 
 
 def invalid(message: str, param: str | None = None) -> ChatgenError:

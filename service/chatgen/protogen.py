@@ -1,8 +1,10 @@
-"""Build the generated code and the Envoy descriptor set from protos/ with grpcio-tools.
+"""Generate the Python package `chatgen.v1` from protos/ with grpcio-tools (a development tool: nothing runs it
+at serving time).
 
-The generated Python package `chatgen.v1` is committed (it is what `import chatgen` needs) and is checked against
-this generator by a test, so it is never edited by hand: change the .proto, then run
-`python -m chatgen.protogen`. The descriptor set for Envoy is built at start-up from the same .proto.
+The generated package is committed (it is what `import chatgen` needs) and is checked against this generator by
+a test, so it is never edited by hand: change the .proto, then run `python -m chatgen.protogen`. The package also
+carries a copy of the .proto (package data, for callers who want the contract from an installed chatgen); Envoy's
+descriptor set comes from the generated modules' own descriptors (chatgen.gateway.descriptors).
 """
 
 from __future__ import annotations
@@ -36,12 +38,17 @@ def _protoc(args: list[str]) -> None:
 
 def generate_python(out_dir: Path = PYTHON_OUT) -> None:
     _protoc([f"--python_out={out_dir}", f"--pyi_out={out_dir}", f"--grpc_python_out={out_dir}"])
+    for name in PROTO_FILES:
+        (out_dir / name).write_bytes((PROTO_ROOT / name).read_bytes())
 
 
-def build_descriptor_set(out_file: Path) -> Path:
-    """The descriptor set grpc_json_transcoder loads (with imports, so google.api.http is resolvable)."""
+def build_descriptor_set(out_file: Path, source_info: bool = False) -> Path:
+    """The descriptor set protoc builds from the .proto (with imports): what the generated modules' descriptors
+    must equal (tests), and with `source_info` (comments, positions) the image scripts/buf.sh checks."""
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    _protoc([f"--descriptor_set_out={out_file}", "--include_imports"])
+    _protoc(
+        [f"--descriptor_set_out={out_file}", "--include_imports", *(["--include_source_info"] if source_info else [])]
+    )
     return out_file
 
 
@@ -54,5 +61,8 @@ def generated_files_are_current() -> list[str]:
 
 
 if __name__ == "__main__":
-    generate_python()
-    print(f"generated Python code for {', '.join(PROTO_FILES)} under {PYTHON_OUT}", file=sys.stderr)
+    if sys.argv[1:2] in (["--image"], ["--descriptor-set"]):
+        print(build_descriptor_set(Path(sys.argv[2]), source_info=sys.argv[1] == "--image"))
+    else:
+        generate_python()
+        print(f"generated Python code for {', '.join(PROTO_FILES)} under {PYTHON_OUT}", file=sys.stderr)

@@ -20,7 +20,9 @@ from chatgen.transport.servicers import ChatServicer, GenerateServicer, ModelsSe
 from chatgen.v1 import chatgen_pb2 as pb
 from chatgen.v1 import chatgen_pb2_grpc as pb_grpc
 
-SERVICE_NAMES = [pb.DESCRIPTOR.services_by_name[name].full_name for name in ("Chat", "Generate", "Models")]
+SERVICE_NAMES = [
+    pb.DESCRIPTOR.services_by_name[name].full_name for name in ("ChatService", "GenerateService", "ModelsService")
+]
 # A health "service" for liveness probes: SERVING while the process runs, draining included. The overall status
 # ("") turns NOT_SERVING when the drain starts, which takes a replica out of rotation (readiness); a liveness
 # probe on it would have the kubelet kill a replica that is finishing its streams.
@@ -65,10 +67,10 @@ class GrpcServer:
             max_choices=min(MAX_N, admission.limits.max_running) if admission is not None else MAX_N,
         )
         api = ChatApi(engine, served, parser_cls, admission=admission, observer=metrics)
-        pb_grpc.add_ChatServicer_to_server(ChatServicer(api), self.server)
-        pb_grpc.add_GenerateServicer_to_server(GenerateServicer(api), self.server)
+        pb_grpc.add_ChatServiceServicer_to_server(ChatServicer(api), self.server)
+        pb_grpc.add_GenerateServiceServicer_to_server(GenerateServicer(api), self.server)
         abilities = model_abilities(engine.tokenizer, reasoning_parser=reasoning, tool_parser=tool_calls)
-        pb_grpc.add_ModelsServicer_to_server(ModelsServicer([model_card(engine.model, abilities)]), self.server)
+        pb_grpc.add_ModelsServiceServicer_to_server(ModelsServicer([model_card(engine.model, abilities)]), self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection([*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)

@@ -35,8 +35,10 @@ def test_xinference_client_chat_and_generate(service: Service) -> None:
 
 
 def test_xinference_client_unknown_model_raises(service: Service) -> None:
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError) as info:
         RESTfulClient(service.http_base).get_model("no-such-model")
+    # The client reports the HTTP status it got (our body has no Xinference `detail`): a 404, not any failure.
+    assert "404 Client Error" in str(info.value) and "/v1/models/no-such-model" in str(info.value)
 
 
 def test_xinference_client_thinking_switch(thinking_service: Service) -> None:

@@ -33,9 +33,9 @@ def user(text: str) -> pb.ChatMessage:
     return pb.ChatMessage(role="user", content=struct_pb2.Value(string_value=text))
 
 
-def chat_request(text: str = QUESTION, **kw) -> pb.ChatCompletionRequest:  # type: ignore[no-untyped-def]
+def chat_request(text: str = QUESTION, **kw) -> pb.CreateChatCompletionRequest:  # type: ignore[no-untyped-def]
     kw.setdefault("temperature", 0.0)
-    return pb.ChatCompletionRequest(model=MODEL_NAME, messages=[user(text)], **kw)
+    return pb.CreateChatCompletionRequest(model=MODEL_NAME, messages=[user(text)], **kw)
 
 
 def expected_prompt_tokens(tokenizer, text: str) -> int:  # type: ignore[no-untyped-def]
@@ -46,7 +46,7 @@ def expected_prompt_tokens(tokenizer, text: str) -> int:  # type: ignore[no-unty
 
 
 def test_chat_unary_answers_paris_with_exact_usage(channel: grpc.Channel, tokenizer) -> None:  # type: ignore[no-untyped-def]
-    reply = pb_grpc.ChatStub(channel).CreateChatCompletion(chat_request(), timeout=60)
+    reply = pb_grpc.ChatServiceStub(channel).CreateChatCompletion(chat_request(), timeout=60)
     assert reply.object == "chat.completion"
     assert reply.id.startswith("chatcmpl-")
     assert reply.model == MODEL_NAME
@@ -65,7 +65,7 @@ def test_chat_unary_answers_paris_with_exact_usage(channel: grpc.Channel, tokeni
 
 
 def test_chat_stream_matches_unary_text(channel: grpc.Channel) -> None:
-    stub = pb_grpc.ChatStub(channel)
+    stub = pb_grpc.ChatServiceStub(channel)
     unary = stub.CreateChatCompletion(chat_request(max_tokens=40), timeout=60)
     chunks = list(
         stub.StreamChatCompletion(chat_request(max_tokens=40, stream_options={"include_usage": True}), timeout=60)
@@ -89,7 +89,7 @@ def test_chat_stream_matches_unary_text(channel: grpc.Channel) -> None:
     assert not any(c.object == "[DONE]" for c in chunks)
 
 
-def http_body(request: pb.ChatCompletionRequest | None = None, **fields: object) -> HttpBody:
+def http_body(request: pb.CreateChatCompletionRequest | None = None, **fields: object) -> HttpBody:
     """A REST body: `request` as OpenAI's JSON (with `fields` added), or `fields` alone."""
     body = json_format.MessageToDict(request, preserving_proto_field_name=True) if request is not None else {}
     return HttpBody(content_type="application/json", data=json.dumps({"model": MODEL_NAME, **body, **fields}).encode())
@@ -98,7 +98,7 @@ def http_body(request: pb.ChatCompletionRequest | None = None, **fields: object)
 def test_the_gateways_event_stream_is_the_typed_stream_as_sse(channel: grpc.Channel) -> None:
     """CreateChatCompletionHttp with "stream": true (what the REST gateway calls): the typed stream's chunks, each
     an SSE event holding its proto3 JSON, the content type on the first message, then `data: [DONE]`."""
-    stub = pb_grpc.ChatStub(channel)
+    stub = pb_grpc.ChatServiceStub(channel)
     request = chat_request(max_tokens=12, stream_options={"include_usage": True})
     typed = list(stub.StreamChatCompletion(request, timeout=60))
     bodies = list(stub.CreateChatCompletionHttp(http_body(request, stream=True), timeout=60))
@@ -106,7 +106,7 @@ def test_the_gateways_event_stream_is_the_typed_stream_as_sse(channel: grpc.Chan
     assert all(b.content_type == "" for b in bodies[1:])
     events = [e.removeprefix("data: ") for b in bodies for e in b.data.decode().split("\n\n") if e]
     assert events[-1] == "[DONE]" and len(events) == len(typed) + 1
-    parsed = [json_format.Parse(e, pb.ChatCompletionChunk()) for e in events[:-1]]
+    parsed = [json_format.Parse(e, pb.StreamChatCompletionResponse()) for e in events[:-1]]
     assert len({c.id for c in parsed}) == 1 and parsed[0].id != typed[0].id
     for got, want in zip(parsed, typed, strict=True):
         got.id, got.created = want.id, want.created
@@ -115,21 +115,21 @@ def test_the_gateways_event_stream_is_the_typed_stream_as_sse(channel: grpc.Chan
 
 
 def test_the_gateways_unary_call_is_one_json_body(channel: grpc.Channel) -> None:
-    stub = pb_grpc.ChatStub(channel)
+    stub = pb_grpc.ChatServiceStub(channel)
     fields: dict[str, object] = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5, "temperature": 0}
     typed = stub.CreateChatCompletion(
-        json_format.ParseDict({"model": MODEL_NAME, **fields}, pb.ChatCompletionRequest())
+        json_format.ParseDict({"model": MODEL_NAME, **fields}, pb.CreateChatCompletionRequest())
     )
     (body,) = list(stub.CreateChatCompletionHttp(http_body(**fields), timeout=60))
     assert body.content_type == "application/json"
-    reply = json_format.Parse(body.data, pb.ChatCompletion())
+    reply = json_format.Parse(body.data, pb.CreateChatCompletionResponse())
     assert reply.choices == typed.choices and reply.usage == typed.usage
     assert json.loads(body.data)["choices"][0]["message"]["tool_calls"] == []  # printed, as the transcoder did
 
 
 def test_the_gateways_calls_check_json_types_strictly(channel: grpc.Channel) -> None:
     """What proto3's JSON parsing would take ("3" for 3, an object for a one-element array) is a 400 here."""
-    stub = pb_grpc.ChatStub(channel)
+    stub = pb_grpc.ChatServiceStub(channel)
     for fields, param in [
         ({"messages": {"role": "user", "content": "Hi"}}, "messages"),
         ({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": "3"}, "max_tokens"),
@@ -142,7 +142,7 @@ def test_the_gateways_calls_check_json_types_strictly(channel: grpc.Channel) -> 
 
 
 def test_max_tokens_gives_length(channel: grpc.Channel) -> None:
-    reply = pb_grpc.ChatStub(channel).CreateChatCompletion(
+    reply = pb_grpc.ChatServiceStub(channel).CreateChatCompletion(
         chat_request("Write a long story about a dragon.", max_tokens=5), timeout=60
     )
     assert reply.choices[0].finish_reason == "length"
@@ -150,9 +150,9 @@ def test_max_tokens_gives_length(channel: grpc.Channel) -> None:
 
 
 def test_generate_unary_and_stream_agree(channel: grpc.Channel, tokenizer) -> None:  # type: ignore[no-untyped-def]
-    stub = pb_grpc.GenerateStub(channel)
+    stub = pb_grpc.GenerateServiceStub(channel)
     prompt = struct_pb2.Value(string_value="The capital of France is")
-    req = pb.CompletionRequest(model=MODEL_NAME, prompt=prompt, max_tokens=12, temperature=0.0)
+    req = pb.CreateCompletionRequest(model=MODEL_NAME, prompt=prompt, max_tokens=12, temperature=0.0)
     unary = stub.CreateCompletion(req, timeout=60)
     assert unary.object == "text_completion"
     assert unary.id.startswith("cmpl-")
@@ -168,7 +168,7 @@ def test_generate_unary_and_stream_agree(channel: grpc.Channel, tokenizer) -> No
 
 def test_stop_string_is_excluded(channel: grpc.Channel) -> None:
     stop = struct_pb2.Value(list_value=struct_pb2.ListValue(values=[struct_pb2.Value(string_value="Paris")]))
-    reply = pb_grpc.ChatStub(channel).CreateChatCompletion(chat_request(stop=stop), timeout=60)
+    reply = pb_grpc.ChatServiceStub(channel).CreateChatCompletion(chat_request(stop=stop), timeout=60)
     text = reply.choices[0].message.content
     assert "Paris" not in text
     assert text.startswith("The capital of France is")
@@ -179,22 +179,26 @@ def test_content_parts_are_joined(channel: grpc.Channel) -> None:
     parts = struct_pb2.Value()
     parts.list_value.values.add().struct_value.update({"type": "text", "text": "What is the capital "})
     parts.list_value.values.add().struct_value.update({"type": "text", "text": "of France?"})
-    req = pb.ChatCompletionRequest(
+    req = pb.CreateChatCompletionRequest(
         model=MODEL_NAME, messages=[pb.ChatMessage(role="user", content=parts)], temperature=0
     )
-    plain = pb_grpc.ChatStub(channel).CreateChatCompletion(chat_request(), timeout=60)
-    joined = pb_grpc.ChatStub(channel).CreateChatCompletion(req, timeout=60)
+    plain = pb_grpc.ChatServiceStub(channel).CreateChatCompletion(chat_request(), timeout=60)
+    joined = pb_grpc.ChatServiceStub(channel).CreateChatCompletion(req, timeout=60)
     assert joined.choices[0].message.content == plain.choices[0].message.content
 
 
 @pytest.mark.parametrize(
     ("request_", "code", "param"),
     [
-        (pb.ChatCompletionRequest(model="no-such-model", messages=[user("hi")]), grpc.StatusCode.NOT_FOUND, "model"),
-        (pb.ChatCompletionRequest(model=MODEL_NAME), grpc.StatusCode.INVALID_ARGUMENT, "messages"),
-        (pb.ChatCompletionRequest(messages=[user("hi")]), grpc.StatusCode.INVALID_ARGUMENT, "model"),
         (
-            pb.ChatCompletionRequest(
+            pb.CreateChatCompletionRequest(model="no-such-model", messages=[user("hi")]),
+            grpc.StatusCode.NOT_FOUND,
+            "model",
+        ),
+        (pb.CreateChatCompletionRequest(model=MODEL_NAME), grpc.StatusCode.INVALID_ARGUMENT, "messages"),
+        (pb.CreateChatCompletionRequest(messages=[user("hi")]), grpc.StatusCode.INVALID_ARGUMENT, "model"),
+        (
+            pb.CreateChatCompletionRequest(
                 model=MODEL_NAME, messages=[pb.ChatMessage(role="wizard", content=struct_pb2.Value(string_value="x"))]
             ),
             grpc.StatusCode.INVALID_ARGUMENT,
@@ -220,8 +224,8 @@ def test_bad_requests_get_status_and_openai_error(channel: grpc.Channel, request
     import json
 
     for call in (
-        pb_grpc.ChatStub(channel).CreateChatCompletion,
-        lambda r, timeout: list(pb_grpc.ChatStub(channel).StreamChatCompletion(r, timeout=timeout)),
+        pb_grpc.ChatServiceStub(channel).CreateChatCompletion,
+        lambda r, timeout: list(pb_grpc.ChatServiceStub(channel).StreamChatCompletion(r, timeout=timeout)),
     ):
         with pytest.raises(grpc.RpcError) as info:
             call(request_, timeout=30)
@@ -247,18 +251,19 @@ def test_bad_requests_get_status_and_openai_error(channel: grpc.Channel, request
         assert fields == [param]
     # The server keeps serving after every error.
     assert (
-        "Paris" in pb_grpc.ChatStub(channel).CreateChatCompletion(chat_request(), timeout=60).choices[0].message.content
+        "Paris"
+        in pb_grpc.ChatServiceStub(channel).CreateChatCompletion(chat_request(), timeout=60).choices[0].message.content
     )
 
 
 def test_generate_rejects_bad_prompt(channel: grpc.Channel) -> None:
     with pytest.raises(grpc.RpcError) as info:
-        pb_grpc.GenerateStub(channel).CreateCompletion(pb.CompletionRequest(model=MODEL_NAME), timeout=30)
+        pb_grpc.GenerateServiceStub(channel).CreateCompletion(pb.CreateCompletionRequest(model=MODEL_NAME), timeout=30)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_models_list_and_get(channel: grpc.Channel) -> None:
-    stub = pb_grpc.ModelsStub(channel)
+    stub = pb_grpc.ModelsServiceStub(channel)
     listing = stub.ListModels(pb.ListModelsRequest(), timeout=10)
     assert listing.object == "list"
     assert [m.id for m in listing.data] == [MODEL_NAME]
@@ -273,7 +278,7 @@ def test_models_list_and_get(channel: grpc.Channel) -> None:
 
 
 def test_cancelled_stream_leaves_server_serving(channel: grpc.Channel) -> None:
-    stub = pb_grpc.ChatStub(channel)
+    stub = pb_grpc.ChatServiceStub(channel)
     call = stub.StreamChatCompletion(
         chat_request("Write a very long story.", max_tokens=1000, ignore_eos=True), timeout=120
     )
@@ -307,7 +312,7 @@ def test_the_start_up_heap_is_frozen_out_of_the_garbage_collectors_reach(service
 
 def test_health_and_reflection(channel: grpc.Channel) -> None:
     health = health_pb2_grpc.HealthStub(channel)
-    for service in ("", "chatgen.v1.Chat", "chatgen.v1.Generate", "chatgen.v1.Models"):
+    for service in ("", "chatgen.v1.ChatService", "chatgen.v1.GenerateService", "chatgen.v1.ModelsService"):
         reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
     reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
@@ -315,4 +320,9 @@ def test_health_and_reflection(channel: grpc.Channel) -> None:
         reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
     )
     names = {s.name for s in responses[0].list_services_response.service}
-    assert {"chatgen.v1.Chat", "chatgen.v1.Generate", "chatgen.v1.Models", "grpc.health.v1.Health"} <= names
+    assert {
+        "chatgen.v1.ChatService",
+        "chatgen.v1.GenerateService",
+        "chatgen.v1.ModelsService",
+        "grpc.health.v1.Health",
+    } <= names

@@ -80,7 +80,7 @@ def test_the_gateway_sidecar_serves_rest_in_front_of_a_separate_server(service: 
             assert time.monotonic() < deadline, "the gateway did not answer /healthz"
             time.sleep(0.2)
         assert psutil.Process(proc.pid).name() == "envoy"  # exec'd: no Python process in between
-        assert (tmp_path / "envoy.yaml").is_file()
+        assert (tmp_path / "envoy.json").is_file()
 
         import openai
 

@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from chatgen.client import convert
 from chatgen.v1 import chatgen_pb2_grpc as pb_grpc
 from tests.conftest import MODEL_NAME, TEST_ENGINES, Service, running_service
+from tests.support.error_rows import check_row
 
 pytestmark = pytest.mark.integration
 
@@ -39,7 +40,7 @@ async def rest_stream(http: httpx.AsyncClient, max_tokens: int, started: asyncio
 
 
 async def grpc_stream(channel: grpc.aio.Channel, max_tokens: int, started: asyncio.Event) -> list[object]:
-    call = pb_grpc.ChatStub(channel).StreamChatCompletion(
+    call = pb_grpc.ChatServiceStub(channel).StreamChatCompletion(
         convert.chat_request(MODEL_NAME, STORY, {"max_tokens": max_tokens, "ignore_eos": True})
     )
     chunks = []
@@ -80,7 +81,7 @@ async def test_sigterm_refuses_new_requests_finishes_live_streams_then_exits_0(e
             # What the server leaves on disk while it runs: Envoy's rendered config, and vLLM's engine-core
             # sockets in a directory of its own (vLLM's default, /tmp, keeps them after every exit).
             run_dir = Path(f"/tmp/chatgen-test-{os.getpid()}-{svc.grpc_address.rsplit(':', 1)[1]}")
-            assert (run_dir / "envoy.yaml").is_file()
+            assert (run_dir / "envoy.json").is_file()
             ipc_dir = None
             if engine == "vllm":
                 server = psutil.Process(svc.process.pid)
@@ -102,9 +103,9 @@ async def test_sigterm_refuses_new_requests_finishes_live_streams_then_exits_0(e
                 json={"model": MODEL_NAME, "messages": STORY, "max_tokens": 2},
             )
             assert refused.status_code == 503
-            assert refused.json()["error"]["code"] == "shutting_down"
+            check_row("draining", refused.json()["error"])
             with pytest.raises(grpc.aio.AioRpcError) as info:
-                await pb_grpc.ChatStub(channel).CreateChatCompletion(
+                await pb_grpc.ChatServiceStub(channel).CreateChatCompletion(
                     convert.chat_request(MODEL_NAME, STORY, {"max_tokens": 2})
                 )
             assert info.value.code() is grpc.StatusCode.UNAVAILABLE
@@ -149,11 +150,11 @@ async def test_a_dead_engine_fails_requests_with_unavailable_and_the_process_exi
             assert info.value.code() is grpc.StatusCode.UNAVAILABLE
             events = await asyncio.wait_for(rest, 30)
             assert events[-1] == "[DONE]"
-            assert json.loads(events[-2])["error"]["code"] == "engine_unavailable"
+            check_row("engine-down", json.loads(events[-2])["error"])
 
             # No new request hangs: refused while the process drains, then nothing listens any more.
             with pytest.raises(grpc.aio.AioRpcError) as info:
-                await pb_grpc.ChatStub(channel).CreateChatCompletion(
+                await pb_grpc.ChatServiceStub(channel).CreateChatCompletion(
                     convert.chat_request(MODEL_NAME, STORY, {"max_tokens": 2}), timeout=30
                 )
             assert info.value.code() is grpc.StatusCode.UNAVAILABLE

@@ -15,6 +15,7 @@ import pytest
 from chatgen.client import convert
 from chatgen.v1 import chatgen_pb2_grpc as pb_grpc
 from tests.conftest import MODEL_NAME, TEST_ENGINES, Service, running_service
+from tests.support.error_rows import check_row
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +45,9 @@ async def one_running(limited: Service) -> AsyncIterator[grpc.aio.Channel]:
     """A long gRPC stream holds the only running slot for the duration of the test."""
     wait_for(limited, "chatgen_engine_running_requests", 0)
     async with grpc.aio.insecure_channel(limited.grpc_address) as channel:
-        call = pb_grpc.ChatStub(channel).StreamChatCompletion(convert.chat_request(MODEL_NAME, LONG, LONG_PARAMS))
+        call = pb_grpc.ChatServiceStub(channel).StreamChatCompletion(
+            convert.chat_request(MODEL_NAME, LONG, LONG_PARAMS)
+        )
         await call.read()  # the role chunk: admitted
         wait_for(limited, "chatgen_admitted_slots", 1)
         yield channel
@@ -71,10 +74,10 @@ async def test_a_full_queue_fails_fast_with_429_and_resource_exhausted(
         assert over.headers["retry-after"] == "1"
         assert "grpc-retry-pushback-ms" not in over.headers
         error = over.json()["error"]
-        assert error["type"] == "rate_limit_error" and error["code"] == "overloaded"
+        check_row("overloaded", error)
         assert "capacity" in error["message"]
 
-        stub = pb_grpc.ChatStub(one_running)
+        stub = pb_grpc.ChatServiceStub(one_running)
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await stub.CreateChatCompletion(convert.chat_request(MODEL_NAME, LONG, {"max_tokens": 2}))
         assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -91,7 +94,7 @@ async def test_a_full_queue_fails_fast_with_429_and_resource_exhausted(
 async def test_a_waiting_request_runs_when_the_slot_frees(limited: Service) -> None:
     wait_for(limited, "chatgen_engine_running_requests", 0)
     async with grpc.aio.insecure_channel(limited.grpc_address) as channel:
-        stub = pb_grpc.ChatStub(channel)
+        stub = pb_grpc.ChatServiceStub(channel)
         first = stub.StreamChatCompletion(
             convert.chat_request(MODEL_NAME, LONG, {"max_tokens": 20, "ignore_eos": True})
         )
@@ -111,7 +114,7 @@ async def test_queued_requests_past_their_deadline_never_reach_the_engine(
     limited: Service, one_running: grpc.aio.Channel
 ) -> None:
     started_before = limited.metric("chatgen_engine_requests_total")
-    stub = pb_grpc.ChatStub(one_running)
+    stub = pb_grpc.ChatServiceStub(one_running)
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await stub.CreateChatCompletion(convert.chat_request(MODEL_NAME, LONG, {"max_tokens": 2}), timeout=1.0)
     assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
@@ -161,7 +164,7 @@ def test_an_oversized_body_is_413_over_rest_and_resource_exhausted_over_grpc(lim
 
     with grpc.insecure_channel(limited.grpc_address) as channel:
         with pytest.raises(grpc.RpcError) as info:
-            pb_grpc.ChatStub(channel).CreateChatCompletion(
+            pb_grpc.ChatServiceStub(channel).CreateChatCompletion(
                 convert.chat_request(MODEL_NAME, [{"role": "user", "content": huge}], {"max_tokens": 2}), timeout=30
             )
     assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]

@@ -65,8 +65,8 @@ def channel(service: Service) -> Iterator[grpc.Channel]:
         yield ch
 
 
-def chat(text: str, max_tokens: int = 8, model: str = MODEL_NAME) -> pb.ChatCompletionRequest:
-    return pb.ChatCompletionRequest(
+def chat(text: str, max_tokens: int = 8, model: str = MODEL_NAME) -> pb.CreateChatCompletionRequest:
+    return pb.CreateChatCompletionRequest(
         model=model,
         messages=[pb.ChatMessage(role="user", content=struct_pb2.Value(string_value=text))],
         max_tokens=max_tokens,
@@ -78,7 +78,7 @@ def test_grpc_calls_are_counted_timed_logged_and_return_their_request_id(
     service: Service, channel: grpc.Channel
 ) -> None:
     before = scrape(service)
-    stub = pb_grpc.ChatStub(channel)
+    stub = pb_grpc.ChatServiceStub(channel)
     unary_id, stream_id = f"unary-{uuid.uuid4().hex[:8]}", f"stream-{uuid.uuid4().hex[:8]}"
 
     reply, call = stub.CreateChatCompletion.with_call(
@@ -123,7 +123,7 @@ def test_a_failed_call_is_counted_by_its_status_and_returns_its_id_in_the_traile
 ) -> None:
     before = scrape(service)
     with pytest.raises(grpc.RpcError) as caught:
-        pb_grpc.ChatStub(channel).CreateChatCompletion(
+        pb_grpc.ChatServiceStub(channel).CreateChatCompletion(
             chat("hi", model="no-such-model"), metadata=[("x-request-id", "missing-model-1")], timeout=30
         )
     err = caught.value
@@ -145,10 +145,10 @@ def test_a_failed_call_is_counted_by_its_status_and_returns_its_id_in_the_traile
 def test_a_stream_the_caller_abandons_is_counted_as_cancelled(service: Service, channel: grpc.Channel) -> None:
     labels = {"rpc": "StreamCompletion", "code": "CANCELLED"}
     before = value(scrape(service), "chatgen_requests_total", **labels)
-    request = pb.CompletionRequest(
+    request = pb.CreateCompletionRequest(
         model=MODEL_NAME, prompt=struct_pb2.Value(string_value="Once upon a time"), max_tokens=400, ignore_eos=True
     )
-    stream = pb_grpc.GenerateStub(channel).StreamCompletion(request, metadata=[("x-request-id", "abandoned-1")])
+    stream = pb_grpc.GenerateServiceStub(channel).StreamCompletion(request, metadata=[("x-request-id", "abandoned-1")])
     next(stream)
     stream.cancel()
     assert wait_for(service, "chatgen_requests_total", before + 1, **labels) == before + 1

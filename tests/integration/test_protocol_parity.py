@@ -63,9 +63,9 @@ COMPLETION_CASES: dict[str, dict[str, Any]] = {
 
 
 @pytest.fixture(scope="module")
-def stubs(service: Service) -> Iterator[tuple[pb_grpc.ChatStub, pb_grpc.GenerateStub]]:
+def stubs(service: Service) -> Iterator[tuple[pb_grpc.ChatServiceStub, pb_grpc.GenerateServiceStub]]:
     with grpc.insecure_channel(service.grpc_address) as channel:
-        yield pb_grpc.ChatStub(channel), pb_grpc.GenerateStub(channel)
+        yield pb_grpc.ChatServiceStub(channel), pb_grpc.GenerateServiceStub(channel)
 
 
 def as_json(message: Any) -> dict[str, Any]:
@@ -104,11 +104,13 @@ def rest(service: Service, path: str, body: dict[str, Any]) -> httpx.Response:
 
 
 @pytest.mark.parametrize("case", list(CHAT_CASES))
-def test_chat_parity(service: Service, stubs: tuple[pb_grpc.ChatStub, pb_grpc.GenerateStub], case: str) -> None:
+def test_chat_parity(
+    service: Service, stubs: tuple[pb_grpc.ChatServiceStub, pb_grpc.GenerateServiceStub], case: str
+) -> None:
     body = {"model": MODEL_NAME, "messages": ASK, "temperature": 0, **CHAT_CASES[case]}
     over_rest = rest(service, "/v1/chat/completions", body)
     assert over_rest.status_code == 200, over_rest.text
-    request = json_format.ParseDict(body, pb.ChatCompletionRequest())
+    request = json_format.ParseDict(body, pb.CreateChatCompletionRequest())
     over_grpc = as_json(stubs[0].CreateChatCompletion(request, timeout=180))
     assert comparable(over_rest.json()) == comparable(over_grpc)
 
@@ -119,11 +121,13 @@ def test_chat_parity(service: Service, stubs: tuple[pb_grpc.ChatStub, pb_grpc.Ge
 
 
 @pytest.mark.parametrize("case", list(COMPLETION_CASES))
-def test_completion_parity(service: Service, stubs: tuple[pb_grpc.ChatStub, pb_grpc.GenerateStub], case: str) -> None:
+def test_completion_parity(
+    service: Service, stubs: tuple[pb_grpc.ChatServiceStub, pb_grpc.GenerateServiceStub], case: str
+) -> None:
     body = {"model": MODEL_NAME, "prompt": "The capital of France is", "temperature": 0, **COMPLETION_CASES[case]}
     over_rest = rest(service, "/v1/completions", body)
     assert over_rest.status_code == 200, over_rest.text
-    request = json_format.ParseDict(body, pb.CompletionRequest())
+    request = json_format.ParseDict(body, pb.CreateCompletionRequest())
     over_grpc = as_json(stubs[1].CreateCompletion(request, timeout=180))
     assert comparable(over_rest.json()) == comparable(over_grpc)
 

@@ -103,7 +103,9 @@ def test_same_answer_over_grpc_rest_and_client(service: Service) -> None:
             from chatgen.client import convert
             from chatgen.v1 import chatgen_pb2_grpc as pb_grpc
 
-            raw = pb_grpc.ChatStub(channel).CreateChatCompletion(convert.chat_request(MODEL_NAME, messages, params))
+            raw = pb_grpc.ChatServiceStub(channel).CreateChatCompletion(
+                convert.chat_request(MODEL_NAME, messages, params)
+            )
     rest = service.openai().chat.completions.create(
         model=MODEL_NAME,
         messages=messages,

@@ -38,6 +38,8 @@ def test_n_choices_unary(client: openai.OpenAI) -> None:
     assert [c.index for c in reply.choices] == [0, 1, 2]
     assert all(c.finish_reason == "length" for c in reply.choices)
     assert reply.usage is not None and reply.usage.completion_tokens == 15
+    # At temperature 1 each choice samples with its own seed (7, 8, 9): not n copies of one sample.
+    assert len({c.message.content for c in reply.choices}) > 1, [c.message.content for c in reply.choices]
     # Seeded choices are reproducible as a set.
     again = client.chat.completions.create(
         model=MODEL_NAME, messages=QUESTION, n=3, max_tokens=5, temperature=1.0, seed=7,  # type: ignore[arg-type]
@@ -67,12 +69,19 @@ def test_n_choices_streamed_interleaved(client: openai.OpenAI) -> None:
     assert text[0] == text[1]  # temperature 0: both choices are the greedy answer
 
 
-def test_same_seed_same_text(client: openai.OpenAI) -> None:
-    def sample() -> str:
-        reply = client.completions.create(model=MODEL_NAME, prompt="My favourite food is", max_tokens=12, seed=1234)
+def test_same_seed_same_text_and_other_seeds_other_texts(client: openai.OpenAI) -> None:
+    """Fails on a server that ignores `seed` (the same seed would give different texts) or `temperature` (greedy
+    decoding would give every seed the same text)."""
+
+    def sample(seed: int) -> str:
+        reply = client.completions.create(
+            model=MODEL_NAME, prompt="My favourite food is", max_tokens=12, seed=seed, temperature=1.0
+        )
         return reply.choices[0].text
 
-    assert sample() == sample()
+    first = sample(1234)
+    assert sample(1234) == first
+    assert len({first, sample(99), sample(7)}) > 1
 
 
 def test_logit_bias_forces_a_token(service: Service) -> None:
@@ -164,10 +173,10 @@ def test_completion_logprobs_legacy_shape(service: Service) -> None:
 def test_grpc_n_and_logprobs_fields(service: Service) -> None:
     request = json_format.ParseDict(
         {"model": MODEL_NAME, "prompt": "Hi", "max_tokens": 2, "n": 2, "temperature": 0, "ignore_eos": True},
-        pb.CompletionRequest(),
+        pb.CreateCompletionRequest(),
     )
     with grpc.insecure_channel(service.grpc_address) as channel:
-        reply = pb_grpc.GenerateStub(channel).CreateCompletion(request, timeout=60)
+        reply = pb_grpc.GenerateServiceStub(channel).CreateCompletion(request, timeout=60)
     assert [c.index for c in reply.choices] == [0, 1]
     assert reply.usage.completion_tokens == 4
     assert not reply.choices[0].HasField("logprobs")

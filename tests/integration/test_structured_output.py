@@ -71,10 +71,10 @@ def test_completions_json_schema_over_grpc(service: Service) -> None:
             "temperature": 0,
             "response_format": {"type": "json_schema", "json_schema": {"name": "yes_no", "schema": schema}},
         },
-        pb.CompletionRequest(),
+        pb.CreateCompletionRequest(),
     )
     with grpc.insecure_channel(service.grpc_address) as channel:
-        reply = pb_grpc.GenerateStub(channel).CreateCompletion(request, timeout=120)
+        reply = pb_grpc.GenerateServiceStub(channel).CreateCompletion(request, timeout=120)
     jsonschema.validate(json.loads(reply.choices[0].text), schema)
 
 

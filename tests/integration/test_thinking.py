@@ -28,9 +28,9 @@ MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 @pytest.fixture(scope="module")
-def chat(thinking_service: Service) -> Iterator[pb_grpc.ChatStub]:
+def chat(thinking_service: Service) -> Iterator[pb_grpc.ChatServiceStub]:
     with grpc.insecure_channel(thinking_service.grpc_address) as channel:
-        yield pb_grpc.ChatStub(channel)
+        yield pb_grpc.ChatServiceStub(channel)
 
 
 @pytest.fixture(scope="module")
@@ -38,12 +38,12 @@ def client(thinking_service: Service) -> openai.OpenAI:
     return thinking_service.openai()
 
 
-def request(**fields: object) -> pb.ChatCompletionRequest:
+def request(**fields: object) -> pb.CreateChatCompletionRequest:
     body = {"model": THINKING_MODEL_NAME, "messages": MESSAGES, "temperature": 0, **fields}
-    return json_format.ParseDict(body, pb.ChatCompletionRequest())
+    return json_format.ParseDict(body, pb.CreateChatCompletionRequest())
 
 
-def test_grpc_thinking_on_splits_reasoning_from_answer(chat: pb_grpc.ChatStub) -> None:
+def test_grpc_thinking_on_splits_reasoning_from_answer(chat: pb_grpc.ChatServiceStub) -> None:
     message = chat.CreateChatCompletion(request(), timeout=60).choices[0].message
     assert message.content == ANSWER
     assert message.reasoning_content == REASONING
@@ -60,7 +60,7 @@ def test_grpc_thinking_on_splits_reasoning_from_answer(chat: pb_grpc.ChatStub) -
     ],
     ids=["enable_thinking", "chat_template_kwargs", "kwargs-win"],
 )
-def test_grpc_thinking_off_answers_without_reasoning(chat: pb_grpc.ChatStub, switch: dict[str, object]) -> None:
+def test_grpc_thinking_off_answers_without_reasoning(chat: pb_grpc.ChatServiceStub, switch: dict[str, object]) -> None:
     reply = chat.CreateChatCompletion(request(**switch), timeout=60)
     message = reply.choices[0].message
     assert message.content == ANSWER
@@ -71,7 +71,7 @@ def test_grpc_thinking_off_answers_without_reasoning(chat: pb_grpc.ChatStub, swi
     assert reply.usage.completion_tokens == 6
 
 
-def test_grpc_stream_sends_reasoning_then_content(chat: pb_grpc.ChatStub) -> None:
+def test_grpc_stream_sends_reasoning_then_content(chat: pb_grpc.ChatServiceStub) -> None:
     chunks = list(chat.StreamChatCompletion(request(), timeout=60))
     deltas = [c.choices[0].delta for c in chunks if c.choices]
     reasoning = "".join(d.reasoning_content for d in deltas)
@@ -119,7 +119,7 @@ def test_raw_sse_reasoning_deltas(thinking_service: Service) -> None:
     assert all(not ("reasoning_content" in d and "content" in d) for d in deltas[1:])
 
 
-def test_chat_template_kwargs_cannot_override_call_arguments(chat: pb_grpc.ChatStub) -> None:
+def test_chat_template_kwargs_cannot_override_call_arguments(chat: pb_grpc.ChatServiceStub) -> None:
     with pytest.raises(grpc.RpcError) as info:
         chat.CreateChatCompletion(request(chat_template_kwargs={"tokenize": True}), timeout=30)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT

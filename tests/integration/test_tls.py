@@ -47,13 +47,13 @@ def test_grpc_over_tls_answers_and_plaintext_is_refused(secure: Service, certs: 
     with grpc.secure_channel(secure.grpc_address, credentials) as channel:
         health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
         assert health.status == health_pb2.HealthCheckResponse.SERVING
-        request = pb.ChatCompletionRequest(
+        request = pb.CreateChatCompletionRequest(
             model=MODEL_NAME, messages=[pb.ChatMessage(role="user")], temperature=0, max_tokens=8
         )
         request.messages[0].content.string_value = ASK[0]["content"]
-        reply = pb_grpc.ChatStub(channel).CreateChatCompletion(request, timeout=60)
+        reply = pb_grpc.ChatServiceStub(channel).CreateChatCompletion(request, timeout=60)
         assert reply.choices[0].message.content
-        chunks = list(pb_grpc.ChatStub(channel).StreamChatCompletion(request, timeout=60))
+        chunks = list(pb_grpc.ChatServiceStub(channel).StreamChatCompletion(request, timeout=60))
         assert chunks[-1].choices[0].finish_reason in ("stop", "length")
     with grpc.insecure_channel(secure.grpc_address) as plain:
         with pytest.raises(grpc.RpcError) as info:

@@ -36,9 +36,9 @@ def client(tools_service: Service) -> openai.OpenAI:
 
 
 @pytest.fixture(scope="module")
-def chat(tools_service: Service) -> Iterator[pb_grpc.ChatStub]:
+def chat(tools_service: Service) -> Iterator[pb_grpc.ChatServiceStub]:
     with grpc.insecure_channel(tools_service.grpc_address) as channel:
-        yield pb_grpc.ChatStub(channel)
+        yield pb_grpc.ChatServiceStub(channel)
 
 
 def test_openai_sdk_unary_tool_call(client: openai.OpenAI) -> None:
@@ -81,10 +81,10 @@ def test_openai_sdk_streamed_tool_call(client: openai.OpenAI) -> None:
     assert finishes == ["tool_calls"]
 
 
-def test_grpc_tool_call_and_history(chat: pb_grpc.ChatStub) -> None:
-    def request(messages: list[dict[str, object]], **extra: object) -> pb.ChatCompletionRequest:
+def test_grpc_tool_call_and_history(chat: pb_grpc.ChatServiceStub) -> None:
+    def request(messages: list[dict[str, object]], **extra: object) -> pb.CreateChatCompletionRequest:
         body = {"model": TOOLS_MODEL_NAME, "messages": messages, "tools": TOOLS, "temperature": 0, **extra}
-        return json_format.ParseDict(body, pb.ChatCompletionRequest())
+        return json_format.ParseDict(body, pb.CreateChatCompletionRequest())
 
     first = chat.CreateChatCompletion(request(ASK), timeout=60).choices[0]
     assert first.finish_reason == "tool_calls"

@@ -8,7 +8,8 @@ from pathlib import Path
 import yaml
 
 from chatgen.errors import CASES, FAILURES, GATEWAY_REPLIES, Failure, markdown_table
-from chatgen.gateway import GatewaySettings, render_config, render_lua
+from chatgen.gateway import GatewaySettings, render_config
+from chatgen.gateway.config import lua_settings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -51,13 +52,9 @@ def test_gateway_replies_agree_with_the_table() -> None:
 
 
 def test_the_lua_filter_gets_the_table(tmp_path: Path) -> None:
-    lua = render_lua(tmp_path).read_text()
-    table = re.search(r"local HTTP_ERRORS = (\{.*\})\n", lua)
-    assert table is not None
-    entries = dict(re.findall(r'\[(\d+)\] = \{ "(\w+)", "\w+" \}', table.group(1)))
-    codes = dict(re.findall(r'\[(\d+)\] = \{ "\w+", "(\w+)" \}', table.group(1)))
-    assert {int(k): v for k, v in entries.items()} == {s: FAILURES[f].openai_type for s, f in GATEWAY_REPLIES.items()}
-    assert {int(k): v for k, v in codes.items()} == {s: f.value for s, f in GATEWAY_REPLIES.items()}
+    settings = GatewaySettings("127.0.0.1", 8000, "127.0.0.1", 50051, 9901, tmp_path)
+    errors = lua_settings(settings)["http_errors"]
+    assert errors == {str(s): [FAILURES[f].openai_type, f.value] for s, f in GATEWAY_REPLIES.items()}
 
 
 def test_envoy_local_replies_come_from_the_table(tmp_path: Path) -> None:

@@ -182,6 +182,7 @@ def test_containerfile_builds_what_the_manifests_run() -> None:
     for variable in re.findall(r"(CHATGEN_[A-Z_]+)=", text):
         assert variable in install or variable == "CHATGEN_CACHE_DIR", variable
     assert "CHATGEN_EXTRAS= " in text  # no test extras in the image
+    assert "CHATGEN_EDITABLE=0" in text and "COPY --from=build /app" not in text  # the wheel, not the sources
     # It runs as the user the pods run as, with the entry point the manifests call.
     user = re.search(r"^USER (\d+):(\d+)$", text, flags=re.MULTILINE)
     assert user is not None

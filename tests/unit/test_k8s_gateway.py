@@ -11,10 +11,10 @@ from typing import Any
 import kubernetes_validate
 import yaml
 
-from chatgen.backends import parse_backends
 from chatgen.cli import build_parser, environment_names, gateway_settings
 from chatgen.embedded_model import EMBEDDED_MODEL_NAME
 from chatgen.gateway import render_config
+from chatgen.gateway.backends import parse_backends
 from tests.support.envoy import assert_envoy_accepts
 from tests.support.k8s import REPO, Rendered, kustomize_build, render
 from tests.unit.test_k8s import K8S_VERSION

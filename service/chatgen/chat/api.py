@@ -55,23 +55,23 @@ class ChatApi:
         # used by two of ours at once.
         self._renderer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chatgen-render")
 
-    async def chat(self, request: pb.ChatCompletionRequest) -> Result:
+    async def chat(self, request: pb.CreateChatCompletionRequest) -> Result:
         job = await self._chat_job(validate_chat(_named(request), self.served, streaming=False))
         async with self._admitted(job):
             return await self._runner.collect(job)
 
-    async def chat_stream(self, request: pb.ChatCompletionRequest) -> AsyncGenerator[StreamItem, None]:
+    async def chat_stream(self, request: pb.CreateChatCompletionRequest) -> AsyncGenerator[StreamItem, None]:
         plan = validate_chat(_named(request), self.served, streaming=True)
         async with contextlib.aclosing(self._stream(await self._chat_job(plan), plan.include_usage)) as items:
             async for item in items:
                 yield item
 
-    async def complete(self, request: pb.CompletionRequest) -> Result:
+    async def complete(self, request: pb.CreateCompletionRequest) -> Result:
         job = await self._completion_job(validate_completion(_named(request), self.served, streaming=False))
         async with self._admitted(job):
             return await self._runner.collect(job)
 
-    async def complete_stream(self, request: pb.CompletionRequest) -> AsyncGenerator[StreamItem, None]:
+    async def complete_stream(self, request: pb.CreateCompletionRequest) -> AsyncGenerator[StreamItem, None]:
         plan = validate_completion(_named(request), self.served, streaming=True)
         async with contextlib.aclosing(self._stream(await self._completion_job(plan), plan.include_usage)) as items:
             async for item in items:
@@ -144,7 +144,7 @@ class ChatApi:
         return job
 
 
-def _named(request: pb.ChatCompletionRequest | pb.CompletionRequest) -> Any:
+def _named(request: pb.CreateChatCompletionRequest | pb.CreateCompletionRequest) -> Any:
     """The request, its model noted in the call's stats (failures are recorded with the model they asked for)."""
     accounting.current().model = request.model
     return request

@@ -35,11 +35,11 @@ def _parse(message: Any, fields: Mapping[str, Any]) -> Any:
 
 
 def chat_request(model: str, messages: Iterable[Mapping[str, Any]], params: Mapping[str, Any]) -> Any:
-    return _parse(pb.ChatCompletionRequest(), {"model": model, "messages": list(messages), **params})
+    return _parse(pb.CreateChatCompletionRequest(), {"model": model, "messages": list(messages), **params})
 
 
 def completion_request(model: str, prompt: str, params: Mapping[str, Any]) -> Any:
-    return _parse(pb.CompletionRequest(), {"model": model, "prompt": prompt, **params})
+    return _parse(pb.CreateCompletionRequest(), {"model": model, "prompt": prompt, **params})
 
 
 def usage(u: Any) -> Usage:

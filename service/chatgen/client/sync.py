@@ -37,9 +37,9 @@ class ChatgenClient:
                 grpc.secure_channel(target, credentials) if credentials is not None else grpc.insecure_channel(target)
             )
         self._channel = channel
-        self._chat = pb_grpc.ChatStub(self._channel)
-        self._generate = pb_grpc.GenerateStub(self._channel)
-        self._models = pb_grpc.ModelsStub(self._channel)
+        self._chat = pb_grpc.ChatServiceStub(self._channel)
+        self._generate = pb_grpc.GenerateServiceStub(self._channel)
+        self._models = pb_grpc.ModelsServiceStub(self._channel)
         self._model = model
         self._timeout = timeout
         self._metadata = list(metadata or ())

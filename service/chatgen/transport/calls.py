@@ -28,7 +28,7 @@ from chatgen.metrics import Metrics
 REQUEST_ID_KEY = "x-request-id"
 # Longer or odd request ids are replaced, not echoed: they end up in logs and headers.
 _MAX_REQUEST_ID = 128
-LOGGED_SERVICES = ("/chatgen.v1.Chat/", "/chatgen.v1.Generate/")
+LOGGED_SERVICES = ("/chatgen.v1.ChatService/", "/chatgen.v1.GenerateService/")
 
 log = logging.getLogger("chatgen.requests")
 

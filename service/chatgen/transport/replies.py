@@ -6,7 +6,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
-from google.protobuf import struct_pb2
+from google.protobuf import json_format, struct_pb2
 
 from chatgen.chat.types import Choice, Delta, Result, StreamItem, StreamStart, ToolCallDelta, Usage
 from chatgen.engine.base import ModelInfo, TokenLogprob
@@ -23,10 +23,8 @@ def usage_pb(u: Usage) -> pb.Usage:
 
 
 def error_pb(err: ChatgenError) -> pb.ErrorDetail:
-    detail = pb.ErrorDetail(message=err.message, type=err.wire.openai_type, code=err.failure.value)
-    if err.param is not None:
-        detail.param = err.param
-    return detail
+    """The error object of a stream's error event: the same JSON as every other error reply."""
+    return json_format.ParseDict(err.openai_body()["error"], pb.ErrorDetail())
 
 
 def _logprob(value: float | None) -> float:
@@ -82,8 +80,8 @@ def _assistant_message(choice: Choice) -> pb.ChatCompletionMessage:
     return message
 
 
-def chat_completion(result: Result, model: str) -> pb.ChatCompletion:
-    reply = pb.ChatCompletion(
+def chat_completion(result: Result, model: str) -> pb.CreateChatCompletionResponse:
+    reply = pb.CreateChatCompletionResponse(
         id=result.id, object="chat.completion", created=int(time.time()), model=model, usage=usage_pb(result.usage)
     )
     for c in result.choices:
@@ -93,8 +91,8 @@ def chat_completion(result: Result, model: str) -> pb.ChatCompletion:
     return reply
 
 
-def completion(result: Result, model: str) -> pb.Completion:
-    reply = pb.Completion(
+def completion(result: Result, model: str) -> pb.CreateCompletionResponse:
+    reply = pb.CreateCompletionResponse(
         id=result.id, object="text_completion", created=int(time.time()), model=model, usage=usage_pb(result.usage)
     )
     for c in result.choices:
@@ -117,7 +115,9 @@ def _tool_call_delta_pb(d: ToolCallDelta) -> pb.ToolCallDelta:
     return out
 
 
-Chunk = Any  # pb.ChatCompletionChunk | pb.CompletionChunk, or a ready SSE event (httpbody_pb2.HttpBody)
+Chunk = (
+    Any  # pb.StreamChatCompletionResponse | pb.StreamCompletionResponse, or a ready SSE event (httpbody_pb2.HttpBody)
+)
 
 
 class StreamChunks:
@@ -156,13 +156,13 @@ class StreamChunks:
 
 
 class ChatChunks(StreamChunks):
-    chunk_type = pb.ChatCompletionChunk
+    chunk_type = pb.StreamChatCompletionResponse
     object_name = "chat.completion.chunk"
 
     def _opening(self, start: StreamStart) -> list[Chunk]:
         """Each choice opens with the assistant role, as OpenAI streams it."""
         return [
-            pb.ChatCompletionChunk(
+            pb.StreamChatCompletionResponse(
                 id=start.id,
                 **self.envelope,
                 choices=[
@@ -188,11 +188,11 @@ class ChatChunks(StreamChunks):
             choice.finish_reason = d.finish_reason
         if start.logprobs:
             choice.logprobs.CopyFrom(chat_logprobs_pb(d.logprobs))
-        return pb.ChatCompletionChunk(id=start.id, **self.envelope, choices=[choice])
+        return pb.StreamChatCompletionResponse(id=start.id, **self.envelope, choices=[choice])
 
 
 class CompletionChunks(StreamChunks):
-    chunk_type = pb.CompletionChunk
+    chunk_type = pb.StreamCompletionResponse
     object_name = "text_completion"
 
     def __init__(self, model: str, events: bool) -> None:
@@ -210,7 +210,7 @@ class CompletionChunks(StreamChunks):
             offset = self._offsets.get(d.index, 0)
             choice.logprobs.CopyFrom(completion_logprobs_pb((*d.prompt_logprobs, *d.logprobs), offset))
             self._offsets[d.index] = offset + len(d.text)
-        return pb.CompletionChunk(id=start.id, **self.envelope, choices=[choice])
+        return pb.StreamCompletionResponse(id=start.id, **self.envelope, choices=[choice])
 
 
 def model_card(info: ModelInfo, abilities: list[str]) -> pb.Model:

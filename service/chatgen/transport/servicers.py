@@ -18,23 +18,23 @@ from chatgen.v1 import chatgen_pb2 as pb
 from chatgen.v1 import chatgen_pb2_grpc as pb_grpc
 
 
-def _json_body(reply: pb.ChatCompletion | pb.Completion) -> HttpBody:
+def _json_body(reply: pb.CreateChatCompletionResponse | pb.CreateCompletionResponse) -> HttpBody:
     return HttpBody(content_type=rest.CONTENT_TYPE, data=rest.render(reply))
 
 
-class ChatServicer(pb_grpc.ChatServicer):
+class ChatServicer(pb_grpc.ChatServiceServicer):
     def __init__(self, api: ChatApi) -> None:
         self._api = api
         self._model = api.served.name
 
     async def CreateChatCompletion(
-        self, request: pb.ChatCompletionRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ChatCompletion:
+        self, request: pb.CreateChatCompletionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateChatCompletionResponse:
         return await wire.unary(context, self._reply(request))
 
     async def StreamChatCompletion(
-        self, request: pb.ChatCompletionRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.ChatCompletionChunk]:
+        self, request: pb.CreateChatCompletionRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.StreamChatCompletionResponse]:
         chunks = ChatChunks(self._model, events=False)
         async for chunk in wire.stream(context, chunks.chunks(self._api.chat_stream(request)), chunks.error, False):
             yield chunk
@@ -47,28 +47,30 @@ class ChatServicer(pb_grpc.ChatServicer):
             yield out
 
     async def _rest(self, body: HttpBody, chunks: ChatChunks) -> AsyncGenerator[replies.Chunk, None]:
-        request = rest.parse(body.data, pb.ChatCompletionRequest)
+        request = rest.parse(body.data, pb.CreateChatCompletionRequest)
         if not request.stream:
             yield _json_body(await self._reply(request))
             return
         async for chunk in chunks.chunks(self._api.chat_stream(request)):
             yield chunk
 
-    async def _reply(self, request: pb.ChatCompletionRequest) -> pb.ChatCompletion:
+    async def _reply(self, request: pb.CreateChatCompletionRequest) -> pb.CreateChatCompletionResponse:
         return replies.chat_completion(await self._api.chat(request), self._model)
 
 
-class GenerateServicer(pb_grpc.GenerateServicer):
+class GenerateServicer(pb_grpc.GenerateServiceServicer):
     def __init__(self, api: ChatApi) -> None:
         self._api = api
         self._model = api.served.name
 
-    async def CreateCompletion(self, request: pb.CompletionRequest, context: grpc.aio.ServicerContext) -> pb.Completion:
+    async def CreateCompletion(
+        self, request: pb.CreateCompletionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateCompletionResponse:
         return await wire.unary(context, self._reply(request))
 
     async def StreamCompletion(
-        self, request: pb.CompletionRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.CompletionChunk]:
+        self, request: pb.CreateCompletionRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.StreamCompletionResponse]:
         chunks = CompletionChunks(self._model, events=False)
         async for chunk in wire.stream(context, chunks.chunks(self._api.complete_stream(request)), chunks.error, False):
             yield chunk
@@ -79,14 +81,14 @@ class GenerateServicer(pb_grpc.GenerateServicer):
             yield out
 
     async def _rest(self, body: HttpBody, chunks: CompletionChunks) -> AsyncGenerator[replies.Chunk, None]:
-        request = rest.parse(body.data, pb.CompletionRequest)
+        request = rest.parse(body.data, pb.CreateCompletionRequest)
         if not request.stream:
             yield _json_body(await self._reply(request))
             return
         async for chunk in chunks.chunks(self._api.complete_stream(request)):
             yield chunk
 
-    async def _reply(self, request: pb.CompletionRequest) -> pb.Completion:
+    async def _reply(self, request: pb.CreateCompletionRequest) -> pb.CreateCompletionResponse:
         return replies.completion(await self._api.complete(request), self._model)
 
 
@@ -105,12 +107,14 @@ async def _rest_bodies(chunks: replies.StreamChunks, relayed: AsyncIterator[repl
     yield events.body(sse.DONE)
 
 
-class ModelsServicer(pb_grpc.ModelsServicer):
+class ModelsServicer(pb_grpc.ModelsServiceServicer):
     def __init__(self, models: list[pb.Model]) -> None:
         self._models = {model.id: model for model in models}
 
-    async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> pb.ModelList:
-        return pb.ModelList(object="list", data=list(self._models.values()))
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
+        return pb.ListModelsResponse(object="list", data=list(self._models.values()))
 
     async def GetModel(self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext) -> pb.Model:
         return await wire.unary(context, self._model(request.id))

@@ -64,7 +64,7 @@ def json_text(message: Message) -> str:
     return _dumps(_in_field_order(data, message.DESCRIPTOR))
 
 
-def event(chunk: pb.ChatCompletionChunk | pb.CompletionChunk) -> bytes:
+def event(chunk: pb.StreamChatCompletionResponse | pb.StreamCompletionResponse) -> bytes:
     """Any chunk, through json_format."""
     return ("data: " + json_text(chunk) + "\n\n").encode()
 
@@ -73,7 +73,7 @@ class Events:
     """One stream's chunks -> HttpBody messages of SSE bytes; the first carries the content type. `envelope` is a
     chunk holding the stream's object, created and model (as every chunk of it does)."""
 
-    def __init__(self, envelope: pb.ChatCompletionChunk | pb.CompletionChunk) -> None:
+    def __init__(self, envelope: pb.StreamChatCompletionResponse | pb.StreamCompletionResponse) -> None:
         self._envelope = envelope
         self._first = True
         # (choice index, text field) -> the event's bytes before and after the JSON string of the text.
@@ -85,7 +85,7 @@ class Events:
             return httpbody_pb2.HttpBody(content_type=CONTENT_TYPE, data=data)
         return httpbody_pb2.HttpBody(data=data)
 
-    def chunk(self, chunk: pb.ChatCompletionChunk | pb.CompletionChunk) -> httpbody_pb2.HttpBody:
+    def chunk(self, chunk: pb.StreamChatCompletionResponse | pb.StreamCompletionResponse) -> httpbody_pb2.HttpBody:
         return self.body(event(chunk))
 
     def text(self, completion_id: str, index: int, field: str, text: str) -> httpbody_pb2.HttpBody:

@@ -25,12 +25,6 @@ class Usage(_message.Message):
     total_tokens: int
     def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., total_tokens: _Optional[int] = ...) -> None: ...
 
-class ErrorResponse(_message.Message):
-    __slots__ = ("error",)
-    ERROR_FIELD_NUMBER: _ClassVar[int]
-    error: ErrorDetail
-    def __init__(self, error: _Optional[_Union[ErrorDetail, _Mapping]] = ...) -> None: ...
-
 class ErrorDetail(_message.Message):
     __slots__ = ("message", "type", "param", "code")
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
@@ -115,7 +109,7 @@ class FunctionCallDelta(_message.Message):
     arguments: str
     def __init__(self, name: _Optional[str] = ..., arguments: _Optional[str] = ...) -> None: ...
 
-class ChatCompletionRequest(_message.Message):
+class CreateChatCompletionRequest(_message.Message):
     __slots__ = ("model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty", "seed", "stop", "ignore_eos", "user", "chat_template_kwargs", "enable_thinking", "n", "logprobs", "top_logprobs", "logit_bias", "stop_token_ids", "skip_special_tokens", "request_id", "response_format", "tools", "tool_choice", "parallel_tool_calls")
     class LogitBiasEntry(_message.Message):
         __slots__ = ("key", "value")
@@ -258,7 +252,7 @@ class ChatCompletionChoice(_message.Message):
     logprobs: ChatLogprobs
     def __init__(self, index: _Optional[int] = ..., message: _Optional[_Union[ChatCompletionMessage, _Mapping]] = ..., finish_reason: _Optional[str] = ..., logprobs: _Optional[_Union[ChatLogprobs, _Mapping]] = ...) -> None: ...
 
-class ChatCompletion(_message.Message):
+class CreateChatCompletionResponse(_message.Message):
     __slots__ = ("id", "object", "created", "model", "choices", "usage")
     ID_FIELD_NUMBER: _ClassVar[int]
     OBJECT_FIELD_NUMBER: _ClassVar[int]
@@ -298,7 +292,7 @@ class ChatCompletionChunkChoice(_message.Message):
     logprobs: ChatLogprobs
     def __init__(self, index: _Optional[int] = ..., delta: _Optional[_Union[ChatCompletionDelta, _Mapping]] = ..., finish_reason: _Optional[str] = ..., logprobs: _Optional[_Union[ChatLogprobs, _Mapping]] = ...) -> None: ...
 
-class ChatCompletionChunk(_message.Message):
+class StreamChatCompletionResponse(_message.Message):
     __slots__ = ("id", "object", "created", "model", "choices", "usage", "error")
     ID_FIELD_NUMBER: _ClassVar[int]
     OBJECT_FIELD_NUMBER: _ClassVar[int]
@@ -316,7 +310,7 @@ class ChatCompletionChunk(_message.Message):
     error: ErrorDetail
     def __init__(self, id: _Optional[str] = ..., object: _Optional[str] = ..., created: _Optional[int] = ..., model: _Optional[str] = ..., choices: _Optional[_Iterable[_Union[ChatCompletionChunkChoice, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., error: _Optional[_Union[ErrorDetail, _Mapping]] = ...) -> None: ...
 
-class CompletionRequest(_message.Message):
+class CreateCompletionRequest(_message.Message):
     __slots__ = ("model", "prompt", "stream", "stream_options", "max_tokens", "temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty", "seed", "stop", "ignore_eos", "user", "n", "logprobs", "echo", "logit_bias", "stop_token_ids", "skip_special_tokens", "request_id", "response_format")
     class LogitBiasEntry(_message.Message):
         __slots__ = ("key", "value")
@@ -399,7 +393,7 @@ class CompletionChoice(_message.Message):
     logprobs: CompletionLogprobs
     def __init__(self, index: _Optional[int] = ..., text: _Optional[str] = ..., finish_reason: _Optional[str] = ..., logprobs: _Optional[_Union[CompletionLogprobs, _Mapping]] = ...) -> None: ...
 
-class Completion(_message.Message):
+class CreateCompletionResponse(_message.Message):
     __slots__ = ("id", "object", "created", "model", "choices", "usage")
     ID_FIELD_NUMBER: _ClassVar[int]
     OBJECT_FIELD_NUMBER: _ClassVar[int]
@@ -427,7 +421,7 @@ class CompletionChunkChoice(_message.Message):
     logprobs: CompletionLogprobs
     def __init__(self, index: _Optional[int] = ..., text: _Optional[str] = ..., finish_reason: _Optional[str] = ..., logprobs: _Optional[_Union[CompletionLogprobs, _Mapping]] = ...) -> None: ...
 
-class CompletionChunk(_message.Message):
+class StreamCompletionResponse(_message.Message):
     __slots__ = ("id", "object", "created", "model", "choices", "usage", "error")
     ID_FIELD_NUMBER: _ClassVar[int]
     OBJECT_FIELD_NUMBER: _ClassVar[int]
@@ -473,7 +467,7 @@ class Model(_message.Message):
     model_ability: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, id: _Optional[str] = ..., object: _Optional[str] = ..., created: _Optional[int] = ..., owned_by: _Optional[str] = ..., max_model_len: _Optional[int] = ..., model_type: _Optional[str] = ..., model_ability: _Optional[_Iterable[str]] = ...) -> None: ...
 
-class ModelList(_message.Message):
+class ListModelsResponse(_message.Message):
     __slots__ = ("object", "data")
     OBJECT_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]

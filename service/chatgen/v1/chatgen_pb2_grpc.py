@@ -26,7 +26,7 @@ if _version_not_supported:
     )
 
 
-class ChatStub:
+class ChatServiceStub:
     """Chat completions: a conversation of messages in, an assistant message out.
     """
 
@@ -37,63 +37,77 @@ class ChatStub:
             channel: A grpc.Channel.
         """
         self.CreateChatCompletion = channel.unary_unary(
-                '/chatgen.v1.Chat/CreateChatCompletion',
-                request_serializer=chatgen_dot_v1_dot_chatgen__pb2.ChatCompletionRequest.SerializeToString,
-                response_deserializer=chatgen_dot_v1_dot_chatgen__pb2.ChatCompletion.FromString,
+                '/chatgen.v1.ChatService/CreateChatCompletion',
+                request_serializer=chatgen_dot_v1_dot_chatgen__pb2.CreateChatCompletionRequest.SerializeToString,
+                response_deserializer=chatgen_dot_v1_dot_chatgen__pb2.CreateChatCompletionResponse.FromString,
                 _registered_method=True)
         self.StreamChatCompletion = channel.unary_stream(
-                '/chatgen.v1.Chat/StreamChatCompletion',
-                request_serializer=chatgen_dot_v1_dot_chatgen__pb2.ChatCompletionRequest.SerializeToString,
-                response_deserializer=chatgen_dot_v1_dot_chatgen__pb2.ChatCompletionChunk.FromString,
+                '/chatgen.v1.ChatService/StreamChatCompletion',
+                request_serializer=chatgen_dot_v1_dot_chatgen__pb2.CreateChatCompletionRequest.SerializeToString,
+                response_deserializer=chatgen_dot_v1_dot_chatgen__pb2.StreamChatCompletionResponse.FromString,
                 _registered_method=True)
         self.CreateChatCompletionHttp = channel.unary_stream(
-                '/chatgen.v1.Chat/CreateChatCompletionHttp',
+                '/chatgen.v1.ChatService/CreateChatCompletionHttp',
                 request_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
                 response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
                 _registered_method=True)
 
 
-class ChatServicer:
+class ChatServiceServicer:
     """Chat completions: a conversation of messages in, an assistant message out.
     """
 
     def CreateChatCompletion(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One chat completion, whole.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        Its request is StreamChatCompletion's too (see there).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def StreamChatCompletion(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The same completion as a stream of chunks: each choice opens with the assistant role, then deltas of its
+        text, reasoning and tool calls as they are generated, its finish reason on its last chunk; with
+        stream_options.include_usage a last chunk carries the usage.
+        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        One request for both forms, as OpenAI has one body for both (its `stream` picks): two copies of its thirty
+        fields would drift apart.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CreateChatCompletionHttp(self, request, context):
-        """The REST API's `POST /v1/chat/completions`: the body is a ChatCompletionRequest in OpenAI's JSON, passed on
-        by the gateway as it came, so that the server checks its JSON types as strictly as OpenAI does (the proto3
-        JSON mapping would take "3" for 3 and an object for a one-element array). Without `"stream": true` the reply
-        is one HttpBody holding the ChatCompletion as JSON; with it, Server-Sent Events: `data: <chunk JSON>\n\n`
-        per ChatCompletionChunk (an error after the first event is a chunk with `error` set), then
-        `data: [DONE]\n\n`. JSON is the proto3 JSON mapping: field names as in the .proto, fields without presence
-        printed, a delta's empty `tool_calls` left out. Errors before the first message are gRPC statuses.
+        """The REST API's `POST /v1/chat/completions`: the body is a CreateChatCompletionRequest in OpenAI's JSON,
+        passed on by the gateway as it came, so that the server checks its JSON types as strictly as OpenAI does
+        (the proto3 JSON mapping would take "3" for 3 and an object for a one-element array). Without
+        `"stream": true` the reply is one HttpBody holding the CreateChatCompletionResponse as JSON; with it,
+        Server-Sent Events: `data: <chunk JSON>\n\n` per StreamChatCompletionResponse (an error after the first
+        event is a chunk with `error` set), then `data: [DONE]\n\n`. Errors before the first message are gRPC
+        statuses.
+        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        The HTTP body itself, in and out: google.api.HttpBody is what the transcoder passes through untouched.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
 
-def add_ChatServicer_to_server(servicer, server):
+def add_ChatServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'CreateChatCompletion': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateChatCompletion,
-                    request_deserializer=chatgen_dot_v1_dot_chatgen__pb2.ChatCompletionRequest.FromString,
-                    response_serializer=chatgen_dot_v1_dot_chatgen__pb2.ChatCompletion.SerializeToString,
+                    request_deserializer=chatgen_dot_v1_dot_chatgen__pb2.CreateChatCompletionRequest.FromString,
+                    response_serializer=chatgen_dot_v1_dot_chatgen__pb2.CreateChatCompletionResponse.SerializeToString,
             ),
             'StreamChatCompletion': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamChatCompletion,
-                    request_deserializer=chatgen_dot_v1_dot_chatgen__pb2.ChatCompletionRequest.FromString,
-                    response_serializer=chatgen_dot_v1_dot_chatgen__pb2.ChatCompletionChunk.SerializeToString,
+                    request_deserializer=chatgen_dot_v1_dot_chatgen__pb2.CreateChatCompletionRequest.FromString,
+                    response_serializer=chatgen_dot_v1_dot_chatgen__pb2.StreamChatCompletionResponse.SerializeToString,
             ),
             'CreateChatCompletionHttp': grpc.unary_stream_rpc_method_handler(
                     servicer.CreateChatCompletionHttp,
@@ -102,13 +116,13 @@ def add_ChatServicer_to_server(servicer, server):
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'chatgen.v1.Chat', rpc_method_handlers)
+            'chatgen.v1.ChatService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('chatgen.v1.Chat', rpc_method_handlers)
+    server.add_registered_method_handlers('chatgen.v1.ChatService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class Chat:
+class ChatService:
     """Chat completions: a conversation of messages in, an assistant message out.
     """
 
@@ -126,9 +140,9 @@ class Chat:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/chatgen.v1.Chat/CreateChatCompletion',
-            chatgen_dot_v1_dot_chatgen__pb2.ChatCompletionRequest.SerializeToString,
-            chatgen_dot_v1_dot_chatgen__pb2.ChatCompletion.FromString,
+            '/chatgen.v1.ChatService/CreateChatCompletion',
+            chatgen_dot_v1_dot_chatgen__pb2.CreateChatCompletionRequest.SerializeToString,
+            chatgen_dot_v1_dot_chatgen__pb2.CreateChatCompletionResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -153,9 +167,9 @@ class Chat:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/chatgen.v1.Chat/StreamChatCompletion',
-            chatgen_dot_v1_dot_chatgen__pb2.ChatCompletionRequest.SerializeToString,
-            chatgen_dot_v1_dot_chatgen__pb2.ChatCompletionChunk.FromString,
+            '/chatgen.v1.ChatService/StreamChatCompletion',
+            chatgen_dot_v1_dot_chatgen__pb2.CreateChatCompletionRequest.SerializeToString,
+            chatgen_dot_v1_dot_chatgen__pb2.StreamChatCompletionResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -180,7 +194,7 @@ class Chat:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/chatgen.v1.Chat/CreateChatCompletionHttp',
+            '/chatgen.v1.ChatService/CreateChatCompletionHttp',
             google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
             options,
@@ -194,7 +208,7 @@ class Chat:
             _registered_method=True)
 
 
-class GenerateStub:
+class GenerateServiceStub:
     """Text completions ("generate"): a free-text prompt in, its continuation out.
     """
 
@@ -205,57 +219,69 @@ class GenerateStub:
             channel: A grpc.Channel.
         """
         self.CreateCompletion = channel.unary_unary(
-                '/chatgen.v1.Generate/CreateCompletion',
-                request_serializer=chatgen_dot_v1_dot_chatgen__pb2.CompletionRequest.SerializeToString,
-                response_deserializer=chatgen_dot_v1_dot_chatgen__pb2.Completion.FromString,
+                '/chatgen.v1.GenerateService/CreateCompletion',
+                request_serializer=chatgen_dot_v1_dot_chatgen__pb2.CreateCompletionRequest.SerializeToString,
+                response_deserializer=chatgen_dot_v1_dot_chatgen__pb2.CreateCompletionResponse.FromString,
                 _registered_method=True)
         self.StreamCompletion = channel.unary_stream(
-                '/chatgen.v1.Generate/StreamCompletion',
-                request_serializer=chatgen_dot_v1_dot_chatgen__pb2.CompletionRequest.SerializeToString,
-                response_deserializer=chatgen_dot_v1_dot_chatgen__pb2.CompletionChunk.FromString,
+                '/chatgen.v1.GenerateService/StreamCompletion',
+                request_serializer=chatgen_dot_v1_dot_chatgen__pb2.CreateCompletionRequest.SerializeToString,
+                response_deserializer=chatgen_dot_v1_dot_chatgen__pb2.StreamCompletionResponse.FromString,
                 _registered_method=True)
         self.CreateCompletionHttp = channel.unary_stream(
-                '/chatgen.v1.Generate/CreateCompletionHttp',
+                '/chatgen.v1.GenerateService/CreateCompletionHttp',
                 request_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
                 response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
                 _registered_method=True)
 
 
-class GenerateServicer:
+class GenerateServiceServicer:
     """Text completions ("generate"): a free-text prompt in, its continuation out.
     """
 
     def CreateCompletion(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One text completion, whole.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        Its request is StreamCompletion's too.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def StreamCompletion(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The same completion as a stream of chunks of text, each choice's finish reason on its last chunk.
+        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        One request for both forms, as in ChatService.StreamChatCompletion.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CreateCompletionHttp(self, request, context):
-        """The REST API's `POST /v1/completions`: a CompletionRequest as JSON in, as Chat.CreateChatCompletionHttp.
+        """The REST API's `POST /v1/completions`: a CreateCompletionRequest as JSON in, as
+        ChatService.CreateChatCompletionHttp.
+        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        The HTTP body itself, in and out, as in ChatService.CreateChatCompletionHttp.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
 
-def add_GenerateServicer_to_server(servicer, server):
+def add_GenerateServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'CreateCompletion': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateCompletion,
-                    request_deserializer=chatgen_dot_v1_dot_chatgen__pb2.CompletionRequest.FromString,
-                    response_serializer=chatgen_dot_v1_dot_chatgen__pb2.Completion.SerializeToString,
+                    request_deserializer=chatgen_dot_v1_dot_chatgen__pb2.CreateCompletionRequest.FromString,
+                    response_serializer=chatgen_dot_v1_dot_chatgen__pb2.CreateCompletionResponse.SerializeToString,
             ),
             'StreamCompletion': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamCompletion,
-                    request_deserializer=chatgen_dot_v1_dot_chatgen__pb2.CompletionRequest.FromString,
-                    response_serializer=chatgen_dot_v1_dot_chatgen__pb2.CompletionChunk.SerializeToString,
+                    request_deserializer=chatgen_dot_v1_dot_chatgen__pb2.CreateCompletionRequest.FromString,
+                    response_serializer=chatgen_dot_v1_dot_chatgen__pb2.StreamCompletionResponse.SerializeToString,
             ),
             'CreateCompletionHttp': grpc.unary_stream_rpc_method_handler(
                     servicer.CreateCompletionHttp,
@@ -264,13 +290,13 @@ def add_GenerateServicer_to_server(servicer, server):
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'chatgen.v1.Generate', rpc_method_handlers)
+            'chatgen.v1.GenerateService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('chatgen.v1.Generate', rpc_method_handlers)
+    server.add_registered_method_handlers('chatgen.v1.GenerateService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class Generate:
+class GenerateService:
     """Text completions ("generate"): a free-text prompt in, its continuation out.
     """
 
@@ -288,9 +314,9 @@ class Generate:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/chatgen.v1.Generate/CreateCompletion',
-            chatgen_dot_v1_dot_chatgen__pb2.CompletionRequest.SerializeToString,
-            chatgen_dot_v1_dot_chatgen__pb2.Completion.FromString,
+            '/chatgen.v1.GenerateService/CreateCompletion',
+            chatgen_dot_v1_dot_chatgen__pb2.CreateCompletionRequest.SerializeToString,
+            chatgen_dot_v1_dot_chatgen__pb2.CreateCompletionResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -315,9 +341,9 @@ class Generate:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/chatgen.v1.Generate/StreamCompletion',
-            chatgen_dot_v1_dot_chatgen__pb2.CompletionRequest.SerializeToString,
-            chatgen_dot_v1_dot_chatgen__pb2.CompletionChunk.FromString,
+            '/chatgen.v1.GenerateService/StreamCompletion',
+            chatgen_dot_v1_dot_chatgen__pb2.CreateCompletionRequest.SerializeToString,
+            chatgen_dot_v1_dot_chatgen__pb2.StreamCompletionResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -342,7 +368,7 @@ class Generate:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/chatgen.v1.Generate/CreateCompletionHttp',
+            '/chatgen.v1.GenerateService/CreateCompletionHttp',
             google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
             options,
@@ -356,8 +382,9 @@ class Generate:
             _registered_method=True)
 
 
-class ModelsStub:
-    """Missing associated documentation comment in .proto file."""
+class ModelsServiceStub:
+    """The models this server serves.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -366,39 +393,44 @@ class ModelsStub:
             channel: A grpc.Channel.
         """
         self.ListModels = channel.unary_unary(
-                '/chatgen.v1.Models/ListModels',
+                '/chatgen.v1.ModelsService/ListModels',
                 request_serializer=chatgen_dot_v1_dot_chatgen__pb2.ListModelsRequest.SerializeToString,
-                response_deserializer=chatgen_dot_v1_dot_chatgen__pb2.ModelList.FromString,
+                response_deserializer=chatgen_dot_v1_dot_chatgen__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
         self.GetModel = channel.unary_unary(
-                '/chatgen.v1.Models/GetModel',
+                '/chatgen.v1.ModelsService/GetModel',
                 request_serializer=chatgen_dot_v1_dot_chatgen__pb2.GetModelRequest.SerializeToString,
                 response_deserializer=chatgen_dot_v1_dot_chatgen__pb2.Model.FromString,
                 _registered_method=True)
 
 
-class ModelsServicer:
-    """Missing associated documentation comment in .proto file."""
+class ModelsServiceServicer:
+    """The models this server serves.
+    """
 
     def ListModels(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Every model served (one per server; the shared gateway lists the models it routes).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetModel(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One model by its id; NOT_FOUND for a model this server does not serve.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        A standard Get method returns the resource itself (AIP-131), as OpenAI's `GET /v1/models/{id}` does.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
 
-def add_ModelsServicer_to_server(servicer, server):
+def add_ModelsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
                     request_deserializer=chatgen_dot_v1_dot_chatgen__pb2.ListModelsRequest.FromString,
-                    response_serializer=chatgen_dot_v1_dot_chatgen__pb2.ModelList.SerializeToString,
+                    response_serializer=chatgen_dot_v1_dot_chatgen__pb2.ListModelsResponse.SerializeToString,
             ),
             'GetModel': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModel,
@@ -407,14 +439,15 @@ def add_ModelsServicer_to_server(servicer, server):
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'chatgen.v1.Models', rpc_method_handlers)
+            'chatgen.v1.ModelsService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('chatgen.v1.Models', rpc_method_handlers)
+    server.add_registered_method_handlers('chatgen.v1.ModelsService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class Models:
-    """Missing associated documentation comment in .proto file."""
+class ModelsService:
+    """The models this server serves.
+    """
 
     @staticmethod
     def ListModels(request,
@@ -430,9 +463,9 @@ class Models:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/chatgen.v1.Models/ListModels',
+            '/chatgen.v1.ModelsService/ListModels',
             chatgen_dot_v1_dot_chatgen__pb2.ListModelsRequest.SerializeToString,
-            chatgen_dot_v1_dot_chatgen__pb2.ModelList.FromString,
+            chatgen_dot_v1_dot_chatgen__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -457,7 +490,7 @@ class Models:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/chatgen.v1.Models/GetModel',
+            '/chatgen.v1.ModelsService/GetModel',
             chatgen_dot_v1_dot_chatgen__pb2.GetModelRequest.SerializeToString,
             chatgen_dot_v1_dot_chatgen__pb2.Model.FromString,
             options,

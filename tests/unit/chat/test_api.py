@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,28 +14,26 @@ from chatgen.chat import accounting, api
 from chatgen.chat.api import ChatApi
 from chatgen.chat.types import Delta, StreamStart, Usage
 from chatgen.chat.validation import ServedModel
-from chatgen.engine.hf_engine import HfEngine, HfSettings, _IncrementalDecoder
+from chatgen.engine.hf_engine import HfEngine, _IncrementalDecoder
 from chatgen.errors import ChatgenError, Failure
 from chatgen.v1 import chatgen_pb2 as pb
+from tests.unit.conftest import HF_NAME
 
-NAME = "smol"
+NAME = HF_NAME
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
-def chat(**fields: Any) -> pb.ChatCompletionRequest:
-    return json_format.ParseDict({"model": NAME, "messages": QUESTION, **fields}, pb.ChatCompletionRequest())
+def chat(**fields: Any) -> pb.CreateChatCompletionRequest:
+    return json_format.ParseDict({"model": NAME, "messages": QUESTION, **fields}, pb.CreateChatCompletionRequest())
 
 
-def completion(prompt: str, **fields: Any) -> pb.CompletionRequest:
-    return json_format.ParseDict({"model": NAME, "prompt": prompt, **fields}, pb.CompletionRequest())
+def completion(prompt: str, **fields: Any) -> pb.CreateCompletionRequest:
+    return json_format.ParseDict({"model": NAME, "prompt": prompt, **fields}, pb.CreateCompletionRequest())
 
 
 @pytest.fixture(scope="module")
-async def engine(model_dir: Path) -> AsyncIterator[HfEngine]:
-    e = HfEngine(HfSettings(str(model_dir), NAME, max_model_len=512))
-    await e.start()
-    yield e
-    await e.shutdown()
+def engine(hf_engine: HfEngine) -> HfEngine:
+    return hf_engine
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +116,7 @@ async def test_abort_frees_the_engine_and_concurrency_works(chat_api: ChatApi, e
     ],
 )
 async def test_checks_that_need_the_model(
-    chat_api: ChatApi, request_: pb.ChatCompletionRequest, failure: Failure, param: str
+    chat_api: ChatApi, request_: pb.CreateChatCompletionRequest, failure: Failure, param: str
 ) -> None:
     with pytest.raises(ChatgenError) as info:
         await chat_api.chat(request_)

@@ -20,7 +20,7 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 def plan(**fields: Any) -> ChatPlan:
     request = json_format.ParseDict(
-        {"model": THINKING_MODEL_NAME, "messages": QUESTION, **fields}, pb.ChatCompletionRequest()
+        {"model": THINKING_MODEL_NAME, "messages": QUESTION, **fields}, pb.CreateChatCompletionRequest()
     )
     return validate_chat(request, ServedModel(THINKING_MODEL_NAME, "hf"), streaming=False)
 

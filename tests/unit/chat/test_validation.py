@@ -19,12 +19,12 @@ ASK = [{"role": "user", "content": "hi"}]
 TOOL = {"type": "function", "function": {"name": "now", "parameters": {"type": "object"}}}
 
 
-def chat(**fields: Any) -> pb.ChatCompletionRequest:
-    return json_format.ParseDict({"model": "m", "messages": ASK, **fields}, pb.ChatCompletionRequest())
+def chat(**fields: Any) -> pb.CreateChatCompletionRequest:
+    return json_format.ParseDict({"model": "m", "messages": ASK, **fields}, pb.CreateChatCompletionRequest())
 
 
-def completion(**fields: Any) -> pb.CompletionRequest:
-    return json_format.ParseDict({"model": "m", "prompt": "p", **fields}, pb.CompletionRequest())
+def completion(**fields: Any) -> pb.CreateCompletionRequest:
+    return json_format.ParseDict({"model": "m", "prompt": "p", **fields}, pb.CreateCompletionRequest())
 
 
 CHAT_ERRORS: list[tuple[dict[str, Any], Failure, str]] = [

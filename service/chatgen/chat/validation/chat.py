@@ -75,7 +75,7 @@ class ChatPlan:
         return bool(self.tools) and self.tool_choice in (None, "auto")
 
 
-def validate_chat(request: pb.ChatCompletionRequest, model: ServedModel, streaming: bool) -> ChatPlan:
+def validate_chat(request: pb.CreateChatCompletionRequest, model: ServedModel, streaming: bool) -> ChatPlan:
     check_model(request, model)
     if not model.chat_template:
         raise ChatgenError(
@@ -156,7 +156,7 @@ def _tool(tool: pb.Tool, i: int) -> dict[str, Any]:
     return values.as_python(tool)  # type: ignore[no-any-return]
 
 
-def _logprobs(request: pb.ChatCompletionRequest, model: ServedModel) -> int | None:
+def _logprobs(request: pb.CreateChatCompletionRequest, model: ServedModel) -> int | None:
     top = request.top_logprobs if request.HasField("top_logprobs") else None
     if not request.logprobs:
         if top is not None:
@@ -165,7 +165,7 @@ def _logprobs(request: pb.ChatCompletionRequest, model: ServedModel) -> int | No
     return check_logprobs(top or 0, model, "top_logprobs")
 
 
-def _template_variables(request: pb.ChatCompletionRequest) -> dict[str, Any]:
+def _template_variables(request: pb.CreateChatCompletionRequest) -> dict[str, Any]:
     """chat_template_kwargs plus the enable_thinking shorthand, which Xinference spells both ways (Qwen templates
     read `enable_thinking`, some DeepSeek ones `thinking`); explicit chat_template_kwargs win."""
     variables: dict[str, Any] = (

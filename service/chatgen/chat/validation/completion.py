@@ -27,7 +27,7 @@ class CompletionPlan:
     include_usage: bool
 
 
-def validate_completion(request: pb.CompletionRequest, model: ServedModel, streaming: bool) -> CompletionPlan:
+def validate_completion(request: pb.CreateCompletionRequest, model: ServedModel, streaming: bool) -> CompletionPlan:
     check_model(request, model)
     prompt = values.prompt_text(request.prompt)
     logprobs = check_logprobs(request.logprobs if request.HasField("logprobs") else None, model, "logprobs")

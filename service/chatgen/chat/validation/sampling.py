@@ -42,7 +42,8 @@ def _scalar_fields() -> tuple[str, ...]:
     names = []
     for field in dataclasses.fields(SamplingOptions):
         on_both = [
-            m.DESCRIPTOR.fields_by_name.get(field.name) for m in (pb.ChatCompletionRequest, pb.CompletionRequest)
+            m.DESCRIPTOR.fields_by_name.get(field.name)
+            for m in (pb.CreateChatCompletionRequest, pb.CreateCompletionRequest)
         ]
         if all(f is not None and f.has_presence and f.message_type is None for f in on_both):
             names.append(field.name)
@@ -130,7 +131,7 @@ def check_logprobs(top: int | None, model: ServedModel, param: str) -> int | Non
 
 
 def sampling_plan(
-    request: pb.ChatCompletionRequest | pb.CompletionRequest,
+    request: pb.CreateChatCompletionRequest | pb.CreateCompletionRequest,
     model: ServedModel,
     max_tokens: int | None,
     logprobs: int | None,

@@ -112,7 +112,7 @@ def test_co_resident_engines_share_a_gpu(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_ratio_intervals_come_from_paired_rounds() -> None:
     """Round i of each target ran the same requests: the ratio's 95 % interval is a t-interval of the paired log
     ratios, so drift that moves both targets of a pair alike does not widen it."""
-    from benchmarks.bench_serving import Level, paired_interval, ratios
+    from benchmarks.report import Level, paired_interval, ratios
 
     # A slow drift (100 -> 40 tok/s) that touches both alike, and b always 2 % ahead of a: a tight interval at 1.02.
     a_rounds = [100.0, 80.0, 60.0, 40.0]
@@ -143,7 +143,7 @@ def test_ratio_intervals_come_from_paired_rounds() -> None:
 def test_ttft_ratios_pair_the_rounds_medians() -> None:
     """TTFT p50 of b over a (below 1: b answers sooner), with an interval from each round's median TTFT; at
     concurrency 1 with one request per client per round, that pairs request i of b with request i of a."""
-    from benchmarks.bench_serving import Level, ratios
+    from benchmarks.report import Level, ratios
 
     a_ttft = [1000.0, 1100.0, 900.0, 1050.0]
     b_ttft = [t * 0.95 for t in a_ttft]
@@ -180,7 +180,7 @@ def test_each_rounds_ttft_median_is_kept() -> None:
 def test_pooled_ratios_pair_every_levels_rounds() -> None:
     """All levels' paired rounds together: b is 2 % ahead at one level and 4 % at the other, so the pooled
     geometric mean lies between; TTFT pairs pool the same way; a pair with too few rounds anywhere gives nothing."""
-    from benchmarks.bench_serving import Level, pooled
+    from benchmarks.report import Level, pooled
 
     def level(target: str, c: int, rounds: list[float], ttfts: list[float]) -> Level:
         return Level(target, c, 4, 4, rounds=rounds, round_ttft_p50_ms=ttfts)

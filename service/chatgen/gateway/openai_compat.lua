@@ -1,4 +1,5 @@
--- Makes Envoy's grpc_json_transcoder speak OpenAI's REST dialect in front of chatgen.
+-- Makes Envoy speak OpenAI's REST dialect in front of chatgen. Read by Envoy as it is; its settings come from
+-- the route's metadata (chatgen.gateway.config puts them there, from chatgen.errors and the routing config).
 --
 -- Request:  the POST bodies go to the server as they came (google.api.HttpBody), which checks them and picks
 --           a stream or a unary reply from `"stream"`; nothing here reads them, except that the shared gateway
@@ -6,22 +7,23 @@
 --           by the time body() returns, so no JSON is parsed here).
 -- Response: gRPC errors get OpenAI's error JSON (the server sends it in `x-chatgen-error`). Replies and streams
 --           need nothing here: the server sends their bytes ready to pass on, so no Lua runs per token.
+--
+-- Settings (route metadata under this filter's name, key "chatgen"):
+--   http_errors   HTTP status (a string) -> {OpenAI type, code}, for errors without a chatgen error body
+--                 (Envoy's own, or raised by gRPC itself)
+--   model_errors  "not_found" / "invalid" -> {HTTP status, OpenAI type, code}: what the shared gateway answers
+--   models        the shared gateway (chatgen gateway --backends) only: the models it routes; absent with one
+--                 backend, where the server answers for its own model
+--   model_list    the shared gateway only: the body of GET /v1/models
 
 local ROUTED = { ["/v1/chat/completions"] = true, ["/v1/completions"] = true }
-
--- HTTP status of an error without a chatgen error body (Envoy's own, or raised by gRPC itself) -> OpenAI error
--- {type, code}. chatgen.gateway fills the table in from chatgen.errors.GATEWAY_REPLIES when it renders this file.
-local HTTP_ERRORS = {} --[[ GATEWAY_REPLIES ]]
-
--- The shared gateway (chatgen gateway --backends) only: the models it routes (name -> true), the body of
--- GET /v1/models, and the errors it answers itself ({HTTP status, OpenAI type, code}, from chatgen.errors).
--- With one backend MODELS stays nil and the server answers for its own model.
-local MODELS = nil --[[ MODELS ]]
-local MODEL_LIST = nil --[[ MODEL_LIST ]]
-local MODEL_ERRORS = {} --[[ MODEL_ERRORS ]]
 local MODEL_HEADER = "x-chatgen-model"
 
 local ESCAPES = { ['"'] = '\\"', ['\\'] = '\\\\', ['\n'] = '\\n', ['\r'] = '\\r', ['\t'] = '\\t' }
+
+local function settings(handle)
+  return handle:metadata():get("chatgen")
+end
 
 local function json_string(s)
   return '"' .. s:gsub('[%c"\\]', function(c) return ESCAPES[c] or string.format("\\u%04x", c:byte()) end) .. '"'
@@ -31,17 +33,30 @@ local function percent_decode(s)
   return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
 end
 
-local function respond_error(handle, kind, message, param)
-  local e = MODEL_ERRORS[kind]
-  local body = '{"error":{"message":' .. json_string(message) .. ',"type":"' .. e[2] .. '","param":' ..
-    (param and ('"' .. param .. '"') or "null") .. ',"code":"' .. e[3] .. '"}}'
-  -- Like a server error: local_reply_config rewrites local reply bodies, envoy_on_response puts this one back.
-  handle:respond({ [":status"] = tostring(e[1]), ["content-type"] = "application/json", ["x-chatgen-error"] = body },
-    body)
+-- OpenAI's error JSON (chatgen.errors.openai_error's shape), from a message already escaped as a JSON string.
+local function error_json(message_json, error_type, param, code)
+  return '{"error":{"message":' .. message_json .. ',"type":"' .. error_type .. '","param":' ..
+    (param and ('"' .. param .. '"') or "null") .. ',"code":"' .. code .. '"}}'
 end
 
-local function model_not_found(handle, model)
-  respond_error(handle, "not_found", "The model '" .. model .. "' does not exist", "model")
+local function respond_error(handle, config, kind, message, param)
+  local e = config["model_errors"][kind]
+  local body = error_json(json_string(message), e[2], param, e[3])
+  -- Like a server error: local_reply_config rewrites local reply bodies, envoy_on_response puts this one back.
+  handle:respond({ [":status"] = string.format("%d", e[1]), ["content-type"] = "application/json",
+    ["x-chatgen-error"] = body }, body)
+end
+
+local function routed_models(config)
+  local models = {}
+  for _, name in ipairs(config["models"]) do models[name] = true end
+  return models
+end
+
+-- The shared gateway routes a model by the x-chatgen-model header; the route is picked again once it is set.
+local function route_to(handle, headers, model)
+  headers:add(MODEL_HEADER, model)
+  handle:clearRouteCache()
 end
 
 -- GET /v1/models and GET /v1/models/ID. The openai SDK sends a model id's "/" as %2F, which the transcoder
@@ -50,8 +65,10 @@ end
 -- True when answered here.
 local function models_request(handle, headers, method, path, query)
   if method ~= "GET" then return false end
-  if MODELS ~= nil and path == "/v1/models" then
-    handle:respond({ [":status"] = "200", ["content-type"] = "application/json" }, MODEL_LIST)
+  local config = settings(handle)
+  local shared = config ~= nil and config["models"] ~= nil
+  if shared and path == "/v1/models" then
+    handle:respond({ [":status"] = "200", ["content-type"] = "application/json" }, config["model_list"])
     return true
   end
   local raw = path:match("^/v1/models/(.+)$")
@@ -60,12 +77,12 @@ local function models_request(handle, headers, method, path, query)
   if id ~= raw and id:match("^[%w%._:/@%+%-]+$") then
     headers:replace(":path", "/v1/models/" .. id .. query)
   end
-  if MODELS == nil then return false end
-  if not MODELS[id] then
-    model_not_found(handle, id)
+  if not shared then return false end
+  if not routed_models(config)[id] then
+    respond_error(handle, config, "not_found", "The model '" .. id .. "' does not exist", "model")
     return true
   end
-  headers:add(MODEL_HEADER, id)
+  route_to(handle, headers, id)
   return false
 end
 
@@ -83,21 +100,23 @@ function envoy_on_request(handle)
   local method = headers:get(":method")
   local path, query = headers:get(":path"):match("^([^?]*)(.*)$")
   if models_request(handle, headers, method, path, query) then return end
-  if MODELS == nil or method ~= "POST" or not ROUTED[path] then return end
+  if method ~= "POST" or not ROUTED[path] then return end
+  local config = settings(handle)
+  if config == nil or config["models"] == nil then return end
   handle:body()
   local request = handle:streamInfo():dynamicMetadata():get("chatgen.request")
   -- Header handles taken before body() yielded are stale now; take them again.
   headers = handle:headers()
   local model = request ~= nil and request["model"] or nil
   if type(model) ~= "string" or model == "" then
-    respond_error(handle, "invalid", "'model' is required", "model")
+    respond_error(handle, config, "invalid", "'model' is required", "model")
     return
   end
-  if not MODELS[model] then
-    model_not_found(handle, model)
+  if not routed_models(config)[model] then
+    respond_error(handle, config, "not_found", "The model '" .. model .. "' does not exist", "model")
     return
   end
-  headers:add(MODEL_HEADER, model)
+  route_to(handle, headers, model)
 end
 
 -- The JSON-escaped text of the "message" member of a transcoder status body ({"code":N,"message":"..."}),
@@ -120,17 +139,11 @@ local function status_message(body)
   return nil
 end
 
--- The transcoder names the field it could not parse first ("max_tokens: invalid value ..."): that is `param`.
-local function field_of(message_json)
-  return message_json:match("^([%w_%.%[%]]+): ")
-end
-
-local function openai_error(message_json, status)
-  local field = field_of(message_json)
-  local param = field and ('"' .. field .. '"') or "null"
-  local kind = HTTP_ERRORS[status] or HTTP_ERRORS[500]
-  return '{"error":{"message":"' .. message_json .. '","type":"' .. kind[1] .. '","param":' .. param ..
-    ',"code":"' .. kind[2] .. '"}}'
+local function openai_error(handle, message_json, status)
+  local config = settings(handle)
+  local errors = config ~= nil and config["http_errors"] or { ["500"] = { "server_error", "internal" } }
+  local kind = errors[string.format("%d", status)] or errors["500"]
+  return error_json('"' .. message_json .. '"', kind[1], nil, kind[2])
 end
 
 function envoy_on_response(handle)
@@ -155,24 +168,17 @@ function envoy_on_response(handle)
     -- A gRPC error the chatgen handlers did not produce (e.g. from grpc itself), before any body.
     local message = json_string(percent_decode(headers:get("grpc-message") or "upstream error"))
     headers:replace("content-type", "application/json")
-    handle:body(true):setBytes(openai_error(message:sub(2, -2), status))
+    handle:body(true):setBytes(openai_error(handle, message:sub(2, -2), status))
     return
   end
   if status >= 400 then
-    -- The transcoder already turned such an error (e.g. DEADLINE_EXCEEDED from grpc's deadline) into its own
+    -- The transcoder turned such an error (e.g. DEADLINE_EXCEEDED from grpc's deadline) into its own
     -- {"code":N,"message":...} body; Envoy's own replies are OpenAI-shaped by local_reply_config already.
     local body = handle:body()
     if body ~= nil then
       local bytes = body:getBytes(0, body:length())
       if bytes:sub(1, 8) == '{"code":' then
-        body:setBytes(openai_error(status_message(bytes) or "upstream error", status))
-      elseif bytes:find('"param":null', 1, true) then
-        -- A local reply (e.g. the transcoder rejecting the JSON) already in OpenAI's shape via
-        -- local_reply_config, which cannot compute `param`; a quote inside the message would be escaped.
-        local field = field_of(status_message(bytes) or "")
-        if field ~= nil then
-          body:setBytes((bytes:gsub('"param":null', '"param":"' .. field .. '"', 1)))
-        end
+        body:setBytes(openai_error(handle, status_message(bytes) or "upstream error", status))
       end
     end
   end

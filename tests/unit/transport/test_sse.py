@@ -33,9 +33,9 @@ def parse(data: bytes) -> list[str]:
     return [e[len("data: ") :] for e in events]
 
 
-def content_chunk(text: str, index: int = 0, field: str = "content") -> pb.ChatCompletionChunk:
+def content_chunk(text: str, index: int = 0, field: str = "content") -> pb.StreamChatCompletionResponse:
     delta = pb.ChatCompletionDelta(**{field: text})
-    return pb.ChatCompletionChunk(**ENVELOPE, choices=[pb.ChatCompletionChunkChoice(index=index, delta=delta)])
+    return pb.StreamChatCompletionResponse(**ENVELOPE, choices=[pb.ChatCompletionChunkChoice(index=index, delta=delta)])
 
 
 def round_trip(payload: str, message_type: type) -> object:
@@ -45,7 +45,7 @@ def round_trip(payload: str, message_type: type) -> object:
 
 
 def chat_events() -> sse.Events:
-    return sse.Events(pb.ChatCompletionChunk(**{k: v for k, v in ENVELOPE.items() if k != "id"}))
+    return sse.Events(pb.StreamChatCompletionResponse(**{k: v for k, v in ENVELOPE.items() if k != "id"}))
 
 
 @pytest.mark.parametrize("field", ["content", "reasoning_content"])
@@ -57,14 +57,14 @@ def test_the_fast_path_is_byte_for_byte_json_formats_rendering(field: str, index
         body = events.text(ENVELOPE["id"], index, field, text)  # type: ignore[arg-type]
         assert body.data == sse.event(chunk)
         [payload] = parse(body.data)
-        assert round_trip(payload, pb.ChatCompletionChunk) == chunk
+        assert round_trip(payload, pb.StreamChatCompletionResponse) == chunk
         assert json.loads(payload)["choices"][0]["delta"] == {field: text}
 
 
 def test_completion_text_fast_path() -> None:
-    events = sse.Events(pb.CompletionChunk(object="text_completion", created=5, model="m"))
+    events = sse.Events(pb.StreamCompletionResponse(object="text_completion", created=5, model="m"))
     for text in TEXTS:
-        chunk = pb.CompletionChunk(
+        chunk = pb.StreamCompletionResponse(
             id="cmpl-1", object="text_completion", created=5, model="m", choices=[{"index": 0, "text": text}]
         )
         body = events.text("cmpl-1", 0, "text", text)
@@ -79,7 +79,7 @@ def test_completion_text_fast_path() -> None:
 
 
 def test_fields_print_in_proto_order_with_zero_values_and_without_an_empty_tool_calls() -> None:
-    first = pb.ChatCompletionChunk(
+    first = pb.StreamChatCompletionResponse(
         **ENVELOPE,
         choices=[pb.ChatCompletionChunkChoice(index=0, delta=pb.ChatCompletionDelta(role="assistant", content=""))],
     )
@@ -88,7 +88,9 @@ def test_fields_print_in_proto_order_with_zero_values_and_without_an_empty_tool_
         '{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1795000000,"model":"org/m",'
         '"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}'
     )
-    last = pb.ChatCompletionChunk(**ENVELOPE, usage=pb.Usage(prompt_tokens=3, completion_tokens=0, total_tokens=3))
+    last = pb.StreamChatCompletionResponse(
+        **ENVELOPE, usage=pb.Usage(prompt_tokens=3, completion_tokens=0, total_tokens=3)
+    )
     assert json.loads(parse(sse.event(last))[0]) == {
         **ENVELOPE,
         "choices": [],
@@ -104,9 +106,9 @@ def test_slow_path_chunks_keep_every_field() -> None:
         finish_reason="tool_calls",
         logprobs=pb.ChatLogprobs(content=[pb.TokenLogprob(token="x", logprob=-0.5, bytes=[120])]),
     )
-    chunk = pb.ChatCompletionChunk(**ENVELOPE, choices=[choice])
+    chunk = pb.StreamChatCompletionResponse(**ENVELOPE, choices=[choice])
     payload = parse(chat_events().chunk(chunk).data)[0]
-    assert round_trip(payload, pb.ChatCompletionChunk) == chunk
+    assert round_trip(payload, pb.StreamChatCompletionResponse) == chunk
     got = json.loads(payload)["choices"][0]
     assert got["delta"]["tool_calls"] == [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "f"}}]
     assert got["finish_reason"] == "tool_calls"
@@ -114,13 +116,13 @@ def test_slow_path_chunks_keep_every_field() -> None:
 
 
 def test_an_error_chunk_is_an_event_with_the_whole_openai_error_object() -> None:
-    chunk = pb.ChatCompletionChunk(**ENVELOPE, error=pb.ErrorDetail(message="engine died", type="t", code="c"))
+    chunk = pb.StreamChatCompletionResponse(**ENVELOPE, error=pb.ErrorDetail(message="engine died", type="t", code="c"))
     got = json.loads(parse(chat_events().chunk(chunk).data)[0])
     # OpenAI's error object always has all four keys: an absent param is null, as in chatgen's other errors.
     assert list(got["error"].items()) == [("message", "engine died"), ("type", "t"), ("param", None), ("code", "c")]
     assert got["choices"] == []
     with_param = pb.ErrorDetail(message="m", type="t", param="max_tokens", code="c")
-    got = json.loads(parse(chat_events().chunk(pb.ChatCompletionChunk(**ENVELOPE, error=with_param)).data)[0])
+    got = json.loads(parse(chat_events().chunk(pb.StreamChatCompletionResponse(**ENVELOPE, error=with_param)).data)[0])
     assert got["error"]["param"] == "max_tokens"
 
 

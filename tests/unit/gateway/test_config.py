@@ -124,7 +124,7 @@ def test_usable_cpus_honours_a_cgroup_cpu_limit(tmp_path: Path) -> None:
 def test_envoy_concurrency_flag_reaches_envoys_command_line(tmp_path: Path) -> None:
     def command(*argv: str, environ: dict[str, str] | None = None) -> list[str]:
         args = build_parser(environ or {}, "serve").parse_args(["serve", *argv])
-        cmd = envoy_command(replace(settings(tmp_path), concurrency=args.envoy_concurrency), tmp_path / "envoy.yaml")
+        cmd = envoy_command(replace(settings(tmp_path), concurrency=args.envoy_concurrency), tmp_path / "envoy.json")
         return cmd[cmd.index("--concurrency") : cmd.index("--concurrency") + 2]
 
     assert command() == ["--concurrency", str(auto_envoy_workers(usable_cpus()))]

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from chatgen.backends import Backend, BackendsError, ModelRoute, load_backends, parse_backends
 from chatgen.gateway import RETRY_ON, GatewaySettings, model_list_json, render_config
+from chatgen.gateway.backends import Backend, BackendsError, ModelRoute, load_backends, parse_backends
 from tests.support.envoy import assert_envoy_accepts
 
 CONFIG = """
@@ -64,6 +64,14 @@ def test_the_shared_gateway_config_routes_by_model_and_balances_replicas(tmp_pat
     resources = yaml.safe_load(config.read_text())["static_resources"]
     hcm = resources["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
+    # The last route holds only the Lua filter's settings, for requests before a model is picked: a 404.
+    fallback = routes.pop()
+    assert fallback["match"] == {"prefix": "/"} and fallback["direct_response"] == {"status": 404}
+    settings_of = [r["metadata"]["filter_metadata"]["envoy.filters.http.lua"]["chatgen"] for r in [*routes, fallback]]
+    assert all(s == settings_of[0] for s in settings_of)
+    assert settings_of[0]["models"] == ["model-a", "Qwen/Qwen3-8B@fp8"]
+    assert settings_of[0]["model_list"] == model_list_json(models, 1700000000)
+    assert settings_of[0]["model_errors"]["not_found"] == [404, "not_found_error", "model_not_found"]
     assert [r["match"]["headers"][0]["string_match"]["exact"] for r in routes] == ["model-a", "Qwen/Qwen3-8B@fp8"]
     assert [r["route"]["cluster"] for r in routes] == ["model_0", "model_1"]
     for route in routes:
@@ -94,9 +102,6 @@ def test_the_shared_gateway_config_routes_by_model_and_balances_replicas(tmp_pat
     assert a["circuit_breakers"]["thresholds"][0] == {"max_requests": 2048, "max_pending_requests": 2048,
                                                       "max_retries": 2048}  # fmt: skip
     assert clusters["model_1"]["circuit_breakers"]["thresholds"][0]["max_requests"] == 64
-    lua = (tmp_path / "openai_compat.lua").read_text()
-    assert "local MODELS = { [ [==[model-a]==] ] = true, [ [==[Qwen/Qwen3-8B@fp8]==] ] = true }" in lua
-    assert f"local MODEL_LIST = [==[{model_list_json(models, 1700000000)}]==]" in lua
 
 
 def test_one_backend_keeps_the_single_server_config(tmp_path: Path) -> None:
@@ -106,8 +111,11 @@ def test_one_backend_keeps_the_single_server_config(tmp_path: Path) -> None:
     )  # fmt: skip
     resources = yaml.safe_load(render_config(settings).read_text())["static_resources"]
     hcm = resources["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    assert hcm["route_config"]["virtual_hosts"][0]["routes"] == [
-        {"match": {"prefix": "/"}, "route": {"cluster": "chatgen_grpc", "timeout": "0s"}}
+    (route,) = hcm["route_config"]["virtual_hosts"][0]["routes"]
+    assert (route["match"], route["route"]) == ({"prefix": "/"}, {"cluster": "chatgen_grpc", "timeout": "0s"})
+    lua_settings = route["metadata"]["filter_metadata"]["envoy.filters.http.lua"]["chatgen"]
+    assert "models" not in lua_settings and lua_settings["http_errors"]["503"] == [
+        "service_unavailable_error",
+        "unavailable",
     ]
     assert [c["name"] for c in resources["clusters"]] == ["chatgen_grpc"]
-    assert "local MODELS = nil" in (tmp_path / "openai_compat.lua").read_text()

@@ -1,0 +1,98 @@
+"""Parsed flags -> the typed settings chatgen.app runs with."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from chatgen.app import EngineSettings, ServeSettings
+from chatgen.chat.admission import AdmissionLimits
+from chatgen.engine.factory import SimulatorTiming, resolve_model
+from chatgen.gateway import GatewaySettings, default_work_dir
+from chatgen.gateway.backends import BackendsError, load_backends
+from chatgen.probes import local
+from chatgen.tls import TlsFiles, tls_files
+from chatgen.transport.auth import load_keys
+
+# Requests Envoy may forward beyond the server's admission limits: model listings, probes, and requests the
+# server turns away itself (with its own 429).
+UPSTREAM_HEADROOM = 64
+
+
+def _simulator_timing(text: str) -> SimulatorTiming:
+    try:
+        ttft, itl, tokens = text.split(",")
+        return SimulatorTiming(float(ttft), float(itl), int(tokens))
+    except ValueError:
+        raise SystemExit(f"--simulator-timing wants TTFT_MS,ITL_MS,TOKENS (e.g. 50,10,64), got {text!r}") from None
+
+
+def gateway_settings(
+    args: argparse.Namespace, tls: TlsFiles | None, grpc_host: str, grpc_port: int, work_dir: Path
+) -> GatewaySettings:
+    """The gateway's settings from the flags `chatgen serve` and `chatgen gateway` share (`tls`: their checked
+    --tls-cert/--tls-key)."""
+    return GatewaySettings(
+        http_host=args.host,
+        http_port=args.http_port,
+        grpc_host=grpc_host,
+        grpc_port=grpc_port,
+        admin_port=args.envoy_admin_port,
+        work_dir=work_dir,
+        concurrency=args.envoy_concurrency,
+        max_body_bytes=args.max_request_bytes,
+        max_connections=args.max_connections,
+        # Room above the server's own limit, so callers see the server's 429 first.
+        max_upstream_requests=args.max_running + args.max_waiting + UPSTREAM_HEADROOM,
+        tls=tls,
+        upstream_tls=tls is not None,
+        stats_port=args.envoy_stats_port,
+    )
+
+
+def serve_settings(args: argparse.Namespace) -> ServeSettings:
+    """`chatgen serve`'s flags as settings."""
+    tls = tls_files(args.tls_cert, args.tls_key)
+    engine = EngineSettings(
+        kind=args.engine,
+        model=resolve_model(args.model, args.served_model_name),
+        max_model_len=args.max_model_len,
+        dtype=args.dtype,
+        simulator=_simulator_timing(args.simulator_timing),
+        argv=args.engine_argv,
+    )
+    gateway = None
+    if not args.no_gateway:
+        # The gRPC port is filled in once the server listens.
+        gateway = gateway_settings(args, tls, local(args.host), args.grpc_port, default_work_dir())
+    return ServeSettings(
+        engine=engine,
+        host=args.host,
+        grpc_port=args.grpc_port,
+        limits=AdmissionLimits(args.max_running, args.max_waiting),
+        max_request_bytes=args.max_request_bytes,
+        gateway=gateway,
+        metrics_port=args.metrics_port,
+        reasoning_parser=args.reasoning_parser,
+        tool_call_parser=args.tool_call_parser,
+        api_keys=tuple(load_keys(args.api_key, args.api_key_file)),
+        tls=tls,
+        shutdown_grace=args.shutdown_grace,
+        log_requests=not args.no_request_log,
+    )
+
+
+def standalone_gateway_settings(args: argparse.Namespace) -> GatewaySettings:
+    """`chatgen gateway`'s flags as settings (with --backends: the shared gateway's routes)."""
+    work_dir = Path(args.work_dir) if args.work_dir else default_work_dir()
+    tls = tls_files(args.tls_cert, args.tls_key)
+    settings = replace(gateway_settings(args, tls, args.grpc_host, args.grpc_port, work_dir), log_level=args.log_level)
+    if args.backends:
+        try:
+            models = load_backends(Path(args.backends))
+        except BackendsError as exc:
+            raise SystemExit(f"chatgen gateway: {exc}") from None
+        settings = replace(settings, models=models, rendered_at=int(time.time()))
+    return settings

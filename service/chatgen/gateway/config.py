@@ -1,0 +1,271 @@
+"""The Envoy config, built as data and written as JSON (which Envoy reads as it reads YAML): the REST listener
+and its filters, Envoy's own error replies in OpenAI's shape, the Lua filter's settings, and the optional stats
+listener. Routes and clusters: routes.py."""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+from pathlib import Path
+from typing import Any
+
+from chatgen.errors import FAILURES, GATEWAY_REPLIES, Failure, openai_error
+from chatgen.gateway import routes
+from chatgen.gateway.descriptors import write_descriptor_set
+from chatgen.gateway.settings import GatewaySettings
+from chatgen.tls import TlsFiles
+
+LUA_FILTER = "envoy.filters.http.lua"
+HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+CONFIG_FILE = "envoy.json"
+
+
+def typed(type_name: str, **config: Any) -> dict[str, Any]:
+    return {"@type": f"type.googleapis.com/{type_name}", **config}
+
+
+def socket_address(host: str, port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": host, "port_value": port}}
+
+
+def lua_source() -> Path:
+    """The Lua filter, shipped with the package and read by Envoy as it is."""
+    return Path(str(importlib.resources.files("chatgen.gateway") / "openai_compat.lua"))
+
+
+def _openai_kind(failure: Failure) -> list[str]:
+    """[OpenAI error `type`, `code`] of a failure kind."""
+    return [FAILURES[failure].openai_type, failure.value]
+
+
+def lua_settings(settings: GatewaySettings) -> dict[str, Any]:
+    """The Lua filter's settings, from chatgen.errors and the routing config (see openai_compat.lua)."""
+    out: dict[str, Any] = {
+        "http_errors": {str(status): _openai_kind(failure) for status, failure in GATEWAY_REPLIES.items()},
+        "model_errors": {
+            key: [FAILURES[f].http_status, *_openai_kind(f)]
+            for key, f in (("not_found", Failure.MODEL_NOT_FOUND), ("invalid", Failure.INVALID_REQUEST))
+        },
+    }
+    if settings.models:
+        out["models"] = [m.name for m in settings.models]
+        out["model_list"] = routes.model_list_json(settings.models, settings.rendered_at)
+    return out
+
+
+def _error_body(message: str, failure: Failure) -> dict[str, Any]:
+    return {"content_type": "application/json", "json_format": openai_error(failure, message)}
+
+
+def _status_is(status: int | None, key: str) -> dict[str, Any]:
+    op = "EQ" if status is not None else "GE"
+    value = {"default_value": status if status is not None else 400, "runtime_key": f"chatgen.local_reply.{key}"}
+    return {"status_code_filter": {"comparison": {"op": op, "value": value}}}
+
+
+def local_reply_mappers(max_body_bytes: int) -> list[dict[str, Any]]:
+    """Envoy's own error replies (upstream down, unknown path, body too large) in OpenAI's error shape."""
+    too_large = FAILURES[Failure.REQUEST_TOO_LARGE].http_status
+    mappers: list[dict[str, Any]] = [
+        # Envoy's circuit breaker to the server tripped (upstream overflow): the same 429 the server sends itself.
+        {
+            "filter": {"response_flag_filter": {"flags": ["UO"]}},
+            "status_code": FAILURES[Failure.OVERLOADED].http_status,
+            "headers_to_add": [
+                {"header": {"key": "retry-after", "value": "1"}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+            ],
+            "body_format_override": _error_body("The server is at capacity; retry later", Failure.OVERLOADED),
+        },
+        {
+            "filter": _status_is(too_large, "too_large"),
+            "body_format_override": _error_body(
+                f"The request body is larger than this server accepts ({max_body_bytes} bytes)",
+                Failure.REQUEST_TOO_LARGE,
+            ),
+        },
+    ]
+    for status, failure in GATEWAY_REPLIES.items():
+        if failure is not Failure.REQUEST_TOO_LARGE:
+            mappers.append(
+                {
+                    "filter": _status_is(status, str(status)),
+                    "body_format_override": _error_body("%LOCAL_REPLY_BODY%", failure),
+                }
+            )
+    mappers.append(
+        {"filter": _status_is(None, "any"), "body_format_override": _error_body("%LOCAL_REPLY_BODY%", Failure.INTERNAL)}
+    )
+    return mappers
+
+
+def http_filters(descriptor: Path) -> list[dict[str, Any]]:
+    return [
+        # GET /healthz is answered by Envoy itself (503 while it drains): the gateway's own probe, which needs
+        # no API key and does not reach the model.
+        {
+            "name": "envoy.filters.http.health_check",
+            "typed_config": typed(
+                "envoy.extensions.filters.http.health_check.v3.HealthCheck",
+                pass_through_mode=False,
+                headers=[{"name": ":path", "string_match": {"exact": "/healthz"}}],
+            ),
+        },
+        # The shared gateway (--backends) routes on the body's `model`.
+        {
+            "name": "envoy.filters.http.json_to_metadata",
+            "typed_config": typed(
+                "envoy.extensions.filters.http.json_to_metadata.v3.JsonToMetadata",
+                request_rules={
+                    "rules": [
+                        {
+                            "selectors": [{"key": "model"}],
+                            "on_present": {"metadata_namespace": "chatgen.request", "key": "model"},
+                        }
+                    ],
+                    # curl -d sends form-urlencoded unless told otherwise; the body is JSON all the same.
+                    "allow_content_types": ["application/json", "application/x-www-form-urlencoded", "text/plain"],
+                    "allow_empty_content_type": True,
+                },
+            ),
+        },
+        {
+            "name": LUA_FILTER,
+            "typed_config": typed(
+                "envoy.extensions.filters.http.lua.v3.Lua", default_source_code={"filename": str(lua_source())}
+            ),
+        },
+        {
+            "name": "envoy.filters.http.grpc_json_transcoder",
+            "typed_config": typed(
+                "envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder",
+                proto_descriptor=str(descriptor),
+                services=["chatgen.v1.ChatService", "chatgen.v1.GenerateService", "chatgen.v1.ModelsService"],
+                convert_grpc_status=True,
+                request_validation_options={"reject_unknown_method": True},
+                print_options={"preserve_proto_field_names": True, "always_print_primitive_fields": True},
+            ),
+        },
+        {"name": "envoy.filters.http.router", "typed_config": typed("envoy.extensions.filters.http.router.v3.Router")},
+    ]
+
+
+def _transport_socket(context_type: str, common: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": typed(f"envoy.extensions.transport_sockets.tls.v3.{context_type}", common_tls_context=common),
+    }
+
+
+def listener_tls(tls: TlsFiles | None) -> dict[str, Any] | None:
+    if tls is None:
+        return None
+    certificate = {"certificate_chain": {"filename": str(tls.cert)}, "private_key": {"filename": str(tls.key)}}
+    return _transport_socket(
+        "DownstreamTlsContext", {"alpn_protocols": ["h2", "http/1.1"], "tls_certificates": [certificate]}
+    )
+
+
+def upstream_tls(enabled: bool) -> dict[str, Any] | None:
+    # No validation_context: see chatgen.tls for why the loopback hop is encrypted but not verified.
+    return _transport_socket("UpstreamTlsContext", {"alpn_protocols": ["h2"]}) if enabled else None
+
+
+def rest_listener(settings: GatewaySettings, descriptor: Path) -> dict[str, Any]:
+    manager = typed(
+        HCM_TYPE.removeprefix("type.googleapis.com/"),
+        stat_prefix="rest",
+        codec_type="AUTO",
+        # Every call has an x-request-id (the caller's, else one Envoy makes up), passed to chatgen as metadata
+        # (its request log and metrics) and returned on the response, errors included.
+        always_set_request_id_in_response=True,
+        preserve_external_request_id=True,
+        # Streams of a slow model can be quiet for a while, but not forever.
+        stream_idle_timeout="300s",
+        # A client gets this long to send its headers and its whole body (slow senders hold no slot forever);
+        # generation time is not limited here (x-request-timeout-ms does that per request).
+        request_headers_timeout="10s",
+        request_timeout="60s",
+        common_http_protocol_options={"idle_timeout": "600s"},
+        http2_protocol_options={"max_concurrent_streams": 256},
+        route_config={
+            "name": "chatgen",
+            "virtual_hosts": [
+                {"name": "chatgen", "domains": ["*"], "routes": routes.rest_routes(settings, lua_settings(settings))}
+            ],
+        },
+        local_reply_config={"mappers": local_reply_mappers(settings.max_body_bytes)},
+        http_filters=http_filters(descriptor),
+    )
+    return {
+        "name": "rest",
+        "address": socket_address(settings.http_host, settings.http_port),
+        "per_connection_buffer_limit_bytes": settings.max_body_bytes,
+        # TLS when chatgen serve is given --tls-cert/--tls-key (null: plain HTTP).
+        "filter_chains": [
+            {
+                "transport_socket": listener_tls(settings.tls),
+                "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}],
+            }
+        ],
+    }
+
+
+def stats_listener(settings: GatewaySettings) -> dict[str, Any]:
+    """--envoy-stats-port: GET /stats/prometheus of the admin, and nothing else of it. Istio exposes Envoy's
+    stats the same way (a listener whose one route leads to the admin's /stats/prometheus)."""
+    route = {
+        "match": {"path": "/stats/prometheus", "headers": [{"name": ":method", "string_match": {"exact": "GET"}}]},
+        "route": {"cluster": routes.ADMIN_CLUSTER},
+    }
+    manager = typed(
+        HCM_TYPE.removeprefix("type.googleapis.com/"),
+        stat_prefix="stats",
+        route_config={"virtual_hosts": [{"name": "stats", "domains": ["*"], "routes": [route]}]},
+        http_filters=[
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": typed("envoy.extensions.filters.http.router.v3.Router"),
+            }
+        ],
+    )
+    return {
+        "name": "stats",
+        "address": socket_address(settings.http_host, settings.stats_port),
+        "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]}
+        ],
+    }
+
+
+def envoy_config(settings: GatewaySettings, descriptor: Path) -> dict[str, Any]:
+    listeners = [rest_listener(settings, descriptor)]
+    clusters = routes.upstream_clusters(settings, upstream_tls(settings.upstream_tls))
+    if settings.stats_port:
+        listeners.append(stats_listener(settings))
+        clusters.insert(0, routes.static_cluster(routes.ADMIN_CLUSTER, [("127.0.0.1", settings.admin_port)]))
+    return {
+        "admin": {"address": socket_address("127.0.0.1", settings.admin_port)},
+        # Beyond this many client connections Envoy stops accepting (memory stays bounded under a connection flood).
+        "overload_manager": {
+            "resource_monitors": [
+                {
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": typed(
+                        "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+                        max_active_downstream_connections=settings.max_connections,
+                    ),
+                }
+            ]
+        },
+        "static_resources": {"listeners": listeners, "clusters": clusters},
+    }
+
+
+def render_config(settings: GatewaySettings) -> Path:
+    """Write the descriptor set and the config into work_dir; return the config's path."""
+    work = settings.work_dir
+    work.mkdir(parents=True, exist_ok=True)
+    descriptor = write_descriptor_set(work / "chatgen.pb")
+    path = work / CONFIG_FILE
+    path.write_text(json.dumps(envoy_config(settings, descriptor), indent=1))
+    return path

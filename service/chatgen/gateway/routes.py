@@ -1,0 +1,136 @@
+"""Routes and clusters: one chatgen gRPC server, or for the shared gateway (`--backends`) a route and a cluster
+of replicas per model, picked by the x-chatgen-model header the Lua filter sets from the body's `model`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from chatgen.gateway.backends import ModelRoute
+from chatgen.gateway.settings import GatewaySettings
+
+SINGLE_CLUSTER = "chatgen_grpc"
+ADMIN_CLUSTER = "envoy_admin"
+LUA_FILTER = "envoy.filters.http.lua"
+# Which failures a shared gateway retries on another replica: only those where the caller has had nothing yet
+# (Envoy never retries once response headers went downstream, so a started stream is never retried): no
+# connection, a stream refused or reset before any response, a replica that is draining (UNAVAILABLE) or full
+# (RESOURCE_EXHAUSTED). A request cut before its first chunk may have run on the first replica: it costs compute
+# twice, never output.
+RETRY_ON = "connect-failure,refused-stream,reset,unavailable,resource-exhausted"
+_PREVIOUS_HOSTS = "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+_HTTP2_UPSTREAM = {
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": {"http2_protocol_options": {}},
+    }
+}
+
+
+def model_list_json(models: tuple[ModelRoute, ...], created: int) -> str:
+    """GET /v1/models at the shared gateway: the union of the models it routes, in the order configured (as
+    Envoy AI Gateway answers it, from its config; one model's details come from its servers: GET /v1/models/ID)."""
+    data = [{"id": m.name, "object": "model", "created": created, "owned_by": "chatgen"} for m in models]
+    return json.dumps({"object": "list", "data": data}, separators=(",", ":"))
+
+
+def _with_settings(route: dict[str, Any], lua_settings: dict[str, Any]) -> dict[str, Any]:
+    """The Lua filter reads its settings from the route it is on (handle:metadata())."""
+    return {**route, "metadata": {"filter_metadata": {LUA_FILTER: {"chatgen": lua_settings}}}}
+
+
+def rest_routes(settings: GatewaySettings, lua_settings: dict[str, Any]) -> list[dict[str, Any]]:
+    if not settings.models:
+        # No route timeout: a long generation is a legitimate long request.
+        single: dict[str, Any] = {"match": {"prefix": "/"}, "route": {"cluster": SINGLE_CLUSTER, "timeout": "0s"}}
+        return [_with_settings(single, lua_settings)]
+    out = []
+    for i, model in enumerate(settings.models):
+        header = {"name": "x-chatgen-model", "string_match": {"exact": model.name}}
+        retry_policy = {
+            "retry_on": RETRY_ON,
+            "num_retries": 2,
+            "retry_host_predicate": [
+                {
+                    "name": "envoy.retry_host_predicates.previous_hosts",
+                    "typed_config": {"@type": _PREVIOUS_HOSTS},
+                }
+            ],
+            "host_selection_retry_max_attempts": 5,
+        }
+        route: dict[str, Any] = {
+            "match": {"prefix": "/", "headers": [header]},
+            "route": {"cluster": f"model_{i}", "timeout": "0s", "retry_policy": retry_policy},
+        }
+        out.append(_with_settings(route, lua_settings))
+    # Before the Lua filter has picked a model (and for paths no model serves): no cluster, the settings only.
+    out.append(_with_settings({"match": {"prefix": "/"}, "direct_response": {"status": 404}}, lua_settings))
+    return out
+
+
+def _endpoints(name: str, addresses: list[tuple[str, int]]) -> dict[str, Any]:
+    endpoints = [{"endpoint": {"address": {"socket_address": {"address": h, "port_value": p}}}} for h, p in addresses]
+    return {"cluster_name": name, "endpoints": [{"lb_endpoints": endpoints}]}
+
+
+def static_cluster(name: str, addresses: list[tuple[str, int]]) -> dict[str, Any]:
+    return {"name": name, "type": "STATIC", "connect_timeout": "1s", "load_assignment": _endpoints(name, addresses)}
+
+
+def upstream_clusters(settings: GatewaySettings, tls: dict[str, Any] | None) -> list[dict[str, Any]]:
+    if not settings.models:
+        limit = settings.max_upstream_requests
+        return [
+            {
+                "name": SINGLE_CLUSTER,
+                "type": "STATIC",
+                "connect_timeout": "2s",
+                # TLS when the gRPC port is TLS (null: plaintext h2).
+                "transport_socket": tls,
+                # Matches the server's admission limits (running + waiting) with room for model listings and for
+                # requests the server itself turns away with 429; past it Envoy answers 429 too.
+                "circuit_breakers": {"thresholds": [{"max_requests": limit, "max_pending_requests": limit}]},
+                "typed_extension_protocol_options": _HTTP2_UPSTREAM,
+                "load_assignment": _endpoints(SINGLE_CLUSTER, [(settings.grpc_host, settings.grpc_port)]),
+            }
+        ]
+    return [_model_cluster(f"model_{i}", model, tls) for i, model in enumerate(settings.models)]
+
+
+def _model_cluster(name: str, model: ModelRoute, tls: dict[str, Any] | None) -> dict[str, Any]:
+    limit = model.max_requests
+    return {
+        "name": name,
+        # STRICT_DNS: a name (a headless Service) stands for all its addresses, re-resolved (every 5 s) as pods
+        # come and go.
+        "type": "STRICT_DNS",
+        "connect_timeout": "2s",
+        # Long streams of very different lengths: the replica with the fewest requests in flight, not turns.
+        "lb_policy": "LEAST_REQUEST",
+        "transport_socket": tls,
+        "circuit_breakers": {
+            "thresholds": [{"max_requests": limit, "max_pending_requests": limit, "max_retries": limit}]
+        },
+        # A replica whose gRPC health is NOT_SERVING (loading, draining) gets no new requests; no panic routing to
+        # unhealthy replicas when most are down: their answer would be UNAVAILABLE anyway.
+        "health_checks": [
+            {
+                "timeout": "2s",
+                "interval": "2s",
+                "no_traffic_interval": "2s",
+                "unhealthy_threshold": 2,
+                "healthy_threshold": 1,
+                "grpc_health_check": {},
+            }
+        ],
+        "common_lb_config": {"healthy_panic_threshold": {"value": 0}},
+        "outlier_detection": {
+            "consecutive_5xx": 5,
+            "consecutive_gateway_failure": 3,
+            "interval": "5s",
+            "base_ejection_time": "15s",
+            "max_ejection_percent": 50,
+        },
+        "typed_extension_protocol_options": _HTTP2_UPSTREAM,
+        "load_assignment": _endpoints(name, [(b.host, b.port) for b in model.backends]),
+    }

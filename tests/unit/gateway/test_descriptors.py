@@ -1,0 +1,60 @@
+"""The transcoder's descriptor set comes from the generated modules (no .proto or protoc at run time)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from google.api import annotations_pb2, http_pb2
+from google.protobuf import descriptor_pb2
+
+from chatgen.gateway.descriptors import descriptor_set, write_descriptor_set
+from chatgen.protogen import build_descriptor_set
+
+
+def test_it_equals_what_protoc_builds_from_the_proto(tmp_path: Path) -> None:
+    ours = descriptor_pb2.FileDescriptorSet.FromString(write_descriptor_set(tmp_path / "ours.pb").read_bytes())
+    theirs = descriptor_pb2.FileDescriptorSet.FromString(build_descriptor_set(tmp_path / "protoc.pb").read_bytes())
+    assert [f.name for f in ours.file] == [f.name for f in theirs.file]
+    assert ours.file[-1].name == "chatgen/v1/chatgen.proto"
+    for file in (*ours.file, *theirs.file):
+        # protoc writes each field's default JSON name (so do the runtime's well-known types); Envoy derives it
+        # where it is absent.
+        fields = [*file.extension, *(f for m in _messages(file) for f in (*m.field, *m.extension))]
+        for field in fields:
+            field.ClearField("json_name")
+    # The well-known types are the protobuf runtime's own (its descriptor.proto is newer than grpcio-tools' copy).
+    ours_files = [f for f in ours.file if not f.name.startswith("google/protobuf/")]
+    assert ours_files == [f for f in theirs.file if not f.name.startswith("google/protobuf/")]
+    assert [f.name for f in ours_files] == [
+        "google/api/http.proto", "google/api/annotations.proto", "google/api/httpbody.proto", "chatgen/v1/chatgen.proto"
+    ]  # fmt: skip
+
+
+def _messages(file: descriptor_pb2.FileDescriptorProto) -> list[descriptor_pb2.DescriptorProto]:
+    out, stack = [], list(file.message_type)
+    while stack:
+        message = stack.pop()
+        out.append(message)
+        stack.extend(message.nested_type)
+    return out
+
+
+def test_the_descriptor_set_carries_the_http_rules() -> None:
+    fds = descriptor_set()
+    files = {f.name: f for f in fds.file}
+    assert "google/api/http.proto" in files
+    rules: dict[str, tuple[str, str]] = {}
+    for service in files["chatgen/v1/chatgen.proto"].service:
+        for method in service.method:
+            if not method.options.HasExtension(annotations_pb2.http):
+                continue  # gRPC only
+            rule: http_pb2.HttpRule = method.options.Extensions[annotations_pb2.http]
+            verb = rule.WhichOneof("pattern")
+            rules[f"{service.name}.{method.name}"] = (verb, getattr(rule, verb))
+    assert rules == {
+        # The typed RPCs are gRPC only; the gateway passes OpenAI's JSON bodies to these as they came.
+        "ChatService.CreateChatCompletionHttp": ("post", "/v1/chat/completions"),
+        "GenerateService.CreateCompletionHttp": ("post", "/v1/completions"),
+        "ModelsService.ListModels": ("get", "/v1/models"),
+        "ModelsService.GetModel": ("get", "/v1/models/{id=**}"),
+    }

@@ -1,0 +1,137 @@
+"""The gRPC server in this process (GrpcServer on the transformers engine and the real embedded model): the
+servicers' replies and REST bodies, the API-key and malformed-message interceptors, and the call log."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from google.api.httpbody_pb2 import HttpBody
+from google.protobuf import json_format, struct_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from chatgen.engine.hf_engine import HfEngine
+from chatgen.server import GrpcServer
+from chatgen.transport.calls import REQUEST_ID_KEY
+from chatgen.v1 import chatgen_pb2 as pb
+from chatgen.v1 import chatgen_pb2_grpc as pb_grpc
+from tests.unit.conftest import HF_NAME
+
+KEY = "secret-key"
+
+
+def chat_request(**fields: object) -> pb.CreateChatCompletionRequest:
+    body = {"model": HF_NAME, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3, "temperature": 0}
+    return json_format.ParseDict({**body, **fields}, pb.CreateChatCompletionRequest())
+
+
+@pytest.fixture(scope="module")
+async def server(hf_engine: HfEngine) -> AsyncIterator[GrpcServer]:
+    s = GrpcServer(hf_engine, "127.0.0.1", 0, log_requests=True)
+    await s.start()
+    yield s
+    await s.stop(0)
+
+
+@pytest.fixture(scope="module")
+async def keyed(hf_engine: HfEngine) -> AsyncIterator[GrpcServer]:
+    s = GrpcServer(hf_engine, "127.0.0.1", 0, api_keys=[KEY])
+    await s.start()
+    yield s
+    await s.stop(0)
+
+
+async def test_unary_chat_returns_the_request_id_in_its_headers(server: GrpcServer) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        call = pb_grpc.ChatServiceStub(channel).CreateChatCompletion(
+            chat_request(), metadata=((REQUEST_ID_KEY, "unit-1"),), timeout=60
+        )
+        reply = await call
+        assert dict(await call.initial_metadata())[REQUEST_ID_KEY] == "unit-1"
+    assert reply.object == "chat.completion" and reply.id.startswith("chatcmpl-")
+    assert reply.choices[0].finish_reason == "length" and reply.usage.completion_tokens == 3
+
+
+async def test_a_stream_opens_with_the_role_and_ends_with_usage(server: GrpcServer) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        chunks = [
+            c
+            async for c in pb_grpc.ChatServiceStub(channel).StreamChatCompletion(
+                chat_request(stream_options={"include_usage": True}), timeout=60
+            )
+        ]
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-2].choices[0].finish_reason == "length"
+    assert not chunks[-1].choices and chunks[-1].usage.completion_tokens == 3
+    assert len({c.id for c in chunks}) == 1
+
+
+async def test_rest_bodies_unary_and_streamed(server: GrpcServer) -> None:
+    body = json_format.MessageToDict(chat_request(), preserving_proto_field_name=True)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = pb_grpc.ChatServiceStub(channel)
+        (unary,) = [b async for b in stub.CreateChatCompletionHttp(HttpBody(data=json.dumps(body).encode()))]
+        events = [
+            b async for b in stub.CreateChatCompletionHttp(HttpBody(data=json.dumps({**body, "stream": True}).encode()))
+        ]
+    assert unary.content_type == "application/json" and json.loads(unary.data)["object"] == "chat.completion"
+    assert events[0].content_type == "text/event-stream" and events[-1].data == b"data: [DONE]\n\n"
+    assert json.loads(events[0].data.decode().removeprefix("data: "))["choices"][0]["delta"]["role"] == "assistant"
+
+
+async def test_generate_and_models(server: GrpcServer) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        completion = await pb_grpc.GenerateServiceStub(channel).CreateCompletion(
+            pb.CreateCompletionRequest(model=HF_NAME, prompt=struct_pb2.Value(string_value="Once"), max_tokens=2)
+        )
+        models = pb_grpc.ModelsServiceStub(channel)
+        listing = await models.ListModels(pb.ListModelsRequest())
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await models.GetModel(pb.GetModelRequest(id="other"))
+    assert completion.object == "text_completion" and completion.usage.completion_tokens == 2
+    assert [m.id for m in listing.data] == [HF_NAME] and listing.data[0].max_model_len == 512
+    assert "chat" in listing.data[0].model_ability
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_bytes_that_are_no_message_are_invalid_argument(server: GrpcServer) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        call = channel.unary_unary("/chatgen.v1.ChatService/CreateChatCompletion")
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await call(b"\xff\xff\xff\xff", timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert json.loads(dict(info.value.trailing_metadata())["x-chatgen-error"])["error"]["code"] == "invalid_request"
+
+
+async def test_api_keys_guard_the_api_but_not_health(keyed: GrpcServer) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{keyed.port}") as channel:
+        stub = pb_grpc.ChatServiceStub(channel)
+        for metadata in ((), (("authorization", "Bearer wrong"),)):
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.CreateChatCompletion(chat_request(), metadata=metadata, timeout=30)
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert "secret" not in (info.value.details() or "")
+        reply = await stub.CreateChatCompletion(chat_request(), metadata=(("authorization", f"Bearer {KEY}"),))
+        assert reply.usage.completion_tokens == 3
+        health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_each_call_is_logged_once_with_its_tokens(server: GrpcServer, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="chatgen.requests")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = pb_grpc.ChatServiceStub(channel)
+        await stub.CreateChatCompletion(chat_request(n=2), metadata=((REQUEST_ID_KEY, "unit-log"),))
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stub.CreateChatCompletion(chat_request(temperature=9), metadata=((REQUEST_ID_KEY, "unit-bad"),))
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "chatgen.requests"]
+    (ok,) = [line for line in lines if line["request_id"] == "unit-log"]
+    assert (ok["rpc"], ok["status"], ok["model"], ok["n"], ok["completion_tokens"]) == (
+        "CreateChatCompletion", "OK", HF_NAME, 2, 6
+    )  # fmt: skip
+    assert ok["prompt_tokens"] > 5 and ok["ttft_ms"] > 0 and ok["id"].startswith("chatcmpl-")
+    (bad,) = [line for line in lines if line["request_id"] == "unit-bad"]
+    assert (bad["status"], bad["completion_tokens"], bad["id"]) == ("INVALID_ARGUMENT", 0, None)
