@@ -1,4 +1,5 @@
-"""The chat layer's own message and result types, independent of protobuf (the engine's TokenLogprob aside)."""
+"""The chat layer's own message and result types, independent of protobuf. The engine's TokenLogprob and ModelInfo
+are the chat layer's too (re-exported here), so that the transport imports no engine module."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from chatgen.engine.base import TokenLogprob
+from chatgen.engine.base import ModelInfo as ModelInfo
+from chatgen.engine.base import TokenLogprob as TokenLogprob
 
 
 @dataclass(frozen=True)

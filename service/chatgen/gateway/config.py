@@ -98,8 +98,30 @@ def local_reply_mappers(max_body_bytes: int) -> list[dict[str, Any]]:
     return mappers
 
 
-def http_filters(descriptor: Path) -> list[dict[str, Any]]:
-    return [
+def _model_to_metadata() -> dict[str, Any]:
+    """The shared gateway (--backends) routes on the body's `model`: this filter parses it into dynamic metadata
+    for the Lua filter (a single server's gateway reads no body)."""
+    return {
+        "name": "envoy.filters.http.json_to_metadata",
+        "typed_config": typed(
+            "envoy.extensions.filters.http.json_to_metadata.v3.JsonToMetadata",
+            request_rules={
+                "rules": [
+                    {
+                        "selectors": [{"key": "model"}],
+                        "on_present": {"metadata_namespace": "chatgen.request", "key": "model"},
+                    }
+                ],
+                # curl -d sends form-urlencoded unless told otherwise; the body is JSON all the same.
+                "allow_content_types": ["application/json", "application/x-www-form-urlencoded", "text/plain"],
+                "allow_empty_content_type": True,
+            },
+        ),
+    }
+
+
+def http_filters(descriptor: Path, shared: bool) -> list[dict[str, Any]]:
+    filters = [
         # GET /healthz is answered by Envoy itself (503 while it drains): the gateway's own probe, which needs
         # no API key and does not reach the model.
         {
@@ -108,24 +130,6 @@ def http_filters(descriptor: Path) -> list[dict[str, Any]]:
                 "envoy.extensions.filters.http.health_check.v3.HealthCheck",
                 pass_through_mode=False,
                 headers=[{"name": ":path", "string_match": {"exact": "/healthz"}}],
-            ),
-        },
-        # The shared gateway (--backends) routes on the body's `model`.
-        {
-            "name": "envoy.filters.http.json_to_metadata",
-            "typed_config": typed(
-                "envoy.extensions.filters.http.json_to_metadata.v3.JsonToMetadata",
-                request_rules={
-                    "rules": [
-                        {
-                            "selectors": [{"key": "model"}],
-                            "on_present": {"metadata_namespace": "chatgen.request", "key": "model"},
-                        }
-                    ],
-                    # curl -d sends form-urlencoded unless told otherwise; the body is JSON all the same.
-                    "allow_content_types": ["application/json", "application/x-www-form-urlencoded", "text/plain"],
-                    "allow_empty_content_type": True,
-                },
             ),
         },
         {
@@ -147,6 +151,10 @@ def http_filters(descriptor: Path) -> list[dict[str, Any]]:
         },
         {"name": "envoy.filters.http.router", "typed_config": typed("envoy.extensions.filters.http.router.v3.Router")},
     ]
+    if shared:
+        # Before the Lua filter, which reads what it parsed.
+        filters.insert(1, _model_to_metadata())
+    return filters
 
 
 def _transport_socket(context_type: str, common: dict[str, Any]) -> dict[str, Any]:
@@ -194,7 +202,7 @@ def rest_listener(settings: GatewaySettings, descriptor: Path) -> dict[str, Any]
             ],
         },
         local_reply_config={"mappers": local_reply_mappers(settings.max_body_bytes)},
-        http_filters=http_filters(descriptor),
+        http_filters=http_filters(descriptor, shared=bool(settings.models)),
     )
     return {
         "name": "rest",

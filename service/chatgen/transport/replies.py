@@ -8,8 +8,17 @@ from typing import Any
 
 from google.protobuf import json_format, struct_pb2
 
-from chatgen.chat.types import Choice, Delta, Result, StreamItem, StreamStart, ToolCallDelta, Usage
-from chatgen.engine.base import ModelInfo, TokenLogprob
+from chatgen.chat.types import (
+    Choice,
+    Delta,
+    ModelInfo,
+    Result,
+    StreamItem,
+    StreamStart,
+    TokenLogprob,
+    ToolCallDelta,
+    Usage,
+)
 from chatgen.errors import ChatgenError
 from chatgen.transport import sse
 from chatgen.v1 import chatgen_pb2 as pb

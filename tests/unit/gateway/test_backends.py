@@ -63,6 +63,9 @@ def test_the_shared_gateway_config_routes_by_model_and_balances_replicas(tmp_pat
     assert_envoy_accepts(config)
     resources = yaml.safe_load(config.read_text())["static_resources"]
     hcm = resources["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    # The body's `model` is parsed into dynamic metadata before the Lua filter reads it.
+    names = [f["name"] for f in hcm["http_filters"]]
+    assert names.index("envoy.filters.http.json_to_metadata") == names.index("envoy.filters.http.lua") - 1
     routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
     # The last route holds only the Lua filter's settings, for requests before a model is picked: a 404.
     fallback = routes.pop()

@@ -27,11 +27,10 @@ def test_filter_order_and_transcoder_options(tmp_path: Path) -> None:
     doc = yaml.safe_load(render_config(settings(tmp_path)).read_text())
     hcm = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     names = [f["name"] for f in hcm["http_filters"]]
-    # The health check answers /healthz before anything parses a body; json_to_metadata must parse `stream`
-    # before Lua picks the RPC, and both must run before the transcoder.
+    # The health check answers /healthz before anything else; Lua runs before the transcoder. A single server's
+    # gateway parses no body (the shared gateway's json_to_metadata: test_backends.py).
     assert names == [
         "envoy.filters.http.health_check",
-        "envoy.filters.http.json_to_metadata",
         "envoy.filters.http.lua",
         "envoy.filters.http.grpc_json_transcoder",
         "envoy.filters.http.router",
@@ -39,7 +38,7 @@ def test_filter_order_and_transcoder_options(tmp_path: Path) -> None:
     health = hcm["http_filters"][0]["typed_config"]
     assert health["pass_through_mode"] is False
     assert health["headers"] == [{"name": ":path", "string_match": {"exact": "/healthz"}}]
-    transcoder = hcm["http_filters"][3]["typed_config"]
+    transcoder = hcm["http_filters"][2]["typed_config"]
     # Unary replies only: streams reach REST callers as the server's own SSE bytes (google.api.HttpBody).
     assert transcoder["print_options"] == {
         "preserve_proto_field_names": True,
