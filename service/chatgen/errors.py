@@ -1,6 +1,7 @@
 """Request failures and how each one looks on the wire.
 
-Every failure the service reports is a `ChatgenError` with a `Failure` kind. `FAILURES` maps a kind to its gRPC
+Every failure the service reports is an `ApiError` with a `Failure` kind (the client package has its own
+`chatgen.client.ChatgenError`, what callers catch). `FAILURES` maps a kind to its gRPC
 status, its HTTP status (the one Envoy's transcoder derives from that gRPC status, or the one Envoy answers with
 itself) and the OpenAI error `type`; the kind's value is the OpenAI error `code`. `CASES` lists every bad input
 and fault the service answers, with its kind: docs/api.md's error table is `python -m chatgen.errors`, and the
@@ -34,7 +35,7 @@ class Failure(enum.Enum):
 
 
 @dataclass(frozen=True)
-class WireStatus:
+class FailureStatus:
     grpc_code: grpc.StatusCode
     http_status: int
     openai_type: str
@@ -43,25 +44,25 @@ class WireStatus:
 _INVALID = "invalid_request_error"
 _UNAVAILABLE = "service_unavailable_error"
 
-FAILURES: dict[Failure, WireStatus] = {
-    Failure.INVALID_REQUEST: WireStatus(grpc.StatusCode.INVALID_ARGUMENT, 400, _INVALID),
+FAILURES: dict[Failure, FailureStatus] = {
+    Failure.INVALID_REQUEST: FailureStatus(grpc.StatusCode.INVALID_ARGUMENT, 400, _INVALID),
     # OpenAI's own code for a prompt (plus max_tokens) beyond the model's context.
-    Failure.CONTEXT_LENGTH_EXCEEDED: WireStatus(grpc.StatusCode.INVALID_ARGUMENT, 400, _INVALID),
+    Failure.CONTEXT_LENGTH_EXCEEDED: FailureStatus(grpc.StatusCode.INVALID_ARGUMENT, 400, _INVALID),
     # A well-formed request for something this deployment cannot do. Not UNIMPLEMENTED: Envoy maps that to 501,
     # and a client's request must never be a 5xx.
-    Failure.UNSUPPORTED: WireStatus(grpc.StatusCode.INVALID_ARGUMENT, 400, _INVALID),
-    Failure.MODEL_NOT_FOUND: WireStatus(grpc.StatusCode.NOT_FOUND, 404, "not_found_error"),
-    Failure.NO_CHAT_TEMPLATE: WireStatus(grpc.StatusCode.FAILED_PRECONDITION, 400, _INVALID),
+    Failure.UNSUPPORTED: FailureStatus(grpc.StatusCode.INVALID_ARGUMENT, 400, _INVALID),
+    Failure.MODEL_NOT_FOUND: FailureStatus(grpc.StatusCode.NOT_FOUND, 404, "not_found_error"),
+    Failure.NO_CHAT_TEMPLATE: FailureStatus(grpc.StatusCode.FAILED_PRECONDITION, 400, _INVALID),
     # gRPC itself answers a message over the receive limit; Envoy answers a body over its buffer limit.
-    Failure.REQUEST_TOO_LARGE: WireStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, 413, _INVALID),
-    Failure.NOT_FOUND: WireStatus(grpc.StatusCode.UNIMPLEMENTED, 404, "not_found_error"),
-    Failure.INVALID_API_KEY: WireStatus(grpc.StatusCode.UNAUTHENTICATED, 401, "authentication_error"),
-    Failure.OVERLOADED: WireStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, 429, "rate_limit_error"),
-    Failure.DEADLINE_EXCEEDED: WireStatus(grpc.StatusCode.DEADLINE_EXCEEDED, 504, "timeout_error"),
-    Failure.SHUTTING_DOWN: WireStatus(grpc.StatusCode.UNAVAILABLE, 503, _UNAVAILABLE),
-    Failure.ENGINE_UNAVAILABLE: WireStatus(grpc.StatusCode.UNAVAILABLE, 503, _UNAVAILABLE),
-    Failure.UNAVAILABLE: WireStatus(grpc.StatusCode.UNAVAILABLE, 503, _UNAVAILABLE),
-    Failure.INTERNAL: WireStatus(grpc.StatusCode.INTERNAL, 500, "server_error"),
+    Failure.REQUEST_TOO_LARGE: FailureStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, 413, _INVALID),
+    Failure.NOT_FOUND: FailureStatus(grpc.StatusCode.UNIMPLEMENTED, 404, "not_found_error"),
+    Failure.INVALID_API_KEY: FailureStatus(grpc.StatusCode.UNAUTHENTICATED, 401, "authentication_error"),
+    Failure.OVERLOADED: FailureStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, 429, "rate_limit_error"),
+    Failure.DEADLINE_EXCEEDED: FailureStatus(grpc.StatusCode.DEADLINE_EXCEEDED, 504, "timeout_error"),
+    Failure.SHUTTING_DOWN: FailureStatus(grpc.StatusCode.UNAVAILABLE, 503, _UNAVAILABLE),
+    Failure.ENGINE_UNAVAILABLE: FailureStatus(grpc.StatusCode.UNAVAILABLE, 503, _UNAVAILABLE),
+    Failure.UNAVAILABLE: FailureStatus(grpc.StatusCode.UNAVAILABLE, 503, _UNAVAILABLE),
+    Failure.INTERNAL: FailureStatus(grpc.StatusCode.INTERNAL, 500, "server_error"),
 }
 
 
@@ -179,16 +180,16 @@ def markdown_table() -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for case in CASES:
-        wire = FAILURES[case.failure]
+        shown = FAILURES[case.failure]
         param = ", ".join(p if p == "…" else f"`{p}`" for p in case.param.split(", ")) if case.param else "`null`"
         rows.append(
-            f"| {case.what} | {case.by} | `{wire.grpc_code.name}` | {wire.http_status} | `{wire.openai_type}` "
+            f"| {case.what} | {case.by} | `{shown.grpc_code.name}` | {shown.http_status} | `{shown.openai_type}` "
             f"| `{case.failure.value}` | {param} |"
         )
     return "\n".join(rows) + "\n"
 
 
-class ChatgenError(Exception):
+class ApiError(Exception):
     def __init__(
         self, failure: Failure, message: str, param: str | None = None, retry_after: int | None = None
     ) -> None:
@@ -200,14 +201,14 @@ class ChatgenError(Exception):
         self.retry_after = retry_after
 
     @property
-    def wire(self) -> WireStatus:
+    def status(self) -> FailureStatus:
         return FAILURES[self.failure]
 
     def openai_body(self) -> dict[str, dict[str, str | None]]:
         return openai_error(self.failure, self.message, self.param)
 
     def openai_json(self) -> str:
-        # ASCII-only and single-line, so it can travel as gRPC metadata (see transport.errors).
+        # ASCII-only and single-line, so it can travel as gRPC metadata (see transport.status).
         return json.dumps(self.openai_body(), ensure_ascii=True, separators=(",", ":"))
 
 
@@ -217,16 +218,16 @@ def openai_error(failure: Failure, message: str, param: str | None = None) -> di
     return {"error": {"message": message, "type": FAILURES[failure].openai_type, "param": param, "code": failure.value}}
 
 
-def invalid(message: str, param: str | None = None) -> ChatgenError:
-    return ChatgenError(Failure.INVALID_REQUEST, message, param)
+def invalid(message: str, param: str | None = None) -> ApiError:
+    return ApiError(Failure.INVALID_REQUEST, message, param)
 
 
-def unsupported(message: str, param: str) -> ChatgenError:
-    return ChatgenError(Failure.UNSUPPORTED, message, param)
+def unsupported(message: str, param: str) -> ApiError:
+    return ApiError(Failure.UNSUPPORTED, message, param)
 
 
-def context_length_exceeded(message: str, param: str) -> ChatgenError:
-    return ChatgenError(Failure.CONTEXT_LENGTH_EXCEEDED, message, param)
+def context_length_exceeded(message: str, param: str) -> ApiError:
+    return ApiError(Failure.CONTEXT_LENGTH_EXCEEDED, message, param)
 
 
 if __name__ == "__main__":

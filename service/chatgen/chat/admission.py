@@ -17,7 +17,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from chatgen.errors import ChatgenError, Failure
+from chatgen.errors import ApiError, Failure
 
 # What an overloaded server suggests to callers: long enough for a few requests to finish.
 RETRY_AFTER_SECONDS = 1
@@ -64,7 +64,7 @@ class Admission:
     async def slots(self, n: int) -> AsyncIterator[None]:
         """Hold `n` slots for the duration of the block, waiting for them if the queue has room."""
         if self._draining is not None:
-            raise ChatgenError(Failure.SHUTTING_DOWN, self._draining)
+            raise ApiError(Failure.SHUTTING_DOWN, self._draining)
         if n > self.limits.max_running:
             # Validation keeps `n` within max_running (ServedModel.max_choices); more could never be admitted.
             raise ValueError(f"{n} slots asked of {self.limits.max_running}")
@@ -75,7 +75,7 @@ class Admission:
         else:
             if self._on_reject is not None:
                 self._on_reject()
-            raise ChatgenError(
+            raise ApiError(
                 Failure.OVERLOADED,
                 f"The server is at capacity ({self._running} running, {self._waiting} waiting); retry later",
                 retry_after=RETRY_AFTER_SECONDS,

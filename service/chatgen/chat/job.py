@@ -18,7 +18,7 @@ from chatgen.chat.parsing import OutputParser
 from chatgen.chat.types import Choice, Delta, Result, ToolCall, ToolCallDelta, Usage
 from chatgen.engine import Engine, EngineError, EngineOutput, EngineRejectedRequest, EngineRequest, SamplingOptions
 from chatgen.engine.base import TokenLogprob
-from chatgen.errors import ChatgenError, Failure, invalid
+from chatgen.errors import ApiError, Failure, invalid
 
 T = TypeVar("T")
 
@@ -94,7 +94,7 @@ class JobRunner:
                     finished = out.finish_reason is not None
                     yield out
         except EngineError as exc:
-            raise ChatgenError(Failure.ENGINE_UNAVAILABLE, str(exc)) from exc
+            raise ApiError(Failure.ENGINE_UNAVAILABLE, str(exc)) from exc
         except EngineRejectedRequest as exc:
             raise invalid(exc.message, exc.param) from exc
         finally:

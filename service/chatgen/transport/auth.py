@@ -12,8 +12,8 @@ from typing import Any
 
 import grpc
 
-from chatgen.errors import ChatgenError, Failure
-from chatgen.transport import errors as wire
+from chatgen.errors import ApiError, Failure
+from chatgen.transport import status
 
 PROTECTED_PREFIX = "/chatgen.v1."
 ENV_VAR = "CHATGEN_API_KEYS"
@@ -62,15 +62,15 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
 
 
 def _rejecting(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    err = ChatgenError(
+    err = ApiError(
         Failure.INVALID_API_KEY, "Missing or invalid API key: send 'Authorization: Bearer <key>'", "authorization"
     )
 
     async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await wire.abort(context, err)
+        await status.abort(context, err)
 
     async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await wire.abort(context, err)
+        await status.abort(context, err)
         yield  # pragma: no cover - makes this an async generator, as streaming handlers are
 
     kwargs = {

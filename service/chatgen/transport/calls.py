@@ -5,7 +5,7 @@ Generate RPC.
 The request id is the caller's `x-request-id` (REST callers get one from Envoy, which makes one up when the caller
 sent none and returns it on the response), else a new one; it comes back to gRPC callers in the response headers
 (initial metadata) of a unary call that succeeds, and in the trailers of a stream or of a call that fails. The
-chat layer fills in the tokens and timings (chatgen.chat.accounting); transport.errors sets the status.
+chat layer fills in the tokens and timings (chatgen.chat.accounting); transport.status sets the status.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from chatgen.errors import invalid
-from chatgen.transport import errors as wire
+from chatgen.transport import status
 
 
 class _Undecodable:
@@ -59,7 +59,7 @@ def _guarded(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
 
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             if isinstance(request, _Undecodable):
-                await wire.abort(context, error(request))
+                await status.abort(context, error(request))
             return await unary_inner(request, context)
 
         return grpc.unary_unary_rpc_method_handler(unary, **kwargs)
@@ -68,7 +68,7 @@ def _guarded(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
 
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             if isinstance(request, _Undecodable):
-                await wire.abort(context, error(request))
+                await status.abort(context, error(request))
             async for item in stream_inner(request, context):
                 yield item
 

@@ -19,7 +19,7 @@ from chatgen.chat.types import (
     ToolCallDelta,
     Usage,
 )
-from chatgen.errors import ChatgenError
+from chatgen.errors import ApiError
 from chatgen.transport import sse
 from chatgen.v1 import chatgen_pb2 as pb
 
@@ -31,7 +31,7 @@ def usage_pb(u: Usage) -> pb.Usage:
     return pb.Usage(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens, total_tokens=u.total_tokens)
 
 
-def error_pb(err: ChatgenError) -> pb.ErrorDetail:
+def error_pb(err: ApiError) -> pb.ErrorDetail:
     """The error object of a stream's error event: the same JSON as every other error reply."""
     return json_format.ParseDict(err.openai_body()["error"], pb.ErrorDetail())
 
@@ -141,7 +141,7 @@ class StreamChunks:
         self.events = sse.Events(self.chunk_type(**self.envelope)) if events else None
         self.id = ""
 
-    def error(self, err: ChatgenError) -> Chunk:
+    def error(self, err: ApiError) -> Chunk:
         """The chunk that ends a REST stream already under way (the completion id, once known)."""
         return self.chunk_type(id=self.id, **self.envelope, error=error_pb(err))
 

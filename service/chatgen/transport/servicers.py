@@ -1,6 +1,6 @@
 """gRPC servicers for the Chat, Generate and Models services. Each RPC is one call into the chat layer; the
 servicers convert its results into reply messages (transport.replies) and its errors into statuses
-(transport.errors), nothing else."""
+(transport.status), nothing else."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ import grpc
 from google.api.httpbody_pb2 import HttpBody
 
 from chatgen.chat.api import ChatApi
-from chatgen.errors import ChatgenError, Failure
-from chatgen.transport import errors as wire
-from chatgen.transport import replies, rest, sse
+from chatgen.errors import ApiError, Failure
+from chatgen.transport import replies, rest, sse, status
 from chatgen.transport.replies import ChatChunks, CompletionChunks
 from chatgen.v1 import chatgen_pb2 as pb
 from chatgen.v1 import chatgen_pb2_grpc as pb_grpc
@@ -30,20 +29,20 @@ class ChatServicer(pb_grpc.ChatServiceServicer):
     async def CreateChatCompletion(
         self, request: pb.CreateChatCompletionRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateChatCompletionResponse:
-        return await wire.unary(context, self._reply(request))
+        return await status.unary(context, self._reply(request))
 
     async def StreamChatCompletion(
         self, request: pb.CreateChatCompletionRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamChatCompletionResponse]:
         chunks = ChatChunks(self._model, events=False)
-        async for chunk in wire.stream(context, chunks.chunks(self._api.chat_stream(request)), chunks.error, False):
+        async for chunk in status.stream(context, chunks.chunks(self._api.chat_stream(request)), chunks.error, False):
             yield chunk
 
     async def CreateChatCompletionHttp(
         self, body: HttpBody, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[HttpBody]:
         chunks = ChatChunks(self._model, events=True)
-        async for out in _rest_bodies(chunks, wire.stream(context, self._rest(body, chunks), chunks.error, True)):
+        async for out in _rest_bodies(chunks, status.stream(context, self._rest(body, chunks), chunks.error, True)):
             yield out
 
     async def _rest(self, body: HttpBody, chunks: ChatChunks) -> AsyncGenerator[replies.Chunk, None]:
@@ -66,18 +65,20 @@ class GenerateServicer(pb_grpc.GenerateServiceServicer):
     async def CreateCompletion(
         self, request: pb.CreateCompletionRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateCompletionResponse:
-        return await wire.unary(context, self._reply(request))
+        return await status.unary(context, self._reply(request))
 
     async def StreamCompletion(
         self, request: pb.CreateCompletionRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamCompletionResponse]:
         chunks = CompletionChunks(self._model, events=False)
-        async for chunk in wire.stream(context, chunks.chunks(self._api.complete_stream(request)), chunks.error, False):
+        async for chunk in status.stream(
+            context, chunks.chunks(self._api.complete_stream(request)), chunks.error, False
+        ):
             yield chunk
 
     async def CreateCompletionHttp(self, body: HttpBody, context: grpc.aio.ServicerContext) -> AsyncIterator[HttpBody]:
         chunks = CompletionChunks(self._model, events=True)
-        async for out in _rest_bodies(chunks, wire.stream(context, self._rest(body, chunks), chunks.error, True)):
+        async for out in _rest_bodies(chunks, status.stream(context, self._rest(body, chunks), chunks.error, True)):
             yield out
 
     async def _rest(self, body: HttpBody, chunks: CompletionChunks) -> AsyncGenerator[replies.Chunk, None]:
@@ -117,10 +118,10 @@ class ModelsServicer(pb_grpc.ModelsServiceServicer):
         return pb.ListModelsResponse(object="list", data=list(self._models.values()))
 
     async def GetModel(self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext) -> pb.Model:
-        return await wire.unary(context, self._model(request.id))
+        return await status.unary(context, self._model(request.id))
 
     async def _model(self, model_id: str) -> pb.Model:
         model = self._models.get(model_id)
         if model is None:
-            raise ChatgenError(Failure.MODEL_NOT_FOUND, f"The model '{model_id}' does not exist", "model")
+            raise ApiError(Failure.MODEL_NOT_FOUND, f"The model '{model_id}' does not exist", "model")
         return model

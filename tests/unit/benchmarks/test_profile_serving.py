@@ -9,7 +9,7 @@ from benchmarks.profile_serving import layer_of, read_raw
 ENTRY = "<module> (chatgen/__main__.py);main (chatgen/cli.py);Handle._run (asyncio/events.py)"
 RAW = f"""\
 {ENTRY} 50
-{ENTRY};stream (chatgen/transport/errors.py);chat_chunks (chatgen/transport/servicers.py) 30
+{ENTRY};stream (chatgen/transport/status.py);chat_chunks (chatgen/transport/servicers.py) 30
 {ENTRY};decode (transformers/tokenization_utils_base.py) 15
 Thread.run (threading.py) 5
 """
@@ -32,6 +32,6 @@ def test_raw_stacks_are_counted_by_layer_self_and_inclusive(tmp_path: Path) -> N
     assert samples.innermost["chat_chunks (chatgen/transport/servicers.py)"] == 30
     # Inclusive: every chatgen frame on a stack, but not the entry point every stack starts in.
     assert samples.chatgen == {
-        "stream (chatgen/transport/errors.py)": 30,
+        "stream (chatgen/transport/status.py)": 30,
         "chat_chunks (chatgen/transport/servicers.py)": 30,
     }

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from chatgen.chat.admission import Admission, AdmissionLimits
-from chatgen.errors import ChatgenError, Failure
+from chatgen.errors import ApiError, Failure
 
 
 async def hold(admission: Admission, n: int, release: asyncio.Event, entered: list[int], tag: int) -> None:
@@ -26,7 +26,7 @@ async def test_runs_waits_then_rejects_with_retry_after() -> None:
     assert entered == [0, 1]
     assert (admission.running, admission.waiting) == (2, 2)
 
-    with pytest.raises(ChatgenError) as info:
+    with pytest.raises(ApiError) as info:
         async with admission.slots(1):
             pass
     assert info.value.failure is Failure.OVERLOADED
@@ -67,7 +67,7 @@ async def test_a_choice_group_takes_n_slots_and_n_beyond_capacity_is_a_bug() -> 
     admission = Admission(AdmissionLimits(max_running=4, max_waiting=0))
     async with admission.slots(3):
         assert admission.running == 3
-        with pytest.raises(ChatgenError) as info:
+        with pytest.raises(ApiError) as info:
             async with admission.slots(2):
                 pass
         assert info.value.failure is Failure.OVERLOADED
@@ -86,7 +86,7 @@ async def test_draining_refuses_new_requests_and_lets_admitted_ones_finish() -> 
     await asyncio.sleep(0)
 
     admission.drain("shutting down")
-    with pytest.raises(ChatgenError) as info:
+    with pytest.raises(ApiError) as info:
         async with admission.slots(1):
             pass
     assert info.value.failure is Failure.SHUTTING_DOWN

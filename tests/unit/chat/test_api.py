@@ -15,7 +15,7 @@ from chatgen.chat.api import ChatApi
 from chatgen.chat.types import Delta, StreamStart, Usage
 from chatgen.chat.validation import ServedModel
 from chatgen.engine.hf_engine import HfEngine, _IncrementalDecoder
-from chatgen.errors import ChatgenError, Failure
+from chatgen.errors import ApiError, Failure
 from chatgen.v1 import chatgen_pb2 as pb
 from tests.unit.conftest import HF_NAME
 
@@ -118,7 +118,7 @@ async def test_abort_frees_the_engine_and_concurrency_works(chat_api: ChatApi, e
 async def test_checks_that_need_the_model(
     chat_api: ChatApi, request_: pb.CreateChatCompletionRequest, failure: Failure, param: str
 ) -> None:
-    with pytest.raises(ChatgenError) as info:
+    with pytest.raises(ApiError) as info:
         await chat_api.chat(request_)
     assert info.value.failure is failure
     assert info.value.param == param

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from chatgen.chat.forced_tools import forced_tools
-from chatgen.errors import ChatgenError
+from chatgen.errors import ApiError
 
 WEATHER: dict[str, Any] = {
     "type": "function",
@@ -59,6 +59,6 @@ def test_each_choice_gets_its_own_call_ids() -> None:
 def test_forcing_what_is_not_offered_is_a_400(
     tools: tuple[dict[str, Any], ...], choice: str, function: str | None
 ) -> None:
-    with pytest.raises(ChatgenError) as info:
+    with pytest.raises(ApiError) as info:
         forced_tools(tools, choice, function, False)
     assert info.value.param == "tool_choice"

@@ -11,7 +11,7 @@ from google.protobuf import json_format
 from chatgen.chat.validation import MAX_N, ServedModel, validate_chat, validate_completion
 from chatgen.chat.validation.sampling import SCALAR_FIELDS
 from chatgen.engine.base import SamplingOptions
-from chatgen.errors import ChatgenError, Failure
+from chatgen.errors import ApiError, Failure
 from chatgen.v1 import chatgen_pb2 as pb
 
 MODEL = ServedModel("m", "vllm", tool_parser=False)
@@ -110,7 +110,7 @@ CHAT_ERRORS: list[tuple[dict[str, Any], Failure, str]] = [
     ("fields", "failure", "param"), CHAT_ERRORS, ids=[json.dumps(f)[:60] for f, _, _ in CHAT_ERRORS]
 )
 def test_chat_errors_name_their_field(fields: dict[str, Any], failure: Failure, param: str) -> None:
-    with pytest.raises(ChatgenError) as info:
+    with pytest.raises(ApiError) as info:
         validate_chat(chat(**fields), MODEL, streaming=False)
     assert (info.value.failure, info.value.param) == (failure, param), info.value.message
 
@@ -126,7 +126,7 @@ def test_chat_errors_name_their_field(fields: dict[str, Any], failure: Failure, 
 def test_chat_errors_that_depend_on_the_deployment(
     served: ServedModel, fields: dict[str, Any], failure: Failure, param: str
 ) -> None:
-    with pytest.raises(ChatgenError) as info:
+    with pytest.raises(ApiError) as info:
         validate_chat(chat(**fields), served, streaming=False)
     assert (info.value.failure, info.value.param) == (failure, param)
 
@@ -215,7 +215,7 @@ def test_the_sampling_field_list_is_the_engines() -> None:
     ],
 )
 def test_completion_errors_name_their_field(fields: dict[str, Any], param: str) -> None:
-    with pytest.raises(ChatgenError) as info:
+    with pytest.raises(ApiError) as info:
         validate_completion(completion(**fields), MODEL, streaming=False)
     assert info.value.param == param
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from google.protobuf import json_format
 
-from chatgen.errors import ChatgenError, Failure
+from chatgen.errors import ApiError, Failure
 from chatgen.transport import rest
 from chatgen.v1 import chatgen_pb2 as pb
 
@@ -41,7 +41,7 @@ def parse(body: Any) -> pb.CreateChatCompletionRequest:
     ],
 )  # fmt: skip
 def test_wrong_json_types_are_400s_naming_the_field(body: dict[str, Any], param: str, says: str) -> None:
-    with pytest.raises(ChatgenError) as info:
+    with pytest.raises(ApiError) as info:
         parse(body)
     assert info.value.failure is Failure.INVALID_REQUEST
     assert info.value.param == param
@@ -50,7 +50,7 @@ def test_wrong_json_types_are_400s_naming_the_field(body: dict[str, Any], param:
 
 @pytest.mark.parametrize("data", [b"{not json", b"", b'{"a": NaN}', b'{"a": Infinity}', b"[1, 2]", b'"text"'])
 def test_what_is_not_a_json_object_is_a_400(data: bytes) -> None:
-    with pytest.raises(ChatgenError) as info:
+    with pytest.raises(ApiError) as info:
         rest.parse(data, pb.CreateChatCompletionRequest)
     assert info.value.failure is Failure.INVALID_REQUEST and info.value.param is None
 

@@ -18,7 +18,7 @@ from chatgen.chat.validation.sampling import (
     check_stream_options,
     sampling_plan,
 )
-from chatgen.errors import ChatgenError, Failure, invalid, unsupported
+from chatgen.errors import ApiError, Failure, invalid, unsupported
 from chatgen.v1 import chatgen_pb2 as pb
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
@@ -78,7 +78,7 @@ class ChatPlan:
 def validate_chat(request: pb.CreateChatCompletionRequest, model: ServedModel, streaming: bool) -> ChatPlan:
     check_model(request, model)
     if not model.chat_template:
-        raise ChatgenError(
+        raise ApiError(
             Failure.NO_CHAT_TEMPLATE,
             "this model has no chat template; use /v1/completions (Generate) instead",
             "messages",

@@ -13,7 +13,7 @@ from typing import Any
 
 from chatgen.chat.validation import values
 from chatgen.engine.base import SamplingOptions
-from chatgen.errors import ChatgenError, Failure, invalid, unsupported
+from chatgen.errors import ApiError, Failure, invalid, unsupported
 from chatgen.v1 import chatgen_pb2 as pb
 
 # OpenAI's limits.
@@ -86,7 +86,7 @@ def check_model(request: Any, model: ServedModel) -> None:
     if not request.model:
         raise invalid("'model' is required", "model")
     if request.model != model.name:
-        raise ChatgenError(
+        raise ApiError(
             Failure.MODEL_NOT_FOUND,
             f"The model '{request.model}' does not exist; this server serves '{model.name}'",
             "model",

@@ -1,4 +1,4 @@
-"""ChatgenError -> gRPC status, in three forms: the status code and message; `google.rpc.Status` with
+"""ApiError -> gRPC status, in three forms: the status code and message; `google.rpc.Status` with
 `ErrorInfo` (reason = the error code) and `BadRequest.FieldViolation` (field = `param`) in
 `grpc-status-details-bin`, per AIP-193, for gRPC callers in any language; and the OpenAI error JSON in the
 `x-chatgen-error` trailer, which the REST gateway's Lua filter puts in place of the transcoder's own error body.
@@ -16,7 +16,7 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
-from chatgen.errors import ChatgenError, Failure
+from chatgen.errors import ApiError, Failure
 from chatgen.transport.calls import current_call
 
 log = logging.getLogger(__name__)
@@ -32,14 +32,14 @@ _MAX_MESSAGE = 2000
 _SSE_DEADLINE_MARGIN = 0.05
 
 
-def as_chatgen_error(exc: Exception) -> ChatgenError:
-    if isinstance(exc, ChatgenError):
+def as_api_error(exc: Exception) -> ApiError:
+    if isinstance(exc, ApiError):
         return exc
     log.exception("unexpected error while serving a request")
-    return ChatgenError(Failure.INTERNAL, f"internal error: {type(exc).__name__}")
+    return ApiError(Failure.INTERNAL, f"internal error: {type(exc).__name__}")
 
 
-def rpc_status(err: ChatgenError) -> status_pb2.Status:
+def rpc_status(err: ApiError) -> status_pb2.Status:
     """The error as google.rpc.Status: ErrorInfo always, BadRequest when a field is at fault, RetryInfo on
     overload."""
     details = [error_details_pb2.ErrorInfo(reason=err.failure.value.upper(), domain=ERROR_DOMAIN)]
@@ -50,7 +50,7 @@ def rpc_status(err: ChatgenError) -> status_pb2.Status:
         retry = error_details_pb2.RetryInfo()
         retry.retry_delay.seconds = err.retry_after
         details.append(retry)
-    status = status_pb2.Status(code=err.wire.grpc_code.value[0], message=err.message)
+    status = status_pb2.Status(code=err.status.grpc_code.value[0], message=err.message)
     for detail in details:
         packed = any_pb2.Any()
         packed.Pack(detail)
@@ -58,9 +58,9 @@ def rpc_status(err: ChatgenError) -> status_pb2.Status:
     return status
 
 
-async def abort(context: grpc.aio.ServicerContext, err: ChatgenError, extra: tuple[tuple[str, str], ...] = ()) -> None:
+async def abort(context: grpc.aio.ServicerContext, err: ApiError, extra: tuple[tuple[str, str], ...] = ()) -> None:
     if len(err.message) > _MAX_MESSAGE:
-        err = ChatgenError(err.failure, err.message[:_MAX_MESSAGE] + "...", err.param, err.retry_after)
+        err = ApiError(err.failure, err.message[:_MAX_MESSAGE] + "...", err.param, err.retry_after)
     metadata: list[tuple[str, str | bytes]] = [
         (ERROR_METADATA_KEY, err.openai_json()),
         (STATUS_DETAILS_KEY, rpc_status(err).SerializeToString()),
@@ -71,7 +71,7 @@ async def abort(context: grpc.aio.ServicerContext, err: ChatgenError, extra: tup
         # clients' retry policies honour.
         metadata += [("retry-after", str(err.retry_after)), ("grpc-retry-pushback-ms", str(err.retry_after * 1000))]
     context.set_trailing_metadata(tuple(metadata))
-    await context.abort(err.wire.grpc_code, err.message)
+    await context.abort(err.status.grpc_code, err.message)
 
 
 def _ended_early(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
@@ -80,12 +80,12 @@ def _ended_early(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
     return grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= 0 else grpc.StatusCode.CANCELLED
 
 
-async def _failed(context: grpc.aio.ServicerContext, err: ChatgenError) -> None:
+async def _failed(context: grpc.aio.ServicerContext, err: ApiError) -> None:
     record = current_call()
     if record is None:
         await abort(context, err)
         return
-    record.code = err.wire.grpc_code
+    record.code = err.status.grpc_code
     await abort(context, err, () if record.id_sent else record.metadata)
 
 
@@ -100,7 +100,7 @@ async def unary(context: grpc.aio.ServicerContext, call: Awaitable[T]) -> T:
             record.code = _ended_early(context)
         raise
     except Exception as exc:
-        await _failed(context, as_chatgen_error(exc))
+        await _failed(context, as_api_error(exc))
         raise  # unreachable: abort raises
     if record is not None:
         await context.send_initial_metadata(record.metadata)
@@ -111,7 +111,7 @@ async def unary(context: grpc.aio.ServicerContext, call: Awaitable[T]) -> T:
 async def stream(
     context: grpc.aio.ServicerContext,
     chunks: AsyncGenerator[T, None],
-    error_chunk: Callable[[ChatgenError], T],
+    error_chunk: Callable[[ApiError], T],
     sse: bool,
 ) -> AsyncGenerator[T, None]:
     """Relay `chunks`; on failure abort the call, or for an SSE stream (the gateway's, whose HTTP status and
@@ -143,7 +143,7 @@ async def stream(
                 except StopAsyncIteration:
                     break
                 except TimeoutError:
-                    raise ChatgenError(
+                    raise ApiError(
                         Failure.DEADLINE_EXCEEDED, "The request's timeout passed before it finished"
                     ) from None
                 started = True
@@ -153,11 +153,11 @@ async def stream(
             record.code = _ended_early(context)
         raise
     except Exception as exc:
-        err = as_chatgen_error(exc)
+        err = as_api_error(exc)
         if not (started and sse):
             await _failed(context, err)
         elif record is not None:
-            record.code = err.wire.grpc_code
+            record.code = err.status.grpc_code
         yield error_chunk(err)
     else:
         if record is not None and not sse:

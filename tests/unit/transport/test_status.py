@@ -1,4 +1,4 @@
-"""transport.errors.stream: how failures surface on a stream, for gRPC callers and for the REST gateway."""
+"""transport.status.stream: how failures surface on a stream, for gRPC callers and for the REST gateway."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import grpc
 import pytest
 from google.rpc import status_pb2
 
-from chatgen.errors import ChatgenError, Failure
-from chatgen.transport import errors as wire
+from chatgen.errors import ApiError, Failure
+from chatgen.transport import status
 from chatgen.transport.calls import REQUEST_ID_KEY, CallRecord, bind_call, request_id_from
 
 
@@ -51,13 +51,13 @@ class RecordingContext:
 async def chunks(fail_after: int | None) -> AsyncIterator[str]:
     for i in range(3):
         if fail_after is not None and i == fail_after:
-            raise ChatgenError(Failure.ENGINE_UNAVAILABLE, "engine died")
+            raise ApiError(Failure.ENGINE_UNAVAILABLE, "engine died")
         yield f"chunk{i}"
 
 
 async def relay(ctx: RecordingContext, fail_after: int | None) -> list[str]:
     out: list[str] = []
-    async for c in wire.stream(ctx, chunks(fail_after), lambda e: f"error:{e.message}", ctx.sse):  # type: ignore[arg-type]
+    async for c in status.stream(ctx, chunks(fail_after), lambda e: f"error:{e.message}", ctx.sse):  # type: ignore[arg-type]
         out.append(c)
     return out
 
@@ -82,7 +82,7 @@ async def test_error_before_first_chunk_is_a_status_with_openai_json(sse: bool) 
     with pytest.raises(_Aborted):
         await relay(ctx, 0)
     assert ctx.aborted == (grpc.StatusCode.UNAVAILABLE, "engine died")
-    assert dict(ctx.trailing)[wire.ERROR_METADATA_KEY] == (
+    assert dict(ctx.trailing)[status.ERROR_METADATA_KEY] == (
         '{"error":{"message":"engine died","type":"service_unavailable_error","param":null,'
         '"code":"engine_unavailable"}}'
     )
@@ -107,7 +107,7 @@ async def test_sse_stream_past_its_deadline_ends_with_a_timeout_event_and_stops_
             closed.append(True)
 
     ctx = RecordingContext(sse=True, time_remaining=0.3)
-    out = [c async for c in wire.stream(ctx, slow(), lambda e: f"error:{e.failure.value}", ctx.sse)]  # type: ignore[arg-type]
+    out = [c async for c in status.stream(ctx, slow(), lambda e: f"error:{e.failure.value}", ctx.sse)]  # type: ignore[arg-type]
     assert 2 <= len(out) - 1 <= 6  # a few chunks in 0.25 s, not all 100
     assert out[-1] == "error:deadline_exceeded"
     assert closed == [True]  # the generation behind the stream was stopped, not left running
@@ -121,10 +121,10 @@ async def test_deadline_before_the_first_chunk_is_a_504_status() -> None:
 
     ctx = RecordingContext(sse=True, time_remaining=0.1)
     with pytest.raises(_Aborted):
-        async for _ in wire.stream(ctx, never(), lambda e: "error", ctx.sse):  # type: ignore[arg-type]
+        async for _ in status.stream(ctx, never(), lambda e: "error", ctx.sse):  # type: ignore[arg-type]
             pass
     assert ctx.aborted is not None and ctx.aborted[0] is grpc.StatusCode.DEADLINE_EXCEEDED
-    assert '"code":"deadline_exceeded"' in dict(ctx.trailing)[wire.ERROR_METADATA_KEY]
+    assert '"code":"deadline_exceeded"' in dict(ctx.trailing)[status.ERROR_METADATA_KEY]
 
 
 # ---- the call record: status and request id ---------------------------------------------------------------------
@@ -148,7 +148,7 @@ async def test_a_stream_returns_the_callers_request_id_in_its_trailers() -> None
     """No headers of ours ahead of the first chunk: grpcio would send them in a write of their own."""
     ctx = RecordingContext(sse=False, metadata=((REQUEST_ID_KEY, "req-42"),))
     record = _record(ctx)
-    relayed = wire.stream(ctx, chunks(None), lambda e: "error", ctx.sse)  # type: ignore[arg-type]
+    relayed = status.stream(ctx, chunks(None), lambda e: "error", ctx.sse)  # type: ignore[arg-type]
     assert await anext(relayed) == "chunk0"
     assert ctx.initial == [] and ctx.trailing == ()
     out = [c async for c in relayed]
@@ -162,7 +162,7 @@ async def test_a_gateway_stream_sends_no_headers_of_its_own() -> None:
     and a server dying between the two would leave a REST caller a 200 that Envoy can no longer retry."""
     ctx = RecordingContext(sse=True, metadata=((REQUEST_ID_KEY, "req-44"),))
     record = _record(ctx)
-    out = [c async for c in wire.stream(ctx, chunks(None), lambda e: "error", ctx.sse)]  # type: ignore[arg-type]
+    out = [c async for c in status.stream(ctx, chunks(None), lambda e: "error", ctx.sse)]  # type: ignore[arg-type]
     assert out == ["chunk0", "chunk1", "chunk2"]
     assert ctx.initial == [] and ctx.trailing == () and record.code is grpc.StatusCode.OK
 
@@ -171,11 +171,11 @@ async def test_a_stream_failing_before_its_first_chunk_returns_the_id_in_the_tra
     ctx = RecordingContext(sse=False, metadata=((REQUEST_ID_KEY, "req-43"),))
     record = _record(ctx)
     with pytest.raises(_Aborted):
-        async for _ in wire.stream(ctx, chunks(0), lambda e: "error", ctx.sse):  # type: ignore[arg-type]
+        async for _ in status.stream(ctx, chunks(0), lambda e: "error", ctx.sse):  # type: ignore[arg-type]
             pass
     assert record.code is grpc.StatusCode.UNAVAILABLE and ctx.initial == []
     trailing = dict(ctx.trailing)
-    assert trailing[REQUEST_ID_KEY] == "req-43" and wire.ERROR_METADATA_KEY in trailing
+    assert trailing[REQUEST_ID_KEY] == "req-43" and status.ERROR_METADATA_KEY in trailing
 
 
 async def test_a_grpc_stream_failing_mid_way_returns_the_id_with_the_error_in_its_trailers() -> None:
@@ -183,17 +183,17 @@ async def test_a_grpc_stream_failing_mid_way_returns_the_id_with_the_error_in_it
     record = _record(ctx)
     out = []
     with pytest.raises(_Aborted):
-        async for c in wire.stream(ctx, chunks(2), lambda e: "error", ctx.sse):  # type: ignore[arg-type]
+        async for c in status.stream(ctx, chunks(2), lambda e: "error", ctx.sse):  # type: ignore[arg-type]
             out.append(c)
     assert out == ["chunk0", "chunk1"] and record.code is grpc.StatusCode.UNAVAILABLE
     trailing = dict(ctx.trailing)
-    assert trailing[REQUEST_ID_KEY] == "req-45" and wire.ERROR_METADATA_KEY in trailing
+    assert trailing[REQUEST_ID_KEY] == "req-45" and status.ERROR_METADATA_KEY in trailing
 
 
 async def test_an_sse_error_after_the_first_chunk_is_recorded_with_its_code() -> None:
     ctx = RecordingContext(sse=True)
     record = _record(ctx)
-    out = [c async for c in wire.stream(ctx, chunks(2), lambda e: "error", ctx.sse)]  # type: ignore[arg-type]
+    out = [c async for c in status.stream(ctx, chunks(2), lambda e: "error", ctx.sse)]  # type: ignore[arg-type]
     assert out == ["chunk0", "chunk1", "error"]
     assert record.code is grpc.StatusCode.UNAVAILABLE and ctx.initial == []
 
@@ -206,7 +206,7 @@ async def test_a_stream_closed_under_us_is_cancelled_or_past_its_deadline(
 ) -> None:
     ctx = RecordingContext(sse=False)
     record = _record(ctx)
-    relayed = wire.stream(ctx, chunks(None), lambda e: "error", ctx.sse)  # type: ignore[arg-type]
+    relayed = status.stream(ctx, chunks(None), lambda e: "error", ctx.sse)  # type: ignore[arg-type]
     assert await anext(relayed) == "chunk0"
     ctx._time_remaining = remaining  # gRPC cancels a call whose deadline passed, as one whose caller left
     await relayed.aclose()
@@ -220,20 +220,20 @@ async def test_a_unary_call_returns_the_request_id_in_its_headers_or_its_trailer
     async def ok() -> str:
         return "reply"
 
-    assert await wire.unary(ctx, ok()) == "reply"  # type: ignore[arg-type]
+    assert await status.unary(ctx, ok()) == "reply"  # type: ignore[arg-type]
     assert ctx.initial == [((REQUEST_ID_KEY, "req-44"),)] and record.code is grpc.StatusCode.OK
 
     async def bad() -> str:
-        raise ChatgenError(Failure.MODEL_NOT_FOUND, "no such model", "model")
+        raise ApiError(Failure.MODEL_NOT_FOUND, "no such model", "model")
 
     ctx, record = RecordingContext(sse=False), _record(RecordingContext(sse=False))
     with pytest.raises(_Aborted):
-        await wire.unary(ctx, bad())  # type: ignore[arg-type]
+        await status.unary(ctx, bad())  # type: ignore[arg-type]
     assert record.code is grpc.StatusCode.NOT_FOUND and ctx.initial == []
     trailers = dict(ctx.trailing)
     assert trailers[REQUEST_ID_KEY] == record.request_id
-    status = status_pb2.Status.FromString(trailers[wire.STATUS_DETAILS_KEY])
-    assert (status.code, status.message) == (grpc.StatusCode.NOT_FOUND.value[0], "no such model")
+    details = status_pb2.Status.FromString(trailers[status.STATUS_DETAILS_KEY])
+    assert (details.code, details.message) == (grpc.StatusCode.NOT_FOUND.value[0], "no such model")
 
 
 @pytest.mark.parametrize(
