@@ -101,10 +101,12 @@ class Admission:
             if granted.done() and not granted.cancelled():
                 # The slots were granted just as the caller gave up: hand them on.
                 self._release(n)
-            else:
+            elif entry in self._queue:
                 self._queue.remove(entry)
                 self._waiting -= n
                 self._admit_waiting()
+            # Otherwise slots were freed after the caller was cancelled but before it ran: _admit_waiting already
+            # dropped the entry (and its count) without granting it.
             raise
 
     def _release(self, n: int) -> None:
@@ -115,6 +117,9 @@ class Admission:
         while self._queue and self._running + self._queue[0][0] <= self.limits.max_running:
             n, granted = self._queue.popleft()
             self._waiting -= n
+            if granted.done():
+                # Its caller was cancelled and has not run since: it leaves the queue, ungranted.
+                continue
             self._take(n)
             granted.set_result(None)
         if self._running == 0 and not self._queue:

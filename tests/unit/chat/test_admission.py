@@ -98,3 +98,19 @@ async def test_draining_refuses_new_requests_and_lets_admitted_ones_finish() -> 
     await asyncio.gather(running, queued)
     await asyncio.wait_for(idle, 1)
     assert entered == [0, 1]
+
+
+async def test_a_waiter_cancelled_just_before_slots_free_up_is_not_granted() -> None:
+    """Found by the metrics test: the waiter's task is cancelled, and slots are released before it runs again.
+    Its entry must leave the queue without being granted (nor raise), and the counts must come back to zero."""
+    admission = Admission(AdmissionLimits(max_running=2, max_waiting=2))
+    async with admission.slots(2):
+        waiter = asyncio.ensure_future(admission.slots(1).__aenter__())
+        await asyncio.sleep(0)
+        assert admission.waiting == 1
+        waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert (admission.running, admission.waiting) == (0, 0)
+    async with admission.slots(2):  # every slot is free again
+        assert admission.running == 2
