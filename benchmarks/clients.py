@@ -116,6 +116,15 @@ async def sse_chat(http: Any, model: str, request: Request) -> Result:
     return events.done()
 
 
+async def _status_line(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> list[bytes]:
+    """Send `request`; the response's status line, split (empty when the connection had been closed)."""
+    try:
+        writer.write(request)
+        return (await reader.readline()).split()
+    except OSError:
+        return []
+
+
 class RawHttp:
     """Chat requests over bare HTTP/1.1 keep-alive connections (asyncio streams, one request at a time on each,
     idle ones reused like httpx's and gRPC's): no client library's own cost in the timings, so TTFT differences
@@ -130,16 +139,27 @@ class RawHttp:
         head = (
             f"POST /v1/chat/completions HTTP/1.1\r\nhost: {self.host}:{self.port}\r\n"
             f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
-        )
-        events = SseEvents()
+        ).encode()
+        while self.idle:
+            # A kept-alive connection the server has closed meanwhile (uvicorn, behind `vllm serve`, closes idle ones
+            # after 5 s) answers nothing: it is dropped and the request sent again, as httpx does.
+            reader, writer = self.idle.pop()
+            status = await _status_line(reader, writer, head + body)
+            if status:
+                return await self._response(reader, writer, status)
+            writer.close()
         try:
-            reader, writer = self.idle.pop() if self.idle else await asyncio.open_connection(self.host, self.port)
+            reader, writer = await asyncio.open_connection(self.host, self.port)
         except OSError as exc:
             return Result(ok=False, error=type(exc).__name__)
+        return await self._response(reader, writer, await _status_line(reader, writer, head + body))
+
+    async def _response(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, status: list[bytes]
+    ) -> Result:
+        events = SseEvents()
         reusable = False
         try:
-            writer.write(head.encode() + body)
-            status = (await reader.readline()).split()
             if len(status) < 2 or status[1] != b"200":
                 return Result(ok=False, error=f"http {status[1].decode() if len(status) > 1 else '?'}")
             while (await reader.readline()).strip():

@@ -9,7 +9,7 @@ process; admin.py draining; backends.py the shared gateway's routing file.
 from chatgen.gateway.admin import drain_gateway
 from chatgen.gateway.config import render_config
 from chatgen.gateway.process import EnvoyProcess, envoy_binary, envoy_command
-from chatgen.gateway.routes import RETRY_ON, model_list_json
+from chatgen.gateway.routes import RETRY_ON
 from chatgen.gateway.settings import (
     GatewaySettings,
     auto_envoy_workers,
@@ -28,7 +28,6 @@ __all__ = [
     "envoy_binary",
     "envoy_command",
     "envoy_workers",
-    "model_list_json",
     "render_config",
     "usable_cpus",
 ]

@@ -49,7 +49,9 @@ def lua_settings(settings: GatewaySettings) -> dict[str, Any]:
     }
     if settings.models:
         out["models"] = [m.name for m in settings.models]
-        out["model_list"] = routes.model_list_json(settings.models, settings.rendered_at)
+        # A model whose replicas do not answer is listed with what the gateway knows of it.
+        out["model_cards"] = routes.fallback_cards(settings.models, settings.rendered_at)
+        out["self_cluster"] = routes.SELF_CLUSTER
     return out
 
 
@@ -178,10 +180,11 @@ def upstream_tls(enabled: bool) -> dict[str, Any] | None:
     return _transport_socket("UpstreamTlsContext", {"alpn_protocols": ["h2"]}) if enabled else None
 
 
-def rest_listener(settings: GatewaySettings, descriptor: Path) -> dict[str, Any]:
-    manager = typed(
+def _rest_manager(settings: GatewaySettings, descriptor: Path, stat_prefix: str) -> dict[str, Any]:
+    """The REST API's HTTP connection manager: routes, error replies and filters."""
+    return typed(
         HCM_TYPE.removeprefix("type.googleapis.com/"),
-        stat_prefix="rest",
+        stat_prefix=stat_prefix,
         codec_type="AUTO",
         # Every call has an x-request-id (the caller's, else one Envoy makes up), passed to chatgen as metadata
         # (its request log and metrics) and returned on the response, errors included.
@@ -204,6 +207,10 @@ def rest_listener(settings: GatewaySettings, descriptor: Path) -> dict[str, Any]
         local_reply_config={"mappers": local_reply_mappers(settings.max_body_bytes)},
         http_filters=http_filters(descriptor, shared=bool(settings.models)),
     )
+
+
+def rest_listener(settings: GatewaySettings, descriptor: Path) -> dict[str, Any]:
+    manager = _rest_manager(settings, descriptor, "rest")
     return {
         "name": "rest",
         "address": socket_address(settings.http_host, settings.http_port),
@@ -214,6 +221,27 @@ def rest_listener(settings: GatewaySettings, descriptor: Path) -> dict[str, Any]
                 "transport_socket": listener_tls(settings.tls),
                 "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}],
             }
+        ],
+    }
+
+
+# The shared gateway's GET /v1/models is the model cards its replicas give (GET /v1/models/{id} of each model,
+# asked through an internal listener that is the REST listener again), so that it lists what a single server
+# lists: one model card, from the servers that serve it.
+MODELS_LISTENER = "models_internal"
+_INTERNAL_LISTENERS = {
+    "name": "envoy.bootstrap.internal_listener",
+    "typed_config": typed("envoy.extensions.bootstrap.internal_listener.v3.InternalListener"),
+}
+
+
+def models_listener(settings: GatewaySettings, descriptor: Path) -> dict[str, Any]:
+    manager = _rest_manager(settings, descriptor, "internal")
+    return {
+        "name": MODELS_LISTENER,
+        "internal_listener": {},
+        "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]}
         ],
     }
 
@@ -251,7 +279,13 @@ def envoy_config(settings: GatewaySettings, descriptor: Path) -> dict[str, Any]:
     if settings.stats_port:
         listeners.append(stats_listener(settings))
         clusters.insert(0, routes.static_cluster(routes.ADMIN_CLUSTER, [("127.0.0.1", settings.admin_port)]))
+    extra: dict[str, Any] = {}
+    if settings.models:
+        listeners.append(models_listener(settings, descriptor))
+        clusters.append(routes.internal_cluster(routes.SELF_CLUSTER, MODELS_LISTENER))
+        extra["bootstrap_extensions"] = [_INTERNAL_LISTENERS]
     return {
+        **extra,
         "admin": {"address": socket_address("127.0.0.1", settings.admin_port)},
         # Beyond this many client connections Envoy stops accepting (memory stays bounded under a connection flood).
         "overload_manager": {

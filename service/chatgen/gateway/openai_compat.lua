@@ -14,7 +14,8 @@
 --   model_errors  "not_found" / "invalid" -> {HTTP status, OpenAI type, code}: what the shared gateway answers
 --   models        the shared gateway (chatgen gateway --backends) only: the models it routes; absent with one
 --                 backend, where the server answers for its own model
---   model_list    the shared gateway only: the body of GET /v1/models
+--   model_cards   the shared gateway only: per model, its card when none of its replicas answers
+--   self_cluster  the shared gateway only: the cluster that leads back into this REST API (an internal listener)
 
 local ROUTED = { ["/v1/chat/completions"] = true, ["/v1/completions"] = true }
 local MODEL_HEADER = "x-chatgen-model"
@@ -59,6 +60,25 @@ local function route_to(handle, headers, model)
   handle:clearRouteCache()
 end
 
+-- The shared gateway's GET /v1/models: each model's card as its own servers give it (GET /v1/models/ID through
+-- this gateway again, so routed and transcoded as any call), in the order configured; the card from the config
+-- for a model none of whose replicas answers. A single server lists exactly these cards.
+local function model_list(handle, headers, config)
+  local cards = {}
+  local auth = headers:get("authorization")
+  for i, name in ipairs(config["models"]) do
+    local request = { [":method"] = "GET", [":path"] = "/v1/models/" .. name, [":authority"] = "chatgen" }
+    if auth ~= nil then request["authorization"] = auth end
+    local reply, body = handle:httpCall(config["self_cluster"], request, "", 5000)
+    if reply ~= nil and reply[":status"] == "200" and body ~= nil and body:sub(1, 1) == "{" then
+      cards[i] = body
+    else
+      cards[i] = config["model_cards"][i]
+    end
+  end
+  return '{"object":"list","data":[' .. table.concat(cards, ",") .. ']}'
+end
+
 -- GET /v1/models and GET /v1/models/ID. The openai SDK sends a model id's "/" as %2F, which the transcoder
 -- leaves encoded in a multi-segment {id=**}: the path carries the decoded id instead (model ids only). The
 -- shared gateway answers the list itself, 404s models it does not route and picks the route of the others.
@@ -68,7 +88,7 @@ local function models_request(handle, headers, method, path, query)
   local config = settings(handle)
   local shared = config ~= nil and config["models"] ~= nil
   if shared and path == "/v1/models" then
-    handle:respond({ [":status"] = "200", ["content-type"] = "application/json" }, config["model_list"])
+    handle:respond({ [":status"] = "200", ["content-type"] = "application/json" }, model_list(handle, headers, config))
     return true
   end
   local raw = path:match("^/v1/models/(.+)$")

@@ -10,6 +10,8 @@ from chatgen.gateway.backends import ModelRoute
 from chatgen.gateway.settings import GatewaySettings
 
 SINGLE_CLUSTER = "chatgen_grpc"
+# The shared gateway's way back into its own REST listener (config.MODELS_LISTENER).
+SELF_CLUSTER = "chatgen_self"
 ADMIN_CLUSTER = "envoy_admin"
 LUA_FILTER = "envoy.filters.http.lua"
 # Which failures a shared gateway retries on another replica: only those where the caller has had nothing yet
@@ -27,11 +29,23 @@ _HTTP2_UPSTREAM = {
 }
 
 
-def model_list_json(models: tuple[ModelRoute, ...], created: int) -> str:
-    """GET /v1/models at the shared gateway: the union of the models it routes, in the order configured (as
-    Envoy AI Gateway answers it, from its config; one model's details come from its servers: GET /v1/models/ID)."""
-    data = [{"id": m.name, "object": "model", "created": created, "owned_by": "chatgen"} for m in models]
-    return json.dumps({"object": "list", "data": data}, separators=(",", ":"))
+def fallback_cards(models: tuple[ModelRoute, ...], created: int) -> list[str]:
+    """The shared gateway's GET /v1/models lists each model's card as its servers give it; these (OpenAI's model
+    object, from the routing config) stand in for a model none of whose replicas answers."""
+    return [
+        json.dumps({"id": m.name, "object": "model", "created": created, "owned_by": "chatgen"}, separators=(",", ":"))
+        for m in models
+    ]
+
+
+def internal_cluster(name: str, listener: str) -> dict[str, Any]:
+    """A cluster whose one endpoint is an internal listener of this Envoy."""
+    endpoint = {"endpoint": {"address": {"envoy_internal_address": {"server_listener_name": listener}}}}
+    return {
+        "name": name,
+        "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [endpoint]}]},
+    }
 
 
 def _with_settings(route: dict[str, Any], lua_settings: dict[str, Any]) -> dict[str, Any]:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import yaml
 
-from chatgen.gateway import RETRY_ON, GatewaySettings, model_list_json, render_config
+from chatgen.gateway import RETRY_ON, GatewaySettings, render_config
 from chatgen.gateway.backends import Backend, BackendsError, ModelRoute, load_backends, parse_backends
 from tests.support.envoy import assert_envoy_accepts
 
@@ -73,7 +74,21 @@ def test_the_shared_gateway_config_routes_by_model_and_balances_replicas(tmp_pat
     settings_of = [r["metadata"]["filter_metadata"]["envoy.filters.http.lua"]["chatgen"] for r in [*routes, fallback]]
     assert all(s == settings_of[0] for s in settings_of)
     assert settings_of[0]["models"] == ["model-a", "Qwen/Qwen3-8B@fp8"]
-    assert settings_of[0]["model_list"] == model_list_json(models, 1700000000)
+    fallback_cards = [json.loads(card) for card in settings_of[0]["model_cards"]]
+    assert fallback_cards == [
+        {"id": name, "object": "model", "created": 1700000000, "owned_by": "chatgen"}
+        for name in ("model-a", "Qwen/Qwen3-8B@fp8")
+    ]
+    # GET /v1/models asks each model's servers for its card through an internal listener that is this REST API.
+    assert settings_of[0]["self_cluster"] == "chatgen_self"
+    internal = next(lst for lst in resources["listeners"] if lst["name"] == "models_internal")
+    assert "internal_listener" in internal
+    inner = internal["filter_chains"][0]["filters"][0]["typed_config"]
+    assert inner["route_config"]["virtual_hosts"][0]["routes"] == [*routes, fallback]
+    assert inner["http_filters"] == hcm["http_filters"]
+    self_cluster = next(c for c in resources["clusters"] if c["name"] == "chatgen_self")
+    address = self_cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+    assert address == {"envoy_internal_address": {"server_listener_name": "models_internal"}}
     assert settings_of[0]["model_errors"]["not_found"] == [404, "not_found_error", "model_not_found"]
     assert [r["match"]["headers"][0]["string_match"]["exact"] for r in routes] == ["model-a", "Qwen/Qwen3-8B@fp8"]
     assert [r["route"]["cluster"] for r in routes] == ["model_0", "model_1"]
@@ -87,7 +102,7 @@ def test_the_shared_gateway_config_routes_by_model_and_balances_replicas(tmp_pat
                                             "resource-exhausted"}  # fmt: skip
         assert retry["retry_host_predicate"][0]["name"] == "envoy.retry_host_predicates.previous_hosts"
     clusters = {c["name"]: c for c in resources["clusters"]}
-    assert set(clusters) == {"model_0", "model_1"}  # no single-server cluster
+    assert set(clusters) == {"model_0", "model_1", "chatgen_self"}  # no single-server cluster
     a = clusters["model_0"]
     assert a["lb_policy"] == "LEAST_REQUEST" and a["type"] == "STRICT_DNS"
     assert a["health_checks"][0]["grpc_health_check"] == {}
