@@ -10,12 +10,13 @@ chat layer fills in the tokens and timings (chatgen.chat.accounting); transport.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,7 @@ import grpc
 from chatgen.chat import accounting
 from chatgen.chat.accounting import RequestStats
 from chatgen.metrics import Metrics
+from chatgen.transport.interceptors import AroundCalls
 
 REQUEST_ID_KEY = "x-request-id"
 # Longer or odd request ids are replaced, not echoed: they end up in logs and headers.
@@ -101,57 +103,20 @@ class CallLog:
             log.info("%s", json.dumps(line, ensure_ascii=False))
 
 
-class CallLogInterceptor(grpc.aio.ServerInterceptor):
+class CallLogInterceptor(AroundCalls):
     """Binds a CallRecord (and the chat layer's stats in it) around each Chat and Generate RPC, then logs it."""
 
     def __init__(self, calls: CallLog) -> None:
+        super().__init__(LOGGED_SERVICES)
         self._calls = calls
-        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None or not details.method.startswith(LOGGED_SERVICES):
-            return handler
-        wrapped = self._wrapped.get(details.method)
-        if wrapped is None:
-            wrapped = self._wrapped[details.method] = self._wrap(details.method.rsplit("/", 1)[1], handler)
-        return wrapped
-
-    def _begin(self, rpc: str, context: grpc.aio.ServicerContext) -> CallRecord:
+    @contextlib.asynccontextmanager
+    async def around(self, rpc: str, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
         # Each RPC runs in a task of its own, whose context ends with it: nothing to reset afterwards (and a
         # stream finalized elsewhere could not reset it).
         record = CallRecord(rpc, request_id_from(context))
         bind_call(record)
-        return record
-
-    def _wrap(self, rpc: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        kwargs = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary is not None:
-            unary_inner = handler.unary_unary
-
-            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                record = self._begin(rpc, context)
-                try:
-                    return await unary_inner(request, context)
-                finally:
-                    self._calls.end(record)
-
-            return grpc.unary_unary_rpc_method_handler(unary, **kwargs)
-        stream_inner = handler.unary_stream
-
-        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            record = self._begin(rpc, context)
-            try:
-                async for item in stream_inner(request, context):
-                    yield item
-            finally:
-                self._calls.end(record)
-
-        return grpc.unary_stream_rpc_method_handler(stream, **kwargs)
+        try:
+            yield
+        finally:
+            self._calls.end(record)

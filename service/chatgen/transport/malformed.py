@@ -7,7 +7,8 @@ it as the caller's mistake. Wrapped handlers are built once per method.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -15,6 +16,7 @@ from google.protobuf.message import DecodeError
 
 from chatgen.errors import invalid
 from chatgen.transport import status
+from chatgen.transport.interceptors import AroundCalls
 
 
 class _Undecodable:
@@ -22,55 +24,26 @@ class _Undecodable:
         self.reason = reason
 
 
-class MalformedMessageInterceptor(grpc.aio.ServerInterceptor):
+class MalformedMessageInterceptor(AroundCalls):
     def __init__(self, prefix: str) -> None:
-        self._prefix = prefix
-        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+        super().__init__((prefix,))
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None or not details.method.startswith(self._prefix):
-            return handler
-        wrapped = self._wrapped.get(details.method)
-        if wrapped is None:
-            wrapped = self._wrapped[details.method] = _guarded(handler)
-        return wrapped
+    def deserializer(self, handler: grpc.RpcMethodHandler) -> Callable[[bytes], Any]:
+        deserialize = handler.request_deserializer
 
+        def safe_deserialize(data: bytes) -> Any:
+            try:
+                return deserialize(data)
+            except (DecodeError, ValueError) as exc:
+                return _Undecodable(str(exc))
 
-def _guarded(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    deserialize = handler.request_deserializer
+        return safe_deserialize
 
-    def safe_deserialize(data: bytes) -> Any:
-        try:
-            return deserialize(data)
-        except (DecodeError, ValueError) as exc:
-            return _Undecodable(str(exc))
-
-    def error(request: _Undecodable) -> Any:
-        return invalid(f"The request is not a valid protobuf message for this method: {request.reason}")
-
-    kwargs = {"request_deserializer": safe_deserialize, "response_serializer": handler.response_serializer}
-    if handler.unary_unary is not None:
-        unary_inner = handler.unary_unary
-
-        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            if isinstance(request, _Undecodable):
-                await status.abort(context, error(request))
-            return await unary_inner(request, context)
-
-        return grpc.unary_unary_rpc_method_handler(unary, **kwargs)
-    if handler.unary_stream is not None:
-        stream_inner = handler.unary_stream
-
-        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            if isinstance(request, _Undecodable):
-                await status.abort(context, error(request))
-            async for item in stream_inner(request, context):
-                yield item
-
-        return grpc.unary_stream_rpc_method_handler(stream, **kwargs)
-    return handler
+    @contextlib.asynccontextmanager
+    async def around(self, rpc: str, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+        if isinstance(request, _Undecodable):
+            reason = request.reason
+            await status.abort(
+                context, invalid(f"The request is not a valid protobuf message for this method: {reason}")
+            )
+        yield
