@@ -112,8 +112,8 @@ def test_models_are_the_union_and_an_unknown_model_is_a_404_at_the_gateway(
     assert [m.id for m in sdk.models.list()] == ["model-a", "org/model-b"]
     # The same model cards a single server lists, from the models' own servers.
     listed = httpx.get(f"{gw.base}/v1/models", timeout=10).json()["data"]
-    own = httpx.get(f"{fleet[1]['org/model-b'][0].http_base}/v1/models", timeout=10).json()["data"]
-    assert listed[1] == own[0] and set(listed[0]) == set(own[0])
+    own = httpx.get(f"{gw.base}/v1/models/org%2Fmodel-b", timeout=10).json()  # the server's own card
+    assert listed[1] == own and set(listed[0]) == set(own)
     assert (
         listed[0]["max_model_len"] == 2048 and listed[0]["model_type"] == "LLM" and "chat" in listed[0]["model_ability"]
     )
