@@ -120,13 +120,29 @@ async def test_api_keys_guard_the_api_but_not_health(keyed: GrpcServer) -> None:
     assert health.status == health_pb2.HealthCheckResponse.SERVING
 
 
-async def test_each_call_is_logged_once_with_its_tokens(server: GrpcServer, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="chatgen.requests")
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+async def test_each_call_is_logged_once_with_its_tokens(server: GrpcServer) -> None:
+    # A handler on the logger itself: vLLM's logging setup (imported by other tests) can disable propagation.
+    logger = logging.getLogger("chatgen.requests")
+    caplog = _Lines()
+    logger.addHandler(caplog)
+    logger.disabled, level = False, logger.level
+    logger.setLevel(logging.INFO)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stub = pb_grpc.ChatServiceStub(channel)
         await stub.CreateChatCompletion(chat_request(n=2), metadata=((REQUEST_ID_KEY, "unit-log"),))
         with pytest.raises(grpc.aio.AioRpcError):
             await stub.CreateChatCompletion(chat_request(temperature=9), metadata=((REQUEST_ID_KEY, "unit-bad"),))
+    logger.removeHandler(caplog)
+    logger.setLevel(level)
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "chatgen.requests"]
     (ok,) = [line for line in lines if line["request_id"] == "unit-log"]
     assert (ok["rpc"], ok["status"], ok["model"], ok["n"], ok["completion_tokens"]) == (
