@@ -56,8 +56,13 @@ class AroundCalls(grpc.aio.ServerInterceptor):
             stream_inner = handler.unary_stream
 
             async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                async with self.around(rpc, request, context):
-                    async for item in stream_inner(request, context):
+                # The handler's stream is closed here, inside around(): a caller that went away reaches it (and
+                # what it relays) before around() ends the call, not whenever the garbage collector gets to it.
+                async with (
+                    self.around(rpc, request, context),
+                    contextlib.aclosing(stream_inner(request, context)) as items,
+                ):
+                    async for item in items:
                         yield item
 
             return grpc.unary_stream_rpc_method_handler(stream, **kwargs)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2
@@ -145,17 +146,18 @@ class StreamChunks:
         """The chunk that ends a REST stream already under way (the completion id, once known)."""
         return self.chunk_type(id=self.id, **self.envelope, error=error_pb(err))
 
-    async def chunks(self, items: AsyncIterator[StreamItem]) -> AsyncGenerator[Chunk, None]:
+    async def chunks(self, items: AsyncGenerator[StreamItem, None]) -> AsyncGenerator[Chunk, None]:
         start = StreamStart("", 1, False)
-        async for item in items:
-            if isinstance(item, Delta):
-                yield self._delta(item, start)
-            elif isinstance(item, StreamStart):
-                start, self.id = item, item.id
-                for chunk in self._opening(start):
-                    yield chunk
-            else:
-                yield self.chunk_type(id=start.id, **self.envelope, usage=usage_pb(item))
+        async with contextlib.aclosing(items):
+            async for item in items:
+                if isinstance(item, Delta):
+                    yield self._delta(item, start)
+                elif isinstance(item, StreamStart):
+                    start, self.id = item, item.id
+                    for chunk in self._opening(start):
+                        yield chunk
+                else:
+                    yield self.chunk_type(id=start.id, **self.envelope, usage=usage_pb(item))
 
     def _opening(self, start: StreamStart) -> list[Chunk]:
         return []

@@ -4,17 +4,23 @@ servicers convert its results into reply messages (transport.replies) and its er
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import grpc
 from google.api.httpbody_pb2 import HttpBody
 
 from chatgen.chat.api import ChatApi
+from chatgen.chat.types import StreamItem
 from chatgen.errors import ApiError, Failure
 from chatgen.transport import replies, rest, sse, status
 from chatgen.transport.replies import ChatChunks, CompletionChunks
 from chatgen.v1 import chatgen_pb2 as pb
 from chatgen.v1 import chatgen_pb2_grpc as pb_grpc
+
+R = TypeVar("R", pb.CreateChatCompletionRequest, pb.CreateCompletionRequest)
 
 
 def _json_body(reply: pb.CreateChatCompletionResponse | pb.CreateCompletionResponse) -> HttpBody:
@@ -35,23 +41,18 @@ class ChatServicer(pb_grpc.ChatServiceServicer):
         self, request: pb.CreateChatCompletionRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamChatCompletionResponse]:
         chunks = ChatChunks(self._model, events=False)
-        async for chunk in status.stream(context, chunks.chunks(self._api.chat_stream(request)), chunks.error, False):
-            yield chunk
+        relayed = status.stream(context, chunks.chunks(self._api.chat_stream(request)), chunks.error, False)
+        async with contextlib.aclosing(relayed):
+            async for chunk in relayed:
+                yield chunk
 
     async def CreateChatCompletionHttp(
         self, body: HttpBody, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[HttpBody]:
-        chunks = ChatChunks(self._model, events=True)
-        async for out in _rest_bodies(chunks, status.stream(context, self._rest(body, chunks), chunks.error, True)):
-            yield out
-
-    async def _rest(self, body: HttpBody, chunks: ChatChunks) -> AsyncGenerator[replies.Chunk, None]:
-        request = rest.parse(body.data, pb.CreateChatCompletionRequest)
-        if not request.stream:
-            yield _json_body(await self._reply(request))
-            return
-        async for chunk in chunks.chunks(self._api.chat_stream(request)):
-            yield chunk
+        call = _RestCall(pb.CreateChatCompletionRequest, self._reply, self._api.chat_stream)
+        async with contextlib.aclosing(call.bodies(context, body, ChatChunks(self._model, events=True))) as bodies:
+            async for out in bodies:
+                yield out
 
     async def _reply(self, request: pb.CreateChatCompletionRequest) -> pb.CreateChatCompletionResponse:
         return replies.chat_completion(await self._api.chat(request), self._model)
@@ -71,41 +72,62 @@ class GenerateServicer(pb_grpc.GenerateServiceServicer):
         self, request: pb.CreateCompletionRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamCompletionResponse]:
         chunks = CompletionChunks(self._model, events=False)
-        async for chunk in status.stream(
-            context, chunks.chunks(self._api.complete_stream(request)), chunks.error, False
-        ):
-            yield chunk
+        relayed = status.stream(context, chunks.chunks(self._api.complete_stream(request)), chunks.error, False)
+        async with contextlib.aclosing(relayed):
+            async for chunk in relayed:
+                yield chunk
 
     async def CreateCompletionHttp(self, body: HttpBody, context: grpc.aio.ServicerContext) -> AsyncIterator[HttpBody]:
-        chunks = CompletionChunks(self._model, events=True)
-        async for out in _rest_bodies(chunks, status.stream(context, self._rest(body, chunks), chunks.error, True)):
-            yield out
-
-    async def _rest(self, body: HttpBody, chunks: CompletionChunks) -> AsyncGenerator[replies.Chunk, None]:
-        request = rest.parse(body.data, pb.CreateCompletionRequest)
-        if not request.stream:
-            yield _json_body(await self._reply(request))
-            return
-        async for chunk in chunks.chunks(self._api.complete_stream(request)):
-            yield chunk
+        call = _RestCall(pb.CreateCompletionRequest, self._reply, self._api.complete_stream)
+        async with contextlib.aclosing(
+            call.bodies(context, body, CompletionChunks(self._model, events=True))
+        ) as bodies:
+            async for out in bodies:
+                yield out
 
     async def _reply(self, request: pb.CreateCompletionRequest) -> pb.CreateCompletionResponse:
         return replies.completion(await self._api.complete(request), self._model)
 
 
-async def _rest_bodies(chunks: replies.StreamChunks, relayed: AsyncIterator[replies.Chunk]) -> AsyncIterator[HttpBody]:
-    """A REST call's HttpBody messages: a unary reply's one JSON body, or a stream's chunks as events, then
-    `[DONE]`."""
-    events = chunks.events
-    assert events is not None
-    async for chunk in relayed:
-        if not isinstance(chunk, HttpBody):
-            yield events.chunk(chunk)
-            continue
-        yield chunk
-        if chunk.content_type == rest.CONTENT_TYPE:
+# Every generator relayed here is closed by the one relaying it (contextlib.aclosing), not left to the garbage
+# collector: when the caller goes away, the close then reaches the engine (which aborts the request) and
+# transport.status (which records the call as cancelled) before the call log ends the call.
+
+
+@dataclass(frozen=True)
+class _RestCall(Generic[R]):
+    """A REST call of one API: its JSON body parsed strictly into the request message, then one JSON reply or
+    a stream of events, as the request's `stream` field says."""
+
+    request_type: type[R]
+    reply: Callable[[R], Awaitable[pb.CreateChatCompletionResponse | pb.CreateCompletionResponse]]
+    stream: Callable[[R], AsyncGenerator[StreamItem, None]]
+
+    async def bodies(
+        self, context: grpc.aio.ServicerContext, body: HttpBody, chunks: replies.StreamChunks
+    ) -> AsyncGenerator[HttpBody, None]:
+        """The call's HttpBody messages: a unary reply's one JSON body, or a stream's chunks as events, then
+        `[DONE]`."""
+        events = chunks.events
+        assert events is not None
+        async with contextlib.aclosing(status.stream(context, self._chunks(body, chunks), chunks.error, True)) as out:
+            async for chunk in out:
+                if not isinstance(chunk, HttpBody):
+                    yield events.chunk(chunk)
+                    continue
+                yield chunk
+                if chunk.content_type == rest.CONTENT_TYPE:
+                    return
+        yield events.body(sse.DONE)
+
+    async def _chunks(self, body: HttpBody, chunks: replies.StreamChunks) -> AsyncGenerator[replies.Chunk, None]:
+        request = rest.parse(body.data, self.request_type)
+        if not request.stream:
+            yield _json_body(await self.reply(request))
             return
-    yield events.body(sse.DONE)
+        async with contextlib.aclosing(chunks.chunks(self.stream(request))) as items:
+            async for chunk in items:
+                yield chunk
 
 
 class ModelsServicer(pb_grpc.ModelsServiceServicer):

@@ -72,7 +72,12 @@ class ChatPlan:
     @property
     def parses_tool_calls(self) -> bool:
         """Whether the model's output is searched for tool calls (tools offered, the choice left to it)."""
-        return bool(self.tools) and self.tool_choice in (None, "auto")
+        return _model_picks_tools(self.tools, self.tool_choice)
+
+
+def _model_picks_tools(tools: tuple[dict[str, Any], ...], choice: str | None) -> bool:
+    """Tools are offered and the choice left to the model: its output is then searched for calls."""
+    return bool(tools) and choice in (None, "auto")
 
 
 def validate_chat(request: pb.CreateChatCompletionRequest, model: ServedModel, streaming: bool) -> ChatPlan:
@@ -88,7 +93,7 @@ def validate_chat(request: pb.CreateChatCompletionRequest, model: ServedModel, s
         raise invalid("'messages' must contain at least one message", "messages")
     tools = tuple(_tool(t, i) for i, t in enumerate(request.tools))
     choice, function = values.tool_choice(request.tool_choice)
-    if tools and choice in (None, "auto") and not model.tool_parser:
+    if _model_picks_tools(tools, choice) and not model.tool_parser:
         # As vLLM: without a parser the model's calls would come back as unparsed text.
         raise unsupported(
             "this server has no tool-call parser for the model (start it with --tool-call-parser)", "tools"
