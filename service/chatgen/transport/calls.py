@@ -30,6 +30,8 @@ from chatgen.transport.interceptors import AroundCalls
 REQUEST_ID_KEY = "x-request-id"
 # Longer or odd request ids are replaced, not echoed: they end up in logs and headers.
 _MAX_REQUEST_ID = 128
+# The most of a client's string a log line carries (json.dumps escapes it).
+_MAX_LOGGED = 256
 LOGGED_SERVICES = ("/chatgen.v1.ChatService/", "/chatgen.v1.GenerateService/")
 
 log = logging.getLogger("chatgen.requests")
@@ -92,7 +94,8 @@ class CallLog:
                 "request_id": call.request_id,
                 "id": stats.completion_id,
                 "rpc": call.rpc,
-                "model": stats.model,
+                # The model as the caller sent it: an unknown one can be of any length.
+                "model": stats.model[:_MAX_LOGGED] if stats.model is not None else None,
                 "status": call.code.name,
                 "prompt_tokens": stats.prompt_tokens,
                 "completion_tokens": stats.completion_tokens,

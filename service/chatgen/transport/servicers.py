@@ -14,7 +14,7 @@ from google.api.httpbody_pb2 import HttpBody
 
 from chatgen.chat.api import ChatApi
 from chatgen.chat.types import StreamItem
-from chatgen.errors import ApiError, Failure
+from chatgen.errors import ApiError, Failure, shown
 from chatgen.transport import replies, rest, sse, status
 from chatgen.transport.replies import ChatChunks, CompletionChunks
 from chatgen.v1 import chatgen_pb2 as pb
@@ -145,5 +145,5 @@ class ModelsServicer(pb_grpc.ModelsServiceServicer):
     async def _model(self, model_id: str) -> pb.Model:
         model = self._models.get(model_id)
         if model is None:
-            raise ApiError(Failure.MODEL_NOT_FOUND, f"The model '{model_id}' does not exist", "model")
+            raise ApiError(Failure.MODEL_NOT_FOUND, f"The model {shown(model_id)} does not exist", "model")
         return model

@@ -27,7 +27,11 @@ STATUS_DETAILS_KEY = "grpc-status-details-bin"
 ERROR_DOMAIN = "chatgen.v1"
 
 T = TypeVar("T")
-_MAX_MESSAGE = 2000
+# An error message's UTF-8 bytes in the trailers: it travels three times (grpc-message, percent-encoded; the
+# OpenAI JSON, \u-escaped; google.rpc.Status, twice, base64), which must stay under the 8 KiB of metadata a
+# default gRPC client takes without refusing some calls. Client values in messages are short already
+# (errors.shown); this bounds the rest.
+_MAX_MESSAGE_BYTES = 600
 # How long before the gRPC deadline an SSE stream stops itself to send its error event.
 _SSE_DEADLINE_MARGIN = 0.05
 
@@ -59,8 +63,9 @@ def rpc_status(err: ApiError) -> status_pb2.Status:
 
 
 async def abort(context: grpc.aio.ServicerContext, err: ApiError, extra: tuple[tuple[str, str], ...] = ()) -> None:
-    if len(err.message) > _MAX_MESSAGE:
-        err = ApiError(err.failure, err.message[:_MAX_MESSAGE] + "...", err.param, err.retry_after)
+    if len(err.message.encode()) > _MAX_MESSAGE_BYTES or (err.param is not None and len(err.param) > 200):
+        message = err.message.encode()[:_MAX_MESSAGE_BYTES].decode(errors="ignore")
+        err = ApiError(err.failure, message + "...", err.param and err.param[:200], err.retry_after)
     metadata: list[tuple[str, str | bytes]] = [
         (ERROR_METADATA_KEY, err.openai_json()),
         (STATUS_DETAILS_KEY, rpc_status(err).SerializeToString()),

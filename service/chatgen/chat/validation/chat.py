@@ -7,9 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from chatgen.chat.forced_tools import ForcedTools, forced_tools
+from chatgen.chat.forced_tools import ForcedTools
 from chatgen.chat.types import Message, ToolCall
-from chatgen.chat.validation import values
+from chatgen.chat.validation import text, values
 from chatgen.chat.validation.sampling import (
     SamplingPlan,
     ServedModel,
@@ -18,7 +18,8 @@ from chatgen.chat.validation.sampling import (
     check_stream_options,
     sampling_plan,
 )
-from chatgen.errors import ApiError, Failure, invalid, unsupported
+from chatgen.chat.validation.tools import forced_tools
+from chatgen.errors import ApiError, Failure, invalid, shown, unsupported
 from chatgen.v1 import chatgen_pb2 as pb
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
@@ -81,6 +82,7 @@ def _model_picks_tools(tools: tuple[dict[str, Any], ...], choice: str | None) ->
 
 
 def validate_chat(request: pb.CreateChatCompletionRequest, model: ServedModel, streaming: bool) -> ChatPlan:
+    text.check_strings(request)
     check_model(request, model)
     if not model.chat_template:
         raise ApiError(
@@ -103,7 +105,7 @@ def validate_chat(request: pb.CreateChatCompletionRequest, model: ServedModel, s
     if forced is not None:
         if json_schema is not None:
             raise unsupported("a forced tool_choice cannot be combined with response_format", "response_format")
-        json_schema = forced.schema
+        json_schema = forced.grammar
     max_tokens = request.max_completion_tokens if request.HasField("max_completion_tokens") else None
     if max_tokens is None and request.HasField("max_tokens"):
         max_tokens = request.max_tokens
@@ -117,7 +119,7 @@ def validate_chat(request: pb.CreateChatCompletionRequest, model: ServedModel, s
         tool_choice=choice,
         forced=forced,
         max_tool_calls=1 if parallel is False else None,
-        request_id=request.request_id or None,
+        request_id=text.request_id(request.request_id),
         include_usage=check_stream_options(request, streaming),
     )
 
@@ -125,7 +127,7 @@ def validate_chat(request: pb.CreateChatCompletionRequest, model: ServedModel, s
 def _message(m: pb.ChatMessage, i: int) -> Message:
     where = f"messages[{i}]"
     if m.role not in ROLES:
-        raise invalid(f"{where}.role must be one of {', '.join(sorted(ROLES))}, got {m.role!r}", f"{where}.role")
+        raise invalid(f"{where}.role must be one of {', '.join(sorted(ROLES))}, got {shown(m.role)}", f"{where}.role")
     if m.tool_calls and m.role != "assistant":
         raise invalid(f"{where}.tool_calls: only assistant messages carry tool calls", f"{where}.tool_calls")
     calls = tuple(_history_call(c, f"{where}.tool_calls[{j}]") for j, c in enumerate(m.tool_calls))
@@ -178,7 +180,7 @@ def _template_variables(request: pb.CreateChatCompletionRequest) -> dict[str, An
     )
     for name in variables:
         if name in RESERVED_TEMPLATE_KWARGS:
-            raise invalid(f"chat_template_kwargs may not set {name!r}", f"chat_template_kwargs.{name}")
+            raise invalid(f"chat_template_kwargs may not set {shown(name)}", f"chat_template_kwargs.{name}")
     if request.HasField("enable_thinking"):
         variables.setdefault("enable_thinking", request.enable_thinking)
         variables.setdefault("thinking", request.enable_thinking)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from chatgen.chat.validation import values
+from chatgen.chat.validation import text, values
 from chatgen.chat.validation.sampling import (
     SamplingPlan,
     ServedModel,
@@ -28,6 +28,7 @@ class CompletionPlan:
 
 
 def validate_completion(request: pb.CreateCompletionRequest, model: ServedModel, streaming: bool) -> CompletionPlan:
+    text.check_strings(request)
     check_model(request, model)
     prompt = values.prompt_text(request.prompt)
     logprobs = check_logprobs(request.logprobs if request.HasField("logprobs") else None, model, "logprobs")
@@ -38,6 +39,6 @@ def validate_completion(request: pb.CreateCompletionRequest, model: ServedModel,
         prompt=prompt,
         sampling=sampling_plan(request, model, max_tokens, logprobs, json_schema),
         echo=request.echo,
-        request_id=request.request_id or None,
+        request_id=text.request_id(request.request_id),
         include_usage=check_stream_options(request, streaming),
     )
