@@ -24,6 +24,8 @@ class Failure(enum.Enum):
     MODEL_NOT_FOUND = "model_not_found"
     NO_CHAT_TEMPLATE = "no_chat_template"
     REQUEST_TOO_LARGE = "request_too_large"
+    HEADERS_TOO_LARGE = "headers_too_large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     NOT_FOUND = "not_found"
     INVALID_API_KEY = "invalid_api_key"
     OVERLOADED = "overloaded"
@@ -55,6 +57,10 @@ FAILURES: dict[Failure, FailureStatus] = {
     Failure.NO_CHAT_TEMPLATE: FailureStatus(grpc.StatusCode.FAILED_PRECONDITION, 400, _INVALID),
     # gRPC itself answers a message over the receive limit; Envoy answers a body over its buffer limit.
     Failure.REQUEST_TOO_LARGE: FailureStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, 413, _INVALID),
+    # Envoy's answer to request headers over its limit (gRPC itself limits a gRPC caller's metadata).
+    Failure.HEADERS_TOO_LARGE: FailureStatus(grpc.StatusCode.INVALID_ARGUMENT, 431, _INVALID),
+    # A REST body the gateway will not read as JSON; REST only (a gRPC caller's messages are protobuf).
+    Failure.UNSUPPORTED_MEDIA_TYPE: FailureStatus(grpc.StatusCode.INVALID_ARGUMENT, 415, _INVALID),
     Failure.NOT_FOUND: FailureStatus(grpc.StatusCode.UNIMPLEMENTED, 404, "not_found_error"),
     Failure.INVALID_API_KEY: FailureStatus(grpc.StatusCode.UNAUTHENTICATED, 401, "authentication_error"),
     Failure.OVERLOADED: FailureStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, 429, "rate_limit_error"),
@@ -113,9 +119,10 @@ CASES: tuple[ErrorCase, ...] = (
     ),
     ErrorCase(
         "bad-tools",
-        "malformed `tools`, `tool_choice` or `response_format`",
+        "malformed `tools`, `tool_choice` or `response_format`; a decoding schema past its bounds (enum values, "
+        "lengths, pattern repetitions, nesting: see Request fields)",
         Failure.INVALID_REQUEST,
-        "tools[0], tool_choice, response_format.json_schema.schema",
+        "tools[0], tool_choice, response_format.json_schema.schema, tools[0].function.parameters",
     ),
     ErrorCase(
         "prompt-too-long", "prompt longer than the model's context", Failure.CONTEXT_LENGTH_EXCEEDED, "messages, prompt"
@@ -136,6 +143,27 @@ CASES: tuple[ErrorCase, ...] = (
     ErrorCase("no-chat-template", "chat on a model without a chat template", Failure.NO_CHAT_TEMPLATE, "messages"),
     ErrorCase(
         "too-large", "body over `--max-request-bytes` (default 8 MiB)", Failure.REQUEST_TOO_LARGE, "", "Envoy / gRPC"
+    ),
+    ErrorCase(
+        "headers-too-large",
+        "request headers over 16 KiB in all (a huge `authorization` or custom header)",
+        Failure.HEADERS_TOO_LARGE,
+        "",
+        "Envoy",
+    ),
+    ErrorCase(
+        "bad-media-type",
+        "a REST body whose `Content-Type` is not `application/json` (none is read as JSON); gRPC on the REST port",
+        Failure.UNSUPPORTED_MEDIA_TYPE,
+        "",
+        "Envoy",
+    ),
+    ErrorCase(
+        "bad-timeout",
+        "`x-request-timeout-ms` not a whole number of milliseconds (0: no deadline)",
+        Failure.INVALID_REQUEST,
+        "x-request-timeout-ms",
+        "Envoy",
     ),
     ErrorCase("unknown-path", "unknown REST path / gRPC method", Failure.NOT_FOUND, "", "Envoy / gRPC"),
     ErrorCase(
@@ -166,6 +194,7 @@ GATEWAY_REPLIES: dict[int, Failure] = {
     401: Failure.INVALID_API_KEY,
     404: Failure.NOT_FOUND,
     413: Failure.REQUEST_TOO_LARGE,
+    431: Failure.HEADERS_TOO_LARGE,
     429: Failure.OVERLOADED,
     500: Failure.INTERNAL,
     503: Failure.UNAVAILABLE,
@@ -216,6 +245,17 @@ def openai_error(failure: Failure, message: str, param: str | None = None) -> di
     """OpenAI's error JSON, `{"error": {"message", "type", "param", "code"}}`: the one builder for the server's
     errors and the gateway's own replies. `code` carries the failure kind (OpenAI uses short snake_case codes)."""
     return {"error": {"message": message, "type": FAILURES[failure].openai_type, "param": param, "code": failure.value}}
+
+
+# How much of a client's value an error message quotes: messages travel in gRPC metadata (transport.status), which
+# default clients cap at 8-16 KiB, and a client's value is the caller's own to know in full.
+ECHO_CHARS = 64
+
+
+def shown(value: object) -> str:
+    """A client's value as an error message quotes it: its repr, of at most ECHO_CHARS of its characters."""
+    text = str(value)
+    return repr(text if len(text) <= ECHO_CHARS else text[:ECHO_CHARS] + "...")
 
 
 def invalid(message: str, param: str | None = None) -> ApiError:

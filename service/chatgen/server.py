@@ -28,6 +28,10 @@ SERVICE_NAMES = [
 # probe on it would have the kubelet kill a replica that is finishing its streams.
 LIVENESS = "liveness"
 
+# gRPC's default is 8 KiB: request metadata between that and the gateway's header limit would be refused as
+# RESOURCE_EXHAUSTED, which REST callers would read as overload.
+MAX_METADATA_BYTES = 32 * 1024
+
 
 class GrpcServer:
     def __init__(
@@ -55,6 +59,8 @@ class GrpcServer:
             ],
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
+                # Room for all that the gateway passes on (its limit is 16 KiB of headers, plus what Envoy adds).
+                ("grpc.max_metadata_size", MAX_METADATA_BYTES),
                 ("grpc.so_reuseport", 0),
             ],
         )

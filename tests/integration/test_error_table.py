@@ -119,6 +119,9 @@ COVERED_ELSEWHERE: dict[str, str] = {
     "overloaded": "test_limits.py",
     "draining": "test_lifecycle.py",
     "engine-down": "test_lifecycle.py",
+    "headers-too-large": "test_hostile_input.py",
+    "bad-media-type": "test_hostile_input.py",
+    "bad-timeout": "test_hostile_input.py",
     # Unreachable by design: nothing a client sends may produce it (the fuzz tests assert that it never shows).
     "internal": "test_fuzz.py",
 }

@@ -126,12 +126,14 @@ def test_raw_unary_json_shape(http: httpx.Client) -> None:
     assert data["usage"]["completion_tokens"] == 3
 
 
-def test_curl_style_form_content_type_still_streams(http: httpx.Client) -> None:
-    # `curl -d` labels a JSON body application/x-www-form-urlencoded; the stream switch must still work.
+def test_curl_style_form_content_type_is_415_saying_what_to_send(http: httpx.Client) -> None:
+    # `curl -d` without -H labels a JSON body application/x-www-form-urlencoded: refused (as vLLM's server does),
+    # with the header to add.
     body = json.dumps({"model": MODEL_NAME, "prompt": "Hi", "max_tokens": 3, "stream": True})
     response = http.post("/v1/completions", content=body, headers={"content-type": "application/x-www-form-urlencoded"})
-    assert response.status_code == 200
-    assert sse_events(response.text)[-1] == "[DONE]"
+    assert response.status_code == 415
+    error = response.json()["error"]
+    assert error["code"] == "unsupported_media_type" and "Content-Type: application/json" in error["message"]
 
 
 @pytest.mark.parametrize("stream", [False, True])

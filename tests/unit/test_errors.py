@@ -21,6 +21,8 @@ CLIENT_FAULTS = {
     Failure.MODEL_NOT_FOUND,
     Failure.NO_CHAT_TEMPLATE,
     Failure.REQUEST_TOO_LARGE,
+    Failure.HEADERS_TOO_LARGE,
+    Failure.UNSUPPORTED_MEDIA_TYPE,
     Failure.NOT_FOUND,
     Failure.INVALID_API_KEY,
 }

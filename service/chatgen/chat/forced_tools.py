@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from chatgen.chat.types import ToolCall, ToolCallDelta, new_tool_call_id
-from chatgen.errors import invalid
+
+if TYPE_CHECKING:
+    # Only a type here: validation (validation/tools.py) builds ForcedTools, and imports this module.
+    from chatgen.chat.validation.schemas import Grammar
 
 
 @dataclass
 class ForcedTools:
     # The named function, or None for "required" (any of the tools, one or more calls).
     function: str | None
-    schema: str
+    grammar: Grammar
     call_ids: list[str] = field(default_factory=list)
 
     @property
@@ -42,7 +45,7 @@ class ForcedTools:
 
     def for_choice(self) -> ForcedTools:
         """A copy for one choice: each choice's calls get ids of their own."""
-        return ForcedTools(self.function, self.schema)
+        return ForcedTools(self.function, self.grammar)
 
     def first_delta(self) -> ToolCallDelta | None:
         """Streams of a named function open with the call's id and name; its arguments then stream as written."""
@@ -52,36 +55,3 @@ class ForcedTools:
         while len(self.call_ids) <= index:
             self.call_ids.append(new_tool_call_id())
         return self.call_ids[index]
-
-
-def forced_tools(
-    tools: tuple[dict[str, Any], ...], tool_choice: str | None, function: str | None, single: bool
-) -> ForcedTools | None:
-    """The forced call's schema for tool_choice "required" or a named `function`; None for the other choices.
-    `single`: parallel_tool_calls false, so "required" allows one call."""
-    if tool_choice != "required" and function is None:
-        return None
-    if not tools:
-        raise invalid("tool_choice needs 'tools'", "tool_choice")
-    by_name = {t["function"]["name"]: t["function"] for t in tools}
-    if function is not None:
-        if function not in by_name:
-            raise invalid(f"tool_choice names '{function}', which is not in 'tools'", "tool_choice")
-        return ForcedTools(function, json.dumps(_parameters(by_name[function])))
-    branches = [
-        {
-            "type": "object",
-            "properties": {"name": {"const": name}, "parameters": _parameters(fn)},
-            "required": ["name", "parameters"],
-        }
-        for name, fn in by_name.items()
-    ]
-    schema: dict[str, Any] = {"type": "array", "minItems": 1, "items": {"anyOf": branches}}
-    if single:
-        schema["maxItems"] = 1
-    return ForcedTools(None, json.dumps(schema))
-
-
-def _parameters(function: dict[str, Any]) -> dict[str, Any]:
-    parameters = function.get("parameters")
-    return parameters if isinstance(parameters, dict) and parameters else {"type": "object"}

@@ -18,6 +18,7 @@ from chatgen.tls import TlsFiles
 LUA_FILTER = "envoy.filters.http.lua"
 HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 CONFIG_FILE = "envoy.json"
+MAX_REQUEST_HEADERS_KB = 16
 
 
 def typed(type_name: str, **config: Any) -> dict[str, Any]:
@@ -42,9 +43,13 @@ def lua_settings(settings: GatewaySettings) -> dict[str, Any]:
     """The Lua filter's settings, from chatgen.errors and the routing config (see openai_compat.lua)."""
     out: dict[str, Any] = {
         "http_errors": {str(status): _openai_kind(failure) for status, failure in GATEWAY_REPLIES.items()},
-        "model_errors": {
+        "local_errors": {
             key: [FAILURES[f].http_status, *_openai_kind(f)]
-            for key, f in (("not_found", Failure.MODEL_NOT_FOUND), ("invalid", Failure.INVALID_REQUEST))
+            for key, f in (
+                ("not_found", Failure.MODEL_NOT_FOUND),
+                ("invalid", Failure.INVALID_REQUEST),
+                ("media_type", Failure.UNSUPPORTED_MEDIA_TYPE),
+            )
         },
     }
     if settings.models:
@@ -59,10 +64,14 @@ def _error_body(message: str, failure: Failure) -> dict[str, Any]:
     return {"content_type": "application/json", "json_format": openai_error(failure, message)}
 
 
+def _status_value(status: int, key: str) -> dict[str, Any]:
+    return {"default_value": status, "runtime_key": f"chatgen.local_reply.{key}"}
+
+
 def _status_is(status: int | None, key: str) -> dict[str, Any]:
+    """A status filter: this status, or (None) any error status."""
     op = "EQ" if status is not None else "GE"
-    value = {"default_value": status if status is not None else 400, "runtime_key": f"chatgen.local_reply.{key}"}
-    return {"status_code_filter": {"comparison": {"op": op, "value": value}}}
+    return {"status_code_filter": {"comparison": {"op": op, "value": _status_value(status or 400, key)}}}
 
 
 def local_reply_mappers(max_body_bytes: int) -> list[dict[str, Any]]:
@@ -94,6 +103,19 @@ def local_reply_mappers(max_body_bytes: int) -> list[dict[str, Any]]:
                     "body_format_override": _error_body("%LOCAL_REPLY_BODY%", failure),
                 }
             )
+    # Envoy's other 4xx replies (408 for a client too slow to send its request, 426 for HTTP/1.0, ...) are the
+    # client's fault, as OpenAI types it; anything else is Envoy's own failure.
+    client_fault = {
+        "and_filter": {
+            "filters": [
+                _status_is(None, "client_fault_low"),
+                {"status_code_filter": {"comparison": {"op": "LE", "value": _status_value(499, "client_fault_high")}}},
+            ]
+        }
+    }
+    mappers.append(
+        {"filter": client_fault, "body_format_override": _error_body("%LOCAL_REPLY_BODY%", Failure.INVALID_REQUEST)}
+    )
     mappers.append(
         {"filter": _status_is(None, "any"), "body_format_override": _error_body("%LOCAL_REPLY_BODY%", Failure.INTERNAL)}
     )
@@ -114,8 +136,8 @@ def _model_to_metadata() -> dict[str, Any]:
                         "on_present": {"metadata_namespace": "chatgen.request", "key": "model"},
                     }
                 ],
-                # curl -d sends form-urlencoded unless told otherwise; the body is JSON all the same.
-                "allow_content_types": ["application/json", "application/x-www-form-urlencoded", "text/plain"],
+                # The Lua filter refuses any other media type (415).
+                "allow_content_types": ["application/json"],
                 "allow_empty_content_type": True,
             },
         ),
@@ -196,6 +218,9 @@ def _rest_manager(settings: GatewaySettings, descriptor: Path, stat_prefix: str)
         # generation time is not limited here (x-request-timeout-ms does that per request).
         request_headers_timeout="10s",
         request_timeout="60s",
+        # Headers over this are Envoy's 431, a client error; everything under it passes the gRPC server's own
+        # metadata limit (server.MAX_METADATA_BYTES), whose RESOURCE_EXHAUSTED would read as overload (429).
+        max_request_headers_kb=MAX_REQUEST_HEADERS_KB,
         common_http_protocol_options={"idle_timeout": "600s"},
         http2_protocol_options={"max_concurrent_streams": 256},
         route_config={

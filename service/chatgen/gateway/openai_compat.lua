@@ -1,7 +1,10 @@
 -- Makes Envoy speak OpenAI's REST dialect in front of chatgen. Read by Envoy as it is; its settings come from
 -- the route's metadata (chatgen.gateway.config puts them there, from chatgen.errors and the routing config).
 --
--- Request:  the POST bodies go to the server as they came (google.api.HttpBody), which checks them and picks
+-- Request:  what the edge checks (a body that is JSON by its Content-Type; gRPC has its own port; a timeout
+--           header that is a number; query strings are dropped: no REST path reads one, and the transcoder would
+--           take their names for request fields), then
+--           the POST bodies go to the server as they came (google.api.HttpBody), which checks them and picks
 --           a stream or a unary reply from `"stream"`; nothing here reads them, except that the shared gateway
 --           routes on `model` (json_to_metadata, the filter before this one, has parsed it into dynamic metadata
 --           by the time body() returns, so no JSON is parsed here).
@@ -11,7 +14,8 @@
 -- Settings (route metadata under this filter's name, key "chatgen"):
 --   http_errors   HTTP status (a string) -> {OpenAI type, code}, for errors without a chatgen error body
 --                 (Envoy's own, or raised by gRPC itself)
---   model_errors  "not_found" / "invalid" -> {HTTP status, OpenAI type, code}: what the shared gateway answers
+--   local_errors  "not_found" / "invalid" / "media_type" -> {HTTP status, OpenAI type, code}: what this filter
+--                 answers itself
 --   models        the shared gateway (chatgen gateway --backends) only: the models it routes; absent with one
 --                 backend, where the server answers for its own model
 --   model_cards   the shared gateway only: per model, its card when none of its replicas answers
@@ -19,6 +23,7 @@
 
 local ROUTED = { ["/v1/chat/completions"] = true, ["/v1/completions"] = true }
 local MODEL_HEADER = "x-chatgen-model"
+local STATUS_HEADER = "x-chatgen-status"
 
 local ESCAPES = { ['"'] = '\\"', ['\\'] = '\\\\', ['\n'] = '\\n', ['\r'] = '\\r', ['\t'] = '\\t' }
 
@@ -41,11 +46,13 @@ local function error_json(message_json, error_type, param, code)
 end
 
 local function respond_error(handle, config, kind, message, param)
-  local e = config["model_errors"][kind]
+  local e = config["local_errors"][kind]
   local body = error_json(json_string(message), e[2], param, e[3])
-  -- Like a server error: local_reply_config rewrites local reply bodies, envoy_on_response puts this one back.
-  handle:respond({ [":status"] = string.format("%d", e[1]), ["content-type"] = "application/json",
-    ["x-chatgen-error"] = body }, body)
+  -- Like a server error: local_reply_config rewrites local reply bodies, envoy_on_response puts this one back,
+  -- and the status too (Envoy answers a request of a gRPC content type in gRPC's way: 200 and a grpc-status).
+  local status = string.format("%d", e[1])
+  handle:respond({ [":status"] = status, ["content-type"] = "application/json", ["x-chatgen-error"] = body,
+    [STATUS_HEADER] = status }, body)
 end
 
 local function routed_models(config)
@@ -83,7 +90,7 @@ end
 -- leaves encoded in a multi-segment {id=**}: the path carries the decoded id instead (model ids only). The
 -- shared gateway answers the list itself, 404s models it does not route and picks the route of the others.
 -- True when answered here.
-local function models_request(handle, headers, method, path, query)
+local function models_request(handle, headers, method, path)
   if method ~= "GET" then return false end
   local config = settings(handle)
   local shared = config ~= nil and config["models"] ~= nil
@@ -95,7 +102,7 @@ local function models_request(handle, headers, method, path, query)
   if raw == nil then return false end
   local id = percent_decode(raw)
   if id ~= raw and id:match("^[%w%._:/@%+%-]+$") then
-    headers:replace(":path", "/v1/models/" .. id .. query)
+    headers:replace(":path", "/v1/models/" .. id)
   end
   if not shared then return false end
   if not routed_models(config)[id] then
@@ -106,20 +113,54 @@ local function models_request(handle, headers, method, path, query)
   return false
 end
 
+-- The media type of a Content-Type header, lower-cased, without its parameters ("" when there is none).
+local function media_type(content_type)
+  if content_type == nil then return "" end
+  return (content_type:match("^%s*([^;%s]*)") or ""):lower()
+end
+
+-- Answers a request the edge refuses (true), before anything reaches the server.
+local function refused(handle, headers, method)
+  local media = media_type(headers:get("content-type"))
+  if media:sub(1, 16) == "application/grpc" then
+    respond_error(handle, settings(handle), "media_type",
+      "This port serves the REST API; gRPC callers use the gRPC port", nil)
+    return true
+  end
+  -- A body is JSON by its Content-Type, or by having none (curl -d without -H sends form-urlencoded: refused,
+  -- as vLLM's server does, rather than read as something it does not claim to be).
+  if method == "POST" and media ~= "" and media ~= "application/json" then
+    respond_error(handle, settings(handle), "media_type",
+      "Content-Type must be application/json, not " .. media:sub(1, 64) ..
+      " (with curl -d, add -H 'Content-Type: application/json')", nil)
+    return true
+  end
+  -- A REST caller's timeout becomes the gRPC deadline: the server stops the request when it passes and the
+  -- caller gets 504 with an OpenAI error body (DEADLINE_EXCEEDED below). 0 is no deadline, as in Envoy's own
+  -- timeout headers.
+  local timeout_ms = headers:get("x-request-timeout-ms")
+  headers:remove("grpc-timeout")
+  if timeout_ms ~= nil then
+    if not timeout_ms:match("^%d+$") or #timeout_ms > 8 then
+      respond_error(handle, settings(handle), "invalid",
+        "x-request-timeout-ms must be a whole number of milliseconds (at most 8 digits; 0: no deadline)",
+        "x-request-timeout-ms")
+      return true
+    end
+    if tonumber(timeout_ms) > 0 then headers:add("grpc-timeout", timeout_ms .. "m") end
+  end
+  return false
+end
+
 function envoy_on_request(handle)
   local headers = handle:headers()
   -- Only the gateway may pick a model's route.
   headers:remove(MODEL_HEADER)
-  -- A REST caller's timeout becomes the gRPC deadline: the server stops the request when it passes and the
-  -- caller gets 504 with an OpenAI error body (DEADLINE_EXCEEDED below).
-  local timeout_ms = headers:get("x-request-timeout-ms")
-  headers:remove("grpc-timeout")
-  if timeout_ms ~= nil and timeout_ms:match("^%d+$") and #timeout_ms <= 8 then
-    headers:add("grpc-timeout", timeout_ms .. "m")
-  end
   local method = headers:get(":method")
+  if refused(handle, headers, method) then return end
   local path, query = headers:get(":path"):match("^([^?]*)(.*)$")
-  if models_request(handle, headers, method, path, query) then return end
+  if query ~= "" then headers:replace(":path", path) end
+  if models_request(handle, headers, method, path) then return end
   if method ~= "POST" or not ROUTED[path] then return end
   local config = settings(handle)
   if config == nil or config["models"] == nil then return end
@@ -178,6 +219,11 @@ function envoy_on_response(handle)
   headers:remove("grpc-status-details-bin")
   -- The server's retry pushback for gRPC callers; REST callers get the same as `retry-after`.
   headers:remove("grpc-retry-pushback-ms")
+  local local_status = headers:get(STATUS_HEADER)
+  if local_status ~= nil then
+    headers:remove(STATUS_HEADER)
+    headers:replace(":status", local_status)
+  end
   if err ~= nil then
     headers:remove("x-chatgen-error")
     headers:replace("content-type", "application/json")

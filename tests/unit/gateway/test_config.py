@@ -49,8 +49,14 @@ def test_filter_order_and_transcoder_options(tmp_path: Path) -> None:
     # The circuit breaker's overflow is matched first: it must become 429, not the generic 503 mapping.
     assert mappers[0]["filter"] == {"response_flag_filter": {"flags": ["UO"]}}
     assert mappers[0]["status_code"] == 429
-    statuses = [m["filter"]["status_code_filter"]["comparison"]["value"]["default_value"] for m in mappers[1:]]
-    assert statuses[:4] == [413, 400, 401, 404]
+    statuses = [m["filter"]["status_code_filter"]["comparison"]["value"]["default_value"] for m in mappers[1:-2]]
+    assert statuses == [413, 400, 401, 404, 431, 429, 500, 503, 504]
+    # Then any other 4xx is the client's fault, anything else Envoy's.
+    client, other = mappers[-2:]
+    bounds = [f["status_code_filter"]["comparison"] for f in client["filter"]["and_filter"]["filters"]]
+    assert [(b["op"], b["value"]["default_value"]) for b in bounds] == [("GE", 400), ("LE", 499)]
+    assert client["body_format_override"]["json_format"]["error"]["type"] == "invalid_request_error"
+    assert other["body_format_override"]["json_format"]["error"]["type"] == "server_error"
 
 
 def test_limits_reach_envoy(tmp_path: Path) -> None:

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from chatgen.chat.validation import values
+from chatgen.chat.validation.schemas import Grammar
 from chatgen.engine.base import SamplingOptions
-from chatgen.errors import ApiError, Failure, invalid, unsupported
+from chatgen.errors import ApiError, Failure, invalid, shown, unsupported
 from chatgen.v1 import chatgen_pb2 as pb
 
 # OpenAI's limits.
@@ -76,6 +77,8 @@ class SamplingPlan:
     # None: as many as the context leaves room for once the prompt is known.
     max_tokens: int | None
     fields: dict[str, Any]
+    # The schema decoding is held to (also fields["json_schema"]), with the request field it came from.
+    grammar: Grammar | None = None
 
     def to_options(self, room: int) -> SamplingOptions:
         """The engine's options, given the room the prompt leaves in the context."""
@@ -88,7 +91,7 @@ def check_model(request: Any, model: ServedModel) -> None:
     if request.model != model.name:
         raise ApiError(
             Failure.MODEL_NOT_FOUND,
-            f"The model '{request.model}' does not exist; this server serves '{model.name}'",
+            f"The model {shown(request.model)} does not exist; this server serves '{model.name}'",
             "model",
         )
 
@@ -135,9 +138,9 @@ def sampling_plan(
     model: ServedModel,
     max_tokens: int | None,
     logprobs: int | None,
-    json_schema: str | None,
+    grammar: Grammar | None,
 ) -> SamplingPlan:
-    """The sampling a request asks for, every value checked; `logprobs` and `json_schema` come checked already."""
+    """The sampling a request asks for, every value checked; `logprobs` and `grammar` come checked already."""
     fields: dict[str, Any] = {}
     for name in SCALAR_FIELDS:
         if not request.HasField(name):
@@ -154,5 +157,5 @@ def sampling_plan(
             raise invalid(f"stop_token_ids has {token}, which is negative", "stop_token_ids")
     fields["logit_bias"] = values.logit_bias(request.logit_bias)
     fields["logprobs"] = logprobs
-    fields["json_schema"] = json_schema
-    return SamplingPlan(n=_choices(request, model), max_tokens=_max_tokens(max_tokens), fields=fields)
+    fields["json_schema"] = grammar.schema if grammar is not None else None
+    return SamplingPlan(n=_choices(request, model), max_tokens=_max_tokens(max_tokens), fields=fields, grammar=grammar)

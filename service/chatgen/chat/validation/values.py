@@ -3,13 +3,13 @@ returns the one typed value the rest of the service uses, or raises the error th
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2
 from google.protobuf.message import Message as ProtoMessage
 
-from chatgen.errors import invalid
+from chatgen.chat.validation.schemas import Grammar, checked_grammar
+from chatgen.errors import invalid, shown
 
 
 def as_python(message: ProtoMessage) -> Any:
@@ -118,7 +118,7 @@ def logit_bias(bias: Any) -> tuple[tuple[int, float], ...]:
         try:
             token = int(key)
         except ValueError:
-            raise invalid(f"logit_bias keys must be token ids, got {key!r}", "logit_bias") from None
+            raise invalid(f"logit_bias keys must be token ids, got {shown(key)}", "logit_bias") from None
         if token < 0:
             raise invalid(f"logit_bias has token id {token}, which is negative", "logit_bias")
         if not -100.0 <= value <= 100.0:
@@ -131,26 +131,20 @@ def logit_bias(bias: Any) -> tuple[tuple[int, float], ...]:
 JSON_OBJECT_SCHEMA = '{"type": "object"}'
 
 
-def response_format_schema(request: Any) -> str | None:
-    """response_format -> the JSON Schema (text) to enforce, or None for free text."""
+def response_format_schema(request: Any) -> Grammar | None:
+    """response_format -> the JSON Schema to enforce, or None for free text."""
     if not request.HasField("response_format"):
         return None
     fmt = request.response_format
     if fmt.type in ("", "text"):
         return None
     if fmt.type == "json_object":
-        return JSON_OBJECT_SCHEMA
+        return Grammar(JSON_OBJECT_SCHEMA, "response_format")
     if fmt.type != "json_schema":
         raise invalid(
-            f"response_format.type must be text, json_object or json_schema, got {fmt.type!r}", "response_format.type"
+            f"response_format.type must be text, json_object or json_schema, got {shown(fmt.type)}",
+            "response_format.type",
         )
     if not fmt.HasField("json_schema") or not fmt.json_schema.HasField("schema"):
         raise invalid("response_format json_schema needs json_schema.schema", "response_format.json_schema.schema")
-    schema = as_python(fmt.json_schema.schema)
-    import jsonschema
-
-    try:
-        jsonschema.validators.validator_for(schema).check_schema(schema)
-    except jsonschema.SchemaError as exc:
-        raise invalid(f"invalid JSON schema: {exc.message}", "response_format.json_schema.schema") from None
-    return json.dumps(schema)
+    return checked_grammar(as_python(fmt.json_schema.schema), "response_format.json_schema.schema")
