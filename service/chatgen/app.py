@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from chatgen.chat.admission import Admission, AdmissionLimits
+from chatgen.chat.grammar import GrammarCheck
 from chatgen.chat.parsing import load_parser_class
 from chatgen.engine import Engine, EngineError
 from chatgen.engine.factory import ModelChoice, SimulatorTiming, create_engine
@@ -55,6 +56,8 @@ class ServeSettings:
     tls: TlsFiles | None = None
     shutdown_grace: float = 30.0
     log_requests: bool = True
+    # Compile limit per new decoding schema (chat.grammar); 0: none.
+    max_grammar_seconds: float = 5.0
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -100,8 +103,21 @@ async def _start_engine(settings: EngineSettings, limits: AdmissionLimits) -> En
     return engine
 
 
+def grammar_check(settings: ServeSettings, engine: Engine) -> GrammarCheck | None:
+    """The compile check for decoding schemas, on the engines that decode under them (not the token simulator)."""
+    if settings.max_grammar_seconds <= 0 or engine.name not in ("vllm", "hf"):
+        return None
+    check = GrammarCheck(engine.model.path, settings.max_grammar_seconds)
+    check.start()
+    return check
+
+
 async def _start_server(
-    settings: ServeSettings, engine: Engine, admission: Admission, metrics: Metrics | None
+    settings: ServeSettings,
+    engine: Engine,
+    admission: Admission,
+    metrics: Metrics | None,
+    grammars: GrammarCheck | None,
 ) -> GrpcServer:
     parser_cls = load_parser_class(settings.reasoning_parser, settings.tool_call_parser, engine.tokenizer)
     server = GrpcServer(
@@ -117,6 +133,7 @@ async def _start_server(
         max_message_bytes=settings.max_request_bytes,
         credentials=settings.tls.server_credentials() if settings.tls is not None else None,
         log_requests=settings.log_requests,
+        grammars=grammars,
     )
     await server.start()
     if settings.tls is None:
@@ -130,6 +147,7 @@ async def serve(settings: ServeSettings) -> int:
     engine = await _start_engine(settings.engine, settings.limits)
     server: GrpcServer | None = None
     envoy: EnvoyProcess | None = None
+    grammars = grammar_check(settings, engine)
     work_dir = settings.gateway.work_dir if settings.gateway is not None else default_work_dir()
     # Envoy's rendered config goes there; a directory this process made is removed when it exits.
     made_work_dir = not work_dir.exists()
@@ -139,7 +157,7 @@ async def serve(settings: ServeSettings) -> int:
         if metrics is not None:
             metrics.watch(admission)
             metrics.serve(settings.host, settings.metrics_port)
-        server = await _start_server(settings, engine, admission, metrics)
+        server = await _start_server(settings, engine, admission, metrics, grammars)
         if settings.gateway is not None:
             envoy = EnvoyProcess(replace(settings.gateway, grpc_port=server.port))
             envoy.start()
@@ -153,6 +171,8 @@ async def serve(settings: ServeSettings) -> int:
             await server.stop(0)
         if envoy is not None:
             envoy.stop()
+        if grammars is not None:
+            grammars.close()
         if made_work_dir:
             shutil.rmtree(work_dir, ignore_errors=True)
         await engine.shutdown()

@@ -9,6 +9,7 @@ from grpc_reflection.v1alpha import reflection
 from chatgen.chat.abilities import model_abilities
 from chatgen.chat.admission import Admission
 from chatgen.chat.api import ChatApi
+from chatgen.chat.grammar import GrammarCheck
 from chatgen.chat.validation import MAX_N, ServedModel
 from chatgen.engine import Engine
 from chatgen.metrics import Metrics
@@ -48,6 +49,7 @@ class GrpcServer:
         max_message_bytes: int = 16 * 1024 * 1024,
         credentials: grpc.ServerCredentials | None = None,
         log_requests: bool = True,
+        grammars: GrammarCheck | None = None,
     ) -> None:
         self.engine = engine
         self.server = grpc.aio.server(
@@ -72,7 +74,7 @@ class GrpcServer:
             tool_parser=tool_calls,
             max_choices=min(MAX_N, admission.limits.max_running) if admission is not None else MAX_N,
         )
-        api = ChatApi(engine, served, parser_cls, admission=admission, observer=metrics)
+        api = ChatApi(engine, served, parser_cls, admission=admission, observer=metrics, grammars=grammars)
         pb_grpc.add_ChatServiceServicer_to_server(ChatServicer(api), self.server)
         pb_grpc.add_GenerateServiceServicer_to_server(GenerateServicer(api), self.server)
         abilities = model_abilities(engine.tokenizer, reasoning_parser=reasoning, tool_parser=tool_calls)

@@ -16,7 +16,7 @@ from google.protobuf import struct_pb2
 
 from chatgen.v1 import chatgen_pb2 as pb
 from chatgen.v1 import chatgen_pb2_grpc as pb_grpc
-from tests.conftest import MODEL_NAME, Service
+from tests.conftest import MODEL_NAME, Service, running_service
 from tests.support.error_rows import check_row
 
 pytestmark = pytest.mark.integration
@@ -186,6 +186,19 @@ def test_grammar_bombs_are_400_before_anything_compiles(service: Service, name: 
         error = error_of(http.post(CHAT, json=chat(tools=tools, tool_choice="required")), 400)
         assert error["param"] == "tools[0].function.parameters", error
         check_row("bad-tools", error)
+
+
+def test_a_schema_slow_to_compile_is_400_within_the_limit() -> None:
+    """Within the static bounds but over --max-grammar-seconds to compile (here 0.05 s; minLength 100 takes ≈ 0.5 s):
+    a 400 naming the field, the server serving on; a schema that compiles in time is served."""
+    slow = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "string", "minLength": 100}}}
+    quick = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}
+    with running_service("hf", "--max-grammar-seconds", "0.05") as service:
+        with httpx.Client(base_url=service.http_base, timeout=30) as http:
+            error = error_of(http.post(CHAT, json=chat(response_format=slow)), 400)
+            assert error["param"] == "response_format.json_schema.schema" and "0.05 s" in str(error["message"])
+            response = http.post(CHAT, json=chat(response_format=quick, max_tokens=5))
+            assert response.status_code == 200, response.text
 
 
 def test_http_1_0_is_426_a_client_error(service: Service) -> None:

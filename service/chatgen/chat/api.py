@@ -17,6 +17,7 @@ from typing import Any
 
 from chatgen.chat import accounting
 from chatgen.chat.admission import Admission
+from chatgen.chat.grammar import GrammarCheck
 from chatgen.chat.job import EngineObserver, Job, JobRunner
 from chatgen.chat.parsing import OutputParser
 from chatgen.chat.prompts import render_chat, render_completion
@@ -42,6 +43,7 @@ class ChatApi:
         parser_cls: type | None = None,
         admission: Admission | None = None,
         observer: EngineObserver | None = None,
+        grammars: GrammarCheck | None = None,
     ) -> None:
         self._engine = engine
         self.served = served
@@ -49,6 +51,8 @@ class ChatApi:
         self._parser_cls = parser_cls
         self._admission = admission
         self._runner = JobRunner(engine, observer)
+        # Decoding schemas are compiled here first, within a time limit (None: the engine compiles them as sent).
+        self._grammars = grammars
         # The chat template and the tokenizer run on a thread of their own, as in vLLM's own renderer: the Rust
         # tokenizer takes ≈ 6 µs a token here (a 16k-token prompt: 100 ms), which on the event loop would stall
         # every stream the process serves. One thread: prompts are rendered in order, and the tokenizer is never
@@ -97,6 +101,7 @@ class ChatApi:
     async def _chat_job(self, plan: ChatPlan) -> Job:
         ids = await self._render(render_chat, self._engine.tokenizer, plan)
         job = self._job("chatcmpl-", plan.request_id, ids, plan.sampling, "messages")
+        await self._check_grammar(plan.sampling)
         job.max_tool_calls = plan.max_tool_calls
         if plan.forced is not None:
             # Each choice gets its own call ids.
@@ -109,11 +114,16 @@ class ChatApi:
     async def _completion_job(self, plan: CompletionPlan) -> Job:
         ids = await self._render(render_completion, self._engine.tokenizer, plan.prompt)
         job = self._job("cmpl-", plan.request_id, ids, plan.sampling, "prompt")
+        await self._check_grammar(plan.sampling)
         if plan.echo:
             job.echo = plan.prompt
             # Echoed text gets logprobs too, as in vLLM: the prompt's tokens are scored as well.
             job.options = replace(job.options, prompt_logprobs=job.options.logprobs)
         return job
+
+    async def _check_grammar(self, sampling: SamplingPlan) -> None:
+        if sampling.grammar is not None and self._grammars is not None:
+            await self._grammars.check(sampling.grammar)
 
     def _job(self, prefix: str, request_id: str | None, ids: list[int], sampling: SamplingPlan, param: str) -> Job:
         """The checks that need the model: the prompt and max_tokens against the context, token ids against the

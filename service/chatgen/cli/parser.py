@@ -199,6 +199,14 @@ def _load_args(command: argparse.ArgumentParser) -> None:
         help="largest request body (REST: 413) or message (gRPC: RESOURCE_EXHAUSTED)",
     )
     load.add_argument(
+        "--max-grammar-seconds",
+        metavar="SECONDS",
+        type=float,
+        default=5.0,
+        help="longest a new response_format / forced-tool schema may take to compile into a grammar (checked in "
+        "a worker process before the engine gets it; longer: 400); 0: no check",
+    )
+    load.add_argument(
         "--max-connections", metavar="N", type=int, default=4096, help="REST client connections Envoy accepts"
     )
 

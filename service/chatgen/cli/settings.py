@@ -81,6 +81,7 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
         tls=tls,
         shutdown_grace=args.shutdown_grace,
         log_requests=not args.no_request_log,
+        max_grammar_seconds=args.max_grammar_seconds,
     )
 
 

@@ -1,0 +1,74 @@
+"""chat.grammar: new decoding schemas compile in a worker process within a time limit; one too slow is a 400
+naming its field and its compile is stopped (the worker is killed), as is one whose caller goes away."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from chatgen.chat.grammar import GrammarCheck
+from chatgen.chat.validation.schemas import Grammar
+from chatgen.errors import ApiError, Failure
+
+PARAM = "response_format.json_schema.schema"
+SMALL = Grammar(json.dumps({"type": "object", "properties": {"a": {"type": "integer"}}}), PARAM)
+# Within the static bounds, and ≈ 0.5 s to compile on the embedded model's vocabulary.
+SLOW = Grammar(json.dumps({"type": "string", "minLength": 100}), PARAM)
+
+
+@pytest.fixture
+async def check(model_dir: Path) -> AsyncIterator[GrammarCheck]:
+    grammars = GrammarCheck(str(model_dir), seconds=60)
+    grammars.start()
+    await grammars.check(SMALL)  # the worker has loaded the tokenizer
+    yield grammars
+    grammars.close()
+
+
+async def test_a_schema_that_compiles_passes_and_is_remembered(check: GrammarCheck) -> None:
+    worker = check._worker
+    check.close()  # a remembered schema needs no worker
+    await check.check(SMALL)
+    assert worker is not None and not worker.process.is_alive() and check._worker is None
+
+
+async def test_a_schema_over_the_time_limit_is_400_and_its_compile_stops(check: GrammarCheck) -> None:
+    worker = check._worker
+    assert worker is not None
+    check.seconds = 0.05
+    with pytest.raises(ApiError) as info:
+        await check.check(SLOW)
+    assert (info.value.failure, info.value.param) == (Failure.INVALID_REQUEST, PARAM)
+    assert "0.05 s" in info.value.message
+    assert not worker.process.is_alive()
+    # Remembered: the same schema is refused at once, without a worker.
+    with pytest.raises(ApiError):
+        await check.check(SLOW)
+    assert check._worker is None
+
+
+async def test_a_caller_that_goes_away_stops_the_compile(check: GrammarCheck) -> None:
+    worker = check._worker
+    assert worker is not None
+    task = asyncio.ensure_future(check.check(SLOW))
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not worker.process.is_alive()
+    # A new worker serves the next schema, which compiles as before.
+    check.seconds = 60
+    await check.check(SLOW)
+    assert check._worker is not None and check._worker.process.is_alive()
+
+
+async def test_a_schema_the_compiler_rejects_is_400_with_its_reason(check: GrammarCheck) -> None:
+    bad = Grammar(json.dumps({"type": "object", "$ref": "#/$defs/missing"}), "tools[0].function.parameters")
+    with pytest.raises(ApiError) as info:
+        await check.check(bad)
+    assert info.value.param == "tools[0].function.parameters"
+    assert "cannot be used for decoding" in info.value.message
