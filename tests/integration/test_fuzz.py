@@ -74,6 +74,16 @@ max_tokens = st.one_of(
 )
 
 
+def _ascii(text: str) -> str:
+    return "".join(c if c.isascii() and c.isprintable() else "x" for c in text)
+
+
+def _calls_on_assistant_turns(message: dict[str, Any]) -> dict[str, Any]:
+    if message["role"] == "assistant":
+        return message
+    return {k: v for k, v in message.items() if k != "tool_calls"}
+
+
 def requests(odd: bool) -> tuple[st.SearchStrategy[dict[str, Any]], st.SearchStrategy[dict[str, Any]]]:
     """Chat and completion bodies. odd: any field may hold anything at all (mostly rejected by type checks);
     otherwise fields hold values of the right type, in range or not, so more requests reach the model."""
@@ -135,6 +145,10 @@ def requests(odd: bool) -> tuple[st.SearchStrategy[dict[str, Any]], st.SearchStr
             "reasoning_content": odd_or(text(max_size=20)),
         },
     )
+    if not odd:
+        # Typed: tool calls only on assistant turns (elsewhere a 400 the odd bodies still send), so that a fair
+        # share of bodies reaches the model.
+        message = message.map(_calls_on_assistant_turns)
     tool = st.fixed_dictionaries(
         {
             "type": odd_or(st.just("function")),
@@ -158,7 +172,8 @@ def requests(odd: bool) -> tuple[st.SearchStrategy[dict[str, Any]], st.SearchStr
         "logit_bias": odd_or(st.dictionaries(st.integers(-5, 60000).map(str), numbers, max_size=3)),
         "stop_token_ids": odd_or(st.lists(st.integers(-5, 2**31), max_size=3)),
         "skip_special_tokens": odd_or(st.booleans()),
-        "request_id": odd_or(text(max_size=20)),
+        # Typed: printable ASCII, as request ids must be (anything else is a 400, which odd bodies still send).
+        "request_id": odd_or(text(max_size=20)) if odd else text(max_size=20).map(_ascii),
         "user": odd_or(text(max_size=10)),
         "stream": st.booleans(),
         "stream_options": odd_or(st.fixed_dictionaries({"include_usage": st.booleans()})),
