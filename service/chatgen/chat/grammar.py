@@ -142,6 +142,12 @@ class GrammarCheck:
         except TimeoutError:
             self._stop(worker)
             return f"its grammar takes over {self.seconds:g} s to compile; simplify the schema"
+        except (EOFError, OSError):
+            # The worker died compiling it (the compiler is native code): this schema's doing, and now nobody
+            # else's problem; a new worker serves the next one.
+            self._stop(worker)
+            log.warning("the grammar worker died compiling a schema (exit code %s)", worker.process.exitcode)
+            return "the grammar compiler failed on it"
         except BaseException:
             # Cancelled (the caller left, or its deadline passed) or the worker broke: the compile stops with it.
             self._stop(worker)

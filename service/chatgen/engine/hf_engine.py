@@ -221,7 +221,7 @@ class HfEngine(Engine):
 
     def _stop_ids(self, o: SamplingOptions) -> set[int]:
         """Token ids that end generation: EOS (unless ignore_eos) and the request's stop_token_ids."""
-        return (set() if o.ignore_eos else self._eos_ids()) | set(o.stop_token_ids)
+        return (set() if _eos_ignored(o) else self._eos_ids()) | set(o.stop_token_ids)
 
     def _eos_ids(self) -> set[int]:
         ids = self._model.generation_config.eos_token_id
@@ -315,9 +315,15 @@ def _generate_kwargs(o: SamplingOptions) -> dict[str, Any]:
         kwargs.update(do_sample=True, temperature=o.temperature, top_p=o.top_p, top_k=max(o.top_k, 0))
         if o.min_p:
             kwargs["min_p"] = o.min_p
-    if o.ignore_eos:
+    if _eos_ignored(o):
         kwargs["min_new_tokens"] = o.max_tokens
     return kwargs
+
+
+def _eos_ignored(o: SamplingOptions) -> bool:
+    """ignore_eos, except under a schema: once the output is complete the grammar allows only EOS, and banning it
+    too leaves no token at all (sampling fails on an all -inf row). vLLM ends such a request there as well."""
+    return o.ignore_eos and not o.json_schema
 
 
 class _LogitBias:

@@ -72,3 +72,17 @@ async def test_a_schema_the_compiler_rejects_is_400_with_its_reason(check: Gramm
         await check.check(bad)
     assert info.value.param == "tools[0].function.parameters"
     assert "cannot be used for decoding" in info.value.message
+
+
+async def test_a_worker_that_dies_compiling_is_a_400_and_the_next_schema_gets_a_new_one(check: GrammarCheck) -> None:
+    """The compiler is native code: a schema that kills it is refused, and the server's other schemas go on."""
+    worker = check._worker
+    assert worker is not None
+    task = asyncio.ensure_future(check.check(SLOW))
+    await asyncio.sleep(0.1)
+    worker.process.kill()  # as a crash in the compiler would end it
+    with pytest.raises(ApiError) as info:
+        await task
+    assert info.value.param == PARAM and "compiler failed" in info.value.message
+    await check.check(Grammar(json.dumps({"type": "array"}), PARAM))
+    assert check._worker is not None and check._worker is not worker
