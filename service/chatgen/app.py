@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from chatgen import reaper
 from chatgen.chat.admission import Admission, AdmissionLimits
 from chatgen.chat.grammar import GrammarCheck
 from chatgen.chat.parsing import load_parser_class
@@ -27,6 +28,9 @@ from chatgen.server import GrpcServer
 from chatgen.tls import TlsFiles
 
 log = logging.getLogger("chatgen")
+
+# After the drain: how long requests still running get to send their error before the server stops.
+REVOKE_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,8 @@ class ServeSettings:
     log_requests: bool = True
     # Compile limit per new decoding schema (chat.grammar); 0: none.
     max_grammar_seconds: float = 5.0
+    # Longest one stream chunk may wait on a caller that does not read; 0: none.
+    write_timeout: float = 30.0
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -134,6 +140,7 @@ async def _start_server(
         credentials=settings.tls.server_credentials() if settings.tls is not None else None,
         log_requests=settings.log_requests,
         grammars=grammars,
+        write_timeout=settings.write_timeout,
     )
     await server.start()
     if settings.tls is None:
@@ -144,6 +151,8 @@ async def _start_server(
 
 
 async def serve(settings: ServeSettings) -> int:
+    # Orphans of a dead engine core are re-parented here, and ended with the rest at exit.
+    reaper.become_subreaper()
     engine = await _start_engine(settings.engine, settings.limits)
     server: GrpcServer | None = None
     envoy: EnvoyProcess | None = None
@@ -179,16 +188,24 @@ async def serve(settings: ServeSettings) -> int:
         # Frozen objects are never collected, not even at exit, where native extensions (triton's nanobind) then
         # report them as leaks.
         gc.unfreeze()
+        ended = await asyncio.get_running_loop().run_in_executor(None, reaper.end_descendants)
+        if ended:
+            _note(f"ended {len(ended)} processes left behind (pids {', '.join(map(str, ended))})")
 
 
-async def _watch_engine(engine: Engine, interval: float = 1.0) -> str:
-    """Return (with the reason) once the engine can no longer serve."""
+async def _watch_engine(engine: Engine, server: GrpcServer, interval: float = 1.0) -> str:
+    """Return (with the reason) once the engine can no longer serve: a call found it dead, or its health check
+    failed."""
     while True:
+        try:
+            await asyncio.wait_for(server.engine_failed.wait(), interval)
+            return server.engine_failure
+        except TimeoutError:
+            pass
         try:
             await engine.check_health()
         except EngineError as exc:
             return str(exc)
-        await asyncio.sleep(interval)
 
 
 def _ready_line(settings: ServeSettings, engine: Engine, server: GrpcServer) -> str:
@@ -213,7 +230,7 @@ async def _run_until_stopped(
         loop.add_signal_handler(sig, signals.put_nowait, sig)
     print(_ready_line(settings, engine, server), flush=True)
     signalled = asyncio.ensure_future(signals.get())
-    engine_died = asyncio.ensure_future(_watch_engine(engine))
+    engine_died = asyncio.ensure_future(_watch_engine(engine, server))
     envoy_exited = asyncio.ensure_future(envoy.wait_exit() if envoy is not None else asyncio.Event().wait())
     waits = [signalled, engine_died, envoy_exited]
     try:
@@ -239,7 +256,7 @@ async def _drain(
     server: GrpcServer, admission: Admission, signals: asyncio.Queue[int], reason: str, grace: float, code: int
 ) -> int:
     """Probes see NOT_SERVING, new requests get UNAVAILABLE / 503, admitted ones may finish within `grace`
-    (a second signal ends the wait)."""
+    (a second signal ends the wait). Those still running then end with an error of their own."""
     admission.drain(reason)
     await server.set_serving(False)
     _note(f"draining: {admission.running} running, {admission.waiting} waiting (up to {grace:g} s)")
@@ -247,9 +264,13 @@ async def _drain(
     idle = asyncio.ensure_future(admission.idle())
     done, _ = await asyncio.wait([second, idle], timeout=grace, return_when=asyncio.FIRST_COMPLETED)
     second.cancel()
-    idle.cancel()
     if idle not in done:
         log.warning("stopping with %d requests still running", admission.running + admission.waiting)
+        # Each gets UNAVAILABLE (a REST stream its error event and [DONE]) before the server stops, which would
+        # cut them with no word of why.
+        await server.api.revoke(reason)
+        await asyncio.wait([idle], timeout=REVOKE_SECONDS)
+    idle.cancel()
     return code
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -34,6 +36,17 @@ LIVENESS = "liveness"
 MAX_METADATA_BYTES = 32 * 1024
 
 
+def _served_model(engine: Engine, tool_calls: bool, admission: Admission | None) -> ServedModel:
+    return ServedModel(
+        name=engine.model.name,
+        engine=engine.name,
+        logprobs=engine.supports_logprobs,
+        chat_template=bool(getattr(engine.tokenizer, "chat_template", None)),
+        tool_parser=tool_calls,
+        max_choices=min(MAX_N, admission.limits.max_running) if admission is not None else MAX_N,
+    )
+
+
 class GrpcServer:
     def __init__(
         self,
@@ -50,6 +63,7 @@ class GrpcServer:
         credentials: grpc.ServerCredentials | None = None,
         log_requests: bool = True,
         grammars: GrammarCheck | None = None,
+        write_timeout: float = 0.0,
     ) -> None:
         self.engine = engine
         self.server = grpc.aio.server(
@@ -66,17 +80,21 @@ class GrpcServer:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        served = ServedModel(
-            name=engine.model.name,
-            engine=engine.name,
-            logprobs=engine.supports_logprobs,
-            chat_template=bool(getattr(engine.tokenizer, "chat_template", None)),
-            tool_parser=tool_calls,
-            max_choices=min(MAX_N, admission.limits.max_running) if admission is not None else MAX_N,
+        self.admission = admission
+        # Set (with its reason) when a call found the engine dead: the process then drains and exits.
+        self.engine_failed = asyncio.Event()
+        self.engine_failure = ""
+        self.api = ChatApi(
+            engine,
+            _served_model(engine, tool_calls, admission),
+            parser_cls,
+            admission=admission,
+            observer=metrics,
+            grammars=grammars,
+            on_engine_failure=self._engine_died,
         )
-        api = ChatApi(engine, served, parser_cls, admission=admission, observer=metrics, grammars=grammars)
-        pb_grpc.add_ChatServiceServicer_to_server(ChatServicer(api), self.server)
-        pb_grpc.add_GenerateServiceServicer_to_server(GenerateServicer(api), self.server)
+        pb_grpc.add_ChatServiceServicer_to_server(ChatServicer(self.api, write_timeout), self.server)
+        pb_grpc.add_GenerateServiceServicer_to_server(GenerateServicer(self.api, write_timeout), self.server)
         abilities = model_abilities(engine.tokenizer, reasoning_parser=reasoning, tool_parser=tool_calls)
         pb_grpc.add_ModelsServiceServicer_to_server(ModelsServicer([model_card(engine.model, abilities)]), self.server)
         self.health = health.aio.HealthServicer()
@@ -99,6 +117,16 @@ class GrpcServer:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ["", *SERVICE_NAMES]:
             await self.health.set(name, status)
+
+    async def _engine_died(self, reason: str) -> None:
+        """A call found the engine dead: out of rotation and no new work before that call's caller hears of it."""
+        if self.engine_failed.is_set():
+            return
+        self.engine_failure = reason
+        self.engine_failed.set()
+        if self.admission is not None:
+            self.admission.drain(f"The engine failed and this server is restarting: {reason}")
+        await self.set_serving(False)
 
     async def stop(self, grace: float | None) -> None:
         await self.set_serving(False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import grpc
@@ -11,7 +12,8 @@ import pytest
 
 from chatgen.client import convert
 from chatgen.v1 import chatgen_pb2_grpc as pb_grpc
-from tests.conftest import MODEL_NAME, Service
+from tests.conftest import MODEL_NAME, TEST_ENGINES, Service, running_service
+from tests.support.error_rows import check_row
 
 pytestmark = pytest.mark.integration
 
@@ -98,3 +100,63 @@ def test_grpc_deadline_aborts_the_engine_request(service: Service) -> None:
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert wait_idle(service) == 0
     assert service.metric("chatgen_requests_aborted_total") - aborted_before == 1
+
+
+async def wait_metric(service: Service, name: str, value: float, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while service.metric(name) != value:
+        assert time.monotonic() < deadline, f"{name} stayed at {service.metric(name)}, not {value}"
+        await asyncio.sleep(0.05)
+
+
+async def test_callers_that_leave_while_waiting_for_admission_never_reach_the_engine() -> None:
+    """One slot, held by a long stream; 5 gRPC and 5 REST callers wait behind it and leave (cancel, closed
+    connection) before it frees: none of them ever starts an engine request, and the queue empties."""
+    with running_service(TEST_ENGINES[-1], "--max-running", "1", "--max-waiting", "16") as svc:
+        started_before = svc.metric("chatgen_engine_requests_total")
+        async with (
+            grpc.aio.insecure_channel(svc.grpc_address) as channel,
+            httpx.AsyncClient(base_url=svc.http_base, timeout=120, limits=httpx.Limits(max_connections=20)) as http,
+        ):
+            stub = pb_grpc.ChatServiceStub(channel)
+            holder = stub.StreamChatCompletion(convert.chat_request(MODEL_NAME, LONG, PARAMS))
+            await anext(aiter(holder))
+            body = {"model": MODEL_NAME, "messages": LONG, "stream": True, **PARAMS}
+            waiting = [stub.StreamChatCompletion(convert.chat_request(MODEL_NAME, LONG, PARAMS)) for _ in range(5)]
+            rest = [asyncio.ensure_future(http.post("/v1/chat/completions", json=body)) for _ in range(5)]
+            await wait_metric(svc, "chatgen_waiting_slots", 10)
+            for call in waiting:
+                call.cancel()
+            for request in rest:
+                request.cancel()  # closes its connection
+            await wait_metric(svc, "chatgen_waiting_slots", 0)
+            assert svc.metric("chatgen_engine_requests_total") - started_before == 1  # the holder only
+            holder.cancel()
+        await wait_metric(svc, "chatgen_engine_running_requests", 0)
+        assert svc.metric("chatgen_engine_requests_total") - started_before == 1
+        assert svc.metric("chatgen_requests_aborted_total") == 1
+
+
+async def test_a_grpc_caller_that_stops_reading_loses_its_stream_and_frees_its_slot() -> None:
+    """A caller that reads nothing more (no BDP probing, so its window stays at grpc's 64 KiB): once a chunk has
+    waited --write-timeout for room, the call ends and its engine request is aborted, though the caller never
+    reads again. When it does read, it gets what was sent, then DEADLINE_EXCEEDED."""
+    with running_service(TEST_ENGINES[0], "--write-timeout", "2") as svc:
+        options = [("grpc.http2.bdp_probe", 0)]
+        async with grpc.aio.insecure_channel(svc.grpc_address, options=options) as channel:
+            call = pb_grpc.ChatServiceStub(channel).StreamChatCompletion(
+                convert.chat_request(MODEL_NAME, LONG, {**PARAMS, "max_tokens": 1900})
+            )
+            await call.read()
+            await wait_metric(svc, "chatgen_requests_aborted_total", 1, timeout=240)
+            assert svc.metric("chatgen_engine_running_requests") == 0
+            read = 0
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                while await asyncio.wait_for(call.read(), 30) is not grpc.aio.EOF:
+                    read += 1
+        assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "read nothing for 2 s" in (info.value.details() or "")
+        check_row("slow-reader", json.loads(dict(info.value.trailing_metadata() or ())["x-chatgen-error"])["error"])
+        # What a 64 KiB window holds, far from the 1,900 tokens asked for.
+        assert 100 < read < 1500, read
+        assert any("read nothing for 2 s" in line for line in svc.log)

@@ -119,6 +119,7 @@ COVERED_ELSEWHERE: dict[str, str] = {
     "overloaded": "test_limits.py",
     "draining": "test_lifecycle.py",
     "engine-down": "test_lifecycle.py",
+    "slow-reader": "test_cancellation.py",
     "headers-too-large": "test_hostile_input.py",
     "bad-media-type": "test_hostile_input.py",
     "bad-timeout": "test_hostile_input.py",

@@ -131,6 +131,15 @@ def engine_core(pid: int) -> psutil.Process:
     raise AssertionError("no vLLM EngineCore process under chatgen serve")
 
 
+def alive(pid: int, created: float) -> bool:
+    """Whether the process `pid` that started at `created` still runs (a pid can be reused)."""
+    try:
+        proc = psutil.Process(pid)
+        return proc.create_time() == created and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 @pytest.mark.skipif("vllm" not in TEST_ENGINES, reason="only vLLM runs its engine in a separate process")
 async def test_a_dead_engine_fails_requests_with_unavailable_and_the_process_exits() -> None:
     with running_service("vllm") as svc:
@@ -142,12 +151,20 @@ async def test_a_dead_engine_fails_requests_with_unavailable_and_the_process_exi
             rest = asyncio.ensure_future(rest_stream(http, 1500, flags[0]))
             over_grpc = asyncio.ensure_future(grpc_stream(channel, 1500, flags[1]))
             await asyncio.wait_for(asyncio.gather(*(f.wait() for f in flags)), 120)
+            # Every process chatgen started (engine core, its worker, resource trackers, Envoy, the grammar
+            # worker): none may outlive it.
+            started = {p.pid: p.create_time() for p in psutil.Process(svc.process.pid).children(recursive=True)}
+            assert len(started) >= 3, started
 
+            killed_at = time.monotonic()
             engine_core(svc.process.pid).kill()
 
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await asyncio.wait_for(over_grpc, 30)
+            failed_after = time.monotonic() - killed_at
             assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+            # Out of rotation before the first caller heard of the failure.
+            assert await health(channel) == health_pb2.HealthCheckResponse.NOT_SERVING
             events = await asyncio.wait_for(rest, 30)
             assert events[-1] == "[DONE]"
             check_row("engine-down", json.loads(events[-2])["error"])
@@ -159,4 +176,62 @@ async def test_a_dead_engine_fails_requests_with_unavailable_and_the_process_exi
                 )
             assert info.value.code() is grpc.StatusCode.UNAVAILABLE
         assert await wait_exit(svc, 60) == 1
+        exited_after = time.monotonic() - killed_at
         assert any("engine failed" in line for line in svc.log)
+        survivors = [pid for pid, created in started.items() if alive(pid, created)]
+        assert not survivors, [psutil.Process(pid).cmdline() for pid in survivors]
+        print(
+            f"engine core killed: calls failed after {failed_after:.1f} s, chatgen exited 1 after {exited_after:.1f} s"
+        )
+
+
+@pytest.mark.parametrize("engine", TEST_ENGINES)
+async def test_streams_still_running_when_the_grace_period_ends_get_an_error(engine: str) -> None:
+    """SIGTERM with a 1 s grace period and streams far from done: each ends with UNAVAILABLE and the error JSON
+    (gRPC) or an error event and [DONE] (REST), not a cut connection; the process exits 0."""
+    with running_service(engine, "--shutdown-grace", "1") as svc:
+        async with (
+            grpc.aio.insecure_channel(svc.grpc_address) as channel,
+            httpx.AsyncClient(base_url=svc.http_base, timeout=180) as http,
+        ):
+            flags = [asyncio.Event(), asyncio.Event()]
+            rest = asyncio.ensure_future(rest_stream(http, 1500, flags[0]))
+            over_grpc = asyncio.ensure_future(grpc_stream(channel, 1500, flags[1]))
+            await asyncio.wait_for(asyncio.gather(*(f.wait() for f in flags)), 120)
+            signalled_at = time.monotonic()
+            svc.process.send_signal(signal.SIGTERM)
+
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await asyncio.wait_for(over_grpc, 30)
+            assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+            trailers = dict(info.value.trailing_metadata() or ())
+            check_row("draining", json.loads(trailers["x-chatgen-error"])["error"])
+            events = await asyncio.wait_for(rest, 30)
+        assert events[-1] == "[DONE]"
+        error = json.loads(events[-2])["error"]
+        check_row("draining", error)
+        assert "shutting down" in error["message"]
+        assert all("error" not in json.loads(e) for e in events[1:-2])
+        assert await wait_exit(svc, 60) == 0
+        print(
+            f"grace 1 s: streams ended with their error and the process exited after "
+            f"{time.monotonic() - signalled_at:.1f} s"
+        )
+
+
+async def test_a_second_sigterm_ends_the_drain_at_once() -> None:
+    with running_service(TEST_ENGINES[-1], "--shutdown-grace", "120") as svc:
+        async with httpx.AsyncClient(base_url=svc.http_base, timeout=180) as http:
+            started = asyncio.Event()
+            rest = asyncio.ensure_future(rest_stream(http, 1500, started))
+            await asyncio.wait_for(started.wait(), 120)
+            svc.process.send_signal(signal.SIGTERM)
+            while not any("draining:" in line for line in svc.log):
+                await asyncio.sleep(0.05)
+            second_at = time.monotonic()
+            svc.process.send_signal(signal.SIGTERM)
+            events = await asyncio.wait_for(rest, 30)
+        assert events[-1] == "[DONE]"
+        check_row("draining", json.loads(events[-2])["error"])
+        assert await wait_exit(svc, 30) == 0
+        assert time.monotonic() - second_at < 15  # not the 120 s grace period

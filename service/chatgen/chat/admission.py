@@ -56,6 +56,17 @@ class Admission:
         """From now on turn new requests away (UNAVAILABLE) with `reason`; admitted and waiting ones go on."""
         self._draining = reason
 
+    def stop(self, err: ApiError) -> None:
+        """Turn new requests away and fail every waiting one with `err` (the drain's grace period is over)."""
+        self._draining = err.message
+        while self._queue:
+            n, granted = self._queue.popleft()
+            self._waiting -= n
+            if not granted.done():
+                granted.set_exception(err)
+        if self._running == 0:
+            self._idle.set()
+
     async def idle(self) -> None:
         """Return once no request is running or waiting."""
         await self._idle.wait()
@@ -98,7 +109,7 @@ class Admission:
         try:
             await granted
         except BaseException:
-            if granted.done() and not granted.cancelled():
+            if granted.done() and not granted.cancelled() and granted.exception() is None:
                 # The slots were granted just as the caller gave up: hand them on.
                 self._release(n)
             elif entry in self._queue:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
@@ -31,7 +31,7 @@ from chatgen.chat.validation import (
     validate_completion,
 )
 from chatgen.engine import Engine
-from chatgen.errors import context_length_exceeded, invalid
+from chatgen.errors import ApiError, Failure, context_length_exceeded, invalid
 from chatgen.v1 import chatgen_pb2 as pb
 
 
@@ -44,13 +44,14 @@ class ChatApi:
         admission: Admission | None = None,
         observer: EngineObserver | None = None,
         grammars: GrammarCheck | None = None,
+        on_engine_failure: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self._engine = engine
         self.served = served
         # vLLM's Parser class for the served model (reasoning and/or tool calls), when one is configured.
         self._parser_cls = parser_cls
         self._admission = admission
-        self._runner = JobRunner(engine, observer)
+        self._runner = JobRunner(engine, observer, on_engine_failure)
         # Decoding schemas are compiled here first, within a time limit (None: the engine compiles them as sent).
         self._grammars = grammars
         # The chat template and the tokenizer run on a thread of their own, as in vLLM's own renderer: the Rust
@@ -58,6 +59,13 @@ class ChatApi:
         # every stream the process serves. One thread: prompts are rendered in order, and the tokenizer is never
         # used by two of ours at once.
         self._renderer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chatgen-render")
+
+    async def revoke(self, reason: str) -> None:
+        """End every request in flight (waiting or running) with UNAVAILABLE `reason`: the drain is over."""
+        err = ApiError(Failure.SHUTTING_DOWN, reason)
+        if self._admission is not None:
+            self._admission.stop(err)
+        await self._runner.revoke(err)
 
     async def chat(self, request: pb.CreateChatCompletionRequest) -> Result:
         job = await self._chat_job(validate_chat(_named(request), self.served, streaming=False))

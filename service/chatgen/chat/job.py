@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Protocol, TypeVar
 
@@ -67,22 +67,46 @@ class Job:
 
 
 class JobRunner:
-    def __init__(self, engine: Engine, observer: EngineObserver | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        observer: EngineObserver | None = None,
+        on_engine_failure: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
         self._engine = engine
         self._observer = observer
+        # Awaited before an engine failure reaches its caller: health turns NOT_SERVING before any caller can
+        # see a failed call.
+        self._on_engine_failure = on_engine_failure
+        # Engine request ids running now, and why they were all stopped (revoke), if they were.
+        self._running: set[str] = set()
+        self._revoked: ApiError | None = None
+
+    async def revoke(self, err: ApiError) -> None:
+        """End every engine request running now, and any started later, with `err` (the drain's grace period is
+        over): each caller gets its error (a stream its error event) instead of a connection cut under it."""
+        self._revoked = err
+        for request_id in list(self._running):
+            await self._engine.abort(request_id)
 
     async def _outputs(self, job: Job, index: int) -> AsyncGenerator[EngineOutput, None]:
         """One choice's engine outputs, counted into the job's stats. Closing this iterator aborts the request."""
+        if self._revoked is not None:
+            raise self._revoked
         finished = False
         observer, stats = self._observer, job.stats
         if observer is not None:
             observer.engine_request_started()
         last: float | None = None
+        request = job.engine_request(index)
+        self._running.add(request.request_id)
         try:
             # aclosing: when our caller stops early, the engine's generator is closed now (aborting the request),
             # not whenever the garbage collector gets to it.
-            async with contextlib.aclosing(self._engine.generate(job.engine_request(index))) as outputs:
+            async with contextlib.aclosing(self._engine.generate(request)) as outputs:
                 async for out in outputs:
+                    if self._revoked is not None and out.finish_reason in (None, "abort"):
+                        raise self._revoked
                     if out.token_ids:
                         now = time.perf_counter()
                         if stats.first_token_at is None:
@@ -93,11 +117,17 @@ class JobRunner:
                     stats.completion_tokens += len(out.token_ids)
                     finished = out.finish_reason is not None
                     yield out
+            if not finished and self._revoked is not None:
+                # Aborted by revoke() before its first output, or an engine whose aborted generator just ends.
+                raise self._revoked
         except EngineError as exc:
+            if self._on_engine_failure is not None:
+                await self._on_engine_failure(str(exc))
             raise ApiError(Failure.ENGINE_UNAVAILABLE, str(exc)) from exc
         except EngineRejectedRequest as exc:
             raise invalid(exc.message, exc.param) from exc
         finally:
+            self._running.discard(request.request_id)
             if not finished and observer is not None:
                 observer.engine_request_aborted()
 

@@ -207,6 +207,14 @@ def _load_args(command: argparse.ArgumentParser) -> None:
         "a worker process before the engine gets it; longer: 400); 0: no check",
     )
     load.add_argument(
+        "--write-timeout",
+        metavar="SECONDS",
+        type=float,
+        default=30.0,
+        help="longest one chunk of a stream may wait for a caller that does not read (its flow-control window "
+        "full); then the call ends and its engine request is aborted, freeing the slot; 0: no limit",
+    )
+    load.add_argument(
         "--max-connections", metavar="N", type=int, default=4096, help="REST client connections Envoy accepts"
     )
 

@@ -82,6 +82,7 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
         shutdown_grace=args.shutdown_grace,
         log_requests=not args.no_request_log,
         max_grammar_seconds=args.max_grammar_seconds,
+        write_timeout=args.write_timeout,
     )
 
 

@@ -80,6 +80,8 @@ class TokenSimulatorEngine(Engine):
                 delay = started + i * s.itl_ms / 1000 - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
+                if request.request_id not in self._running:
+                    return  # aborted
                 token = self._passage[i % len(self._passage)]
                 yield EngineOutput(self._tokenizer.decode([token]), (token,), finish if i == total - 1 else None)
         finally:

@@ -28,9 +28,10 @@ def _json_body(reply: pb.CreateChatCompletionResponse | pb.CreateCompletionRespo
 
 
 class ChatServicer(pb_grpc.ChatServiceServicer):
-    def __init__(self, api: ChatApi) -> None:
+    def __init__(self, api: ChatApi, write_timeout: float = 0.0) -> None:
         self._api = api
         self._model = api.served.name
+        self._write_timeout = write_timeout
 
     async def CreateChatCompletion(
         self, request: pb.CreateChatCompletionRequest, context: grpc.aio.ServicerContext
@@ -41,7 +42,9 @@ class ChatServicer(pb_grpc.ChatServiceServicer):
         self, request: pb.CreateChatCompletionRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamChatCompletionResponse]:
         chunks = ChatChunks(self._model, events=False)
-        relayed = status.stream(context, chunks.chunks(self._api.chat_stream(request)), chunks.error, False)
+        relayed = status.stream(
+            context, chunks.chunks(self._api.chat_stream(request)), chunks.error, False, self._write_timeout
+        )
         async with contextlib.aclosing(relayed):
             async for chunk in relayed:
                 yield chunk
@@ -49,7 +52,7 @@ class ChatServicer(pb_grpc.ChatServiceServicer):
     async def CreateChatCompletionHttp(
         self, body: HttpBody, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[HttpBody]:
-        call = _RestCall(pb.CreateChatCompletionRequest, self._reply, self._api.chat_stream)
+        call = _RestCall(pb.CreateChatCompletionRequest, self._reply, self._api.chat_stream, self._write_timeout)
         async with contextlib.aclosing(call.bodies(context, body, ChatChunks(self._model, events=True))) as bodies:
             async for out in bodies:
                 yield out
@@ -59,9 +62,10 @@ class ChatServicer(pb_grpc.ChatServiceServicer):
 
 
 class GenerateServicer(pb_grpc.GenerateServiceServicer):
-    def __init__(self, api: ChatApi) -> None:
+    def __init__(self, api: ChatApi, write_timeout: float = 0.0) -> None:
         self._api = api
         self._model = api.served.name
+        self._write_timeout = write_timeout
 
     async def CreateCompletion(
         self, request: pb.CreateCompletionRequest, context: grpc.aio.ServicerContext
@@ -72,13 +76,15 @@ class GenerateServicer(pb_grpc.GenerateServiceServicer):
         self, request: pb.CreateCompletionRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamCompletionResponse]:
         chunks = CompletionChunks(self._model, events=False)
-        relayed = status.stream(context, chunks.chunks(self._api.complete_stream(request)), chunks.error, False)
+        relayed = status.stream(
+            context, chunks.chunks(self._api.complete_stream(request)), chunks.error, False, self._write_timeout
+        )
         async with contextlib.aclosing(relayed):
             async for chunk in relayed:
                 yield chunk
 
     async def CreateCompletionHttp(self, body: HttpBody, context: grpc.aio.ServicerContext) -> AsyncIterator[HttpBody]:
-        call = _RestCall(pb.CreateCompletionRequest, self._reply, self._api.complete_stream)
+        call = _RestCall(pb.CreateCompletionRequest, self._reply, self._api.complete_stream, self._write_timeout)
         async with contextlib.aclosing(
             call.bodies(context, body, CompletionChunks(self._model, events=True))
         ) as bodies:
@@ -102,6 +108,7 @@ class _RestCall(Generic[R]):
     request_type: type[R]
     reply: Callable[[R], Awaitable[pb.CreateChatCompletionResponse | pb.CreateCompletionResponse]]
     stream: Callable[[R], AsyncGenerator[StreamItem, None]]
+    write_timeout: float = 0.0
 
     async def bodies(
         self, context: grpc.aio.ServicerContext, body: HttpBody, chunks: replies.StreamChunks
@@ -110,7 +117,8 @@ class _RestCall(Generic[R]):
         `[DONE]`."""
         events = chunks.events
         assert events is not None
-        async with contextlib.aclosing(status.stream(context, self._chunks(body, chunks), chunks.error, True)) as out:
+        relayed = status.stream(context, self._chunks(body, chunks), chunks.error, True, self.write_timeout)
+        async with contextlib.aclosing(relayed) as out:
             async for chunk in out:
                 if not isinstance(chunk, HttpBody):
                     yield events.chunk(chunk)

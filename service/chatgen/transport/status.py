@@ -113,11 +113,60 @@ async def unary(context: grpc.aio.ServicerContext, call: Awaitable[T]) -> T:
     return result
 
 
+class _WriteWatch:
+    """Ends a call whose caller stopped reading: when one chunk has waited `limit` seconds for the transport to
+    take it (the caller's flow-control window full), the call's task is cancelled, as when the caller goes away,
+    which aborts its engine request and frees its slot. One timer per stream, not one per chunk; none for a
+    limit of 0."""
+
+    def __init__(self, context: grpc.aio.ServicerContext, limit: float) -> None:
+        self._context = context
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        self._limit = limit
+        # When the chunk now being written was handed over (None: not writing).
+        self.since: float | None = None
+        self._timer = self._loop.call_later(limit, self._check) if limit > 0 else None
+
+    def now(self) -> float:
+        return self._loop.time()
+
+    def _check(self) -> None:
+        since = self.since
+        if since is not None and self._loop.time() - since >= self._limit:
+            log.warning("a caller read nothing for %.0f s: its stream is ended", self._limit)
+            if self._task is not None:
+                self._task.cancel()
+            # The cancelled task sends nothing; this status goes after the chunks already queued for the caller.
+            self._ending = asyncio.ensure_future(self._end())
+            return
+        wait = self._limit if since is None else self._limit - (self._loop.time() - since)
+        self._timer = self._loop.call_later(max(wait, 0.01), self._check)
+
+    async def _end(self) -> None:
+        err = ApiError(Failure.DEADLINE_EXCEEDED, f"The caller read nothing for {self._limit:g} s; the stream ended")
+        with contextlib.suppress(Exception):
+            await abort(self._context, err)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
+async def _next_before(chunks: AsyncGenerator[T, None], stop_at: float) -> T:
+    try:
+        async with asyncio.timeout_at(stop_at):
+            return await anext(chunks)
+    except TimeoutError:
+        raise ApiError(Failure.DEADLINE_EXCEEDED, "The request's timeout passed before it finished") from None
+
+
 async def stream(
     context: grpc.aio.ServicerContext,
     chunks: AsyncGenerator[T, None],
     error_chunk: Callable[[ApiError], T],
     sse: bool,
+    write_timeout: float = 0.0,
 ) -> AsyncGenerator[T, None]:
     """Relay `chunks`; on failure abort the call, or for an SSE stream (the gateway's, whose HTTP status and
     headers went out with the first chunk) already under way, end with an error chunk. Cancellation (a client
@@ -134,25 +183,23 @@ async def stream(
     # a server that dies between the two leaves the caller headers and no chunk, which Envoy can no longer retry.
     # gRPC callers get the request id in the trailers; the gateway returns it to REST callers itself.
     started = False
+    watch = _WriteWatch(context, write_timeout)
     try:
         async with contextlib.aclosing(chunks):
             if stop_at is None:
-                # The per-token path: no timer to arm and disarm around every chunk.
+                # The per-token path: no timer armed and disarmed around every chunk, a clock read each side.
                 async for chunk in chunks:
-                    started = True
+                    started, watch.since = True, watch.now()
                     yield chunk
+                    watch.since = None
             while stop_at is not None:
                 try:
-                    async with asyncio.timeout_at(stop_at):
-                        chunk = await anext(chunks)
+                    chunk = await _next_before(chunks, stop_at)
                 except StopAsyncIteration:
                     break
-                except TimeoutError:
-                    raise ApiError(
-                        Failure.DEADLINE_EXCEEDED, "The request's timeout passed before it finished"
-                    ) from None
-                started = True
+                started, watch.since = True, watch.now()
                 yield chunk
+                watch.since = None
     except (asyncio.CancelledError, GeneratorExit):
         if record is not None:
             record.code = _ended_early(context)
@@ -167,3 +214,5 @@ async def stream(
     else:
         if record is not None and not sse:
             context.set_trailing_metadata(record.metadata)
+    finally:
+        watch.close()

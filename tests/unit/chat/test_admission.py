@@ -114,3 +114,27 @@ async def test_a_waiter_cancelled_just_before_slots_free_up_is_not_granted() -> 
     assert (admission.running, admission.waiting) == (0, 0)
     async with admission.slots(2):  # every slot is free again
         assert admission.running == 2
+
+
+async def test_stop_fails_every_waiter_with_its_error_and_refuses_new_ones() -> None:
+    admission = Admission(AdmissionLimits(max_running=1, max_waiting=2))
+    release = asyncio.Event()
+    entered: list[int] = []
+    running = asyncio.ensure_future(hold(admission, 1, release, entered, 0))
+    waiters = [asyncio.ensure_future(hold(admission, 1, release, entered, i)) for i in (1, 2)]
+    await asyncio.sleep(0)
+    assert (admission.running, admission.waiting) == (1, 2)
+
+    admission.stop(ApiError(Failure.SHUTTING_DOWN, "grace period over"))
+    for waiter in waiters:
+        with pytest.raises(ApiError, match="grace period over"):
+            await waiter
+    assert (admission.running, admission.waiting) == (1, 0)
+    with pytest.raises(ApiError) as info:
+        async with admission.slots(1):
+            pass
+    assert info.value.failure is Failure.SHUTTING_DOWN
+    release.set()
+    await running
+    await asyncio.wait_for(admission.idle(), 1)
+    assert entered == [0]  # no waiter ever ran

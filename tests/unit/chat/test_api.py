@@ -164,3 +164,71 @@ async def test_prompts_are_rendered_off_the_event_loop(chat_api: ChatApi, monkey
     await chat_api.complete(completion("Once upon a time", max_tokens=2))
     loop_thread = threading.current_thread().name
     assert len(threads) == 2 and all(t.startswith("chatgen-render") and t != loop_thread for t in threads), threads
+
+
+async def test_revoke_ends_running_streams_and_unary_calls_with_shutting_down(engine: HfEngine) -> None:
+    """The drain's grace period is over: a stream under way and a unary call each end with the error (the
+    transport turns it into an error event or UNAVAILABLE) and the engine runs nothing."""
+    own = ChatApi(engine, ServedModel(NAME, engine.name))
+    stream = own.complete_stream(completion("Count:", max_tokens=400, ignore_eos=True))
+    assert isinstance(await anext(stream), StreamStart)
+    assert isinstance(await anext(stream), Delta)
+    unary = asyncio.ensure_future(own.complete(completion("Count:", max_tokens=400, ignore_eos=True)))
+    while engine.num_running() < 2:
+        await asyncio.sleep(0.01)
+
+    await own.revoke("The server is shutting down")
+    with pytest.raises(ApiError) as info:
+        async for _ in stream:
+            pass
+    assert (info.value.failure, info.value.message) == (Failure.SHUTTING_DOWN, "The server is shutting down")
+    with pytest.raises(ApiError) as info:
+        await asyncio.wait_for(unary, 10)
+    assert info.value.failure is Failure.SHUTTING_DOWN
+    assert engine.num_running() == 0
+    with pytest.raises(ApiError):  # and nothing starts after it
+        await own.complete(completion("Hi", max_tokens=2))
+
+
+async def test_a_call_cancelled_while_its_prompt_renders_never_reaches_the_engine(
+    engine: HfEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The caller goes away while the renderer thread still works on its prompt: the rendered prompt is dropped
+    and no engine request starts (the renderer is then free for the next call)."""
+    entered, release = threading.Event(), threading.Event()
+    started: list[str] = []
+
+    def slow(render):  # type: ignore[no-untyped-def]
+        def run(*args):  # type: ignore[no-untyped-def]
+            entered.set()
+            release.wait(10)
+            return render(*args)
+
+        return run
+
+    class Observer:
+        def engine_request_started(self) -> None:
+            started.append("started")
+
+        def engine_request_aborted(self) -> None:
+            started.append("aborted")
+
+        def output_gap(self, seconds: float) -> None:
+            pass
+
+    own = ChatApi(engine, ServedModel(NAME, engine.name), observer=Observer())
+    monkeypatch.setattr(api, "render_chat", slow(api.render_chat))
+    for call in (own.chat(chat(max_tokens=50)), anext(own.chat_stream(chat(max_tokens=50, stream=True)))):
+        entered.clear()
+        release.clear()
+        task = asyncio.ensure_future(call)
+        assert await asyncio.get_running_loop().run_in_executor(None, entered.wait, 10)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        release.set()
+        await asyncio.sleep(0.2)
+        assert (started, engine.num_running()) == ([], 0)
+    monkeypatch.undo()
+    assert (await own.chat(chat(max_tokens=2))).usage.completion_tokens >= 1
+    assert started == ["started"]
