@@ -24,12 +24,11 @@ import grpc
 
 from chatgen.chat import accounting
 from chatgen.chat.accounting import RequestStats
+from chatgen.chat.validation.text import fits_request_id
 from chatgen.metrics import Metrics
 from chatgen.transport.interceptors import AroundCalls
 
 REQUEST_ID_KEY = "x-request-id"
-# Longer or odd request ids are replaced, not echoed: they end up in logs and headers.
-_MAX_REQUEST_ID = 128
 # The most of a client's string a log line carries (json.dumps escapes it).
 _MAX_LOGGED = 256
 LOGGED_SERVICES = ("/chatgen.v1.ChatService/", "/chatgen.v1.GenerateService/")
@@ -39,9 +38,9 @@ log = logging.getLogger("chatgen.requests")
 
 def request_id_from(context: grpc.aio.ServicerContext) -> str:
     for key, value in context.invocation_metadata() or ():
-        if key == REQUEST_ID_KEY and isinstance(value, str) and 0 < len(value) <= _MAX_REQUEST_ID:
-            if value.isascii() and value.isprintable():
-                return value
+        # Longer or odd request ids are replaced, not echoed: they end up in logs and headers.
+        if key == REQUEST_ID_KEY and isinstance(value, str) and fits_request_id(value):
+            return value
     return uuid.uuid4().hex
 
 

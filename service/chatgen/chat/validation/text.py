@@ -84,8 +84,15 @@ def _check(value: str, where: str, limit: int | None) -> None:
         raise invalid(f"{where} is longer than {limit} characters: {shown(value)}", where)
 
 
+def fits_request_id(value: str) -> bool:
+    """Whether `value` may be a request id: 1 to 128 printable ASCII characters (what an x-request-id header can
+    carry). A request's `request_id` field that is not is a 400; a metadata id that is not is replaced."""
+    return 0 < len(value) <= MAX_CHARS["request_id"] and value.isascii() and value.isprintable()
+
+
 def request_id(value: str) -> str | None:
-    """The caller's request id (None when it sent none): printable ASCII, as the x-request-id header's."""
-    if value and not (value.isascii() and value.isprintable()):
+    """The caller's request id (None when it sent none): printable ASCII, as the x-request-id header's (its
+    length is checked with every other string's)."""
+    if value and not fits_request_id(value):
         raise invalid(f"request_id must be printable ASCII: {shown(value)}", "request_id")
     return value or None
