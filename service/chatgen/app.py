@@ -165,7 +165,7 @@ async def serve(settings: ServeSettings) -> int:
         admission = Admission(settings.limits, on_reject=metrics.rejected.inc if metrics is not None else None)
         if metrics is not None:
             metrics.watch(admission)
-            metrics.serve(settings.host, settings.metrics_port)
+            metrics.serve(settings.host, settings.metrics_port, settings.api_keys)
         server = await _start_server(settings, engine, admission, metrics, grammars)
         if settings.gateway is not None:
             envoy = EnvoyProcess(replace(settings.gateway, grpc_port=server.port))
@@ -209,14 +209,21 @@ async def _watch_engine(engine: Engine, server: GrpcServer, interval: float = 1.
 
 
 def _ready_line(settings: ServeSettings, engine: Engine, server: GrpcServer) -> str:
-    host, tls = local(settings.host), settings.tls is not None
-    rest = ""
+    """What listens where, as bound (0.0.0.0 is every interface, as the bind is), and what each one demands."""
+    host, tls = settings.host, settings.tls is not None
+    if host in ("0.0.0.0", "::", ""):
+        scope = "all interfaces"
+    elif host.startswith("127.") or host in ("::1", "localhost"):
+        scope = "loopback only"
+    else:
+        scope = f"{host} only"
+    parts = [f"gRPC{' (TLS)' if tls else ''} on {host}:{server.port}"]
     if settings.gateway is not None:
-        rest = f", REST on {'https' if tls else 'http'}://{host}:{settings.gateway.http_port}/v1"
-    return (
-        f"[chatgen] ready: model '{engine.model.name}' ({engine.name}), gRPC{' (TLS)' if tls else ''} on "
-        f"{host}:{server.port}{rest}"
-    )
+        parts.append(f"REST on {'https' if tls else 'http'}://{host}:{settings.gateway.http_port}/v1")
+    if settings.metrics_port:
+        parts.append(f"metrics on http://{host}:{settings.metrics_port}/metrics")
+    keys = "API key required (metrics too; health and reflection open)" if settings.api_keys else "no API key"
+    return f"[chatgen] ready: model '{engine.model.name}' ({engine.name}), {', '.join(parts)} ({scope}; {keys})"
 
 
 async def _run_until_stopped(

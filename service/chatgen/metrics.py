@@ -10,13 +10,19 @@ Python runtime collectors registered there.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import socket
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import grpc
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app, start_http_server
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from chatgen.api_keys import allowed
 from chatgen.chat.admission import Admission
 from chatgen.engine import Engine
 
@@ -97,7 +103,16 @@ class Metrics:
             "Tokens generated for the calls finished (all choices; cancelled calls count what they got)",
             registry=self.registry,
         )
+        self.auth_failures = Counter(
+            "chatgen_auth_failures",
+            "Calls refused for their API key, by reason (missing, malformed: not a bearer token, wrong)",
+            ["reason"],
+            registry=self.registry,
+        )
         self.registry.register(_Forward(REGISTRY))
+
+    def auth_failed(self, reason: str) -> None:
+        self.auth_failures.labels(reason).inc()
 
     # The chat layer's EngineObserver (chatgen.chat.job).
     def engine_request_started(self) -> None:
@@ -133,5 +148,35 @@ class Metrics:
             lambda: admission.waiting
         )
 
-    def serve(self, host: str, port: int) -> None:
-        start_http_server(port, addr=host, registry=self.registry)
+    def serve(self, host: str, port: int, keys: Iterable[str] = ()) -> None:
+        """/metrics on `host`:`port`; with API keys, only for a scrape that sends one (`Authorization: Bearer`,
+        Prometheus's `authorization` scrape setting), as the API itself."""
+        keys = list(keys)
+        if not keys:
+            start_http_server(port, addr=host, registry=self.registry)
+            return
+
+        class Server(ThreadingWSGIServer):
+            address_family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+
+        app = _require_key(make_wsgi_app(self.registry), keys)
+        httpd = make_server(host, port, app, Server, handler_class=_QuietHandler)
+        threading.Thread(target=httpd.serve_forever, name="chatgen-metrics", daemon=True).start()
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes are not logged (prometheus-client's own server does not log them either)."""
+
+
+def _require_key(app: Callable[..., Any], keys: list[str]) -> Callable[..., Any]:
+    encoded = [key.encode() for key in keys]
+
+    def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        header = environ.get("HTTP_AUTHORIZATION", "")
+        if header.lower().startswith("bearer ") and allowed(encoded, header[len("bearer ") :].strip()):
+            return app(environ, start_response)
+        start_response("401 Unauthorized", [("Content-Type", "text/plain"), ("WWW-Authenticate", "Bearer")])
+        return [b"Missing or invalid API key: send 'Authorization: Bearer <key>'\n"]
+
+    return guarded

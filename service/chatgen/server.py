@@ -15,7 +15,7 @@ from chatgen.chat.grammar import GrammarCheck
 from chatgen.chat.validation import MAX_N, ServedModel
 from chatgen.engine import Engine
 from chatgen.metrics import Metrics
-from chatgen.transport.auth import PROTECTED_PREFIX, ApiKeyInterceptor
+from chatgen.transport.auth import PROTECTED_PREFIX, ApiKeyInterceptor, FailedAuth
 from chatgen.transport.calls import CallLog, CallLogInterceptor
 from chatgen.transport.malformed import MalformedMessageInterceptor
 from chatgen.transport.replies import model_card
@@ -34,6 +34,10 @@ LIVENESS = "liveness"
 # gRPC's default is 8 KiB: request metadata between that and the gateway's header limit would be refused as
 # RESOURCE_EXHAUSTED, which REST callers would read as overload.
 MAX_METADATA_BYTES = 32 * 1024
+
+
+def _failed_auth(metrics: Metrics | None) -> FailedAuth:
+    return FailedAuth(metrics.auth_failed if metrics is not None else None)
 
 
 def _served_model(engine: Engine, tool_calls: bool, admission: Admission | None) -> ServedModel:
@@ -69,7 +73,7 @@ class GrpcServer:
         self.server = grpc.aio.server(
             # Authentication first: a caller without a key learns nothing, not even that its bytes were malformed.
             interceptors=[
-                *([ApiKeyInterceptor(api_keys)] if api_keys else []),
+                *([ApiKeyInterceptor(api_keys, _failed_auth(metrics))] if api_keys else []),
                 MalformedMessageInterceptor(PROTECTED_PREFIX),
                 CallLogInterceptor(CallLog(metrics, log_requests)),
             ],

@@ -86,3 +86,60 @@ def test_health_and_reflection_need_no_key(secured: Service) -> None:
 def test_keys_never_reach_the_log(secured: Service) -> None:
     log = "".join(secured.log)
     assert all(key not in log for key in KEYS.values()), json.dumps([k for k in KEYS.values() if k in log])
+
+
+def auth_failures(service: Service) -> dict[str, float]:
+    text = httpx.get(
+        f"http://127.0.0.1:{service.metrics_port}/metrics", headers={"authorization": f"Bearer {KEYS['file']}"}
+    ).text
+    found = {}
+    for line in text.splitlines():
+        if line.startswith("chatgen_auth_failures_total{"):
+            found[line.split('reason="')[1].split('"')[0]] = float(line.split()[-1])
+    return found
+
+
+@pytest.mark.parametrize("headers", [{}, {"authorization": "Bearer wrong"}, {"authorization": "Basic a2V5"}])
+def test_metrics_need_a_key_too(secured: Service, headers: dict[str, str]) -> None:
+    response = httpx.get(f"http://127.0.0.1:{secured.metrics_port}/metrics", headers=headers)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert "chatgen_" not in response.text
+    assert (
+        "chatgen_requests_total"
+        in httpx.get(
+            f"http://127.0.0.1:{secured.metrics_port}/metrics", headers={"authorization": f"Bearer {KEYS['env']}"}
+        ).text
+    )
+
+
+def test_failed_authentications_are_counted_by_reason_and_logged_without_flooding(secured: Service) -> None:
+    before, lines_before = auth_failures(secured), len(secured.log)
+    sent = {
+        "missing": ({}, 3),
+        "malformed": ({"authorization": "Basic a2V5"}, 2),
+        "wrong": ({"authorization": "Bearer no"}, 4),
+    }
+    for headers, times in sent.values():
+        for _ in range(times):
+            assert httpx.get(f"{secured.http_base}/v1/models", headers=headers).status_code == 401
+    after = auth_failures(secured)
+    assert {reason: after.get(reason, 0) - before.get(reason, 0) for reason in sent} == {
+        "missing": 3,
+        "malformed": 2,
+        "wrong": 4,
+    }
+    logged = [line for line in secured.log[lines_before:] if "failed authentication" in line]
+    # 9 failures within a second: at most one line (one per 10 s); some line of the run's names a method and its
+    # counts, and none carries a key.
+    assert len(logged) <= 1, logged
+    every = [line for line in secured.log if "failed authentication" in line]
+    assert every and all(" on /chatgen.v1." in line and "Bearer" not in line for line in every), every
+    assert any("wrong" in line or "missing" in line for line in every)
+
+
+def test_a_key_on_the_command_line_is_warned_about_and_the_ready_line_says_keys_are_on(secured: Service) -> None:
+    assert any("--api-key puts the key on the command line" in line for line in secured.log)
+    ready = next(line for line in secured.log if "[chatgen] ready:" in line)
+    assert "(loopback only; API key required" in ready
+    assert f"metrics on http://127.0.0.1:{secured.metrics_port}/metrics" in ready

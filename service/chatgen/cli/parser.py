@@ -152,7 +152,12 @@ def _envoy_admin_port(group: argparse.ArgumentParser | argparse._ArgumentGroup, 
 
 def _network_args(command: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     net = command.add_argument_group("network")
-    net.add_argument("--host", default="0.0.0.0", help="address the listeners bind to")
+    net.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address the gRPC, REST and metrics listeners bind to: this machine only by default; 0.0.0.0 for "
+        "all interfaces (the container image and the Kubernetes manifests set CHATGEN_HOST=0.0.0.0)",
+    )
     net.add_argument("--grpc-port", metavar="PORT", type=int, default=50051, help="gRPC port")
     net.add_argument("--http-port", metavar="PORT", type=int, default=8000, help="REST (Envoy) port")
     _envoy_admin_port(net, "Envoy admin (binds 127.0.0.1 only)")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 from dataclasses import replace
 from pathlib import Path
 
+from chatgen.api_keys import ENV_VAR, load_keys
 from chatgen.app import EngineSettings, ServeSettings
 from chatgen.chat.admission import AdmissionLimits
 from chatgen.engine.factory import SimulatorTiming, resolve_model
@@ -14,7 +16,8 @@ from chatgen.gateway import GatewaySettings, default_work_dir
 from chatgen.gateway.backends import BackendsError, load_backends
 from chatgen.probes import local
 from chatgen.tls import TlsFiles, tls_files
-from chatgen.transport.auth import load_keys
+
+log = logging.getLogger("chatgen")
 
 # Requests Envoy may forward beyond the server's admission limits: model listings, probes, and requests the
 # server turns away itself (with its own 429).
@@ -52,6 +55,17 @@ def gateway_settings(
     )
 
 
+def _api_keys(args: argparse.Namespace) -> list[str]:
+    if args.api_key:
+        # Every user of the machine can read a process's command line (ps, /proc/PID/cmdline).
+        log.warning(
+            "--api-key puts the key on the command line, where every user of this machine can read it (ps); "
+            "use --api-key-file or the %s environment variable",
+            ENV_VAR,
+        )
+    return load_keys(args.api_key, args.api_key_file)
+
+
 def serve_settings(args: argparse.Namespace) -> ServeSettings:
     """`chatgen serve`'s flags as settings."""
     tls = tls_files(args.tls_cert, args.tls_key)
@@ -77,7 +91,7 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
         metrics_port=args.metrics_port,
         reasoning_parser=args.reasoning_parser,
         tool_call_parser=args.tool_call_parser,
-        api_keys=tuple(load_keys(args.api_key, args.api_key_file)),
+        api_keys=tuple(_api_keys(args)),
         tls=tls,
         shutdown_grace=args.shutdown_grace,
         log_requests=not args.no_request_log,

@@ -4,49 +4,69 @@ Keys are compared in constant time and never logged."""
 
 from __future__ import annotations
 
-import hmac
-import os
+import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 import grpc
 
+from chatgen.api_keys import allowed
 from chatgen.errors import ApiError, Failure
 from chatgen.transport import status
 
+log = logging.getLogger(__name__)
+
 PROTECTED_PREFIX = "/chatgen.v1."
-ENV_VAR = "CHATGEN_API_KEYS"
-
-
-def load_keys(cli_keys: Iterable[str], key_file: str | None) -> list[str]:
-    """Keys from --api-key (repeatable), the CHATGEN_API_KEYS environment variable (comma-separated) and a key
-    file (one per line, # comments); no keys at all means authentication is off."""
-    keys = [k.strip() for k in cli_keys]
-    keys += os.environ.get(ENV_VAR, "").split(",")
-    if key_file:
-        for line in Path(key_file).read_text().splitlines():
-            keys.append(line.split("#", 1)[0])
-    return sorted({k.strip() for k in keys if k.strip()})
+# At most one log line per this many seconds about failed authentications (a flood of them must not flood the
+# log); the metric counts every one.
+LOG_EVERY_SECONDS = 10.0
 
 
 def _bearer(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
+    """The bearer token of the `authorization` metadata; "" when it is there but not a bearer token."""
     for key, value in metadata or ():
-        if key == "authorization" and isinstance(value, str) and value.lower().startswith("bearer "):
-            return value[len("bearer ") :].strip()
+        if key == "authorization" and isinstance(value, str):
+            return value[len("bearer ") :].strip() if value.lower().startswith("bearer ") else ""
     return None
 
 
-class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, keys: list[str]) -> None:
-        self._keys = [k.encode() for k in keys]
+class FailedAuth:
+    """Failed authentications by reason (`missing`: no authorization header; `malformed`: not a bearer token;
+    `wrong`: a key that is not one of ours): counted each, logged at most once per LOG_EVERY_SECONDS with the
+    count since the last line, the caller's address and the method; never any key material."""
 
-    def _allowed(self, presented: str | None) -> bool:
+    def __init__(self, count: Callable[[str], None] | None = None) -> None:
+        self._count = count
+        self._since: dict[str, int] = {}
+        self._logged_at = float("-inf")
+
+    def __call__(self, reason: str, peer: str, method: str) -> None:
+        if self._count is not None:
+            self._count(reason)
+        self._since[reason] = self._since.get(reason, 0) + 1
+        now = time.monotonic()
+        if now - self._logged_at >= LOG_EVERY_SECONDS:
+            counts = ", ".join(f"{n} {why}" for why, n in sorted(self._since.items()))
+            log.warning(
+                "failed authentication (%s since the last such line), latest from %s on %s", counts, peer, method
+            )
+            self._since.clear()
+            self._logged_at = now
+
+
+class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, keys: list[str], failed: FailedAuth | None = None) -> None:
+        self._keys = [k.encode() for k in keys]
+        self._failed = failed or FailedAuth()
+
+    def _refusal(self, presented: str | None) -> str | None:
+        """Why `presented` is refused; None: it is one of the keys."""
         if presented is None:
-            return False
-        token = presented.encode()
-        # Compare against every key (no early exit), so timing does not tell which prefix matched.
-        return any([hmac.compare_digest(token, key) for key in self._keys])
+            return "missing"
+        if not presented:
+            return "malformed"
+        return None if allowed(self._keys, presented) else "wrong"
 
     async def intercept_service(
         self,
@@ -56,20 +76,23 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None or not details.method.startswith(PROTECTED_PREFIX):
             return handler
-        if self._allowed(_bearer(details.invocation_metadata)):
+        reason = self._refusal(_bearer(details.invocation_metadata))
+        if reason is None:
             return handler
-        return _rejecting(handler)
+        return _rejecting(handler, lambda peer: self._failed(reason, peer, details.method))
 
 
-def _rejecting(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+def _rejecting(handler: grpc.RpcMethodHandler, note: Callable[[str], None]) -> grpc.RpcMethodHandler:
     err = ApiError(
         Failure.INVALID_API_KEY, "Missing or invalid API key: send 'Authorization: Bearer <key>'", "authorization"
     )
 
     async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        note(_peer(context))
         await status.abort(context, err)
 
     async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        note(_peer(context))
         await status.abort(context, err)
         yield  # pragma: no cover - makes this an async generator, as streaming handlers are
 
@@ -80,3 +103,13 @@ def _rejecting(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     if handler.unary_stream is not None:
         return grpc.unary_stream_rpc_method_handler(stream, **kwargs)
     return grpc.unary_unary_rpc_method_handler(unary, **kwargs)
+
+
+def _peer(context: grpc.aio.ServicerContext) -> str:
+    """The caller: the gRPC peer (Envoy's address, for a REST call), and the x-forwarded-for header it came with,
+    if any (as the client or a proxy before Envoy sent it: a claim, not a fact)."""
+    peer = str(context.peer())[:64]
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-forwarded-for" and isinstance(value, str):
+            return f"{peer} (x-forwarded-for {value[:64]!r})"
+    return peer
