@@ -89,6 +89,15 @@ class JobRunner:
         for request_id in list(self._running):
             await self._engine.abort(request_id)
 
+    async def _engine_healthy(self) -> bool:
+        """Whether the engine still serves after a request failed in it (one request's failure is not the
+        engine's death: the transformers engine fails a single generation that way)."""
+        try:
+            await self._engine.check_health()
+        except EngineError:
+            return False
+        return True
+
     async def _outputs(self, job: Job, index: int) -> AsyncGenerator[EngineOutput, None]:
         """One choice's engine outputs, counted into the job's stats. Closing this iterator aborts the request."""
         if self._revoked is not None:
@@ -121,7 +130,7 @@ class JobRunner:
                 # Aborted by revoke() before its first output, or an engine whose aborted generator just ends.
                 raise self._revoked
         except EngineError as exc:
-            if self._on_engine_failure is not None:
+            if self._on_engine_failure is not None and not await self._engine_healthy():
                 await self._on_engine_failure(str(exc))
             raise ApiError(Failure.ENGINE_UNAVAILABLE, str(exc)) from exc
         except EngineRejectedRequest as exc:

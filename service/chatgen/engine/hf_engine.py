@@ -253,6 +253,7 @@ class HfEngine(Engine):
             import xgrammar.contrib.hf
 
             processors.append(xgrammar.contrib.hf.LogitsProcessor(self._compiled_schema(o.json_schema)))
+            processors.append(_DeadEnd(sorted(self._eos_ids())))
         if o.presence_penalty or o.frequency_penalty:
             processors.append(_PresenceFrequencyPenalty(len(request.prompt_token_ids), o))
         seeded = self._seed_lock if o.seed is not None else contextlib.nullcontext()
@@ -324,6 +325,23 @@ def _eos_ignored(o: SamplingOptions) -> bool:
     """ignore_eos, except under a schema: once the output is complete the grammar allows only EOS, and banning it
     too leaves no token at all (sampling fails on an all -inf row). vLLM ends such a request there as well."""
     return o.ignore_eos and not o.json_schema
+
+
+class _DeadEnd:
+    """Ends a choice whose grammar allows no token at all (a schema demanding text the vocabulary cannot write
+    under it, such as an enum of raw control characters): EOS instead of a row of -inf, on which sampling fails
+    with inf/nan. The output then stops short of the schema, with finish_reason "stop"."""
+
+    def __init__(self, eos_ids: list[int]) -> None:
+        self._eos = eos_ids
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        dead = torch.isneginf(scores).all(dim=-1)
+        if bool(dead.any()):
+            scores[dead.nonzero(as_tuple=True)[0][:, None], torch.tensor(self._eos)] = 0.0
+        return scores
 
 
 class _LogitBias:

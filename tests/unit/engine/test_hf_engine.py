@@ -18,3 +18,17 @@ async def test_ignore_eos_under_a_schema_ends_with_the_grammar(hf_engine: HfEngi
     assert outputs[-1].finish_reason in ("stop", "length")
     if outputs[-1].finish_reason == "stop":
         assert isinstance(json.loads(text), dict)
+
+
+def test_a_grammar_that_allows_no_token_ends_the_choice_with_eos() -> None:
+    """A row masked entirely to -inf (no token can continue the schema) gets EOS instead of failing sampling;
+    rows with a token left are not touched."""
+    import torch
+
+    from chatgen.engine.hf_engine import _DeadEnd
+
+    scores = torch.full((2, 6), float("-inf"))
+    scores[1, 3] = 1.5
+    out = _DeadEnd([2])(None, scores.clone())
+    assert out[0].tolist() == [float("-inf")] * 2 + [0.0] + [float("-inf")] * 3
+    assert out[1].tolist() == scores[1].tolist()
