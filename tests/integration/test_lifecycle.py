@@ -51,6 +51,17 @@ async def grpc_stream(channel: grpc.aio.Channel, max_tokens: int, started: async
     return chunks
 
 
+async def streams_under_way(
+    channel: grpc.aio.Channel, http: httpx.AsyncClient
+) -> tuple[asyncio.Future[list[str]], asyncio.Future[list[object]]]:
+    """A REST and a gRPC stream of 1,500 tokens each, returned once both have generated their first token."""
+    flags = [asyncio.Event(), asyncio.Event()]
+    rest = asyncio.ensure_future(rest_stream(http, 1500, flags[0]))
+    over_grpc = asyncio.ensure_future(grpc_stream(channel, 1500, flags[1]))
+    await asyncio.wait_for(asyncio.gather(*(f.wait() for f in flags)), 120)
+    return rest, over_grpc
+
+
 async def health(channel: grpc.aio.Channel, service: str = "") -> int:
     reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
     return int(reply.status)
@@ -147,10 +158,7 @@ async def test_a_dead_engine_fails_requests_with_unavailable_and_the_process_exi
             grpc.aio.insecure_channel(svc.grpc_address) as channel,
             httpx.AsyncClient(base_url=svc.http_base, timeout=180) as http,
         ):
-            flags = [asyncio.Event(), asyncio.Event()]
-            rest = asyncio.ensure_future(rest_stream(http, 1500, flags[0]))
-            over_grpc = asyncio.ensure_future(grpc_stream(channel, 1500, flags[1]))
-            await asyncio.wait_for(asyncio.gather(*(f.wait() for f in flags)), 120)
+            rest, over_grpc = await streams_under_way(channel, http)
             # Every process chatgen started (engine core, its worker, resource trackers, Envoy, the grammar
             # worker): none may outlive it.
             started = {p.pid: p.create_time() for p in psutil.Process(svc.process.pid).children(recursive=True)}
@@ -194,10 +202,7 @@ async def test_streams_still_running_when_the_grace_period_ends_get_an_error(eng
             grpc.aio.insecure_channel(svc.grpc_address) as channel,
             httpx.AsyncClient(base_url=svc.http_base, timeout=180) as http,
         ):
-            flags = [asyncio.Event(), asyncio.Event()]
-            rest = asyncio.ensure_future(rest_stream(http, 1500, flags[0]))
-            over_grpc = asyncio.ensure_future(grpc_stream(channel, 1500, flags[1]))
-            await asyncio.wait_for(asyncio.gather(*(f.wait() for f in flags)), 120)
+            rest, over_grpc = await streams_under_way(channel, http)
             signalled_at = time.monotonic()
             svc.process.send_signal(signal.SIGTERM)
 
