@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 
 import grpc
 import httpx
+import psutil
 import pytest
 
 from chatgen.client import convert
@@ -160,3 +162,77 @@ async def test_a_grpc_caller_that_stops_reading_loses_its_stream_and_frees_its_s
         # What a 64 KiB window holds, far from the 1,900 tokens asked for.
         assert 100 < read < 1500, read
         assert any("read nothing for 2 s" in line for line in svc.log)
+
+
+# Within the static schema bounds, yet ≈ 5-20 s to compile here: six nested bounded repeats.
+SLOW_TO_COMPILE = {
+    "type": "object",
+    "properties": {f"p{i}": {"type": "string", "pattern": "((a{1,30}){1,30}){1,30}"} for i in range(6)},
+    "required": [f"p{i}" for i in range(6)],
+}
+
+
+def grammar_worker(server_pid: int, timeout: float = 60) -> psutil.Process:
+    """The chatgen process's grammar compiler (chat.grammar): its one multiprocessing child that is no resource
+    tracker."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for child in psutil.Process(server_pid).children():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                cmdline = " ".join(child.cmdline())
+                if "multiprocessing" in cmdline and "resource_tracker" not in cmdline:
+                    return child
+        assert time.monotonic() < deadline, "no grammar worker"
+        time.sleep(0.1)
+
+
+def ends_within(process: psutil.Process, seconds: float) -> float:
+    """Seconds until `process` is gone (or a zombie); fails after `seconds`."""
+    start = time.monotonic()
+    with contextlib.suppress(psutil.NoSuchProcess):
+        while process.status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() - start < seconds, f"the compile in {process.pid} ran on"
+            time.sleep(0.05)
+    return time.monotonic() - start
+
+
+def with_schema(schema: dict[str, object]) -> dict[str, object]:
+    return {"max_tokens": 3, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}}
+
+
+def quick(field: str) -> dict[str, object]:
+    """A schema compiled in milliseconds, new for each field name (verdicts are remembered: a new one compiles)."""
+    return with_schema({"type": "object", "properties": {field: {"type": "integer"}}})
+
+
+async def test_a_compile_abandoned_by_its_caller_stops() -> None:
+    """A schema that takes seconds to compile, under a generous --max-grammar-seconds: the REST caller that hangs up
+    and the gRPC caller whose deadline passes each take the compile down with them (its worker is killed at once),
+    the engine never sees the request, and the next schema is served by a fresh worker."""
+    with running_service(TEST_ENGINES[-1], "--max-grammar-seconds", "120") as svc:
+        with httpx.Client(base_url=svc.http_base, timeout=60) as http:
+
+            def post(params: dict[str, object], timeout: float = 60) -> httpx.Response:
+                body = {"model": MODEL_NAME, "messages": LONG, **params}
+                return http.post("/v1/chat/completions", json=body, timeout=timeout)
+
+            assert post(quick("a")).status_code == 200
+            requests_before = svc.metric("chatgen_engine_requests_total")
+            worker = grammar_worker(svc.process.pid)
+            with pytest.raises(httpx.ReadTimeout):
+                post(with_schema(SLOW_TO_COMPILE), timeout=1.5)
+            print(f"REST hang-up: the compile ended {ends_within(worker, 5):.2f} s after")
+            assert post(quick("b")).status_code == 200
+        worker = grammar_worker(svc.process.pid)
+        async with grpc.aio.insecure_channel(svc.grpc_address) as channel:
+            stub = pb_grpc.ChatServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.CreateChatCompletion(
+                    convert.chat_request(MODEL_NAME, LONG, with_schema(SLOW_TO_COMPILE)), timeout=1.5
+                )
+            assert info.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+            print(f"gRPC deadline: the compile ended {ends_within(worker, 5):.2f} s after")
+            reply = await stub.CreateChatCompletion(convert.chat_request(MODEL_NAME, LONG, quick("c")))
+            assert reply.choices[0].finish_reason in ("length", "stop") and reply.usage.completion_tokens >= 1
+        # The two quick requests after the first reached the engine; neither slow one did.
+        assert svc.metric("chatgen_engine_requests_total") - requests_before == 2
