@@ -12,10 +12,13 @@ for your own machine, not a tool to point at someone's service.
 
 Each client loops until the time is up: it streams one chat completion (half the clients over gRPC, half over
 REST/SSE through Envoy) and, with probability --cancel-fraction, drops it after a random number of tokens (gRPC
-cancel / closed HTTP connection). A 429 / RESOURCE_EXHAUSTED is honoured by waiting its Retry-After. Reported:
-streams served and cancelled, errors by kind, latency and time-to-first-token p50/p99, server memory (RSS of
-chatgen and its children) before and after, and leaked engine requests — what the engine still holds once all
-clients are gone, which must be 0. Exit status 1 when anything leaked or an unexpected error kind occurred.
+cancel / closed HTTP connection); with probability --error-fraction it sends an invalid request instead (a 400 /
+INVALID_ARGUMENT, counted as "rejected"). A 429 / RESOURCE_EXHAUSTED is honoured by waiting its Retry-After.
+Reported: streams served and cancelled, errors by kind, latency and time-to-first-token p50/p99, server memory
+(RSS of chatgen and its children) before and after and, per process, sampled every --sample-every seconds with
+its slope after the first --warmup-share of the run (benchmarks.rss), and leaked engine requests — what the
+engine still holds once all clients are gone, which must be 0. Exit status 1 when anything leaked or an
+unexpected error kind occurred.
 """
 
 from __future__ import annotations
@@ -40,11 +43,13 @@ import httpx
 import psutil
 
 from benchmarks.local_server import LocalServer, local_server, pct
+from benchmarks.rss import RssSampler, Series, Trend
 from chatgen.client import convert
 from chatgen.v1 import chatgen_pb2_grpc as pb_grpc
 
-# Outcomes a healthy server produces under this load: finished, dropped by the client, or turned away with 429.
-EXPECTED = {"ok", "cancelled", "overloaded"}
+# Outcomes a healthy server produces under this load: finished, dropped by the client, turned away with 429, or
+# an invalid request refused.
+EXPECTED = {"ok", "cancelled", "overloaded", "rejected"}
 PROMPTS = ["Tell me about the sea.", "Write a haiku about trains.", "Explain gravity to a child.", "Describe a city."]
 
 
@@ -75,6 +80,8 @@ class Report:
     leaked_engine_requests: float
     admitted_after: float
     waiting_after: float
+    rss: list[Trend] = field(default_factory=list)
+    rss_series: list[Series] = field(default_factory=list)  # every sample; written to --json only
     unexpected: list[str] = field(default_factory=list)
 
 
@@ -97,15 +104,18 @@ def rss_mib(pid: int) -> float:
     return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)]) / 2**20
 
 
+# Added to a request that is to be refused: out of range (0 to 2), so the validation layer answers 400.
+INVALID = {"temperature": 5.0}
+
+
 async def grpc_stream(
-    stub: pb_grpc.ChatServiceStub, model: str, text: str, max_tokens: int, cancel_at: int | None
+    stub: pb_grpc.ChatServiceStub, model: str, text: str, max_tokens: int, cancel_at: int | None, invalid: bool
 ) -> Outcome:
     start = time.perf_counter()
     ttft = None
     tokens = 0
-    call = stub.StreamChatCompletion(
-        convert.chat_request(model, [{"role": "user", "content": text}], {"max_tokens": max_tokens})
-    )
+    params = {"max_tokens": max_tokens, **(INVALID if invalid else {})}
+    call = stub.StreamChatCompletion(convert.chat_request(model, [{"role": "user", "content": text}], params))
     try:
         async for chunk in call:
             if chunk.choices and chunk.choices[0].delta.content:
@@ -116,15 +126,17 @@ async def grpc_stream(
                     return Outcome("grpc", "cancelled", ttft_s=ttft)
     except grpc.aio.AioRpcError as exc:
         trailers = dict(exc.trailing_metadata() or ())
-        kind = "overloaded" if exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED else f"grpc:{exc.code().name}"
+        kinds = {grpc.StatusCode.RESOURCE_EXHAUSTED: "overloaded", grpc.StatusCode.INVALID_ARGUMENT: "rejected"}
+        kind = kinds.get(exc.code(), f"grpc:{exc.code().name}")
         return Outcome("grpc", kind, retry_after_s=float(trailers.get("retry-after", 0) or 0))
     return Outcome("grpc", "ok", time.perf_counter() - start, ttft)
 
 
 async def rest_stream(
-    http: httpx.AsyncClient, model: str, text: str, max_tokens: int, cancel_at: int | None
+    http: httpx.AsyncClient, model: str, text: str, max_tokens: int, cancel_at: int | None, invalid: bool
 ) -> Outcome:
     body = {"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": max_tokens, "stream": True}
+    body |= INVALID if invalid else {}
     start = time.perf_counter()
     ttft = None
     tokens = 0
@@ -132,7 +144,8 @@ async def rest_stream(
         if response.status_code != 200:
             await response.aread()
             code = response.json().get("error", {}).get("code") if response.content else None
-            kind = "overloaded" if response.status_code == 429 else f"http:{response.status_code}:{code}"
+            kinds = {429: "overloaded", 400: "rejected"}
+            kind = kinds.get(response.status_code, f"http:{response.status_code}:{code}")
             return Outcome("rest", kind, retry_after_s=float(response.headers.get("retry-after", 0)))
         async for line in response.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
@@ -165,11 +178,12 @@ async def drive(server: LocalServer, args: argparse.Namespace, model: str) -> li
                     rng.randint(1, max(1, args.max_tokens // 2)) if rng.random() < args.cancel_fraction else None
                 )
                 text = rng.choice(PROMPTS)
+                invalid = rng.random() < args.error_fraction
                 try:
                     if index % 2 == 0:
-                        outcome = await grpc_stream(stub, model, text, args.max_tokens, cancel_at)
+                        outcome = await grpc_stream(stub, model, text, args.max_tokens, cancel_at, invalid)
                     else:
-                        outcome = await rest_stream(http, model, text, args.max_tokens, cancel_at)
+                        outcome = await rest_stream(http, model, text, args.max_tokens, cancel_at, invalid)
                 except (httpx.HTTPError, OSError) as exc:
                     outcome = Outcome("grpc" if index % 2 == 0 else "rest", f"client:{type(exc).__name__}")
                 outcomes.append(outcome)
@@ -208,9 +222,14 @@ async def main_async(args: argparse.Namespace) -> Report:
         model = httpx.get(f"{server.http_base}/v1/models", timeout=30).json()["data"][0]["id"]
         rss_before = rss_mib(server.pid)
         print(f"driving {args.concurrency} clients for {args.duration:g} s ...", file=sys.stderr, flush=True)
+        sampler, sampled = RssSampler(server.pid, args.sample_every), asyncio.Event()
+        sampling = asyncio.create_task(sampler.run(sampled))
         started = time.monotonic()
         outcomes = await drive(server, args, model)
         elapsed = time.monotonic() - started
+        sampled.set()
+        await sampling
+        sampler.sample()  # the last sample at the end of the load
         leaked = wait_idle(server.metrics_base)
         rss_after = rss_mib(server.pid)
         admitted = metric(server.metrics_base, "chatgen_admitted_slots")
@@ -240,6 +259,8 @@ async def main_async(args: argparse.Namespace) -> Report:
         leaked_engine_requests=leaked,
         admitted_after=admitted,
         waiting_after=waiting,
+        rss=sampler.trends(args.warmup_share),
+        rss_series=list(sampler.series.values()),
         unexpected=unexpected,
     )
 
@@ -249,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=30.0, help="seconds of load")
     parser.add_argument("--concurrency", type=int, default=32, help="concurrent streaming clients")
     parser.add_argument("--cancel-fraction", type=float, default=0.2, help="share of streams dropped midway")
+    parser.add_argument("--error-fraction", type=float, default=0.1, help="share of requests sent invalid")
+    parser.add_argument("--sample-every", type=float, default=5.0, help="seconds between RSS samples")
+    parser.add_argument("--warmup-share", type=float, default=0.25, help="share of the run before slopes count")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--engine", default="simulator", help="engine of the server this script starts")
@@ -261,10 +285,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="also write the report here")
     args = parser.parse_args(argv)
     report = asyncio.run(main_async(args))
-    text = json.dumps(asdict(report), indent=2)
-    print(text)
+    everything = asdict(report)
+    print(json.dumps({k: v for k, v in everything.items() if k != "rss_series"}, indent=2))
+    for t in report.rss:
+        print(
+            f"{t.role:>22} pid {t.pid:>7}: {t.first_mib:8.1f} -> {t.last_mib:8.1f} MiB (max {t.max_mib:.1f}), "
+            f"slope {t.slope_mib_per_min:+.3f} MiB/min",
+            file=sys.stderr,
+        )
     if args.json:
-        Path(args.json).write_text(text)
+        Path(args.json).write_text(json.dumps(everything))
     if report.leaked_engine_requests or report.admitted_after or report.waiting_after or report.unexpected:
         print("FAILED: leaked engine requests or unexpected errors", file=sys.stderr)
         return 1
