@@ -67,6 +67,16 @@ async def health(channel: grpc.aio.Channel, service: str = "") -> int:
     return int(reply.status)
 
 
+async def health_or_gone(channel: grpc.aio.Channel) -> int | None:
+    """The server's overall health, or None when the server no longer takes calls (stopping or gone)."""
+    try:
+        return await health(channel)
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE):
+            return None
+        raise
+
+
 async def wait_exit(svc: Service, timeout: float) -> int:
     deadline = time.monotonic() + timeout
     while (code := svc.process.poll()) is None:
@@ -171,8 +181,10 @@ async def test_a_dead_engine_fails_requests_with_unavailable_and_the_process_exi
                 await asyncio.wait_for(over_grpc, 30)
             failed_after = time.monotonic() - killed_at
             assert info.value.code() is grpc.StatusCode.UNAVAILABLE
-            # Out of rotation before the first caller heard of the failure.
-            assert await health(channel) == health_pb2.HealthCheckResponse.NOT_SERVING
+            # Out of rotation before the first caller heard of the failure: a probe sees NOT_SERVING, or nothing at
+            # all once the server has stopped listening (it stops as soon as the failed calls are answered; on a
+            # busy machine that can come first) — never SERVING.
+            assert await health_or_gone(channel) in (health_pb2.HealthCheckResponse.NOT_SERVING, None)
             events = await asyncio.wait_for(rest, 30)
             assert events[-1] == "[DONE]"
             check_row("engine-down", json.loads(events[-2])["error"])
