@@ -163,7 +163,9 @@ class JobRunner:
                     text = job.echo + text
                 first = False
                 if text or reasoning or finish or out.logprobs or tool_calls or out.prompt_logprobs:
-                    yield Delta(text, finish, reasoning, index, out.logprobs, tool_calls, out.prompt_logprobs)
+                    yield Delta(
+                        text, finish, reasoning, index, out.logprobs, tool_calls, out.prompt_logprobs, out.stop_sequence
+                    )
 
     async def _forced_deltas(self, job: Job, index: int, forced: ForcedTools) -> AsyncGenerator[Delta, None]:
         """A named function's arguments stream as they are written; "required" calls come whole at the end
@@ -203,6 +205,7 @@ class JobRunner:
         logprobs: list[TokenLogprob] = []
         prompt_logprobs: tuple[TokenLogprob, ...] = ()
         finish_reason = "stop"
+        stop_sequence: str | None = None
         async with contextlib.aclosing(self._outputs(job, index)) as outputs:
             async for out in outputs:
                 parts.append(out.text)
@@ -210,7 +213,7 @@ class JobRunner:
                 logprobs.extend(out.logprobs)
                 prompt_logprobs = prompt_logprobs or out.prompt_logprobs
                 if out.finish_reason:
-                    finish_reason = out.finish_reason
+                    finish_reason, stop_sequence = out.finish_reason, out.stop_sequence
         text = "".join(parts)
         reasoning: str | None = None
         tool_calls: tuple[ToolCall, ...] = ()
@@ -234,6 +237,7 @@ class JobRunner:
             logprobs=tuple(logprobs) if job.options.logprobs is not None else None,
             tool_calls=tool_calls,
             prompt_logprobs=prompt_logprobs,
+            stop_sequence=stop_sequence,
         )
 
 

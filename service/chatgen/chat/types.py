@@ -80,6 +80,8 @@ class Delta:
     tool_calls: tuple[ToolCallDelta, ...] = ()
     # Completions with echo and logprobs, on a choice's first delta: the prompt's tokens.
     prompt_logprobs: tuple[TokenLogprob, ...] = ()
+    # On the last delta, when a stop string ended the choice: which one.
+    stop_sequence: str | None = None
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,8 @@ class Choice:
     logprobs: tuple[TokenLogprob, ...] | None = None
     tool_calls: tuple[ToolCall, ...] = ()
     prompt_logprobs: tuple[TokenLogprob, ...] = ()
+    # When a stop string ended the choice: which one.
+    stop_sequence: str | None = None
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,8 @@ class StreamStart:
     n: int
     # Whether the deltas carry logprobs (the request asked for them).
     logprobs: bool
+    # Tokens of the prompt as the model sees it.
+    prompt_tokens: int = 0
 
 
 # What a stream yields: its StreamStart, the choices' Deltas as they come, then its Usage when it was asked for.

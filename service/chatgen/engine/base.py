@@ -78,6 +78,8 @@ class EngineOutput:
     logprobs: tuple[TokenLogprob, ...] = ()
     # On the first output only, when prompt logprobs were asked for: one per prompt token.
     prompt_logprobs: tuple[TokenLogprob, ...] = ()
+    # With finish_reason "stop": the stop string that ended the text (None: EOS or a stop token).
+    stop_sequence: str | None = None
 
 
 @dataclass(frozen=True)

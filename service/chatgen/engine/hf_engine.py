@@ -184,9 +184,9 @@ class HfEngine(Engine):
                 ids, logprobs = item
                 produced += len(ids)
                 text, stopped = decoder.add(ids)
-                if stopped:
+                if stopped is not None:
                     job.stop.set()
-                    yield EngineOutput(text, tuple(ids), "stop", logprobs, prompt_logprobs)
+                    yield EngineOutput(text, tuple(ids), "stop", logprobs, prompt_logprobs, stopped)
                     return
                 finish = None
                 if produced >= request.sampling.max_tokens:
@@ -387,8 +387,9 @@ class _IncrementalDecoder:
     def _text(self) -> str:
         return str(self._tokenizer.decode(self._ids, skip_special_tokens=self._skip_special_tokens))
 
-    def add(self, ids: list[int]) -> tuple[str, bool]:
-        """Return (new text, whether a stop string matched). Text from a stop string on is never returned."""
+    def add(self, ids: list[int]) -> tuple[str, str | None]:
+        """Return (new text, the stop string that matched or None). Text from a stop string on is never
+        returned."""
         self._ids.extend(ids)
         text = self._text()
         for s in self._stop:
@@ -396,7 +397,7 @@ class _IncrementalDecoder:
             if at != -1:
                 delta = text[self._emitted : at] if at > self._emitted else ""
                 self._emitted = max(self._emitted, at)
-                return delta, True
+                return delta, s
         safe = len(text)
         if text.endswith("\ufffd"):
             safe = len(text.rstrip("\ufffd"))
@@ -408,7 +409,7 @@ class _IncrementalDecoder:
                     break
         delta = text[self._emitted : safe] if safe > self._emitted else ""
         self._emitted = max(self._emitted, safe)
-        return delta, False
+        return delta, None
 
     def flush(self) -> str:
         text = self._text()

@@ -151,7 +151,9 @@ class VllmEngine(Engine):
                     )
                     first = TokenLogprob(self._decode(request.prompt_token_ids[0]), None)
                     prompt_entries = (first, *rest)
-                yield EngineOutput(c.text, tuple(c.token_ids), c.finish_reason, logprobs, prompt_entries)
+                # vLLM's stop_reason: the stop string matched, or the stop token id (an int), or None (EOS).
+                matched = c.stop_reason if isinstance(c.stop_reason, str) else None
+                yield EngineOutput(c.text, tuple(c.token_ids), c.finish_reason, logprobs, prompt_entries, matched)
         except VLLMClientError as exc:
             # vLLM's own request validation (its 4xx class): the caller's fault, not the engine's.
             raise EngineRejectedRequest(str(exc), getattr(exc, "parameter", None)) from exc

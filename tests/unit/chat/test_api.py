@@ -140,10 +140,10 @@ def test_incremental_decoder_holds_back_a_split_stop_string(tokenizer) -> None: 
     decoder = _IncrementalDecoder(tokenizer, ("END",))
     ids = tokenizer.encode("hello there EN", add_special_tokens=False)
     text, stopped = decoder.add(ids)
-    assert not stopped
+    assert stopped is None
     assert text == "hello there "  # "EN" could be the start of "END"
     text, stopped = decoder.add(tokenizer.encode("D and more", add_special_tokens=False))
-    assert stopped
+    assert stopped == "END"
     assert text == ""
 
 
