@@ -41,10 +41,14 @@ class FailureStatus:
     grpc_code: grpc.StatusCode
     http_status: int
     openai_type: str
+    # Anthropic's error `type` for the same failure (the Messages API's errors).
+    anthropic_type: str = "invalid_request_error"
 
 
 _INVALID = "invalid_request_error"
 _UNAVAILABLE = "service_unavailable_error"
+# Anthropic's type for a service that cannot take the request now (its SDK retries these, as it does 529).
+_OVERLOADED = "overloaded_error"
 
 FAILURES: dict[Failure, FailureStatus] = {
     Failure.INVALID_REQUEST: FailureStatus(grpc.StatusCode.INVALID_ARGUMENT, 400, _INVALID),
@@ -53,22 +57,24 @@ FAILURES: dict[Failure, FailureStatus] = {
     # A well-formed request for something this deployment cannot do. Not UNIMPLEMENTED: Envoy maps that to 501,
     # and a client's request must never be a 5xx.
     Failure.UNSUPPORTED: FailureStatus(grpc.StatusCode.INVALID_ARGUMENT, 400, _INVALID),
-    Failure.MODEL_NOT_FOUND: FailureStatus(grpc.StatusCode.NOT_FOUND, 404, "not_found_error"),
+    Failure.MODEL_NOT_FOUND: FailureStatus(grpc.StatusCode.NOT_FOUND, 404, "not_found_error", "not_found_error"),
     Failure.NO_CHAT_TEMPLATE: FailureStatus(grpc.StatusCode.FAILED_PRECONDITION, 400, _INVALID),
     # gRPC itself answers a message over the receive limit; Envoy answers a body over its buffer limit.
-    Failure.REQUEST_TOO_LARGE: FailureStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, 413, _INVALID),
+    Failure.REQUEST_TOO_LARGE: FailureStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, 413, _INVALID, "request_too_large"),
     # Envoy's answer to request headers over its limit (gRPC itself limits a gRPC caller's metadata).
     Failure.HEADERS_TOO_LARGE: FailureStatus(grpc.StatusCode.INVALID_ARGUMENT, 431, _INVALID),
     # A REST body the gateway will not read as JSON; REST only (a gRPC caller's messages are protobuf).
     Failure.UNSUPPORTED_MEDIA_TYPE: FailureStatus(grpc.StatusCode.INVALID_ARGUMENT, 415, _INVALID),
-    Failure.NOT_FOUND: FailureStatus(grpc.StatusCode.UNIMPLEMENTED, 404, "not_found_error"),
-    Failure.INVALID_API_KEY: FailureStatus(grpc.StatusCode.UNAUTHENTICATED, 401, "authentication_error"),
-    Failure.OVERLOADED: FailureStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, 429, "rate_limit_error"),
-    Failure.DEADLINE_EXCEEDED: FailureStatus(grpc.StatusCode.DEADLINE_EXCEEDED, 504, "timeout_error"),
-    Failure.SHUTTING_DOWN: FailureStatus(grpc.StatusCode.UNAVAILABLE, 503, _UNAVAILABLE),
-    Failure.ENGINE_UNAVAILABLE: FailureStatus(grpc.StatusCode.UNAVAILABLE, 503, _UNAVAILABLE),
-    Failure.UNAVAILABLE: FailureStatus(grpc.StatusCode.UNAVAILABLE, 503, _UNAVAILABLE),
-    Failure.INTERNAL: FailureStatus(grpc.StatusCode.INTERNAL, 500, "server_error"),
+    Failure.NOT_FOUND: FailureStatus(grpc.StatusCode.UNIMPLEMENTED, 404, "not_found_error", "not_found_error"),
+    Failure.INVALID_API_KEY: FailureStatus(
+        grpc.StatusCode.UNAUTHENTICATED, 401, "authentication_error", "authentication_error"
+    ),
+    Failure.OVERLOADED: FailureStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, 429, "rate_limit_error", "rate_limit_error"),
+    Failure.DEADLINE_EXCEEDED: FailureStatus(grpc.StatusCode.DEADLINE_EXCEEDED, 504, "timeout_error", "timeout_error"),
+    Failure.SHUTTING_DOWN: FailureStatus(grpc.StatusCode.UNAVAILABLE, 503, _UNAVAILABLE, _OVERLOADED),
+    Failure.ENGINE_UNAVAILABLE: FailureStatus(grpc.StatusCode.UNAVAILABLE, 503, _UNAVAILABLE, _OVERLOADED),
+    Failure.UNAVAILABLE: FailureStatus(grpc.StatusCode.UNAVAILABLE, 503, _UNAVAILABLE, _OVERLOADED),
+    Failure.INTERNAL: FailureStatus(grpc.StatusCode.INTERNAL, 500, "server_error", "api_error"),
 }
 
 
@@ -252,11 +258,26 @@ class ApiError(Exception):
         # ASCII-only and single-line, so it can travel as gRPC metadata (see transport.status).
         return json.dumps(self.openai_body(), ensure_ascii=True, separators=(",", ":"))
 
+    def anthropic_body(self) -> dict[str, object]:
+        return anthropic_error(self.failure, self.message, self.param)
+
+    def anthropic_json(self) -> str:
+        return json.dumps(self.anthropic_body(), ensure_ascii=True, separators=(",", ":"))
+
 
 def openai_error(failure: Failure, message: str, param: str | None = None) -> dict[str, dict[str, str | None]]:
     """OpenAI's error JSON, `{"error": {"message", "type", "param", "code"}}`: the one builder for the server's
     errors and the gateway's own replies. `code` carries the failure kind (OpenAI uses short snake_case codes)."""
     return {"error": {"message": message, "type": FAILURES[failure].openai_type, "param": param, "code": failure.value}}
+
+
+def anthropic_error(failure: Failure, message: str, param: str | None = None) -> dict[str, object]:
+    """Anthropic's error JSON, `{"type": "error", "error": {"type", "message"}}` (the Messages API's errors). It
+    has no `param`: the field at fault leads the message, as Anthropic writes it (`max_tokens: Field required`),
+    unless the message names it already; the gRPC status details carry both apart."""
+    if param is not None and param.lower() not in message.lower():
+        message = f"{param}: {message}"
+    return {"type": "error", "error": {"type": FAILURES[failure].anthropic_type, "message": message}}
 
 
 # How much of a client's value an error message quotes: messages travel in gRPC metadata (transport.status), which

@@ -1,4 +1,5 @@
-"""Optional API keys: REST `Authorization: Bearer`, gRPC `authorization` metadata; probes stay open."""
+"""Optional API keys: REST `Authorization: Bearer` or `x-api-key`, gRPC `authorization` metadata; probes stay
+open."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import anthropic
 import grpc
 import httpx
 import openai
@@ -61,6 +63,30 @@ def test_openai_sdk_gets_authentication_error(secured: Service) -> None:
     client = openai.OpenAI(api_key="sk-nope", base_url=f"{secured.http_base}/v1", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         client.chat.completions.create(model=MODEL_NAME, messages=ASK, stream=True)  # type: ignore[arg-type]
+
+
+def test_anthropic_sdk_sends_its_key_as_x_api_key(secured: Service) -> None:
+    client = anthropic.Anthropic(api_key=KEYS["file"], base_url=secured.http_base, max_retries=0)
+    reply = client.messages.create(model=MODEL_NAME, max_tokens=4, messages=ASK)  # type: ignore[arg-type]
+    assert reply.usage.output_tokens == 4
+    # x-api-key works on the OpenAI paths too.
+    chat = httpx.post(
+        f"{secured.http_base}/v1/chat/completions",
+        json={"model": MODEL_NAME, "messages": ASK, "max_tokens": 2},
+        headers={"x-api-key": KEYS["cli"]},
+    )
+    assert chat.status_code == 200
+    wrong = anthropic.Anthropic(api_key="sk-nope", base_url=secured.http_base, max_retries=0)
+    with pytest.raises(anthropic.AuthenticationError) as info:
+        wrong.messages.create(model=MODEL_NAME, max_tokens=4, messages=ASK)  # type: ignore[arg-type]
+    assert info.value.body == {  # Anthropic's error shape on /v1/messages
+        "type": "error",
+        "error": {
+            "type": "authentication_error",
+            "message": "Missing or invalid API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'",
+        },
+    }
+    assert KEYS["file"] not in json.dumps(info.value.body)
 
 
 def test_grpc_metadata_key(secured: Service) -> None:

@@ -56,7 +56,9 @@ def test_gateway_replies_agree_with_the_table() -> None:
 def test_the_lua_filter_gets_the_table(tmp_path: Path) -> None:
     settings = GatewaySettings("127.0.0.1", 8000, "127.0.0.1", 50051, 9901, tmp_path)
     errors = lua_settings(settings)["http_errors"]
-    assert errors == {str(s): [FAILURES[f].openai_type, f.value] for s, f in GATEWAY_REPLIES.items()}
+    assert errors == {
+        str(s): [FAILURES[f].openai_type, f.value, FAILURES[f].anthropic_type] for s, f in GATEWAY_REPLIES.items()
+    }
 
 
 def test_envoy_local_replies_come_from_the_table(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
@@ -30,6 +30,7 @@ from chatgen.chat.validation import (
     validate_chat,
     validate_completion,
 )
+from chatgen.chat.validation.messages import MessagesTranslation, translate, translate_count
 from chatgen.engine import Engine
 from chatgen.errors import ApiError, Failure, context_length_exceeded, invalid
 from chatgen.v1 import chatgen_pb2 as pb
@@ -89,9 +90,29 @@ class ChatApi:
             async for item in items:
                 yield item
 
+    async def message(self, request: pb.CreateMessageRequest) -> Result:
+        """An Anthropic Messages request, run as the chat request it stands for."""
+        translation = translate(_named(request), streaming=False)
+        with _renamed(translation):
+            return await self.chat(translation.chat)
+
+    async def message_stream(self, request: pb.CreateMessageRequest) -> AsyncGenerator[StreamItem, None]:
+        translation = translate(_named(request), streaming=True)
+        with _renamed(translation):
+            async with contextlib.aclosing(self.chat_stream(translation.chat)) as items:
+                async for item in items:
+                    yield item
+
+    async def count_message_tokens(self, request: pb.CountMessageTokensRequest) -> int:
+        """The prompt's tokens, as a Messages request with these turns would run it."""
+        translation = translate_count(_named(request))
+        with _renamed(translation):
+            plan = validate_chat(translation.chat, self.served, streaming=False)
+            return len(await self._render(render_chat, self._engine.tokenizer, plan))
+
     async def _stream(self, job: Job, include_usage: bool) -> AsyncGenerator[StreamItem, None]:
         async with self._admitted(job), contextlib.aclosing(self._runner.stream(job)) as deltas:
-            yield StreamStart(job.id, job.n, job.options.logprobs is not None)
+            yield StreamStart(job.id, job.n, job.options.logprobs is not None, len(job.prompt_token_ids))
             async for delta in deltas:
                 yield delta
         if include_usage:
@@ -162,7 +183,16 @@ class ChatApi:
         return job
 
 
-def _named(request: pb.CreateChatCompletionRequest | pb.CreateCompletionRequest) -> Any:
+@contextlib.contextmanager
+def _renamed(translation: MessagesTranslation) -> Iterator[None]:
+    """Errors of the chat request name the Messages request's fields."""
+    try:
+        yield
+    except ApiError as err:
+        raise translation.renamed(err) from None
+
+
+def _named(request: Any) -> Any:
     """The request, its model noted in the call's stats (failures are recorded with the model they asked for)."""
     accounting.current().model = request.model
     return request

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from chatgen.errors import FAILURES, GATEWAY_REPLIES, Failure, openai_error
+from chatgen.errors import FAILURES, GATEWAY_REPLIES, Failure, anthropic_error, openai_error
 from chatgen.gateway import routes
 from chatgen.gateway.descriptors import write_descriptor_set
 from chatgen.gateway.settings import GatewaySettings
@@ -34,9 +34,13 @@ def lua_source() -> Path:
     return Path(str(importlib.resources.files("chatgen.gateway") / "openai_compat.lua"))
 
 
+# The Messages API's paths, whose errors are Anthropic's.
+ANTHROPIC_PREFIX = "/v1/messages"
+
+
 def _openai_kind(failure: Failure) -> list[str]:
-    """[OpenAI error `type`, `code`] of a failure kind."""
-    return [FAILURES[failure].openai_type, failure.value]
+    """[OpenAI error `type`, `code`, Anthropic error `type`] of a failure kind."""
+    return [FAILURES[failure].openai_type, failure.value, FAILURES[failure].anthropic_type]
 
 
 def lua_settings(settings: GatewaySettings) -> dict[str, Any]:
@@ -60,8 +64,9 @@ def lua_settings(settings: GatewaySettings) -> dict[str, Any]:
     return out
 
 
-def _error_body(message: str, failure: Failure) -> dict[str, Any]:
-    return {"content_type": "application/json", "json_format": openai_error(failure, message)}
+def _error_body(message: str, failure: Failure, anthropic: bool) -> dict[str, Any]:
+    body = anthropic_error(failure, message) if anthropic else openai_error(failure, message)
+    return {"content_type": "application/json", "json_format": body}
 
 
 def _status_value(status: int, key: str) -> dict[str, Any]:
@@ -75,7 +80,17 @@ def _status_is(status: int | None, key: str) -> dict[str, Any]:
 
 
 def local_reply_mappers(max_body_bytes: int) -> list[dict[str, Any]]:
-    """Envoy's own error replies (upstream down, unknown path, body too large) in OpenAI's error shape."""
+    """Envoy's own error replies (upstream down, unknown path, body too large) in OpenAI's error shape, and on the
+    Messages API's paths in Anthropic's (the first mapper that matches wins)."""
+    on_messages = {"header_filter": {"header": {"name": ":path", "string_match": {"prefix": ANTHROPIC_PREFIX}}}}
+    anthropic = [
+        {**mapper, "filter": {"and_filter": {"filters": [on_messages, mapper["filter"]]}}}
+        for mapper in _mappers(max_body_bytes, anthropic=True)
+    ]
+    return anthropic + _mappers(max_body_bytes, anthropic=False)
+
+
+def _mappers(max_body_bytes: int, anthropic: bool) -> list[dict[str, Any]]:
     too_large = FAILURES[Failure.REQUEST_TOO_LARGE].http_status
     mappers: list[dict[str, Any]] = [
         # Envoy's circuit breaker to the server tripped (upstream overflow): the same 429 the server sends itself.
@@ -85,13 +100,16 @@ def local_reply_mappers(max_body_bytes: int) -> list[dict[str, Any]]:
             "headers_to_add": [
                 {"header": {"key": "retry-after", "value": "1"}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
             ],
-            "body_format_override": _error_body("The server is at capacity; retry later", Failure.OVERLOADED),
+            "body_format_override": _error_body(
+                "The server is at capacity; retry later", Failure.OVERLOADED, anthropic
+            ),
         },
         {
             "filter": _status_is(too_large, "too_large"),
             "body_format_override": _error_body(
                 f"The request body is larger than this server accepts ({max_body_bytes} bytes)",
                 Failure.REQUEST_TOO_LARGE,
+                anthropic,
             ),
         },
     ]
@@ -100,7 +118,7 @@ def local_reply_mappers(max_body_bytes: int) -> list[dict[str, Any]]:
             mappers.append(
                 {
                     "filter": _status_is(status, str(status)),
-                    "body_format_override": _error_body("%LOCAL_REPLY_BODY%", failure),
+                    "body_format_override": _error_body("%LOCAL_REPLY_BODY%", failure, anthropic),
                 }
             )
     # Envoy's other 4xx replies (408 for a client too slow to send its request, 426 for HTTP/1.0, ...) are the
@@ -114,10 +132,16 @@ def local_reply_mappers(max_body_bytes: int) -> list[dict[str, Any]]:
         }
     }
     mappers.append(
-        {"filter": client_fault, "body_format_override": _error_body("%LOCAL_REPLY_BODY%", Failure.INVALID_REQUEST)}
+        {
+            "filter": client_fault,
+            "body_format_override": _error_body("%LOCAL_REPLY_BODY%", Failure.INVALID_REQUEST, anthropic),
+        }
     )
     mappers.append(
-        {"filter": _status_is(None, "any"), "body_format_override": _error_body("%LOCAL_REPLY_BODY%", Failure.INTERNAL)}
+        {
+            "filter": _status_is(None, "any"),
+            "body_format_override": _error_body("%LOCAL_REPLY_BODY%", Failure.INTERNAL, anthropic),
+        }
     )
     return mappers
 
@@ -167,7 +191,12 @@ def http_filters(descriptor: Path, shared: bool) -> list[dict[str, Any]]:
             "typed_config": typed(
                 "envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder",
                 proto_descriptor=str(descriptor),
-                services=["chatgen.v1.ChatService", "chatgen.v1.GenerateService", "chatgen.v1.ModelsService"],
+                services=[
+                    "chatgen.v1.ChatService",
+                    "chatgen.v1.GenerateService",
+                    "chatgen.v1.MessagesService",
+                    "chatgen.v1.ModelsService",
+                ],
                 convert_grpc_status=True,
                 request_validation_options={"reject_unknown_method": True},
                 print_options={"preserve_proto_field_names": True, "always_print_primitive_fields": True},

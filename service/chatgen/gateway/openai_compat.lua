@@ -8,22 +8,27 @@
 --           a stream or a unary reply from `"stream"`; nothing here reads them, except that the shared gateway
 --           routes on `model` (json_to_metadata, the filter before this one, has parsed it into dynamic metadata
 --           by the time body() returns, so no JSON is parsed here).
--- Response: gRPC errors get OpenAI's error JSON (the server sends it in `x-chatgen-error`). Replies and streams
---           need nothing here: the server sends their bytes ready to pass on, so no Lua runs per token.
+-- Response: gRPC errors get OpenAI's error JSON (the server sends it in `x-chatgen-error`), or on the Messages
+--           API's paths (/v1/messages...) Anthropic's, as the errors this filter or Envoy answer there. Replies and
+--           streams need nothing here: the server sends their bytes ready to pass on, so no Lua runs per token.
 --
 -- Settings (route metadata under this filter's name, key "chatgen"):
---   http_errors   HTTP status (a string) -> {OpenAI type, code}, for errors without a chatgen error body
---                 (Envoy's own, or raised by gRPC itself)
---   local_errors  "not_found" / "invalid" / "media_type" -> {HTTP status, OpenAI type, code}: what this filter
---                 answers itself
+--   http_errors   HTTP status (a string) -> {OpenAI type, code, Anthropic type}, for errors without a chatgen
+--                 error body (Envoy's own, or raised by gRPC itself)
+--   local_errors  "not_found" / "invalid" / "media_type" -> {HTTP status, OpenAI type, code, Anthropic type}:
+--                 what this filter answers itself
 --   models        the shared gateway (chatgen gateway --backends) only: the models it routes; absent with one
 --                 backend, where the server answers for its own model
 --   model_cards   the shared gateway only: per model, its card when none of its replicas answers
 --   self_cluster  the shared gateway only: the cluster that leads back into this REST API (an internal listener)
 
-local ROUTED = { ["/v1/chat/completions"] = true, ["/v1/completions"] = true }
+local ROUTED = { ["/v1/chat/completions"] = true, ["/v1/completions"] = true, ["/v1/messages"] = true,
+  ["/v1/messages/count_tokens"] = true }
 local MODEL_HEADER = "x-chatgen-model"
 local STATUS_HEADER = "x-chatgen-status"
+local ANTHROPIC_PREFIX = "/v1/messages"
+-- Where the request phase notes, for the response phase, that the call speaks Anthropic's errors.
+local NOTES = "chatgen.lua"
 
 local ESCAPES = { ['"'] = '\\"', ['\\'] = '\\\\', ['\n'] = '\\n', ['\r'] = '\\r', ['\t'] = '\\t' }
 
@@ -39,15 +44,33 @@ local function percent_decode(s)
   return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
 end
 
--- OpenAI's error JSON (chatgen.errors.openai_error's shape), from a message already escaped as a JSON string.
-local function error_json(message_json, error_type, param, code)
+local function is_anthropic(path)
+  return path:sub(1, #ANTHROPIC_PREFIX) == ANTHROPIC_PREFIX
+end
+
+-- Whether the request phase noted this call as the Messages API's.
+local function speaks_anthropic(handle)
+  local notes = handle:streamInfo():dynamicMetadata():get(NOTES)
+  return notes ~= nil and notes["anthropic"] == true
+end
+
+-- OpenAI's error JSON (chatgen.errors.openai_error's shape), or with `anthropic_type` Anthropic's
+-- (chatgen.errors.anthropic_error's: the param leads the message), from a message already escaped as a JSON
+-- string.
+local function error_json(message_json, error_type, param, code, anthropic_type)
+  if anthropic_type ~= nil then
+    if param ~= nil and not message_json:lower():find(param:lower(), 1, true) then
+      message_json = '"' .. param .. ': ' .. message_json:sub(2)
+    end
+    return '{"type":"error","error":{"type":"' .. anthropic_type .. '","message":' .. message_json .. '}}'
+  end
   return '{"error":{"message":' .. message_json .. ',"type":"' .. error_type .. '","param":' ..
     (param and ('"' .. param .. '"') or "null") .. ',"code":"' .. code .. '"}}'
 end
 
 local function respond_error(handle, config, kind, message, param)
   local e = config["local_errors"][kind]
-  local body = error_json(json_string(message), e[2], param, e[3])
+  local body = error_json(json_string(message), e[2], param, e[3], speaks_anthropic(handle) and e[4] or nil)
   -- Like a server error: local_reply_config rewrites local reply bodies, envoy_on_response puts this one back,
   -- and the status too (Envoy answers a request of a gRPC content type in gRPC's way: 200 and a grpc-status).
   local status = string.format("%d", e[1])
@@ -156,6 +179,9 @@ function envoy_on_request(handle)
   local headers = handle:headers()
   -- Only the gateway may pick a model's route.
   headers:remove(MODEL_HEADER)
+  if is_anthropic(headers:get(":path")) then
+    handle:streamInfo():dynamicMetadata():set(NOTES, "anthropic", true)
+  end
   local method = headers:get(":method")
   if refused(handle, headers, method) then return end
   local path, query = headers:get(":path"):match("^([^?]*)(.*)$")
@@ -202,9 +228,9 @@ end
 
 local function openai_error(handle, message_json, status)
   local config = settings(handle)
-  local errors = config ~= nil and config["http_errors"] or { ["500"] = { "server_error", "internal" } }
+  local errors = config ~= nil and config["http_errors"] or { ["500"] = { "server_error", "internal", "api_error" } }
   local kind = errors[string.format("%d", status)] or errors["500"]
-  return error_json('"' .. message_json .. '"', kind[1], nil, kind[2])
+  return error_json('"' .. message_json .. '"', kind[1], nil, kind[2], speaks_anthropic(handle) and kind[3] or nil)
 end
 
 function envoy_on_response(handle)

@@ -23,12 +23,16 @@ PROTECTED_PREFIX = "/chatgen.v1."
 LOG_EVERY_SECONDS = 10.0
 
 
-def _bearer(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
-    """The bearer token of the `authorization` metadata; "" when it is there but not a bearer token."""
+def _presented(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
+    """The key a call presents: the bearer token of the `authorization` metadata ("" when that is not a bearer
+    token), else the `x-api-key` metadata (how Anthropic's clients send a key); None when it has neither."""
+    api_key = None
     for key, value in metadata or ():
         if key == "authorization" and isinstance(value, str):
             return value[len("bearer ") :].strip() if value.lower().startswith("bearer ") else ""
-    return None
+        if key == "x-api-key" and isinstance(value, str):
+            api_key = value.strip()
+    return api_key
 
 
 class FailedAuth:
@@ -76,24 +80,27 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None or not details.method.startswith(PROTECTED_PREFIX):
             return handler
-        reason = self._refusal(_bearer(details.invocation_metadata))
+        reason = self._refusal(_presented(details.invocation_metadata))
         if reason is None:
             return handler
-        return _rejecting(handler, lambda peer: self._failed(reason, peer, details.method))
+        anthropic = details.method.startswith(status.ANTHROPIC_SERVICE)
+        return _rejecting(handler, lambda peer: self._failed(reason, peer, details.method), anthropic)
 
 
-def _rejecting(handler: grpc.RpcMethodHandler, note: Callable[[str], None]) -> grpc.RpcMethodHandler:
+def _rejecting(handler: grpc.RpcMethodHandler, note: Callable[[str], None], anthropic: bool) -> grpc.RpcMethodHandler:
     err = ApiError(
-        Failure.INVALID_API_KEY, "Missing or invalid API key: send 'Authorization: Bearer <key>'", "authorization"
+        Failure.INVALID_API_KEY,
+        "Missing or invalid API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'",
+        "authorization",
     )
 
     async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
         note(_peer(context))
-        await status.abort(context, err)
+        await status.abort(context, err, anthropic=anthropic)
 
     async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
         note(_peer(context))
-        await status.abort(context, err)
+        await status.abort(context, err, anthropic=anthropic)
         yield  # pragma: no cover - makes this an async generator, as streaming handlers are
 
     kwargs = {

@@ -1,4 +1,4 @@
-"""gRPC servicers for the Chat, Generate and Models services. Each RPC is one call into the chat layer; the
+"""gRPC servicers for the Chat, Generate, Messages and Models services. Each RPC is one call into the chat layer; the
 servicers convert its results into reply messages (transport.replies) and its errors into statuses
 (transport.status), nothing else."""
 
@@ -15,15 +15,17 @@ from google.api.httpbody_pb2 import HttpBody
 from chatgen.chat.api import ChatApi
 from chatgen.chat.types import StreamItem
 from chatgen.errors import ApiError, Failure, shown
-from chatgen.transport import replies, rest, sse, status
+from chatgen.transport import messages, replies, rest, status
+from chatgen.transport.messages import MessageEvents
 from chatgen.transport.replies import ChatChunks, CompletionChunks
 from chatgen.v1 import chatgen_pb2 as pb
 from chatgen.v1 import chatgen_pb2_grpc as pb_grpc
 
-R = TypeVar("R", pb.CreateChatCompletionRequest, pb.CreateCompletionRequest)
+R = TypeVar("R", pb.CreateChatCompletionRequest, pb.CreateCompletionRequest, pb.CreateMessageRequest)
+Reply = pb.CreateChatCompletionResponse | pb.CreateCompletionResponse | pb.CreateMessageResponse
 
 
-def _json_body(reply: pb.CreateChatCompletionResponse | pb.CreateCompletionResponse) -> HttpBody:
+def _json_body(reply: Reply | pb.CountMessageTokensResponse) -> HttpBody:
     return HttpBody(content_type=rest.CONTENT_TYPE, data=rest.render(reply))
 
 
@@ -106,15 +108,15 @@ class _RestCall(Generic[R]):
     a stream of events, as the request's `stream` field says."""
 
     request_type: type[R]
-    reply: Callable[[R], Awaitable[pb.CreateChatCompletionResponse | pb.CreateCompletionResponse]]
+    reply: Callable[[R], Awaitable[Reply]]
     stream: Callable[[R], AsyncGenerator[StreamItem, None]]
     write_timeout: float = 0.0
 
     async def bodies(
-        self, context: grpc.aio.ServicerContext, body: HttpBody, chunks: replies.StreamChunks
+        self, context: grpc.aio.ServicerContext, body: HttpBody, chunks: replies.StreamChunks | MessageEvents
     ) -> AsyncGenerator[HttpBody, None]:
         """The call's HttpBody messages: a unary reply's one JSON body, or a stream's chunks as events, then
-        `[DONE]`."""
+        what ends the stream (OpenAI's `[DONE]`; nothing for Anthropic's)."""
         events = chunks.events
         assert events is not None
         relayed = status.stream(context, self._chunks(body, chunks), chunks.error, True, self.write_timeout)
@@ -126,9 +128,12 @@ class _RestCall(Generic[R]):
                 yield chunk
                 if chunk.content_type == rest.CONTENT_TYPE:
                     return
-        yield events.body(sse.DONE)
+        if events.done:
+            yield events.body(events.done)
 
-    async def _chunks(self, body: HttpBody, chunks: replies.StreamChunks) -> AsyncGenerator[replies.Chunk, None]:
+    async def _chunks(
+        self, body: HttpBody, chunks: replies.StreamChunks | MessageEvents
+    ) -> AsyncGenerator[replies.Chunk, None]:
         request = rest.parse(body.data, self.request_type)
         if not request.stream:
             yield _json_body(await self.reply(request))
@@ -136,6 +141,59 @@ class _RestCall(Generic[R]):
         async with contextlib.aclosing(chunks.chunks(self.stream(request))) as items:
             async for chunk in items:
                 yield chunk
+
+
+class MessagesServicer(pb_grpc.MessagesServiceServicer):
+    """The Anthropic Messages API: each call's errors are Anthropic's (transport.status.speak_anthropic)."""
+
+    def __init__(self, api: ChatApi, write_timeout: float = 0.0) -> None:
+        self._api = api
+        self._model = api.served.name
+        self._write_timeout = write_timeout
+
+    async def CreateMessage(
+        self, request: pb.CreateMessageRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateMessageResponse:
+        status.speak_anthropic()
+        return await status.unary(context, self._reply(request))
+
+    async def StreamMessage(
+        self, request: pb.CreateMessageRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.StreamMessageResponse]:
+        status.speak_anthropic()
+        events = MessageEvents(self._model, rest=False)
+        relayed = status.stream(
+            context, events.chunks(self._api.message_stream(request)), events.error, False, self._write_timeout
+        )
+        async with contextlib.aclosing(relayed):
+            async for event in relayed:
+                yield event
+
+    async def CountMessageTokens(
+        self, request: pb.CountMessageTokensRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CountMessageTokensResponse:
+        status.speak_anthropic()
+        return await status.unary(context, self._count(request))
+
+    async def CreateMessageHttp(self, body: HttpBody, context: grpc.aio.ServicerContext) -> AsyncIterator[HttpBody]:
+        status.speak_anthropic()
+        call = _RestCall(pb.CreateMessageRequest, self._reply, self._api.message_stream, self._write_timeout)
+        async with contextlib.aclosing(call.bodies(context, body, MessageEvents(self._model, rest=True))) as bodies:
+            async for out in bodies:
+                yield out
+
+    async def CountMessageTokensHttp(self, body: HttpBody, context: grpc.aio.ServicerContext) -> HttpBody:
+        status.speak_anthropic()
+        return await status.unary(context, self._count_http(body))
+
+    async def _reply(self, request: pb.CreateMessageRequest) -> pb.CreateMessageResponse:
+        return messages.message_reply(await self._api.message(request), self._model)
+
+    async def _count(self, request: pb.CountMessageTokensRequest) -> pb.CountMessageTokensResponse:
+        return messages.count_reply(await self._api.count_message_tokens(request))
+
+    async def _count_http(self, body: HttpBody) -> HttpBody:
+        return _json_body(await self._count(rest.parse(body.data, pb.CountMessageTokensRequest)))
 
 
 class ModelsServicer(pb_grpc.ModelsServiceServicer):

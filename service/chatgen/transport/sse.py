@@ -73,6 +73,9 @@ class Events:
     """One stream's chunks -> HttpBody messages of SSE bytes; the first carries the content type. `envelope` is a
     chunk holding the stream's object, created and model (as every chunk of it does)."""
 
+    # What ends the stream, after its last chunk.
+    done = DONE
+
     def __init__(self, envelope: pb.StreamChatCompletionResponse | pb.StreamCompletionResponse) -> None:
         self._envelope = envelope
         self._first = True

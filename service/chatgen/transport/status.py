@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TypeVar
@@ -36,6 +37,23 @@ _MAX_MESSAGE_BYTES = 600
 _SSE_DEADLINE_MARGIN = 0.05
 
 
+# How this call's errors look to its caller: OpenAI's error JSON, or Anthropic's for the Messages API (whose
+# servicer says so for each of its calls; each RPC runs in a task, and so in a context, of its own).
+_anthropic: contextvars.ContextVar[bool] = contextvars.ContextVar("chatgen_anthropic_errors", default=False)
+ANTHROPIC_SERVICE = "/chatgen.v1.MessagesService/"
+
+
+def speak_anthropic() -> None:
+    """This call's errors are Anthropic's (`{"type": "error", "error": {...}}`)."""
+    _anthropic.set(True)
+
+
+def error_json(err: ApiError, anthropic: bool | None = None) -> str:
+    """The error body a REST caller gets (the `x-chatgen-error` trailer): this call's API's shape, or the one
+    `anthropic` names."""
+    return err.anthropic_json() if (_anthropic.get() if anthropic is None else anthropic) else err.openai_json()
+
+
 def as_api_error(exc: Exception) -> ApiError:
     if isinstance(exc, ApiError):
         return exc
@@ -62,12 +80,17 @@ def rpc_status(err: ApiError) -> status_pb2.Status:
     return status
 
 
-async def abort(context: grpc.aio.ServicerContext, err: ApiError, extra: tuple[tuple[str, str], ...] = ()) -> None:
+async def abort(
+    context: grpc.aio.ServicerContext,
+    err: ApiError,
+    extra: tuple[tuple[str, str], ...] = (),
+    anthropic: bool | None = None,
+) -> None:
     if len(err.message.encode()) > _MAX_MESSAGE_BYTES or (err.param is not None and len(err.param) > 200):
         message = err.message.encode()[:_MAX_MESSAGE_BYTES].decode(errors="ignore")
         err = ApiError(err.failure, message + "...", err.param and err.param[:200], err.retry_after)
     metadata: list[tuple[str, str | bytes]] = [
-        (ERROR_METADATA_KEY, err.openai_json()),
+        (ERROR_METADATA_KEY, error_json(err, anthropic)),
         (STATUS_DETAILS_KEY, rpc_status(err).SerializeToString()),
         *extra,
     ]

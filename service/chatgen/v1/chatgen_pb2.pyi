@@ -439,6 +439,190 @@ class StreamCompletionResponse(_message.Message):
     error: ErrorDetail
     def __init__(self, id: _Optional[str] = ..., object: _Optional[str] = ..., created: _Optional[int] = ..., model: _Optional[str] = ..., choices: _Optional[_Iterable[_Union[CompletionChunkChoice, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., error: _Optional[_Union[ErrorDetail, _Mapping]] = ...) -> None: ...
 
+class InputMessage(_message.Message):
+    __slots__ = ("role", "content")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    content: _struct_pb2.Value
+    def __init__(self, role: _Optional[str] = ..., content: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ...) -> None: ...
+
+class MessageTool(_message.Message):
+    __slots__ = ("name", "description", "input_schema", "type")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    description: str
+    input_schema: _struct_pb2.Struct
+    type: str
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., input_schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., type: _Optional[str] = ...) -> None: ...
+
+class MessageToolChoice(_message.Message):
+    __slots__ = ("type", "name", "disable_parallel_tool_use")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DISABLE_PARALLEL_TOOL_USE_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    name: str
+    disable_parallel_tool_use: bool
+    def __init__(self, type: _Optional[str] = ..., name: _Optional[str] = ..., disable_parallel_tool_use: _Optional[bool] = ...) -> None: ...
+
+class ThinkingConfig(_message.Message):
+    __slots__ = ("type", "budget_tokens")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    budget_tokens: int
+    def __init__(self, type: _Optional[str] = ..., budget_tokens: _Optional[int] = ...) -> None: ...
+
+class MessageMetadata(_message.Message):
+    __slots__ = ("user_id",)
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    def __init__(self, user_id: _Optional[str] = ...) -> None: ...
+
+class CreateMessageRequest(_message.Message):
+    __slots__ = ("model", "messages", "max_tokens", "system", "stop_sequences", "stream", "temperature", "top_p", "top_k", "tools", "tool_choice", "thinking", "metadata")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SYSTEM_FIELD_NUMBER: _ClassVar[int]
+    STOP_SEQUENCES_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    TOP_P_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    TOOLS_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CHOICE_FIELD_NUMBER: _ClassVar[int]
+    THINKING_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    messages: _containers.RepeatedCompositeFieldContainer[InputMessage]
+    max_tokens: int
+    system: _struct_pb2.Value
+    stop_sequences: _containers.RepeatedScalarFieldContainer[str]
+    stream: bool
+    temperature: float
+    top_p: float
+    top_k: int
+    tools: _containers.RepeatedCompositeFieldContainer[MessageTool]
+    tool_choice: MessageToolChoice
+    thinking: ThinkingConfig
+    metadata: MessageMetadata
+    def __init__(self, model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[InputMessage, _Mapping]]] = ..., max_tokens: _Optional[int] = ..., system: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., stop_sequences: _Optional[_Iterable[str]] = ..., stream: _Optional[bool] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., tools: _Optional[_Iterable[_Union[MessageTool, _Mapping]]] = ..., tool_choice: _Optional[_Union[MessageToolChoice, _Mapping]] = ..., thinking: _Optional[_Union[ThinkingConfig, _Mapping]] = ..., metadata: _Optional[_Union[MessageMetadata, _Mapping]] = ...) -> None: ...
+
+class CountMessageTokensRequest(_message.Message):
+    __slots__ = ("model", "messages", "system", "tools", "tool_choice", "thinking")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    SYSTEM_FIELD_NUMBER: _ClassVar[int]
+    TOOLS_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CHOICE_FIELD_NUMBER: _ClassVar[int]
+    THINKING_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    messages: _containers.RepeatedCompositeFieldContainer[InputMessage]
+    system: _struct_pb2.Value
+    tools: _containers.RepeatedCompositeFieldContainer[MessageTool]
+    tool_choice: MessageToolChoice
+    thinking: ThinkingConfig
+    def __init__(self, model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[InputMessage, _Mapping]]] = ..., system: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., tools: _Optional[_Iterable[_Union[MessageTool, _Mapping]]] = ..., tool_choice: _Optional[_Union[MessageToolChoice, _Mapping]] = ..., thinking: _Optional[_Union[ThinkingConfig, _Mapping]] = ...) -> None: ...
+
+class CountMessageTokensResponse(_message.Message):
+    __slots__ = ("input_tokens",)
+    INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    input_tokens: int
+    def __init__(self, input_tokens: _Optional[int] = ...) -> None: ...
+
+class ContentBlock(_message.Message):
+    __slots__ = ("type", "text", "id", "name", "input", "thinking", "signature")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    THINKING_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    text: str
+    id: str
+    name: str
+    input: _struct_pb2.Struct
+    thinking: str
+    signature: str
+    def __init__(self, type: _Optional[str] = ..., text: _Optional[str] = ..., id: _Optional[str] = ..., name: _Optional[str] = ..., input: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., thinking: _Optional[str] = ..., signature: _Optional[str] = ...) -> None: ...
+
+class MessageUsage(_message.Message):
+    __slots__ = ("input_tokens", "output_tokens")
+    INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    input_tokens: int
+    output_tokens: int
+    def __init__(self, input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ...) -> None: ...
+
+class CreateMessageResponse(_message.Message):
+    __slots__ = ("id", "type", "role", "content", "model", "stop_reason", "stop_sequence", "usage")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    STOP_REASON_FIELD_NUMBER: _ClassVar[int]
+    STOP_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    type: str
+    role: str
+    content: _containers.RepeatedCompositeFieldContainer[ContentBlock]
+    model: str
+    stop_reason: str
+    stop_sequence: str
+    usage: MessageUsage
+    def __init__(self, id: _Optional[str] = ..., type: _Optional[str] = ..., role: _Optional[str] = ..., content: _Optional[_Iterable[_Union[ContentBlock, _Mapping]]] = ..., model: _Optional[str] = ..., stop_reason: _Optional[str] = ..., stop_sequence: _Optional[str] = ..., usage: _Optional[_Union[MessageUsage, _Mapping]] = ...) -> None: ...
+
+class MessageDelta(_message.Message):
+    __slots__ = ("type", "text", "partial_json", "thinking", "stop_reason", "stop_sequence")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_JSON_FIELD_NUMBER: _ClassVar[int]
+    THINKING_FIELD_NUMBER: _ClassVar[int]
+    STOP_REASON_FIELD_NUMBER: _ClassVar[int]
+    STOP_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    text: str
+    partial_json: str
+    thinking: str
+    stop_reason: str
+    stop_sequence: str
+    def __init__(self, type: _Optional[str] = ..., text: _Optional[str] = ..., partial_json: _Optional[str] = ..., thinking: _Optional[str] = ..., stop_reason: _Optional[str] = ..., stop_sequence: _Optional[str] = ...) -> None: ...
+
+class MessageError(_message.Message):
+    __slots__ = ("type", "message")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    message: str
+    def __init__(self, type: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class StreamMessageResponse(_message.Message):
+    __slots__ = ("type", "message", "index", "content_block", "delta", "usage", "error")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_BLOCK_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    message: CreateMessageResponse
+    index: int
+    content_block: ContentBlock
+    delta: MessageDelta
+    usage: MessageUsage
+    error: MessageError
+    def __init__(self, type: _Optional[str] = ..., message: _Optional[_Union[CreateMessageResponse, _Mapping]] = ..., index: _Optional[int] = ..., content_block: _Optional[_Union[ContentBlock, _Mapping]] = ..., delta: _Optional[_Union[MessageDelta, _Mapping]] = ..., usage: _Optional[_Union[MessageUsage, _Mapping]] = ..., error: _Optional[_Union[MessageError, _Mapping]] = ...) -> None: ...
+
 class ListModelsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -382,6 +382,282 @@ class GenerateService:
             _registered_method=True)
 
 
+class MessagesServiceStub:
+    """The Anthropic Messages API, for Claude-style clients (the anthropic SDK, agent frameworks): the same engine,
+    templates, parsers and limits as ChatService, in Anthropic's request and reply shapes. Its errors are
+    Anthropic's (`{"type": "error", "error": {"type", "message"}}`) in the `x-chatgen-error` trailer and on REST.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.CreateMessage = channel.unary_unary(
+                '/chatgen.v1.MessagesService/CreateMessage',
+                request_serializer=chatgen_dot_v1_dot_chatgen__pb2.CreateMessageRequest.SerializeToString,
+                response_deserializer=chatgen_dot_v1_dot_chatgen__pb2.CreateMessageResponse.FromString,
+                _registered_method=True)
+        self.StreamMessage = channel.unary_stream(
+                '/chatgen.v1.MessagesService/StreamMessage',
+                request_serializer=chatgen_dot_v1_dot_chatgen__pb2.CreateMessageRequest.SerializeToString,
+                response_deserializer=chatgen_dot_v1_dot_chatgen__pb2.StreamMessageResponse.FromString,
+                _registered_method=True)
+        self.CountMessageTokens = channel.unary_unary(
+                '/chatgen.v1.MessagesService/CountMessageTokens',
+                request_serializer=chatgen_dot_v1_dot_chatgen__pb2.CountMessageTokensRequest.SerializeToString,
+                response_deserializer=chatgen_dot_v1_dot_chatgen__pb2.CountMessageTokensResponse.FromString,
+                _registered_method=True)
+        self.CreateMessageHttp = channel.unary_stream(
+                '/chatgen.v1.MessagesService/CreateMessageHttp',
+                request_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
+        self.CountMessageTokensHttp = channel.unary_unary(
+                '/chatgen.v1.MessagesService/CountMessageTokensHttp',
+                request_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
+
+
+class MessagesServiceServicer:
+    """The Anthropic Messages API, for Claude-style clients (the anthropic SDK, agent frameworks): the same engine,
+    templates, parsers and limits as ChatService, in Anthropic's request and reply shapes. Its errors are
+    Anthropic's (`{"type": "error", "error": {"type", "message"}}`) in the `x-chatgen-error` trailer and on REST.
+    """
+
+    def CreateMessage(self, request, context):
+        """One message, whole.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        Its request is StreamMessage's too.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamMessage(self, request, context):
+        """The same message as Anthropic's stream events: message_start, then per content block (thinking, text,
+        tool_use) content_block_start, its deltas and content_block_stop, then message_delta (stop_reason, usage)
+        and message_stop.
+        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        One request for both forms, as Anthropic has one body for both (its `stream` picks).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CountMessageTokens(self, request, context):
+        """How many tokens a request's prompt is, as the model would see it (nothing is generated).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateMessageHttp(self, request, context):
+        """The REST API's `POST /v1/messages`: a CreateMessageRequest as JSON in, as
+        ChatService.CreateChatCompletionHttp; a stream is Anthropic's named events (`event: <type>` and
+        `data: <StreamMessageResponse JSON>`), with no `[DONE]`.
+        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        The HTTP body itself, in and out, as in ChatService.CreateChatCompletionHttp.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CountMessageTokensHttp(self, request, context):
+        """The REST API's `POST /v1/messages/count_tokens`: a CountMessageTokensRequest as JSON in, its
+        CountMessageTokensResponse as JSON out.
+        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        The HTTP body itself, in and out, as in ChatService.CreateChatCompletionHttp.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_MessagesServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'CreateMessage': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateMessage,
+                    request_deserializer=chatgen_dot_v1_dot_chatgen__pb2.CreateMessageRequest.FromString,
+                    response_serializer=chatgen_dot_v1_dot_chatgen__pb2.CreateMessageResponse.SerializeToString,
+            ),
+            'StreamMessage': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamMessage,
+                    request_deserializer=chatgen_dot_v1_dot_chatgen__pb2.CreateMessageRequest.FromString,
+                    response_serializer=chatgen_dot_v1_dot_chatgen__pb2.StreamMessageResponse.SerializeToString,
+            ),
+            'CountMessageTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.CountMessageTokens,
+                    request_deserializer=chatgen_dot_v1_dot_chatgen__pb2.CountMessageTokensRequest.FromString,
+                    response_serializer=chatgen_dot_v1_dot_chatgen__pb2.CountMessageTokensResponse.SerializeToString,
+            ),
+            'CreateMessageHttp': grpc.unary_stream_rpc_method_handler(
+                    servicer.CreateMessageHttp,
+                    request_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+            'CountMessageTokensHttp': grpc.unary_unary_rpc_method_handler(
+                    servicer.CountMessageTokensHttp,
+                    request_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'chatgen.v1.MessagesService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('chatgen.v1.MessagesService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class MessagesService:
+    """The Anthropic Messages API, for Claude-style clients (the anthropic SDK, agent frameworks): the same engine,
+    templates, parsers and limits as ChatService, in Anthropic's request and reply shapes. Its errors are
+    Anthropic's (`{"type": "error", "error": {"type", "message"}}`) in the `x-chatgen-error` trailer and on REST.
+    """
+
+    @staticmethod
+    def CreateMessage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatgen.v1.MessagesService/CreateMessage',
+            chatgen_dot_v1_dot_chatgen__pb2.CreateMessageRequest.SerializeToString,
+            chatgen_dot_v1_dot_chatgen__pb2.CreateMessageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamMessage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/chatgen.v1.MessagesService/StreamMessage',
+            chatgen_dot_v1_dot_chatgen__pb2.CreateMessageRequest.SerializeToString,
+            chatgen_dot_v1_dot_chatgen__pb2.StreamMessageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CountMessageTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatgen.v1.MessagesService/CountMessageTokens',
+            chatgen_dot_v1_dot_chatgen__pb2.CountMessageTokensRequest.SerializeToString,
+            chatgen_dot_v1_dot_chatgen__pb2.CountMessageTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateMessageHttp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/chatgen.v1.MessagesService/CreateMessageHttp',
+            google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CountMessageTokensHttp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatgen.v1.MessagesService/CountMessageTokensHttp',
+            google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
 class ModelsServiceStub:
     """The models this server serves.
     """

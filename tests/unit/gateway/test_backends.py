@@ -89,7 +89,7 @@ def test_the_shared_gateway_config_routes_by_model_and_balances_replicas(tmp_pat
     self_cluster = next(c for c in resources["clusters"] if c["name"] == "chatgen_self")
     address = self_cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
     assert address == {"envoy_internal_address": {"server_listener_name": "models_internal"}}
-    assert settings_of[0]["local_errors"]["not_found"] == [404, "not_found_error", "model_not_found"]
+    assert settings_of[0]["local_errors"]["not_found"] == [404, "not_found_error", "model_not_found", "not_found_error"]
     assert [r["match"]["headers"][0]["string_match"]["exact"] for r in routes] == ["model-a", "Qwen/Qwen3-8B@fp8"]
     assert [r["route"]["cluster"] for r in routes] == ["model_0", "model_1"]
     for route in routes:
@@ -135,5 +135,6 @@ def test_one_backend_keeps_the_single_server_config(tmp_path: Path) -> None:
     assert "models" not in lua_settings and lua_settings["http_errors"]["503"] == [
         "service_unavailable_error",
         "unavailable",
+        "overloaded_error",
     ]
     assert [c["name"] for c in resources["clusters"]] == ["chatgen_grpc"]

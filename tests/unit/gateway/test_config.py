@@ -45,7 +45,17 @@ def test_filter_order_and_transcoder_options(tmp_path: Path) -> None:
         "always_print_primitive_fields": True,
     }
     assert Path(transcoder["proto_descriptor"]).is_file()
-    mappers = hcm["local_reply_config"]["mappers"]
+    every = hcm["local_reply_config"]["mappers"]
+    # The Messages API's paths first, with Anthropic's error bodies; then the same mappers for every other path.
+    half = len(every) // 2
+    anthropic, mappers = every[:half], every[half:]
+    on_messages = {"header_filter": {"header": {"name": ":path", "string_match": {"prefix": "/v1/messages"}}}}
+    for theirs, ours in zip(anthropic, mappers, strict=True):
+        assert theirs["filter"] == {"and_filter": {"filters": [on_messages, ours["filter"]]}}
+        body = theirs["body_format_override"]["json_format"]
+        assert body["type"] == "error" and set(body["error"]) == {"type", "message"}
+    assert anthropic[0]["body_format_override"]["json_format"]["error"]["type"] == "rate_limit_error"
+    assert anthropic[-1]["body_format_override"]["json_format"]["error"]["type"] == "api_error"
     # The circuit breaker's overflow is matched first: it must become 429, not the generic 503 mapping.
     assert mappers[0]["filter"] == {"response_flag_filter": {"flags": ["UO"]}}
     assert mappers[0]["status_code"] == 429

@@ -54,6 +54,8 @@ def test_the_descriptor_set_carries_the_http_rules() -> None:
     assert rules == {
         # The typed RPCs are gRPC only; the gateway passes OpenAI's JSON bodies to these as they came.
         "ChatService.CreateChatCompletionHttp": ("post", "/v1/chat/completions"),
+        "MessagesService.CreateMessageHttp": ("post", "/v1/messages"),
+        "MessagesService.CountMessageTokensHttp": ("post", "/v1/messages/count_tokens"),
         "GenerateService.CreateCompletionHttp": ("post", "/v1/completions"),
         "ModelsService.ListModels": ("get", "/v1/models"),
         "ModelsService.GetModel": ("get", "/v1/models/{id=**}"),
