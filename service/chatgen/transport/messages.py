@@ -169,20 +169,11 @@ class MessageEvents:
         return pb.StreamMessageResponse(type="content_block_delta", index=self._index, delta=delta)
 
 
-class _NamedEvents:
-    """StreamMessageResponse messages -> HttpBody messages of named SSE events; the first carries the content
-    type. Anthropic's streams end with message_stop, not `[DONE]`."""
+class _NamedEvents(sse.Bodies):
+    """StreamMessageResponse messages -> HttpBody messages of named SSE events. Anthropic's streams end with
+    message_stop, not `[DONE]`."""
 
     done = b""
-
-    def __init__(self) -> None:
-        self._first = True
-
-    def body(self, data: bytes) -> httpbody_pb2.HttpBody:
-        if self._first:
-            self._first = False
-            return httpbody_pb2.HttpBody(content_type=sse.CONTENT_TYPE, data=data)
-        return httpbody_pb2.HttpBody(data=data)
 
     def chunk(self, event: Any) -> httpbody_pb2.HttpBody:
         return self.body(f"event: {event.type}\ndata: {sse.json_text(event)}\n\n".encode())

@@ -69,24 +69,31 @@ def event(chunk: pb.StreamChatCompletionResponse | pb.StreamCompletionResponse) 
     return ("data: " + json_text(chunk) + "\n\n").encode()
 
 
-class Events:
-    """One stream's chunks -> HttpBody messages of SSE bytes; the first carries the content type. `envelope` is a
-    chunk holding the stream's object, created and model (as every chunk of it does)."""
+class Bodies:
+    """One stream's SSE bytes as HttpBody messages; the first carries the content type."""
 
     # What ends the stream, after its last chunk.
     done = DONE
 
-    def __init__(self, envelope: pb.StreamChatCompletionResponse | pb.StreamCompletionResponse) -> None:
-        self._envelope = envelope
+    def __init__(self) -> None:
         self._first = True
-        # (choice index, text field) -> the event's bytes before and after the JSON string of the text.
-        self._frames: dict[tuple[int, str], tuple[bytes, bytes]] = {}
 
     def body(self, data: bytes) -> httpbody_pb2.HttpBody:
         if self._first:
             self._first = False
             return httpbody_pb2.HttpBody(content_type=CONTENT_TYPE, data=data)
         return httpbody_pb2.HttpBody(data=data)
+
+
+class Events(Bodies):
+    """One stream's chunks -> HttpBody messages of SSE bytes. `envelope` is a chunk holding the stream's object,
+    created and model (as every chunk of it does)."""
+
+    def __init__(self, envelope: pb.StreamChatCompletionResponse | pb.StreamCompletionResponse) -> None:
+        super().__init__()
+        self._envelope = envelope
+        # (choice index, text field) -> the event's bytes before and after the JSON string of the text.
+        self._frames: dict[tuple[int, str], tuple[bytes, bytes]] = {}
 
     def chunk(self, chunk: pb.StreamChatCompletionResponse | pb.StreamCompletionResponse) -> httpbody_pb2.HttpBody:
         return self.body(event(chunk))
