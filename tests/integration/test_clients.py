@@ -49,6 +49,7 @@ def test_xinference_client_thinking_switch(thinking_service: Service) -> None:
         "role": "assistant",
         "content": ANSWER,
         "reasoning_content": REASONING,
+        "reasoning": REASONING,
         "tool_calls": [],
     }
     off = model.chat(MESSAGES[1:], enable_thinking=False, generate_config={"temperature": 0})

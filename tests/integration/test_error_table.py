@@ -115,6 +115,7 @@ EXAMPLES: list[Example] = [
 # Rows that need a server set up for them, and the test file that walks them.
 COVERED_ELSEWHERE: dict[str, str] = {
     "no-chat-template": "test_base_model.py",
+    "unknown-response": "test_responses_api.py",
     "bad-key": "test_auth.py",
     "overloaded": "test_limits.py",
     "draining": "test_lifecycle.py",

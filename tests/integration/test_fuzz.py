@@ -79,9 +79,10 @@ def _ascii(text: str) -> str:
 
 
 def _calls_on_assistant_turns(message: dict[str, Any]) -> dict[str, Any]:
+    """Tool calls and reasoning only where they may be: on assistant turns."""
     if message["role"] == "assistant":
         return message
-    return {k: v for k, v in message.items() if k != "tool_calls"}
+    return {k: v for k, v in message.items() if k not in ("tool_calls", "reasoning_content")}
 
 
 def requests(odd: bool) -> tuple[st.SearchStrategy[dict[str, Any]], st.SearchStrategy[dict[str, Any]]]:
@@ -146,8 +147,8 @@ def requests(odd: bool) -> tuple[st.SearchStrategy[dict[str, Any]], st.SearchStr
         },
     )
     if not odd:
-        # Typed: tool calls only on assistant turns (elsewhere a 400 the odd bodies still send), so that a fair
-        # share of bodies reaches the model.
+        # Typed: tool calls and reasoning only on assistant turns (elsewhere a 400 the odd bodies still send), so
+        # that a fair share of bodies reaches the model.
         message = message.map(_calls_on_assistant_turns)
     tool = st.fixed_dictionaries(
         {

@@ -85,7 +85,8 @@ def test_grpc_stream_sends_reasoning_then_content(chat: pb_grpc.ChatServiceStub)
 def test_openai_sdk_reasoning_content_and_switch(client: openai.OpenAI) -> None:
     on = client.chat.completions.create(model=THINKING_MODEL_NAME, messages=MESSAGES, temperature=0)  # type: ignore[arg-type]
     assert on.choices[0].message.content == ANSWER
-    assert on.choices[0].message.model_extra == {"reasoning_content": REASONING}
+    # Under Xinference's name and vLLM's current one.
+    assert on.choices[0].message.model_extra == {"reasoning_content": REASONING, "reasoning": REASONING}
     off = client.chat.completions.create(
         model=THINKING_MODEL_NAME,
         messages=MESSAGES,  # type: ignore[arg-type]
@@ -100,12 +101,13 @@ def test_openai_sdk_reasoning_content_and_switch(client: openai.OpenAI) -> None:
         temperature=0,
         stream=True,
     )
-    reasoning, content = "", ""
+    reasoning, content, named = "", "", ""
     for chunk in stream:
         delta = chunk.choices[0].delta
         reasoning += (delta.model_extra or {}).get("reasoning_content") or ""
+        named += (delta.model_extra or {}).get("reasoning") or ""
         content += delta.content or ""
-    assert (reasoning, content) == (REASONING, ANSWER)
+    assert (reasoning, named, content) == (REASONING, REASONING, ANSWER)
 
 
 def test_raw_sse_reasoning_deltas(thinking_service: Service) -> None:
@@ -115,7 +117,7 @@ def test_raw_sse_reasoning_deltas(thinking_service: Service) -> None:
     assert events[-1] == "[DONE]"
     deltas = [json.loads(e)["choices"][0]["delta"] for e in events[:-1]]
     assert deltas[0] == {"role": "assistant", "content": ""}
-    assert {"reasoning_content": " the"} in deltas
+    assert {"reasoning_content": " the", "reasoning": " the"} in deltas
     assert all(not ("reasoning_content" in d and "content" in d) for d in deltas[1:])
 
 
@@ -132,3 +134,41 @@ def test_model_declares_reasoning_and_hybrid_thinking(thinking_service: Service)
     model = httpx.get(f"{thinking_service.http_base}/v1/models/{THINKING_MODEL_NAME}", timeout=10).json()
     assert model["model_type"] == "LLM"
     assert model["model_ability"] == ["generate", "chat", "reasoning", "hybrid"]
+
+
+def test_history_reasoning_reaches_the_template_under_either_name(thinking_service: Service) -> None:
+    """An assistant turn's reasoning (reasoning_content or reasoning) is passed to the chat template, which shows
+    it again in the turn's think block: the prompt grows by its tokens (5: " the user asks about France")."""
+    url = f"{thinking_service.http_base}/v1/chat/completions"
+
+    def prompt_tokens(assistant: dict[str, str]) -> int:
+        history = [
+            *MESSAGES,
+            {"role": "assistant", "content": ANSWER, **assistant},
+            {"role": "user", "content": "Why?"},
+        ]
+        body = {"model": THINKING_MODEL_NAME, "messages": history, "max_tokens": 1}
+        reply = httpx.post(url, json=body, timeout=60)
+        assert reply.status_code == 200, reply.text
+        return int(reply.json()["usage"]["prompt_tokens"])
+
+    bare = prompt_tokens({})
+    shown = prompt_tokens({"reasoning_content": REASONING})
+    assert shown > bare + 5
+    assert prompt_tokens({"reasoning": REASONING}) == shown
+    assert prompt_tokens({"reasoning": REASONING, "reasoning_content": REASONING}) == shown
+    differ = httpx.post(
+        url,
+        json={
+            "model": THINKING_MODEL_NAME,
+            "messages": [*MESSAGES, {"role": "assistant", "content": "x", "reasoning": "a", "reasoning_content": "b"}],
+        },
+        timeout=30,
+    )
+    assert differ.status_code == 400 and differ.json()["error"]["param"] == f"messages[{len(MESSAGES)}].reasoning"
+    on_user = httpx.post(
+        url,
+        json={"model": THINKING_MODEL_NAME, "messages": [{"role": "user", "content": "x", "reasoning": "a"}]},
+        timeout=30,
+    )
+    assert on_user.status_code == 400 and on_user.json()["error"]["param"] == "messages[0].reasoning"

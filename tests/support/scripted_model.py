@@ -22,11 +22,16 @@ from chatgen.embedded_model import save_model_dir
 
 CACHE_ROOT = Path(os.environ.get("CHATGEN_TEST_MODEL_CACHE", Path.home() / ".cache" / "chatgen" / "test-models"))
 
-# Qwen3's chat template, reduced to what the tests exercise: ChatML turns, and with enable_thinking=false an
-# empty think block appended to the generation prompt (as Qwen3 does).
+# Qwen3's chat template, reduced to what the tests exercise: ChatML turns, an assistant turn's reasoning_content
+# shown again in its think block, and with enable_thinking=false an empty think block appended to the generation
+# prompt (as Qwen3 does).
 QWEN3_STYLE_TEMPLATE = (
     "{%- for message in messages %}"
-    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
+    "{{- '<|im_start|>' + message.role + '\\n' }}"
+    "{%- if message.role == 'assistant' and message.reasoning_content %}"
+    "{{- '<think>\\n' + message.reasoning_content + '\\n</think>\\n\\n' }}"
+    "{%- endif %}"
+    "{{- message.content + '<|im_end|>\\n' }}"
     "{%- endfor %}"
     "{%- if add_generation_prompt %}"
     "{{- '<|im_start|>assistant\\n' }}"

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 from chatgen.chat import accounting
 from chatgen.chat.admission import Admission
@@ -30,7 +30,7 @@ from chatgen.chat.validation import (
     validate_chat,
     validate_completion,
 )
-from chatgen.chat.validation.messages import MessagesTranslation, translate, translate_count
+from chatgen.chat.validation.messages import translate, translate_count
 from chatgen.engine import Engine
 from chatgen.errors import ApiError, Failure, context_length_exceeded, invalid
 from chatgen.v1 import chatgen_pb2 as pb
@@ -92,16 +92,26 @@ class ChatApi:
 
     async def message(self, request: pb.CreateMessageRequest) -> Result:
         """An Anthropic Messages request, run as the chat request it stands for."""
-        translation = translate(_named(request), streaming=False)
+        return await self.translated(translate(_named(request), streaming=False))
+
+    def message_stream(self, request: pb.CreateMessageRequest) -> AsyncGenerator[StreamItem, None]:
+        return self.translated_stream(translate(_named(request), streaming=True))
+
+    async def translated(self, translation: Translation) -> Result:
+        """Another API's request (Messages, Responses), run as the chat request it stands for; its errors name
+        that API's fields."""
         with _renamed(translation):
             return await self.chat(translation.chat)
 
-    async def message_stream(self, request: pb.CreateMessageRequest) -> AsyncGenerator[StreamItem, None]:
-        translation = translate(_named(request), streaming=True)
+    async def translated_stream(self, translation: Translation) -> AsyncGenerator[StreamItem, None]:
         with _renamed(translation):
             async with contextlib.aclosing(self.chat_stream(translation.chat)) as items:
                 async for item in items:
                     yield item
+
+    async def text_tokens(self, text: str) -> int:
+        """How many tokens `text` is (e.g. a reply's reasoning)."""
+        return len(await self._render(lambda: self._engine.tokenizer.encode(text, add_special_tokens=False)))
 
     async def count_message_tokens(self, request: pb.CountMessageTokensRequest) -> int:
         """The prompt's tokens, as a Messages request with these turns would run it."""
@@ -183,9 +193,18 @@ class ChatApi:
         return job
 
 
+class Translation(Protocol):
+    """A request of another API as the chat request it stands for (chat.validation.messages, .responses)."""
+
+    @property
+    def chat(self) -> pb.CreateChatCompletionRequest: ...
+
+    def renamed(self, err: ApiError) -> ApiError: ...
+
+
 @contextlib.contextmanager
-def _renamed(translation: MessagesTranslation) -> Iterator[None]:
-    """Errors of the chat request name the Messages request's fields."""
+def _renamed(translation: Translation) -> Iterator[None]:
+    """Errors of the chat request name the other API's fields."""
     try:
         yield
     except ApiError as err:

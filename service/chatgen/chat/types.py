@@ -42,6 +42,8 @@ class Message:
     # Assistant turns: the calls it made; tool turns: the call answered.
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str | None = None
+    # Assistant turns: the reasoning that came with the turn (templates may show it again).
+    reasoning: str | None = None
 
     def openai_dict(self) -> dict[str, Any]:
         """The message in OpenAI's JSON shape (tool-call arguments as JSON text), as parsers and templates read it."""
@@ -55,6 +57,9 @@ class Message:
             ]
         if self.tool_call_id is not None:
             out["tool_call_id"] = self.tool_call_id
+        if self.reasoning is not None:
+            # Under both names: templates read reasoning_content (Qwen3, DeepSeek) or reasoning.
+            out["reasoning_content"] = out["reasoning"] = self.reasoning
         return out
 
 

@@ -66,6 +66,7 @@ def _serve_command(sub: argparse._SubParsersAction) -> argparse.ArgumentParser: 
     net.add_argument("--no-gateway", action="store_true", help="serve gRPC only, without Envoy")
     _auth_args(serve)
     _load_args(serve)
+    _store_args(serve)
     serve.add_argument(
         "--shutdown-grace",
         metavar="SECONDS",
@@ -221,6 +222,31 @@ def _load_args(command: argparse.ArgumentParser) -> None:
     )
     load.add_argument(
         "--max-connections", metavar="N", type=int, default=4096, help="REST client connections Envoy accepts"
+    )
+
+
+def _store_args(command: argparse.ArgumentParser) -> None:
+    store = command.add_argument_group("Responses API store")
+    store.add_argument(
+        "--response-store",
+        metavar="URL",
+        default=None,
+        help="where /v1/responses keeps responses: a SQLite file path (default: responses.sqlite3 under the cache "
+        "directory) or redis://host:port/db (one store for many replicas)",
+    )
+    store.add_argument(
+        "--response-store-max-age",
+        metavar="HOURS",
+        type=float,
+        default=30 * 24.0,
+        help="stored responses older than this are gone (default 720: 30 days, as OpenAI keeps them)",
+    )
+    store.add_argument(
+        "--response-store-max-mb",
+        metavar="MB",
+        type=int,
+        default=1024,
+        help="SQLite: the oldest responses are dropped past this much stored JSON (Redis: its own maxmemory)",
     )
 
 

@@ -15,6 +15,7 @@ from chatgen.engine.factory import SimulatorTiming, resolve_model
 from chatgen.gateway import GatewaySettings, default_work_dir
 from chatgen.gateway.backends import BackendsError, load_backends
 from chatgen.probes import local
+from chatgen.store import StoreLimits
 from chatgen.tls import TlsFiles, tls_files
 
 log = logging.getLogger("chatgen")
@@ -97,6 +98,8 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
         log_requests=not args.no_request_log,
         max_grammar_seconds=args.max_grammar_seconds,
         write_timeout=args.write_timeout,
+        response_store=args.response_store,
+        response_store_limits=StoreLimits(args.response_store_max_age * 3600.0, args.response_store_max_mb << 20),
     )
 
 

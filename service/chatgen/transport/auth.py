@@ -23,7 +23,7 @@ PROTECTED_PREFIX = "/chatgen.v1."
 LOG_EVERY_SECONDS = 10.0
 
 
-def _presented(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
+def presented_key(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
     """The key a call presents: the bearer token of the `authorization` metadata ("" when that is not a bearer
     token), else the `x-api-key` metadata (how Anthropic's clients send a key); None when it has neither."""
     api_key = None
@@ -80,7 +80,7 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None or not details.method.startswith(PROTECTED_PREFIX):
             return handler
-        reason = self._refusal(_presented(details.invocation_metadata))
+        reason = self._refusal(presented_key(details.invocation_metadata))
         if reason is None:
             return handler
         anthropic = details.method.startswith(status.ANTHROPIC_SERVICE)

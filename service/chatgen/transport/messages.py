@@ -8,9 +8,6 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncGenerator
-from typing import Any
-
-from google.api import httpbody_pb2
 
 from chatgen.chat.types import Choice, Delta, Result, StreamItem, StreamStart, ToolCall, ToolCallDelta, Usage
 from chatgen.errors import ApiError
@@ -79,7 +76,7 @@ class MessageEvents:
 
     def __init__(self, model: str, rest: bool) -> None:
         self._model = model
-        self.events = _NamedEvents() if rest else None
+        self.events = sse.NamedEvents() if rest else None
         self._open: str | None = None
         self._index = -1
         # Whether a tool_use block was sent (the stop reason is then tool_use).
@@ -167,13 +164,3 @@ class MessageEvents:
 
     def _piece(self, delta: pb.MessageDelta) -> pb.StreamMessageResponse:
         return pb.StreamMessageResponse(type="content_block_delta", index=self._index, delta=delta)
-
-
-class _NamedEvents(sse.Bodies):
-    """StreamMessageResponse messages -> HttpBody messages of named SSE events. Anthropic's streams end with
-    message_stop, not `[DONE]`."""
-
-    done = b""
-
-    def chunk(self, event: Any) -> httpbody_pb2.HttpBody:
-        return self.body(f"event: {event.type}\ndata: {sse.json_text(event)}\n\n".encode())

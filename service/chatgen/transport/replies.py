@@ -82,7 +82,7 @@ def _assistant_message(choice: Choice) -> pb.ChatCompletionMessage:
     if choice.text or not choice.tool_calls:
         message.content = choice.text
     if choice.reasoning is not None:
-        message.reasoning_content = choice.reasoning
+        message.reasoning_content = message.reasoning = choice.reasoning
     for call in choice.tool_calls:
         message.tool_calls.add(
             id=call.id, type="function", function=pb.FunctionCall(name=call.name, arguments=call.arguments)
@@ -190,7 +190,7 @@ class ChatChunks(StreamChunks):
                 return self.events.text(start.id, d.index, field, text)
         choice = pb.ChatCompletionChunkChoice(index=d.index, delta=pb.ChatCompletionDelta())
         if d.reasoning:
-            choice.delta.reasoning_content = d.reasoning
+            choice.delta.reasoning_content = choice.delta.reasoning = d.reasoning
         if d.text:
             choice.delta.content = d.text
         for call in d.tool_calls:

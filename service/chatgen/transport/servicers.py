@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import grpc
 from google.api.httpbody_pb2 import HttpBody
@@ -21,8 +21,12 @@ from chatgen.transport.replies import ChatChunks, CompletionChunks
 from chatgen.v1 import chatgen_pb2 as pb
 from chatgen.v1 import chatgen_pb2_grpc as pb_grpc
 
-R = TypeVar("R", pb.CreateChatCompletionRequest, pb.CreateCompletionRequest, pb.CreateMessageRequest)
-Reply = pb.CreateChatCompletionResponse | pb.CreateCompletionResponse | pb.CreateMessageResponse
+R = TypeVar(
+    "R", pb.CreateChatCompletionRequest, pb.CreateCompletionRequest, pb.CreateMessageRequest, pb.CreateResponseRequest
+)
+Reply = pb.CreateChatCompletionResponse | pb.CreateCompletionResponse | pb.CreateMessageResponse | pb.Response
+# What turns a stream's items into its chunks (and, for REST, its events).
+Chunks = Any
 
 
 def _json_body(reply: Reply | pb.CountMessageTokensResponse) -> HttpBody:
@@ -54,7 +58,7 @@ class ChatServicer(pb_grpc.ChatServiceServicer):
     async def CreateChatCompletionHttp(
         self, body: HttpBody, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[HttpBody]:
-        call = _RestCall(pb.CreateChatCompletionRequest, self._reply, self._api.chat_stream, self._write_timeout)
+        call = RestCall(pb.CreateChatCompletionRequest, self._reply, self._api.chat_stream, self._write_timeout)
         async with contextlib.aclosing(call.bodies(context, body, ChatChunks(self._model, events=True))) as bodies:
             async for out in bodies:
                 yield out
@@ -86,7 +90,7 @@ class GenerateServicer(pb_grpc.GenerateServiceServicer):
                 yield chunk
 
     async def CreateCompletionHttp(self, body: HttpBody, context: grpc.aio.ServicerContext) -> AsyncIterator[HttpBody]:
-        call = _RestCall(pb.CreateCompletionRequest, self._reply, self._api.complete_stream, self._write_timeout)
+        call = RestCall(pb.CreateCompletionRequest, self._reply, self._api.complete_stream, self._write_timeout)
         async with contextlib.aclosing(
             call.bodies(context, body, CompletionChunks(self._model, events=True))
         ) as bodies:
@@ -103,7 +107,7 @@ class GenerateServicer(pb_grpc.GenerateServiceServicer):
 
 
 @dataclass(frozen=True)
-class _RestCall(Generic[R]):
+class RestCall(Generic[R]):
     """A REST call of one API: its JSON body parsed strictly into the request message, then one JSON reply or
     a stream of events, as the request's `stream` field says."""
 
@@ -113,7 +117,7 @@ class _RestCall(Generic[R]):
     write_timeout: float = 0.0
 
     async def bodies(
-        self, context: grpc.aio.ServicerContext, body: HttpBody, chunks: replies.StreamChunks | MessageEvents
+        self, context: grpc.aio.ServicerContext, body: HttpBody, chunks: Chunks
     ) -> AsyncGenerator[HttpBody, None]:
         """The call's HttpBody messages: a unary reply's one JSON body, or a stream's chunks as events, then
         what ends the stream (OpenAI's `[DONE]`; nothing for Anthropic's)."""
@@ -131,9 +135,7 @@ class _RestCall(Generic[R]):
         if events.done:
             yield events.body(events.done)
 
-    async def _chunks(
-        self, body: HttpBody, chunks: replies.StreamChunks | MessageEvents
-    ) -> AsyncGenerator[replies.Chunk, None]:
+    async def _chunks(self, body: HttpBody, chunks: Chunks) -> AsyncGenerator[replies.Chunk, None]:
         request = rest.parse(body.data, self.request_type)
         if not request.stream:
             yield _json_body(await self.reply(request))
@@ -177,7 +179,7 @@ class MessagesServicer(pb_grpc.MessagesServiceServicer):
 
     async def CreateMessageHttp(self, body: HttpBody, context: grpc.aio.ServicerContext) -> AsyncIterator[HttpBody]:
         status.speak_anthropic()
-        call = _RestCall(pb.CreateMessageRequest, self._reply, self._api.message_stream, self._write_timeout)
+        call = RestCall(pb.CreateMessageRequest, self._reply, self._api.message_stream, self._write_timeout)
         async with contextlib.aclosing(call.bodies(context, body, MessageEvents(self._model, rest=True))) as bodies:
             async for out in bodies:
                 yield out

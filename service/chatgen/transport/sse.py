@@ -5,7 +5,7 @@ Each chunk becomes `data: <JSON>\\n\\n`, its JSON the proto3 JSON mapping of the
 `"tool_calls": []`, which OpenAI sends only when a delta carries a tool call. Unary replies are the same JSON.
 
 Rendering a message through json_format costs ≈ 40 µs, more than the whole transcoder did per token, so the chunk
-that almost every token is — one choice, its delta holding only `content` (or only `reasoning_content`), or for
+that almost every token is — one choice, its delta holding only `content` (or only the reasoning), or for
 completions only `text` — is rendered once per stream with a placeholder, split around it, and afterwards only the
 token's text is escaped into place: the same bytes for ≈ 2 µs, from the chat layer's delta, with no chunk message
 built (building one and reading it back costs the serving process more than the transcoder saved).
@@ -85,6 +85,16 @@ class Bodies:
         return httpbody_pb2.HttpBody(data=data)
 
 
+class NamedEvents(Bodies):
+    """Stream events (messages with a `type`) -> HttpBody messages of named SSE events, as the Messages and
+    Responses APIs send them: `event: <type>` then the JSON. Neither stream ends with `[DONE]`."""
+
+    done = b""
+
+    def chunk(self, event: Any) -> httpbody_pb2.HttpBody:
+        return self.body(f"event: {event.type}\ndata: {json_text(event)}\n\n".encode())
+
+
 class Events(Bodies):
     """One stream's chunks -> HttpBody messages of SSE bytes. `envelope` is a chunk holding the stream's object,
     created and model (as every chunk of it does)."""
@@ -92,28 +102,34 @@ class Events(Bodies):
     def __init__(self, envelope: pb.StreamChatCompletionResponse | pb.StreamCompletionResponse) -> None:
         super().__init__()
         self._envelope = envelope
-        # (choice index, text field) -> the event's bytes before and after the JSON string of the text.
-        self._frames: dict[tuple[int, str], tuple[bytes, bytes]] = {}
+        # (choice index, text field) -> the event's bytes around each place the JSON string of the text goes.
+        self._frames: dict[tuple[int, str], list[bytes]] = {}
 
     def chunk(self, chunk: pb.StreamChatCompletionResponse | pb.StreamCompletionResponse) -> httpbody_pb2.HttpBody:
         return self.body(event(chunk))
 
     def text(self, completion_id: str, index: int, field: str, text: str) -> httpbody_pb2.HttpBody:
         """The event of the chunk whose one choice `index` holds only `field` = `text` (a chat delta's `content`
-        or `reasoning_content`, or a completion's `text`): the same bytes as `chunk` gives for it."""
+        or its reasoning — `reasoning_content` and `reasoning` both — or a completion's `text`): the same bytes as
+        `chunk` gives for it."""
         frame = self._frames.get((index, field))
         if frame is None:
             frame = self._frames[(index, field)] = self._frame(completion_id, index, field)
-        return self.body(frame[0] + _dumps(text).encode() + frame[1])
+        return self.body(_dumps(text).encode().join(frame))
 
-    def _frame(self, completion_id: str, index: int, field: str) -> tuple[bytes, bytes]:
-        """That chunk rendered with a placeholder text, split around the placeholder."""
+    def _frame(self, completion_id: str, index: int, field: str) -> list[bytes]:
+        """That chunk rendered with a placeholder text, split at the placeholder."""
         template = type(self._envelope)()
         template.CopyFrom(self._envelope)
         template.id = completion_id
         choice = template.choices.add(index=index)
-        setattr(choice if field == "text" else choice.delta, field, _PLACEHOLDER)
-        before, found, after = event(template).partition(_dumps(_PLACEHOLDER).encode())
-        if not found:
+        if field == "text":
+            choice.text = _PLACEHOLDER
+        elif field == "reasoning_content":
+            choice.delta.reasoning_content = choice.delta.reasoning = _PLACEHOLDER
+        else:
+            setattr(choice.delta, field, _PLACEHOLDER)
+        parts = event(template).split(_dumps(_PLACEHOLDER).encode())
+        if len(parts) < 2:
             raise AssertionError("the placeholder is missing from its own rendering")
-        return before, after
+        return parts

@@ -658,6 +658,475 @@ class MessagesService:
             _registered_method=True)
 
 
+class ResponsesServiceStub:
+    """OpenAI's Responses API, what agents speak (the Agents SDK, Codex): the same engine, templates, parsers and
+    limits as ChatService, with conversation state. A response is stored (unless `store` is false) and a later
+    request continues it with `previous_response_id`; stored responses can be read back and deleted.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.CreateResponse = channel.unary_unary(
+                '/chatgen.v1.ResponsesService/CreateResponse',
+                request_serializer=chatgen_dot_v1_dot_chatgen__pb2.CreateResponseRequest.SerializeToString,
+                response_deserializer=chatgen_dot_v1_dot_chatgen__pb2.Response.FromString,
+                _registered_method=True)
+        self.StreamResponse = channel.unary_stream(
+                '/chatgen.v1.ResponsesService/StreamResponse',
+                request_serializer=chatgen_dot_v1_dot_chatgen__pb2.CreateResponseRequest.SerializeToString,
+                response_deserializer=chatgen_dot_v1_dot_chatgen__pb2.ResponseStreamEvent.FromString,
+                _registered_method=True)
+        self.GetResponse = channel.unary_unary(
+                '/chatgen.v1.ResponsesService/GetResponse',
+                request_serializer=chatgen_dot_v1_dot_chatgen__pb2.GetResponseRequest.SerializeToString,
+                response_deserializer=chatgen_dot_v1_dot_chatgen__pb2.Response.FromString,
+                _registered_method=True)
+        self.DeleteResponse = channel.unary_unary(
+                '/chatgen.v1.ResponsesService/DeleteResponse',
+                request_serializer=chatgen_dot_v1_dot_chatgen__pb2.DeleteResponseRequest.SerializeToString,
+                response_deserializer=chatgen_dot_v1_dot_chatgen__pb2.DeleteResponseResponse.FromString,
+                _registered_method=True)
+        self.ListInputItems = channel.unary_unary(
+                '/chatgen.v1.ResponsesService/ListInputItems',
+                request_serializer=chatgen_dot_v1_dot_chatgen__pb2.ListInputItemsRequest.SerializeToString,
+                response_deserializer=chatgen_dot_v1_dot_chatgen__pb2.ListInputItemsResponse.FromString,
+                _registered_method=True)
+        self.CreateResponseHttp = channel.unary_stream(
+                '/chatgen.v1.ResponsesService/CreateResponseHttp',
+                request_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
+        self.GetResponseHttp = channel.unary_unary(
+                '/chatgen.v1.ResponsesService/GetResponseHttp',
+                request_serializer=chatgen_dot_v1_dot_chatgen__pb2.GetResponseRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
+        self.DeleteResponseHttp = channel.unary_unary(
+                '/chatgen.v1.ResponsesService/DeleteResponseHttp',
+                request_serializer=chatgen_dot_v1_dot_chatgen__pb2.DeleteResponseRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
+        self.ListInputItemsHttp = channel.unary_unary(
+                '/chatgen.v1.ResponsesService/ListInputItemsHttp',
+                request_serializer=chatgen_dot_v1_dot_chatgen__pb2.ListInputItemsRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
+
+
+class ResponsesServiceServicer:
+    """OpenAI's Responses API, what agents speak (the Agents SDK, Codex): the same engine, templates, parsers and
+    limits as ChatService, with conversation state. A response is stored (unless `store` is false) and a later
+    request continues it with `previous_response_id`; stored responses can be read back and deleted.
+    """
+
+    def CreateResponse(self, request, context):
+        """One response, whole.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        The reply is the Response object itself, as OpenAI's; its request is StreamResponse's too.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamResponse(self, request, context):
+        """The same response as OpenAI's typed stream events: response.created, response.in_progress, per output
+        item response.output_item.added, its parts and deltas and response.output_item.done, then
+        response.completed (or response.incomplete), each with a sequence_number.
+        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        One request for both forms, as OpenAI has one body for both (its `stream` picks).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetResponse(self, request, context):
+        """A stored response; NOT_FOUND for one that is not stored, or stored by another API key's caller.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        A standard Get method returns the resource itself (AIP-131).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteResponse(self, request, context):
+        """Deletes a stored response.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        Its request is DeleteResponseHttp's too.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListInputItems(self, request, context):
+        """The input items of a stored response (the whole conversation it answered, oldest first).
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        Its request is ListInputItemsHttp's too.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateResponseHttp(self, request, context):
+        """The REST API's `POST /v1/responses`: a CreateResponseRequest as JSON in, as
+        ChatService.CreateChatCompletionHttp; a stream is OpenAI's typed events (`event: <type>` and
+        `data: <ResponseStreamEvent JSON>`), with no `[DONE]`.
+        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        The HTTP body itself, in and out, as in ChatService.CreateChatCompletionHttp.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetResponseHttp(self, request, context):
+        """The REST API's `GET /v1/responses/{response_id}`: the Response as the server renders it (the same JSON as
+        the reply that created it).
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        The JSON itself, as in ChatService.CreateChatCompletionHttp.
+        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteResponseHttp(self, request, context):
+        """The REST API's `DELETE /v1/responses/{response_id}`.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        The JSON itself, as in ChatService.CreateChatCompletionHttp.
+        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListInputItemsHttp(self, request, context):
+        """The REST API's `GET /v1/responses/{response_id}/input_items`.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        The JSON itself, as in ChatService.CreateChatCompletionHttp.
+        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ResponsesServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'CreateResponse': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateResponse,
+                    request_deserializer=chatgen_dot_v1_dot_chatgen__pb2.CreateResponseRequest.FromString,
+                    response_serializer=chatgen_dot_v1_dot_chatgen__pb2.Response.SerializeToString,
+            ),
+            'StreamResponse': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamResponse,
+                    request_deserializer=chatgen_dot_v1_dot_chatgen__pb2.CreateResponseRequest.FromString,
+                    response_serializer=chatgen_dot_v1_dot_chatgen__pb2.ResponseStreamEvent.SerializeToString,
+            ),
+            'GetResponse': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetResponse,
+                    request_deserializer=chatgen_dot_v1_dot_chatgen__pb2.GetResponseRequest.FromString,
+                    response_serializer=chatgen_dot_v1_dot_chatgen__pb2.Response.SerializeToString,
+            ),
+            'DeleteResponse': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteResponse,
+                    request_deserializer=chatgen_dot_v1_dot_chatgen__pb2.DeleteResponseRequest.FromString,
+                    response_serializer=chatgen_dot_v1_dot_chatgen__pb2.DeleteResponseResponse.SerializeToString,
+            ),
+            'ListInputItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListInputItems,
+                    request_deserializer=chatgen_dot_v1_dot_chatgen__pb2.ListInputItemsRequest.FromString,
+                    response_serializer=chatgen_dot_v1_dot_chatgen__pb2.ListInputItemsResponse.SerializeToString,
+            ),
+            'CreateResponseHttp': grpc.unary_stream_rpc_method_handler(
+                    servicer.CreateResponseHttp,
+                    request_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+            'GetResponseHttp': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetResponseHttp,
+                    request_deserializer=chatgen_dot_v1_dot_chatgen__pb2.GetResponseRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+            'DeleteResponseHttp': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteResponseHttp,
+                    request_deserializer=chatgen_dot_v1_dot_chatgen__pb2.DeleteResponseRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+            'ListInputItemsHttp': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListInputItemsHttp,
+                    request_deserializer=chatgen_dot_v1_dot_chatgen__pb2.ListInputItemsRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'chatgen.v1.ResponsesService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('chatgen.v1.ResponsesService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class ResponsesService:
+    """OpenAI's Responses API, what agents speak (the Agents SDK, Codex): the same engine, templates, parsers and
+    limits as ChatService, with conversation state. A response is stored (unless `store` is false) and a later
+    request continues it with `previous_response_id`; stored responses can be read back and deleted.
+    """
+
+    @staticmethod
+    def CreateResponse(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatgen.v1.ResponsesService/CreateResponse',
+            chatgen_dot_v1_dot_chatgen__pb2.CreateResponseRequest.SerializeToString,
+            chatgen_dot_v1_dot_chatgen__pb2.Response.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamResponse(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/chatgen.v1.ResponsesService/StreamResponse',
+            chatgen_dot_v1_dot_chatgen__pb2.CreateResponseRequest.SerializeToString,
+            chatgen_dot_v1_dot_chatgen__pb2.ResponseStreamEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetResponse(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatgen.v1.ResponsesService/GetResponse',
+            chatgen_dot_v1_dot_chatgen__pb2.GetResponseRequest.SerializeToString,
+            chatgen_dot_v1_dot_chatgen__pb2.Response.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteResponse(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatgen.v1.ResponsesService/DeleteResponse',
+            chatgen_dot_v1_dot_chatgen__pb2.DeleteResponseRequest.SerializeToString,
+            chatgen_dot_v1_dot_chatgen__pb2.DeleteResponseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListInputItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatgen.v1.ResponsesService/ListInputItems',
+            chatgen_dot_v1_dot_chatgen__pb2.ListInputItemsRequest.SerializeToString,
+            chatgen_dot_v1_dot_chatgen__pb2.ListInputItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateResponseHttp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/chatgen.v1.ResponsesService/CreateResponseHttp',
+            google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetResponseHttp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatgen.v1.ResponsesService/GetResponseHttp',
+            chatgen_dot_v1_dot_chatgen__pb2.GetResponseRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteResponseHttp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatgen.v1.ResponsesService/DeleteResponseHttp',
+            chatgen_dot_v1_dot_chatgen__pb2.DeleteResponseRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListInputItemsHttp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatgen.v1.ResponsesService/ListInputItemsHttp',
+            chatgen_dot_v1_dot_chatgen__pb2.ListInputItemsRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
 class ModelsServiceStub:
     """The models this server serves.
     """

@@ -34,7 +34,9 @@ def parse(data: bytes) -> list[str]:
 
 
 def content_chunk(text: str, index: int = 0, field: str = "content") -> pb.StreamChatCompletionResponse:
-    delta = pb.ChatCompletionDelta(**{field: text})
+    # Reasoning goes out under both of its names, as the server sends it.
+    names = ("reasoning_content", "reasoning") if field == "reasoning_content" else (field,)
+    delta = pb.ChatCompletionDelta(**{name: text for name in names})
     return pb.StreamChatCompletionResponse(**ENVELOPE, choices=[pb.ChatCompletionChunkChoice(index=index, delta=delta)])
 
 
@@ -58,7 +60,8 @@ def test_the_fast_path_is_byte_for_byte_json_formats_rendering(field: str, index
         assert body.data == sse.event(chunk)
         [payload] = parse(body.data)
         assert round_trip(payload, pb.StreamChatCompletionResponse) == chunk
-        assert json.loads(payload)["choices"][0]["delta"] == {field: text}
+        expected = {"reasoning_content": text, "reasoning": text} if field == "reasoning_content" else {field: text}
+        assert json.loads(payload)["choices"][0]["delta"] == expected
 
 
 def test_completion_text_fast_path() -> None:
@@ -141,6 +144,6 @@ def test_frames_are_per_choice_and_field() -> None:
     assert [x["choices"] for x in (a, b, c)] == [
         [{"index": 0, "delta": {"content": "a"}}],
         [{"index": 1, "delta": {"content": "b"}}],
-        [{"index": 1, "delta": {"reasoning_content": "c"}}],
+        [{"index": 1, "delta": {"reasoning_content": "c", "reasoning": "c"}}],
     ]
     assert {x["id"] for x in (a, b, c)} == {"chatcmpl-1"} and a["created"] == ENVELOPE["created"]

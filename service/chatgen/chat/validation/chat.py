@@ -146,7 +146,22 @@ def _message(m: pb.ChatMessage, i: int) -> Message:
         name=m.name if m.HasField("name") else None,
         tool_calls=calls,
         tool_call_id=m.tool_call_id if m.HasField("tool_call_id") else None,
+        reasoning=_history_reasoning(m, where),
     )
+
+
+def _history_reasoning(m: pb.ChatMessage, where: str) -> str | None:
+    """An assistant turn's reasoning, under either name (Xinference's reasoning_content, vLLM's reasoning)."""
+    given = {name: getattr(m, name) for name in ("reasoning_content", "reasoning") if m.HasField(name)}
+    if not given:
+        return None
+    if m.role != "assistant":
+        name = next(iter(given))
+        raise invalid(f"{where}.{name}: only assistant messages carry reasoning", f"{where}.{name}")
+    if len(set(given.values())) > 1:
+        message = f"{where}.reasoning and {where}.reasoning_content differ; send one, or both the same"
+        raise invalid(message, f"{where}.reasoning")
+    return next(iter(given.values()))
 
 
 def _history_call(call: pb.ToolCall, where: str) -> ToolCall:
