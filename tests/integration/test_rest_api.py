@@ -88,6 +88,51 @@ def test_openai_sdk_completions_unary_and_stream(client: openai.OpenAI) -> None:
     assert chunks[-1].choices[0].finish_reason == "length"
 
 
+PROMPTS = ["The capital of France is", "Two plus two is"]
+
+
+def test_openai_sdk_completions_batch(client: openai.OpenAI) -> None:
+    """A list of prompts is a batch: n choices per prompt, choice k answering prompt k // n (as OpenAI and vLLM)."""
+    single = [client.completions.create(model=MODEL_NAME, prompt=p, max_tokens=6, temperature=0) for p in PROMPTS]
+    batch = client.completions.create(model=MODEL_NAME, prompt=PROMPTS, n=2, max_tokens=6, temperature=0)
+    assert [c.index for c in batch.choices] == [0, 1, 2, 3]
+    assert [c.text for c in batch.choices] == [single[k // 2].choices[0].text for k in range(4)]
+    assert batch.usage is not None and all(s.usage for s in single)
+    assert batch.usage.prompt_tokens == sum(s.usage.prompt_tokens for s in single)  # type: ignore[union-attr]
+    assert batch.usage.completion_tokens == 2 * sum(s.usage.completion_tokens for s in single)  # type: ignore[union-attr]
+    stream = client.completions.create(
+        model=MODEL_NAME,
+        prompt=PROMPTS,
+        max_tokens=6,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    texts, finished, usage = ["", ""], set(), None
+    for chunk in stream:
+        usage = chunk.usage or usage
+        for c in chunk.choices:
+            texts[c.index] += c.text
+            if c.finish_reason:
+                finished.add(c.index)
+    assert texts == [s.choices[0].text for s in single] and finished == {0, 1}
+    assert usage is not None and usage.prompt_tokens == batch.usage.prompt_tokens
+
+
+def test_openai_sdk_completions_token_id_prompts(client: openai.OpenAI, tokenizer) -> None:  # type: ignore[no-untyped-def]
+    ids = [list(tokenizer.encode(p)) for p in PROMPTS]
+    by_text = client.completions.create(model=MODEL_NAME, prompt=PROMPTS[0], max_tokens=6, temperature=0)
+    one = client.completions.create(model=MODEL_NAME, prompt=ids[0], max_tokens=6, temperature=0)
+    assert one.choices[0].text == by_text.choices[0].text
+    assert one.usage is not None and by_text.usage is not None and one.usage.prompt_tokens == len(ids[0])
+    assert one.usage.prompt_tokens == by_text.usage.prompt_tokens
+    both = client.completions.create(model=MODEL_NAME, prompt=ids, max_tokens=6, temperature=0, echo=True)
+    assert [c.text[: len(p)] for c, p in zip(both.choices, PROMPTS, strict=True)] == PROMPTS
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(model=MODEL_NAME, prompt=[ids[0], [len(tokenizer) + 5]], max_tokens=2)
+    assert err.value.body["param"] == "prompt[1][0]" and "vocabulary" in err.value.message  # type: ignore[index]
+
+
 def test_openai_sdk_models(client: openai.OpenAI) -> None:
     models = client.models.list()
     assert [m.id for m in models.data] == [MODEL_NAME]
@@ -159,10 +204,15 @@ def test_unknown_model_is_404_openai_error(client: openai.OpenAI, http: httpx.Cl
         ({"model": MODEL_NAME}, "messages"),
         ({"model": MODEL_NAME, "messages": QUESTION, "top_p": 0}, "top_p"),
         ({"model": MODEL_NAME, "messages": QUESTION, "stream": True, "max_tokens": -1}, "max_tokens"),
+        ({"model": MODEL_NAME, "prompt": []}, "prompt"),
+        ({"model": MODEL_NAME, "prompt": ["a", ""]}, "prompt[1]"),
+        ({"model": MODEL_NAME, "prompt": ["a", [1, 2]]}, "prompt"),
+        ({"model": MODEL_NAME, "prompt": [1, -2]}, "prompt[1]"),
     ],
 )
 def test_bad_request_is_400_openai_error(http: httpx.Client, body: dict, param: str) -> None:  # type: ignore[type-arg]
-    response = http.post("/v1/chat/completions", json=body)
+    path = "/v1/completions" if "prompt" in body else "/v1/chat/completions"
+    response = http.post(path, json=body)
     assert response.status_code == 400
     error = response.json()["error"]
     assert error["type"] == "invalid_request_error"

@@ -122,7 +122,7 @@ class ChatApi:
 
     async def _stream(self, job: Job, include_usage: bool) -> AsyncGenerator[StreamItem, None]:
         async with self._admitted(job), contextlib.aclosing(self._runner.stream(job)) as deltas:
-            yield StreamStart(job.id, job.n, job.options.logprobs is not None, len(job.prompt_token_ids))
+            yield StreamStart(job.id, job.choices, job.options.logprobs is not None, job.prompt_tokens)
             async for delta in deltas:
                 yield delta
         if include_usage:
@@ -132,14 +132,14 @@ class ChatApi:
         """Run `job` inside this block: it waits for engine capacity, or fails fast when the queue is full."""
         if self._admission is None:
             return contextlib.nullcontext()
-        return self._admission.slots(job.n)
+        return self._admission.slots(job.choices)
 
     async def _render(self, render: Callable[..., list[int]], *args: Any) -> list[int]:
         return await asyncio.get_running_loop().run_in_executor(self._renderer, render, *args)
 
     async def _chat_job(self, plan: ChatPlan) -> Job:
         ids = await self._render(render_chat, self._engine.tokenizer, plan)
-        job = self._job("chatcmpl-", plan.request_id, ids, plan.sampling, "messages")
+        job = self._job("chatcmpl-", plan.request_id, [ids], plan.sampling, ["messages"])
         await self._check_grammar(plan.sampling)
         job.max_tool_calls = plan.max_tool_calls
         if plan.forced is not None:
@@ -151,11 +151,19 @@ class ChatApi:
         return job
 
     async def _completion_job(self, plan: CompletionPlan) -> Job:
-        ids = await self._render(render_completion, self._engine.tokenizer, plan.prompt)
-        job = self._job("cmpl-", plan.request_id, ids, plan.sampling, "prompt")
+        tokenizer = self._engine.tokenizer
+        params = ["prompt"] if len(plan.prompts) == 1 else [f"prompt[{k}]" for k in range(len(plan.prompts))]
+        batch = []
+        for prompt, param in zip(plan.prompts, params, strict=True):
+            if isinstance(prompt, str):
+                batch.append(await self._render(render_completion, tokenizer, prompt, param))
+            else:
+                batch.append(_in_vocabulary(prompt, len(tokenizer), param))
+        job = self._job("cmpl-", plan.request_id, batch, plan.sampling, params)
         await self._check_grammar(plan.sampling)
         if plan.echo:
-            job.echo = plan.prompt
+            # Token-id prompts are echoed as their text, as vLLM does.
+            job.echoes = tuple(p if isinstance(p, str) else tokenizer.decode(list(p)) for p in plan.prompts)
             # Echoed text gets logprobs too, as in vLLM: the prompt's tokens are scored as well.
             job.options = replace(job.options, prompt_logprobs=job.options.logprobs)
         return job
@@ -164,21 +172,25 @@ class ChatApi:
         if sampling.grammar is not None and self._grammars is not None:
             await self._grammars.check(sampling.grammar)
 
-    def _job(self, prefix: str, request_id: str | None, ids: list[int], sampling: SamplingPlan, param: str) -> Job:
-        """The checks that need the model: the prompt and max_tokens against the context, token ids against the
-        vocabulary."""
+    def _job(
+        self, prefix: str, request_id: str | None, batch: list[list[int]], sampling: SamplingPlan, params: list[str]
+    ) -> Job:
+        """The checks that need the model: each prompt and max_tokens against the context, token ids against the
+        vocabulary. `params`: each prompt's field, for its errors."""
         limit = self._engine.model.max_model_len
-        room = limit - len(ids)
-        if room < 1:
-            raise context_length_exceeded(
-                f"This model's maximum context length is {limit} tokens; the prompt has {len(ids)} tokens", param
-            )
-        if sampling.max_tokens is not None and sampling.max_tokens > room:
-            raise context_length_exceeded(
-                f"This model's maximum context length is {limit} tokens; the prompt has {len(ids)} tokens and "
-                f"max_tokens asks for {sampling.max_tokens} more",
-                "max_tokens",
-            )
+        for ids, param in zip(batch, params, strict=True):
+            if len(ids) >= limit:
+                raise context_length_exceeded(
+                    f"This model's maximum context length is {limit} tokens; the prompt has {len(ids)} tokens", param
+                )
+            if sampling.max_tokens is not None and sampling.max_tokens > limit - len(ids):
+                raise context_length_exceeded(
+                    f"This model's maximum context length is {limit} tokens; the prompt has {len(ids)} tokens and "
+                    f"max_tokens asks for {sampling.max_tokens} more",
+                    "max_tokens",
+                )
+        # Without max_tokens, each choice may run to the end of the context: the longest prompt bounds them all.
+        room = limit - max(len(ids) for ids in batch)
         options = sampling.to_options(room)
         vocab = len(self._engine.tokenizer)
         for token, _ in options.logit_bias:
@@ -188,8 +200,8 @@ class ChatApi:
             if token >= vocab:
                 raise invalid(f"stop_token_ids has {token}, outside the vocabulary", "stop_token_ids")
         stats = accounting.current()
-        job = Job(f"{prefix}{request_id or uuid.uuid4().hex}", ids, options, stats, n=sampling.n)
-        stats.completion_id, stats.n, stats.prompt_tokens = job.id, job.n, len(ids)
+        job = Job(f"{prefix}{request_id or uuid.uuid4().hex}", batch[0], options, stats, n=sampling.n, batch=batch)
+        stats.completion_id, stats.n, stats.prompt_tokens = job.id, job.choices, job.prompt_tokens
         return job
 
 
@@ -209,6 +221,15 @@ def _renamed(translation: Translation) -> Iterator[None]:
         yield
     except ApiError as err:
         raise translation.renamed(err) from None
+
+
+def _in_vocabulary(ids: tuple[int, ...], vocab: int, param: str) -> list[int]:
+    for j, token in enumerate(ids):
+        if token >= vocab:
+            raise invalid(
+                f"'{param}[{j}]' is token id {token}, outside the vocabulary (0..{vocab - 1})", f"{param}[{j}]"
+            )
+    return list(ids)
 
 
 def _named(request: Any) -> Any:

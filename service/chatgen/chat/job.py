@@ -9,7 +9,7 @@ import contextlib
 import functools
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Protocol, TypeVar
 
 from chatgen.chat.accounting import RequestStats
@@ -43,27 +43,47 @@ class Job:
     prompt_token_ids: list[int]
     options: SamplingOptions
     stats: RequestStats
+    # Choices per prompt.
     n: int = 1
     # Per choice: splits chat output into reasoning, answer and tool calls (models with a parser).
     parsers: list[OutputParser] | None = None
-    # Completions with echo: text returned in front of every choice.
-    echo: str = ""
+    # Completions with a batch of prompts: each prompt's tokens (prompt_token_ids is the first); choice k runs
+    # prompt k // n. Empty: prompt_token_ids alone.
+    batch: list[list[int]] = field(default_factory=list)
+    # Completions with echo: per prompt, the text returned in front of each of its choices.
+    echoes: tuple[str, ...] = ()
     # Per choice, for tool_choice "required" / a named function: the constrained output is the call.
     forced: list[ForcedTools] | None = None
     # parallel_tool_calls false: calls after the first are dropped.
     max_tool_calls: int | None = None
 
+    def __post_init__(self) -> None:
+        if not self.batch:
+            self.batch = [self.prompt_token_ids]
+
+    @property
+    def choices(self) -> int:
+        return self.n * len(self.batch)
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Tokens of every prompt (each counted once, however many choices it has), as vLLM counts them."""
+        return sum(len(ids) for ids in self.batch)
+
     @property
     def usage(self) -> Usage:
-        return Usage(prompt_tokens=len(self.prompt_token_ids), completion_tokens=self.stats.completion_tokens)
+        return Usage(prompt_tokens=self.prompt_tokens, completion_tokens=self.stats.completion_tokens)
+
+    def echo(self, index: int) -> str:
+        return self.echoes[index // self.n] if self.echoes else ""
 
     def engine_request(self, index: int) -> EngineRequest:
         options = self.options
         if self.n > 1 and options.seed is not None:
-            # One seed for all choices would make them identical; seeded choices stay reproducible.
-            options = replace(options, seed=options.seed + index)
-        request_id = self.id if self.n == 1 else f"{self.id}-{index}"
-        return EngineRequest(request_id, self.prompt_token_ids, options)
+            # One seed for all of a prompt's choices would make them identical; seeded choices stay reproducible.
+            options = replace(options, seed=options.seed + index % self.n)
+        request_id = self.id if self.choices == 1 else f"{self.id}-{index}"
+        return EngineRequest(request_id, self.batch[index // self.n], options)
 
 
 class JobRunner:
@@ -159,8 +179,8 @@ class JobRunner:
                         tool_calls = tuple(c for c in tool_calls if c.index < job.max_tool_calls)
                     if finish == "stop" and parser.called_tools:
                         finish = "tool_calls"
-                if first and job.echo:
-                    text = job.echo + text
+                if first and job.echoes:
+                    text = job.echo(index) + text
                 first = False
                 if text or reasoning or finish or out.logprobs or tool_calls or out.prompt_logprobs:
                     yield Delta(
@@ -190,13 +210,13 @@ class JobRunner:
                     yield Delta("", finish, "", index, out.logprobs, calls)
 
     def stream(self, job: Job) -> AsyncGenerator[Delta, None]:
-        """Deltas of all choices as the engine produces them (interleaved when n > 1)."""
-        if job.n == 1:
+        """Deltas of all choices as the engine produces them (interleaved when there are several)."""
+        if job.choices == 1:
             return self._choice_deltas(job, 0)
-        return merge([functools.partial(self._choice_deltas, job, i) for i in range(job.n)])
+        return merge([functools.partial(self._choice_deltas, job, i) for i in range(job.choices)])
 
     async def collect(self, job: Job) -> Result:
-        choices = await asyncio.gather(*(self._collect_choice(job, i) for i in range(job.n)))
+        choices = await asyncio.gather(*(self._collect_choice(job, i) for i in range(job.choices)))
         return Result(id=job.id, choices=list(choices), usage=job.usage)
 
     async def _collect_choice(self, job: Job, index: int) -> Choice:
@@ -231,7 +251,7 @@ class JobRunner:
                 finish_reason = "tool_calls"
         return Choice(
             index=index,
-            text=job.echo + text,
+            text=job.echo(index) + text,
             finish_reason=finish_reason,
             reasoning=reasoning,
             logprobs=tuple(logprobs) if job.options.logprobs is not None else None,

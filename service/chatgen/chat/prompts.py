@@ -46,9 +46,9 @@ def render_chat(tokenizer: Any, plan: ChatPlan) -> list[int]:
     return list(tokenizer.encode(text, add_special_tokens=False))
 
 
-def render_completion(tokenizer: Any, prompt: str) -> list[int]:
+def render_completion(tokenizer: Any, prompt: str, param: str = "prompt") -> list[int]:
     ids = list(tokenizer.encode(prompt, add_special_tokens=True))
     if not ids:
         # Text the tokenizer drops entirely (control characters, say) leaves nothing to continue from.
-        raise invalid("'prompt' has no tokens for this model (only characters its tokenizer drops)", "prompt")
+        raise invalid(f"'{param}' has no tokens for this model (only characters its tokenizer drops)", param)
     return ids

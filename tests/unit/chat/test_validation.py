@@ -205,7 +205,13 @@ def test_the_sampling_field_list_is_the_engines() -> None:
     [
         ({"prompt": ""}, "prompt"),
         ({"prompt": None}, "prompt"),
-        ({"prompt": ["a", "b"]}, "prompt"),
+        ({"prompt": ["a", ""]}, "prompt[1]"),
+        ({"prompt": []}, "prompt"),
+        ({"prompt": ["a", [1]]}, "prompt"),
+        ({"prompt": [1, 2.5]}, "prompt[1]"),
+        ({"prompt": [[1], [-1]]}, "prompt[1][0]"),
+        ({"prompt": [[1], []]}, "prompt[1]"),
+        ({"prompt": [{"text": "a"}]}, "prompt"),
         ({"prompt": 5}, "prompt"),
         ({"logprobs": 21}, "logprobs"),
         ({"n": 0}, "n"),
@@ -220,7 +226,28 @@ def test_completion_errors_name_their_field(fields: dict[str, Any], param: str) 
     assert info.value.param == param
 
 
+@pytest.mark.parametrize(
+    ("prompt", "prompts"),
+    [
+        ("a", ("a",)),
+        (["a", "b"], ("a", "b")),
+        ([1, 2, 3], ((1, 2, 3),)),
+        ([[1, 2], [3]], ((1, 2), (3,))),
+    ],
+)
+def test_every_prompt_shape_openai_takes(prompt: Any, prompts: tuple[Any, ...]) -> None:
+    assert validate_completion(completion(prompt=prompt), MODEL, streaming=False).prompts == prompts
+
+
+def test_a_batch_is_bounded_by_the_choices_the_server_runs() -> None:
+    model = ServedModel("m", "vllm", max_choices=4)
+    assert len(validate_completion(completion(prompt=["a", "b"], n=2), model, streaming=False).prompts) == 2
+    with pytest.raises(ApiError) as info:
+        validate_completion(completion(prompt=["a", "b", "c"], n=2), model, streaming=False)
+    assert (info.value.failure, info.value.param) == (Failure.UNSUPPORTED, "prompt")
+
+
 def test_a_valid_completion_request_becomes_its_plan() -> None:
     plan = validate_completion(completion(prompt=["once"], echo=True, logprobs=2, max_tokens=4), MODEL, streaming=False)
-    assert (plan.prompt, plan.echo, plan.sampling.max_tokens) == ("once", True, 4)
+    assert (plan.prompts, plan.echo, plan.sampling.max_tokens) == (("once",), True, 4)
     assert plan.sampling.to_options(10).logprobs == 2

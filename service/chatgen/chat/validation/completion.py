@@ -13,13 +13,15 @@ from chatgen.chat.validation.sampling import (
     check_stream_options,
     sampling_plan,
 )
+from chatgen.errors import unsupported
 from chatgen.v1 import chatgen_pb2 as pb
 
 
 @dataclass(frozen=True)
 class CompletionPlan:
     model: str
-    prompt: str
+    # One or more prompts (a batch): each gets `sampling.n` choices, choice k answering prompt k // n.
+    prompts: tuple[values.Prompt, ...]
     sampling: SamplingPlan
     # Return the prompt in front of each choice's text (and, with logprobs, score the prompt's tokens too).
     echo: bool
@@ -30,14 +32,22 @@ class CompletionPlan:
 def validate_completion(request: pb.CreateCompletionRequest, model: ServedModel, streaming: bool) -> CompletionPlan:
     text.check_strings(request)
     check_model(request, model)
-    prompt = values.prompt_text(request.prompt)
+    prompts = values.prompts(request.prompt)
     logprobs = check_logprobs(request.logprobs if request.HasField("logprobs") else None, model, "logprobs")
     json_schema = values.response_format_schema(request)
     max_tokens = request.max_tokens if request.HasField("max_tokens") else None
+    sampling = sampling_plan(request, model, max_tokens, logprobs, json_schema)
+    choices = len(prompts) * sampling.n
+    if choices > model.max_choices:
+        raise unsupported(
+            f"{len(prompts)} prompts with n={sampling.n} make {choices} choices, but this server runs at most "
+            f"{model.max_choices} choices at once",
+            "prompt",
+        )
     return CompletionPlan(
         model=request.model,
-        prompt=prompt,
-        sampling=sampling_plan(request, model, max_tokens, logprobs, json_schema),
+        prompts=prompts,
+        sampling=sampling,
         echo=request.echo,
         request_id=text.request_id(request.request_id),
         include_usage=check_stream_options(request, streaming),

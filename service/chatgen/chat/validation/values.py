@@ -74,23 +74,50 @@ def stop_strings(value: struct_pb2.Value) -> tuple[str, ...]:
     raise invalid("'stop' must be a string or an array of strings", "stop")
 
 
-def prompt_text(value: struct_pb2.Value) -> str:
-    """`prompt`: a non-empty string, or an array holding one."""
-    k = kind(value)
-    text: str | None = None
-    if k == "string_value":
-        text = value.string_value
-    elif k == "list_value" and len(value.list_value.values) == 1:
-        only = value.list_value.values[0]
-        if kind(only) == "string_value":
-            text = only.string_value
-    elif is_absent(value):
+# A completion prompt: text, or token ids as the client tokenized it.
+Prompt = str | tuple[int, ...]
+_PROMPT_SHAPES = "a string, an array of strings, an array of token ids or an array of arrays of token ids"
+
+
+def prompts(value: struct_pb2.Value) -> tuple[Prompt, ...]:
+    """`prompt`, as OpenAI takes it: one string, a batch of strings, one prompt of token ids, or a batch of those.
+    A batch is never empty and never mixes shapes."""
+    if is_absent(value):
         raise invalid("'prompt' is required", "prompt")
-    if text is None:
-        raise invalid("'prompt' must be a string (or an array holding one string)", "prompt")
+    k = kind(value)
+    if k == "string_value":
+        return (_text_prompt(value.string_value, "prompt"),)
+    if k != "list_value":
+        raise invalid(f"'prompt' must be {_PROMPT_SHAPES}", "prompt")
+    items = value.list_value.values
+    if not items:
+        raise invalid("'prompt' must not be an empty array", "prompt")
+    kinds = {kind(item) for item in items}
+    if kinds == {"number_value"}:
+        return (_token_prompt(items, "prompt"),)
+    if kinds == {"string_value"}:
+        return tuple(_text_prompt(item.string_value, f"prompt[{i}]") for i, item in enumerate(items))
+    if kinds == {"list_value"}:
+        return tuple(_token_prompt(item.list_value.values, f"prompt[{i}]") for i, item in enumerate(items))
+    raise invalid(f"'prompt' must be {_PROMPT_SHAPES}, not a mix of them", "prompt")
+
+
+def _text_prompt(text: str, param: str) -> str:
     if not text:
-        raise invalid("'prompt' must be a non-empty string", "prompt")
+        raise invalid(f"'{param}' must be a non-empty string", param)
     return text
+
+
+def _token_prompt(items: Any, param: str) -> tuple[int, ...]:
+    if not items:
+        raise invalid(f"'{param}' must hold at least one token id", param)
+    out = []
+    for j, item in enumerate(items):
+        number = item.number_value if kind(item) == "number_value" else None
+        if number is None or not number.is_integer() or not 0 <= number < 2**31:
+            raise invalid(f"'{param}[{j}]' must be a token id (an integer, 0 or more)", f"{param}[{j}]")
+        out.append(int(number))
+    return tuple(out)
 
 
 def tool_choice(value: struct_pb2.Value) -> tuple[str | None, str | None]:
