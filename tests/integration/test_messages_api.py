@@ -212,6 +212,17 @@ def test_grpc_errors_carry_anthropic_json(messages_stub: pb_grpc.MessagesService
     }
 
 
+def test_grpc_bytes_that_are_no_message_get_anthropic_json(service: Service) -> None:
+    with grpc.insecure_channel(service.grpc_address) as channel:
+        call = channel.unary_unary("/chatgen.v1.MessagesService/CreateMessage")  # raw bytes in and out
+        with pytest.raises(grpc.RpcError) as failed:
+            call(b"\xff\xff\xff\xff", timeout=30)
+    assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    body = json.loads(dict(failed.value.trailing_metadata() or ())["x-chatgen-error"])
+    assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
+    assert "not a valid protobuf message" in body["error"]["message"]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Thinking and tools, on the scripted models
 

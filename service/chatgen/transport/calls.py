@@ -113,10 +113,10 @@ class CallLogInterceptor(AroundCalls):
         self._calls = calls
 
     @contextlib.asynccontextmanager
-    async def around(self, rpc: str, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+    async def around(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
         # Each RPC runs in a task of its own, whose context ends with it: nothing to reset afterwards (and a
         # stream finalized elsewhere could not reset it).
-        record = CallRecord(rpc, request_id_from(context))
+        record = CallRecord(method.rsplit("/", 1)[1], request_id_from(context))
         bind_call(record)
         try:
             yield

@@ -11,15 +11,16 @@ import grpc
 
 
 class AroundCalls(grpc.aio.ServerInterceptor):
-    """Runs the calls of the methods under `prefixes` inside `around(rpc, request, context)`; a subclass may also
-    replace the request deserializer (`deserializer`)."""
+    """Runs the calls of the methods under `prefixes` inside `around(method, request, context)` (`method` the full
+    name, "/chatgen.v1.ChatService/CreateChatCompletion"); a subclass may also replace the request deserializer
+    (`deserializer`)."""
 
     def __init__(self, prefixes: tuple[str, ...]) -> None:
         self._prefixes = prefixes
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     def around(
-        self, rpc: str, request: Any, context: grpc.aio.ServicerContext
+        self, method: str, request: Any, context: grpc.aio.ServicerContext
     ) -> contextlib.AbstractAsyncContextManager[None]:
         raise NotImplementedError
 
@@ -36,10 +37,10 @@ class AroundCalls(grpc.aio.ServerInterceptor):
             return handler
         wrapped = self._wrapped.get(details.method)
         if wrapped is None:
-            wrapped = self._wrapped[details.method] = self._wrap(details.method.rsplit("/", 1)[1], handler)
+            wrapped = self._wrapped[details.method] = self._wrap(details.method, handler)
         return wrapped
 
-    def _wrap(self, rpc: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         kwargs = {
             "request_deserializer": self.deserializer(handler),
             "response_serializer": handler.response_serializer,
@@ -48,7 +49,7 @@ class AroundCalls(grpc.aio.ServerInterceptor):
             unary_inner = handler.unary_unary
 
             async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                async with self.around(rpc, request, context):
+                async with self.around(method, request, context):
                     return await unary_inner(request, context)
 
             return grpc.unary_unary_rpc_method_handler(unary, **kwargs)
@@ -59,7 +60,7 @@ class AroundCalls(grpc.aio.ServerInterceptor):
                 # The handler's stream is closed here, inside around(): a caller that went away reaches it (and
                 # what it relays) before around() ends the call, not whenever the garbage collector gets to it.
                 async with (
-                    self.around(rpc, request, context),
+                    self.around(method, request, context),
                     contextlib.aclosing(stream_inner(request, context)) as items,
                 ):
                     async for item in items:

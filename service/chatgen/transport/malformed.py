@@ -1,4 +1,5 @@
-"""Bytes that are not a valid protobuf message get INVALID_ARGUMENT with an OpenAI error, not grpc's UNKNOWN.
+"""Bytes that are not a valid protobuf message get INVALID_ARGUMENT with the API's error JSON (Anthropic's for
+MessagesService, OpenAI's otherwise), not grpc's UNKNOWN.
 
 grpc calls the generated deserializer before any servicer code runs, and reports its exception as UNKNOWN ("a
 server fault"). This interceptor swaps in a deserializer that catches the DecodeError and lets the handler answer
@@ -40,10 +41,13 @@ class MalformedMessageInterceptor(AroundCalls):
         return safe_deserialize
 
     @contextlib.asynccontextmanager
-    async def around(self, rpc: str, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+    async def around(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
         if isinstance(request, _Undecodable):
             reason = request.reason
+            # The servicer never runs to say which API's error shape the call speaks: the method does.
             await status.abort(
-                context, invalid(f"The request is not a valid protobuf message for this method: {reason}")
+                context,
+                invalid(f"The request is not a valid protobuf message for this method: {reason}"),
+                anthropic=method.startswith(status.ANTHROPIC_SERVICE),
             )
         yield
