@@ -59,6 +59,8 @@ COMPLETION_CASES: dict[str, dict[str, Any]] = {
     "plain": {"max_tokens": 8},
     "echo_logprobs": {"max_tokens": 4, "echo": True, "logprobs": 2},
     "n_stop": {"n": 2, "max_tokens": 12, "stop": ["."]},
+    "batch": {"prompt": ["The capital of France is", "Two plus two is"], "n": 2, "max_tokens": 6},
+    "token_ids": {"prompt": [[504, 3575, 282, 4649, 314], [21350, 2915]], "max_tokens": 4, "echo": True},
 }
 
 
@@ -136,3 +138,61 @@ def test_completion_parity(
     assert streamed(sse) == streamed(grpc_chunks)
     unary_texts = {c["index"]: c["text"] for c in over_grpc["choices"]}
     assert {i: acc["text"] for i, acc in streamed(sse).items()} == unary_texts
+
+
+# The agent APIs, each with the features it maps onto chat: its answer, stop reason and usage over both protocols.
+MESSAGES_CASES: dict[str, dict[str, Any]] = {
+    "plain": {"max_tokens": 12},
+    "system_and_stop": {"max_tokens": 20, "system": "Answer briefly.", "stop_sequences": [" is"]},
+    "sampling": {"max_tokens": 8, "top_k": 1, "top_p": 0.5},
+}
+RESPONSES_CASES: dict[str, dict[str, Any]] = {
+    "plain": {"max_output_tokens": 12},
+    "instructions_items": {
+        "max_output_tokens": 8,
+        "instructions": "Answer briefly.",
+        "input": [{"role": "user", "content": [{"type": "input_text", "text": "Name a color."}]}],
+    },
+    "json_object": {"max_output_tokens": 16, "text": {"format": {"type": "json_object"}}},
+}
+
+
+def _named_sse(text: str) -> list[dict[str, Any]]:
+    return [json.loads(frame.split("\ndata: ", 1)[1]) for frame in text.strip().split("\n\n")]
+
+
+@pytest.mark.parametrize("case", list(MESSAGES_CASES))
+def test_messages_parity(service: Service, case: str) -> None:
+    body = {"model": MODEL_NAME, "messages": ASK, "temperature": 0, **MESSAGES_CASES[case]}
+    over_rest = rest(service, "/v1/messages", body)
+    assert over_rest.status_code == 200, over_rest.text
+    request = json_format.ParseDict(body, pb.CreateMessageRequest())
+    with grpc.insecure_channel(service.grpc_address) as channel:
+        stub = pb_grpc.MessagesServiceStub(channel)
+        over_grpc = as_json(stub.CreateMessage(request, timeout=180))
+        events = [as_json(e) for e in stub.StreamMessage(request, timeout=180)]
+    keys = ("content", "stop_reason", "stop_sequence", "usage")
+    assert {k: over_rest.json().get(k) for k in keys} == {k: over_grpc.get(k) for k in keys}
+    sse = _named_sse(rest(service, "/v1/messages", {**body, "stream": True}).text)
+    text = [e["delta"]["text"] for e in sse if e["type"] == "content_block_delta"]
+    assert text == [e["delta"]["text"] for e in events if e["type"] == "content_block_delta"]
+    assert "".join(text) == over_grpc["content"][0]["text"]
+
+
+@pytest.mark.parametrize("case", list(RESPONSES_CASES))
+def test_responses_parity(service: Service, case: str) -> None:
+    body = {"model": MODEL_NAME, "input": "What is the capital of France?", "temperature": 0, "store": False}
+    body.update(RESPONSES_CASES[case])
+    over_rest = rest(service, "/v1/responses", body)
+    assert over_rest.status_code == 200, over_rest.text
+    request = json_format.ParseDict(body, pb.CreateResponseRequest())
+    with grpc.insecure_channel(service.grpc_address) as channel:
+        stub = pb_grpc.ResponsesServiceStub(channel)
+        over_grpc = as_json(stub.CreateResponse(request, timeout=180))
+        events = [as_json(e) for e in stub.StreamResponse(request, timeout=180)]
+    output = [{k: v for k, v in item.items() if k != "id"} for item in over_grpc["output"]]
+    assert [{k: v for k, v in item.items() if k != "id"} for item in over_rest.json()["output"]] == output
+    assert over_rest.json()["usage"] == over_grpc["usage"] and over_rest.json()["status"] == over_grpc["status"]
+    sse = _named_sse(rest(service, "/v1/responses", {**body, "stream": True}).text)
+    assert [e["type"] for e in sse] == [e["type"] for e in events]
+    assert sse[-1]["response"]["usage"] == events[-1]["response"]["usage"] == over_grpc["usage"]
