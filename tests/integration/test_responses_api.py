@@ -332,6 +332,10 @@ def test_thinking_model_gives_a_reasoning_item(thinking_service: Service) -> Non
         model=THINKING_MODEL_NAME, input=QUESTION, max_output_tokens=40, reasoning={"effort": "none"}
     )
     assert [item.type for item in off.output] == ["message"] and off.output_text == ANSWER
+    switched = client.responses.create(
+        model=THINKING_MODEL_NAME, input=QUESTION, max_output_tokens=40, extra_body={"enable_thinking": False}
+    )
+    assert [item.type for item in switched.output] == ["message"] and switched.output_text == ANSWER
     with client.responses.stream(model=THINKING_MODEL_NAME, input=QUESTION, max_output_tokens=40) as stream:
         kinds = [event.type for event in stream]
         final = stream.get_final_response()

@@ -698,7 +698,7 @@ class ResponseReasoning(_message.Message):
     def __init__(self, effort: _Optional[str] = ..., summary: _Optional[str] = ...) -> None: ...
 
 class CreateResponseRequest(_message.Message):
-    __slots__ = ("model", "input", "instructions", "max_output_tokens", "temperature", "top_p", "tools", "tool_choice", "parallel_tool_calls", "text", "reasoning", "metadata", "user", "store", "previous_response_id", "stream", "background", "conversation", "prompt", "truncation", "top_logprobs", "max_tool_calls", "include", "service_tier", "prompt_cache_key", "safety_identifier")
+    __slots__ = ("model", "input", "instructions", "max_output_tokens", "temperature", "top_p", "tools", "tool_choice", "parallel_tool_calls", "text", "reasoning", "metadata", "user", "store", "previous_response_id", "stream", "background", "conversation", "prompt", "truncation", "top_logprobs", "max_tool_calls", "include", "service_tier", "prompt_cache_key", "safety_identifier", "enable_thinking")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -732,6 +732,7 @@ class CreateResponseRequest(_message.Message):
     SERVICE_TIER_FIELD_NUMBER: _ClassVar[int]
     PROMPT_CACHE_KEY_FIELD_NUMBER: _ClassVar[int]
     SAFETY_IDENTIFIER_FIELD_NUMBER: _ClassVar[int]
+    ENABLE_THINKING_FIELD_NUMBER: _ClassVar[int]
     model: str
     input: _struct_pb2.Value
     instructions: str
@@ -758,7 +759,8 @@ class CreateResponseRequest(_message.Message):
     service_tier: str
     prompt_cache_key: str
     safety_identifier: str
-    def __init__(self, model: _Optional[str] = ..., input: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., instructions: _Optional[str] = ..., max_output_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., tools: _Optional[_Iterable[_Union[ResponseTool, _Mapping]]] = ..., tool_choice: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., parallel_tool_calls: _Optional[bool] = ..., text: _Optional[_Union[ResponseTextConfig, _Mapping]] = ..., reasoning: _Optional[_Union[ResponseReasoning, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., user: _Optional[str] = ..., store: _Optional[bool] = ..., previous_response_id: _Optional[str] = ..., stream: _Optional[bool] = ..., background: _Optional[bool] = ..., conversation: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., prompt: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., truncation: _Optional[str] = ..., top_logprobs: _Optional[int] = ..., max_tool_calls: _Optional[int] = ..., include: _Optional[_Iterable[str]] = ..., service_tier: _Optional[str] = ..., prompt_cache_key: _Optional[str] = ..., safety_identifier: _Optional[str] = ...) -> None: ...
+    enable_thinking: bool
+    def __init__(self, model: _Optional[str] = ..., input: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., instructions: _Optional[str] = ..., max_output_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., tools: _Optional[_Iterable[_Union[ResponseTool, _Mapping]]] = ..., tool_choice: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., parallel_tool_calls: _Optional[bool] = ..., text: _Optional[_Union[ResponseTextConfig, _Mapping]] = ..., reasoning: _Optional[_Union[ResponseReasoning, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., user: _Optional[str] = ..., store: _Optional[bool] = ..., previous_response_id: _Optional[str] = ..., stream: _Optional[bool] = ..., background: _Optional[bool] = ..., conversation: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., prompt: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., truncation: _Optional[str] = ..., top_logprobs: _Optional[int] = ..., max_tool_calls: _Optional[int] = ..., include: _Optional[_Iterable[str]] = ..., service_tier: _Optional[str] = ..., prompt_cache_key: _Optional[str] = ..., safety_identifier: _Optional[str] = ..., enable_thinking: _Optional[bool] = ...) -> None: ...
 
 class ResponseUsage(_message.Message):
     __slots__ = ("input_tokens", "output_tokens", "total_tokens", "input_tokens_details", "output_tokens_details")

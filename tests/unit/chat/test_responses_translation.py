@@ -104,6 +104,8 @@ def test_tools_tool_choice_text_format_and_reasoning() -> None:
     assert chat["response_format"] == {"type": "json_schema", "json_schema": {"name": "out", "schema": schema}}
     assert chat_of(request(reasoning={"effort": "low", "summary": "auto"}))["enable_thinking"] is True
     assert "enable_thinking" not in chat_of(request(reasoning={"summary": "auto"}))
+    assert chat_of(request(enable_thinking=False))["enable_thinking"] is False
+    assert chat_of(request(enable_thinking=True, reasoning={"effort": "high"}))["enable_thinking"] is True
 
 
 @pytest.mark.parametrize(
@@ -125,6 +127,7 @@ def test_tools_tool_choice_text_format_and_reasoning() -> None:
         ({"max_tool_calls": 1}, "max_tool_calls", Failure.UNSUPPORTED),
         ({"include": ["message.output_text.logprobs"]}, "include", Failure.UNSUPPORTED),
         ({"include": ["everything"]}, "include", Failure.INVALID_REQUEST),
+        ({"enable_thinking": True, "reasoning": {"effort": "none"}}, "enable_thinking", Failure.INVALID_REQUEST),
     ],
 )
 def test_bad_requests(fields: dict[str, Any], param: str, failure: Failure) -> None:

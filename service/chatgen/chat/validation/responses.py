@@ -295,6 +295,15 @@ def _text_format(request: pb.CreateResponseRequest, chat: pb.CreateChatCompletio
 
 
 def _reasoning(request: pb.CreateResponseRequest, chat: pb.CreateChatCompletionRequest) -> None:
+    _effort(request, chat)
+    if not request.HasField("enable_thinking"):
+        return
+    if chat.HasField("enable_thinking") and chat.enable_thinking != request.enable_thinking:
+        raise invalid("enable_thinking and reasoning.effort disagree; send one of them", "enable_thinking")
+    chat.enable_thinking = request.enable_thinking
+
+
+def _effort(request: pb.CreateResponseRequest, chat: pb.CreateChatCompletionRequest) -> None:
     if not request.HasField("reasoning"):
         return
     reasoning = request.reasoning
