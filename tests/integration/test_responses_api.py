@@ -143,6 +143,9 @@ def test_unknown_previous_response_is_404(service: Service) -> None:
     error = reply.json()["error"]
     check_row("unknown-response", error)
     assert error["param"] == "previous_response_id" and "resp_nope" in error["message"]
+    # A stream that cannot start is the same HTTP error, not a stream.
+    streamed = httpx.post(f"{service.http_base}/v1/responses", json={**body, "stream": True}, timeout=30)
+    assert streamed.status_code == 404 and streamed.json()["error"]["code"] == "response_not_found"
     for path in ("/v1/responses/resp_nope", "/v1/responses/resp_nope/input_items"):
         got = httpx.get(f"{service.http_base}{path}", timeout=30)
         assert got.status_code == 404 and got.json()["error"]["code"] == "response_not_found"
