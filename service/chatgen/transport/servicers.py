@@ -124,15 +124,16 @@ class RestCall(Generic[R]):
         events = chunks.events
         assert events is not None
         relayed = status.stream(context, self._chunks(body, chunks), chunks.error, True, self.write_timeout)
+        unary = False
+        # Read to its end, a unary reply's too: closing it early would log the call as cancelled.
         async with contextlib.aclosing(relayed) as out:
             async for chunk in out:
                 if not isinstance(chunk, HttpBody):
                     yield events.chunk(chunk)
                     continue
+                unary = unary or chunk.content_type == rest.CONTENT_TYPE
                 yield chunk
-                if chunk.content_type == rest.CONTENT_TYPE:
-                    return
-        if events.done:
+        if events.done and not unary:
             yield events.body(events.done)
 
     async def _chunks(self, body: HttpBody, chunks: Chunks) -> AsyncGenerator[replies.Chunk, None]:
