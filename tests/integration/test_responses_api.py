@@ -18,6 +18,7 @@ from google.protobuf import json_format
 from chatgen.v1 import chatgen_pb2 as pb
 from chatgen.v1 import chatgen_pb2_grpc as pb_grpc
 from tests.conftest import MODEL_NAME, Service
+from tests.integration.test_observability import log_line
 from tests.support.error_rows import check_row
 from tests.support.models import ANSWER, REASONING, THINKING_MODEL_NAME, TOOLS_MODEL_NAME
 
@@ -134,6 +135,16 @@ def test_retrieve_input_items_and_delete(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError):
         client.responses.delete(second.id)
     assert client.responses.retrieve(first.id).id == first.id
+
+
+def test_calls_are_logged_with_their_tokens(service: Service) -> None:
+    body = {"model": MODEL_NAME, "input": QUESTION, "max_output_tokens": 3, "temperature": 0}
+    reply = httpx.post(f"{service.http_base}/v1/responses", json=body, headers={"x-request-id": "resp-log-1"})
+    assert reply.status_code == 200
+    line = log_line(service, "resp-log-1")
+    assert (line["rpc"], line["status"], line["completion_tokens"]) == ("CreateResponseHttp", "OK", 3)
+    got = httpx.get(f"{service.http_base}/v1/responses/{reply.json()['id']}", headers={"x-request-id": "resp-log-2"})
+    assert got.status_code == 200 and log_line(service, "resp-log-2")["rpc"] == "GetResponseHttp"
 
 
 def test_unknown_previous_response_is_404(service: Service) -> None:

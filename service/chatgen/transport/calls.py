@@ -31,7 +31,12 @@ from chatgen.transport.interceptors import AroundCalls
 REQUEST_ID_KEY = "x-request-id"
 # The most of a client's string a log line carries (json.dumps escapes it).
 _MAX_LOGGED = 256
-LOGGED_SERVICES = ("/chatgen.v1.ChatService/", "/chatgen.v1.GenerateService/", "/chatgen.v1.MessagesService/")
+LOGGED_SERVICES = (
+    "/chatgen.v1.ChatService/",
+    "/chatgen.v1.GenerateService/",
+    "/chatgen.v1.MessagesService/",
+    "/chatgen.v1.ResponsesService/",
+)
 
 log = logging.getLogger("chatgen.requests")
 
