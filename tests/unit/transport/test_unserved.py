@@ -1,0 +1,43 @@
+"""transport.unserved: vLLM's extensions that are not served are a 400 unsupported_parameter, never ignored."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from chatgen.errors import ApiError, Failure
+from chatgen.transport import rest
+from chatgen.transport.unserved import UNSERVED
+from chatgen.v1 import chatgen_pb2 as pb
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def test_no_unserved_extension_is_a_field_of_the_contract() -> None:
+    # A field the contract has is served (and checked by the validation layer), so it cannot be listed here.
+    for full_name, fields in UNSERVED.items():
+        descriptor = pb.DESCRIPTOR.message_types_by_name[full_name.removeprefix("chatgen.v1.")]
+        assert not set(fields) & set(descriptor.fields_by_name), full_name
+
+
+@pytest.mark.parametrize("key", ["guided_json", "structured_outputs", "min_tokens", "echo", "chat_template"])
+def test_chat_extensions_are_refused_naming_the_field(key: str) -> None:
+    with pytest.raises(ApiError) as err:
+        rest.parse(json.dumps({**CHAT, key: {"type": "object"}}).encode(), pb.CreateChatCompletionRequest)
+    assert (err.value.failure, err.value.param) == (Failure.UNSUPPORTED, key)
+    assert key in err.value.message
+
+
+def test_completion_extensions_are_refused_and_null_means_not_sent() -> None:
+    body = {"model": "m", "prompt": "p", "prompt_logprobs": 1}
+    with pytest.raises(ApiError) as err:
+        rest.parse(json.dumps(body).encode(), pb.CreateCompletionRequest)
+    assert err.value.param == "prompt_logprobs"
+    parsed = rest.parse(json.dumps({**body, "prompt_logprobs": None}).encode(), pb.CreateCompletionRequest)
+    assert parsed.prompt.string_value == "p"
+
+
+def test_other_unknown_keys_are_still_ignored() -> None:
+    parsed = rest.parse(json.dumps({**CHAT, "x_custom": 1}).encode(), pb.CreateChatCompletionRequest)
+    assert parsed.messages[0].role == "user"
