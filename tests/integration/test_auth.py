@@ -169,3 +169,16 @@ def test_a_key_on_the_command_line_is_warned_about_and_the_ready_line_says_keys_
     ready = next(line for line in secured.log if "[chatgen] ready:" in line)
     assert "(loopback only; API key required" in ready
     assert f"metrics on http://127.0.0.1:{secured.metrics_port}/metrics" in ready
+
+
+def test_probes_are_open_and_the_tokenizer_is_not(secured: Service) -> None:
+    for path in ("/health", "/ping", "/version"):
+        assert httpx.get(f"{secured.http_base}{path}", timeout=10).status_code == 200, path
+    body = {"prompt": "hi"}
+    for path in ("/tokenize", "/invocations"):
+        refused = httpx.post(f"{secured.http_base}{path}", json=body, timeout=10)
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key", path
+    allowed = httpx.post(
+        f"{secured.http_base}/tokenize", json=body, headers={"authorization": f"Bearer {KEYS['cli']}"}, timeout=10
+    )
+    assert allowed.status_code == 200 and allowed.json()["count"] >= 1

@@ -312,7 +312,15 @@ def test_the_start_up_heap_is_frozen_out_of_the_garbage_collectors_reach(service
 
 def test_health_and_reflection(channel: grpc.Channel) -> None:
     health = health_pb2_grpc.HealthStub(channel)
-    services = ("ChatService", "GenerateService", "MessagesService", "ModelsService")
+    services = (
+        "ChatService",
+        "GenerateService",
+        "MessagesService",
+        "ResponsesService",
+        "TokenizerService",
+        "ServingService",
+        "ModelsService",
+    )
     for service in ("", *(f"chatgen.v1.{name}" for name in services)):
         reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
@@ -325,6 +333,9 @@ def test_health_and_reflection(channel: grpc.Channel) -> None:
         "chatgen.v1.ChatService",
         "chatgen.v1.GenerateService",
         "chatgen.v1.MessagesService",
+        "chatgen.v1.ResponsesService",
+        "chatgen.v1.TokenizerService",
+        "chatgen.v1.ServingService",
         "chatgen.v1.ModelsService",
         "grpc.health.v1.Health",
     } <= names

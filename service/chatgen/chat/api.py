@@ -21,7 +21,7 @@ from chatgen.chat.grammar import GrammarCheck
 from chatgen.chat.job import EngineObserver, Job, JobRunner
 from chatgen.chat.parsing import OutputParser
 from chatgen.chat.prompts import render_chat, render_completion
-from chatgen.chat.types import Result, StreamItem, StreamStart
+from chatgen.chat.types import Result, StreamItem, StreamStart, Tokens
 from chatgen.chat.validation import (
     ChatPlan,
     CompletionPlan,
@@ -31,6 +31,7 @@ from chatgen.chat.validation import (
     validate_completion,
 )
 from chatgen.chat.validation.messages import translate, translate_count
+from chatgen.chat.validation.tokenize import validate_detokenize, validate_tokenize
 from chatgen.engine import Engine
 from chatgen.errors import ApiError, Failure, context_length_exceeded, invalid
 from chatgen.v1 import chatgen_pb2 as pb
@@ -119,6 +120,25 @@ class ChatApi:
         with _renamed(translation):
             plan = validate_chat(translation.chat, self.served, streaming=False)
             return len(await self._render(render_chat, self._engine.tokenizer, plan))
+
+    async def tokenize(self, request: pb.TokenizeRequest) -> Tokens:
+        """A prompt or a conversation as the model sees it (vLLM's /tokenize)."""
+        plan = validate_tokenize(_named(request), self.served)
+        tokenizer = self._engine.tokenizer
+        if plan.chat is not None:
+            options = (plan.add_generation_prompt, plan.continue_final_message, plan.add_special_tokens)
+            ids = await self._render(render_chat, tokenizer, plan.chat, *options)
+        else:
+            ids = await self._render(
+                lambda: list(tokenizer.encode(plan.prompt, add_special_tokens=plan.add_special_tokens))
+            )
+        strs = tuple(tokenizer.convert_ids_to_tokens(ids)) if plan.return_token_strs else ()
+        return Tokens(tuple(ids), strs, self._engine.model.max_model_len)
+
+    async def detokenize(self, request: pb.DetokenizeRequest) -> str:
+        tokenizer = self._engine.tokenizer
+        ids = _in_vocabulary(tuple(validate_detokenize(request, self.served)), len(tokenizer), "tokens")
+        return str(await self._render(tokenizer.decode, ids))
 
     async def _stream(self, job: Job, include_usage: bool) -> AsyncGenerator[StreamItem, None]:
         async with self._admitted(job), contextlib.aclosing(self._runner.stream(job)) as deltas:

@@ -127,3 +127,12 @@ class StreamStart:
 
 # What a stream yields: its StreamStart, the choices' Deltas as they come, then its Usage when it was asked for.
 StreamItem = StreamStart | Delta | Usage
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """A prompt as the model sees it: its token ids, their texts (when asked for) and the model's context."""
+
+    ids: tuple[int, ...]
+    texts: tuple[str, ...]
+    max_model_len: int

@@ -196,6 +196,8 @@ def http_filters(descriptor: Path, shared: bool) -> list[dict[str, Any]]:
                     "chatgen.v1.GenerateService",
                     "chatgen.v1.MessagesService",
                     "chatgen.v1.ResponsesService",
+                    "chatgen.v1.TokenizerService",
+                    "chatgen.v1.ServingService",
                     "chatgen.v1.ModelsService",
                 ],
                 convert_grpc_status=True,

@@ -23,7 +23,8 @@
 --   self_cluster  the shared gateway only: the cluster that leads back into this REST API (an internal listener)
 
 local ROUTED = { ["/v1/chat/completions"] = true, ["/v1/completions"] = true, ["/v1/messages"] = true,
-  ["/v1/messages/count_tokens"] = true, ["/v1/responses"] = true }
+  ["/v1/messages/count_tokens"] = true, ["/v1/responses"] = true, ["/invocations"] = true, ["/tokenize"] = true,
+  ["/detokenize"] = true }
 local MODEL_HEADER = "x-chatgen-model"
 local STATUS_HEADER = "x-chatgen-status"
 local ANTHROPIC_PREFIX = "/v1/messages"

@@ -18,6 +18,8 @@ from chatgen.transport import status
 log = logging.getLogger(__name__)
 
 PROTECTED_PREFIX = "/chatgen.v1."
+# Probes and version checks need no key (as vLLM leaves /health and /version open).
+OPEN_METHODS = frozenset(f"/chatgen.v1.ServingService/{name}" for name in ("GetVersion", "CheckHealthHttp", "PingHttp"))
 # At most one log line per this many seconds about failed authentications (a flood of them must not flood the
 # log); the metric counts every one.
 LOG_EVERY_SECONDS = 10.0
@@ -78,7 +80,7 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
-        if handler is None or not details.method.startswith(PROTECTED_PREFIX):
+        if handler is None or not details.method.startswith(PROTECTED_PREFIX) or details.method in OPEN_METHODS:
             return handler
         reason = self._refusal(presented_key(details.invocation_metadata))
         if reason is None:

@@ -36,6 +36,9 @@ LOGGED_SERVICES = (
     "/chatgen.v1.GenerateService/",
     "/chatgen.v1.MessagesService/",
     "/chatgen.v1.ResponsesService/",
+    "/chatgen.v1.TokenizerService/",
+    # Generation under another path; the probes (/health, /ping, /version) are not logged.
+    "/chatgen.v1.ServingService/InvokeHttp",
 )
 
 log = logging.getLogger("chatgen.requests")

@@ -1247,3 +1247,443 @@ class ModelsService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class TokenizerServiceStub:
+    """vLLM's tokenizer endpoints: a prompt or a conversation as the model's token ids, and token ids as text.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Tokenize = channel.unary_unary(
+                '/chatgen.v1.TokenizerService/Tokenize',
+                request_serializer=chatgen_dot_v1_dot_chatgen__pb2.TokenizeRequest.SerializeToString,
+                response_deserializer=chatgen_dot_v1_dot_chatgen__pb2.TokenizeResponse.FromString,
+                _registered_method=True)
+        self.Detokenize = channel.unary_unary(
+                '/chatgen.v1.TokenizerService/Detokenize',
+                request_serializer=chatgen_dot_v1_dot_chatgen__pb2.DetokenizeRequest.SerializeToString,
+                response_deserializer=chatgen_dot_v1_dot_chatgen__pb2.DetokenizeResponse.FromString,
+                _registered_method=True)
+        self.TokenizeHttp = channel.unary_unary(
+                '/chatgen.v1.TokenizerService/TokenizeHttp',
+                request_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
+        self.DetokenizeHttp = channel.unary_unary(
+                '/chatgen.v1.TokenizerService/DetokenizeHttp',
+                request_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
+
+
+class TokenizerServiceServicer:
+    """vLLM's tokenizer endpoints: a prompt or a conversation as the model's token ids, and token ids as text.
+    """
+
+    def Tokenize(self, request, context):
+        """A prompt or messages (rendered by the chat template) -> token ids, their count and the context length.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Detokenize(self, request, context):
+        """Token ids -> their text.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TokenizeHttp(self, request, context):
+        """The REST API's `POST /tokenize`: a TokenizeRequest as JSON in, its TokenizeResponse as JSON out.
+        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        The HTTP body itself, in and out, as in ChatService.CreateChatCompletionHttp.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DetokenizeHttp(self, request, context):
+        """The REST API's `POST /detokenize`.
+        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        The HTTP body itself, in and out, as in ChatService.CreateChatCompletionHttp.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_TokenizerServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Tokenize': grpc.unary_unary_rpc_method_handler(
+                    servicer.Tokenize,
+                    request_deserializer=chatgen_dot_v1_dot_chatgen__pb2.TokenizeRequest.FromString,
+                    response_serializer=chatgen_dot_v1_dot_chatgen__pb2.TokenizeResponse.SerializeToString,
+            ),
+            'Detokenize': grpc.unary_unary_rpc_method_handler(
+                    servicer.Detokenize,
+                    request_deserializer=chatgen_dot_v1_dot_chatgen__pb2.DetokenizeRequest.FromString,
+                    response_serializer=chatgen_dot_v1_dot_chatgen__pb2.DetokenizeResponse.SerializeToString,
+            ),
+            'TokenizeHttp': grpc.unary_unary_rpc_method_handler(
+                    servicer.TokenizeHttp,
+                    request_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+            'DetokenizeHttp': grpc.unary_unary_rpc_method_handler(
+                    servicer.DetokenizeHttp,
+                    request_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'chatgen.v1.TokenizerService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('chatgen.v1.TokenizerService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class TokenizerService:
+    """vLLM's tokenizer endpoints: a prompt or a conversation as the model's token ids, and token ids as text.
+    """
+
+    @staticmethod
+    def Tokenize(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatgen.v1.TokenizerService/Tokenize',
+            chatgen_dot_v1_dot_chatgen__pb2.TokenizeRequest.SerializeToString,
+            chatgen_dot_v1_dot_chatgen__pb2.TokenizeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Detokenize(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatgen.v1.TokenizerService/Detokenize',
+            chatgen_dot_v1_dot_chatgen__pb2.DetokenizeRequest.SerializeToString,
+            chatgen_dot_v1_dot_chatgen__pb2.DetokenizeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TokenizeHttp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatgen.v1.TokenizerService/TokenizeHttp',
+            google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DetokenizeHttp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatgen.v1.TokenizerService/DetokenizeHttp',
+            google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class ServingServiceStub:
+    """What `vllm serve` answers besides the OpenAI API, for the probes and platforms that call it: /health,
+    /version, and SageMaker's /ping and /invocations. gRPC callers have grpc.health.v1 and the typed services.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.GetVersion = channel.unary_unary(
+                '/chatgen.v1.ServingService/GetVersion',
+                request_serializer=chatgen_dot_v1_dot_chatgen__pb2.GetVersionRequest.SerializeToString,
+                response_deserializer=chatgen_dot_v1_dot_chatgen__pb2.GetVersionResponse.FromString,
+                _registered_method=True)
+        self.CheckHealthHttp = channel.unary_unary(
+                '/chatgen.v1.ServingService/CheckHealthHttp',
+                request_serializer=chatgen_dot_v1_dot_chatgen__pb2.CheckHealthRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
+        self.PingHttp = channel.unary_unary(
+                '/chatgen.v1.ServingService/PingHttp',
+                request_serializer=chatgen_dot_v1_dot_chatgen__pb2.CheckHealthRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
+        self.InvokeHttp = channel.unary_stream(
+                '/chatgen.v1.ServingService/InvokeHttp',
+                request_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
+
+
+class ServingServiceServicer:
+    """What `vllm serve` answers besides the OpenAI API, for the probes and platforms that call it: /health,
+    /version, and SageMaker's /ping and /invocations. gRPC callers have grpc.health.v1 and the typed services.
+    """
+
+    def GetVersion(self, request, context):
+        """The server's and its engine's versions.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CheckHealthHttp(self, request, context):
+        """`GET /health`: an empty 200 while the engine serves, 503 (UNAVAILABLE) once it does not (draining, failed).
+        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        The HTTP body itself (empty), as vLLM answers it; its request is PingHttp's too.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PingHttp(self, request, context):
+        """SageMaker's `GET /ping`: the same answer as /health.
+        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        The same request and reply as CheckHealthHttp.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def InvokeHttp(self, request, context):
+        """SageMaker's `POST /invocations`: a chat completions body (it has `messages`) or a completions body (it has
+        `prompt`), answered as /v1/chat/completions or /v1/completions would answer it, streams included.
+        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        The HTTP body itself, in and out, as in ChatService.CreateChatCompletionHttp.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ServingServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'GetVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetVersion,
+                    request_deserializer=chatgen_dot_v1_dot_chatgen__pb2.GetVersionRequest.FromString,
+                    response_serializer=chatgen_dot_v1_dot_chatgen__pb2.GetVersionResponse.SerializeToString,
+            ),
+            'CheckHealthHttp': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckHealthHttp,
+                    request_deserializer=chatgen_dot_v1_dot_chatgen__pb2.CheckHealthRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+            'PingHttp': grpc.unary_unary_rpc_method_handler(
+                    servicer.PingHttp,
+                    request_deserializer=chatgen_dot_v1_dot_chatgen__pb2.CheckHealthRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+            'InvokeHttp': grpc.unary_stream_rpc_method_handler(
+                    servicer.InvokeHttp,
+                    request_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'chatgen.v1.ServingService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('chatgen.v1.ServingService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class ServingService:
+    """What `vllm serve` answers besides the OpenAI API, for the probes and platforms that call it: /health,
+    /version, and SageMaker's /ping and /invocations. gRPC callers have grpc.health.v1 and the typed services.
+    """
+
+    @staticmethod
+    def GetVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatgen.v1.ServingService/GetVersion',
+            chatgen_dot_v1_dot_chatgen__pb2.GetVersionRequest.SerializeToString,
+            chatgen_dot_v1_dot_chatgen__pb2.GetVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckHealthHttp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatgen.v1.ServingService/CheckHealthHttp',
+            chatgen_dot_v1_dot_chatgen__pb2.CheckHealthRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PingHttp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatgen.v1.ServingService/PingHttp',
+            chatgen_dot_v1_dot_chatgen__pb2.CheckHealthRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InvokeHttp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/chatgen.v1.ServingService/InvokeHttp',
+            google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -63,4 +63,10 @@ def test_the_descriptor_set_carries_the_http_rules() -> None:
         "ResponsesService.GetResponseHttp": ("get", "/v1/responses/{response_id}"),
         "ResponsesService.DeleteResponseHttp": ("delete", "/v1/responses/{response_id}"),
         "ResponsesService.ListInputItemsHttp": ("get", "/v1/responses/{response_id}/input_items"),
+        "TokenizerService.TokenizeHttp": ("post", "/tokenize"),
+        "TokenizerService.DetokenizeHttp": ("post", "/detokenize"),
+        "ServingService.GetVersion": ("get", "/version"),
+        "ServingService.CheckHealthHttp": ("get", "/health"),
+        "ServingService.PingHttp": ("get", "/ping"),
+        "ServingService.InvokeHttp": ("post", "/invocations"),
     }

@@ -93,7 +93,7 @@ def validate_chat(request: pb.CreateChatCompletionRequest, model: ServedModel, s
     messages = tuple(_message(m, i) for i, m in enumerate(request.messages))
     if not messages:
         raise invalid("'messages' must contain at least one message", "messages")
-    tools = tuple(_tool(t, i) for i, t in enumerate(request.tools))
+    tools = tool_definitions(request.tools)
     choice, function = values.tool_choice(request.tool_choice)
     if _model_picks_tools(tools, choice) and not model.tool_parser:
         # As vLLM: without a parser the model's calls would come back as unparsed text.
@@ -170,6 +170,11 @@ def _history_call(call: pb.ToolCall, where: str) -> ToolCall:
     if not call.function.name:
         raise invalid(f"{where}.function.name is required", f"{where}.function.name")
     return ToolCall(call.id, call.function.name, call.function.arguments)
+
+
+def tool_definitions(tools: Any) -> tuple[dict[str, Any], ...]:
+    """Tools (repeated pb.Tool) as the chat template and the tool-call parser read them."""
+    return tuple(_tool(t, i) for i, t in enumerate(tools))
 
 
 def _tool(tool: pb.Tool, i: int) -> dict[str, Any]:
