@@ -33,6 +33,9 @@ log = logging.getLogger("chatgen")
 
 # After the drain: how long requests still running get to send their error before the server stops.
 REVOKE_SECONDS = 2.0
+# The final stop: a call that reached the server just before it (already refused by the drain, or revoked) gets this
+# long to send its UNAVAILABLE; grpc would otherwise cancel it, and its caller would see CANCELLED with no reason.
+STOP_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -186,8 +189,9 @@ async def serve(settings: ServeSettings) -> int:
     finally:
         _note("shutting down")
         if server is not None:
-            # Requests still running after the drain (grace period over, or a second signal) are cancelled.
-            await server.stop(0)
+            # Requests still running after the drain (grace period over, or a second signal) were told why; the
+            # few that have not sent it yet get STOP_SECONDS, then grpc cancels what remains.
+            await server.stop(STOP_SECONDS)
         if envoy is not None:
             envoy.stop()
         if grammars is not None:
