@@ -49,6 +49,8 @@ CHAT_CASES: dict[str, dict[str, Any]] = {
             },
         },
     },
+    "structured_choice": {"structured_outputs": {"choice": ["Paris", "Rome"]}, "max_tokens": 5},
+    "min_tokens_salt": {"min_tokens": 3, "max_tokens": 6, "cache_salt": "s1", "allowed_token_ids": [7042, 30, 2]},
     "named_tool": {
         "tools": [WEATHER],
         "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
@@ -61,6 +63,8 @@ COMPLETION_CASES: dict[str, dict[str, Any]] = {
     "n_stop": {"n": 2, "max_tokens": 12, "stop": ["."]},
     "batch": {"prompt": ["The capital of France is", "Two plus two is"], "n": 2, "max_tokens": 6},
     "token_ids": {"prompt": [[504, 3575, 282, 4649, 314], [21350, 2915]], "max_tokens": 4, "echo": True},
+    "structured_regex": {"structured_outputs": {"regex": "[A-Z][a-z]{2,8}"}, "max_tokens": 8},
+    "structured_grammar": {"structured_outputs": {"grammar": 'root ::= "yes" | "no"'}, "max_tokens": 4},
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 
 import grpc
@@ -100,6 +101,56 @@ def test_stop_token_ids(service: Service) -> None:
     assert reply["usage"]["completion_tokens"] == 7
 
 
+def test_min_tokens_holds_back_eos(service: Service, tokenizer) -> None:  # type: ignore[no-untyped-def]
+    # EOS made the most likely token: without min_tokens it ends the choice at once.
+    body = {"prompt": "Hi", "max_tokens": 10, "temperature": 0, "logit_bias": {str(tokenizer.eos_token_id): 100}}
+    free = post(service, "/v1/completions", body).json()
+    assert free["usage"]["completion_tokens"] == 1 and free["choices"][0]["finish_reason"] == "stop"
+    held = post(service, "/v1/completions", {**body, "min_tokens": 4}).json()
+    assert held["usage"]["completion_tokens"] == 5 and held["choices"][0]["finish_reason"] == "stop"
+    request = json_format.ParseDict({"model": MODEL_NAME, **body, "min_tokens": 6}, pb.CreateCompletionRequest())
+    with grpc.insecure_channel(service.grpc_address) as channel:
+        reply = pb_grpc.GenerateServiceStub(channel).CreateCompletion(request, timeout=120)
+    assert reply.usage.completion_tokens == 7
+
+
+def test_allowed_token_ids_are_the_only_tokens_sampled(client: openai.OpenAI, tokenizer) -> None:  # type: ignore[no-untyped-def]
+    allowed = tokenizer.encode(" yes no maybe")
+    assert len(allowed) == 3  # one token per word
+    reply = client.completions.create(
+        model=MODEL_NAME, prompt="Answer:", max_tokens=8, temperature=1.0, seed=7,
+        extra_body={"allowed_token_ids": allowed, "ignore_eos": True},
+    )  # fmt: skip
+    assert re.fullmatch("(?: yes| no| maybe){8}", reply.choices[0].text), reply.choices[0].text
+
+
+def test_cache_salt_is_accepted_and_changes_no_output(client: openai.OpenAI, service: Service) -> None:
+    def greedy(**extra: object) -> str:
+        reply = client.chat.completions.create(
+            model=MODEL_NAME,
+            messages=QUESTION,
+            max_tokens=8,
+            temperature=0,
+            extra_body=extra,  # type: ignore[arg-type]
+        )
+        return reply.choices[0].message.content or ""
+
+    assert greedy(cache_salt="tenant-a") == greedy(cache_salt="tenant-b") == greedy()
+    request = json_format.ParseDict(
+        {"model": MODEL_NAME, "messages": QUESTION, "max_tokens": 8, "temperature": 0, "cache_salt": "tenant-a"},
+        pb.CreateChatCompletionRequest(),
+    )
+    with grpc.insecure_channel(service.grpc_address) as channel:
+        reply = pb_grpc.ChatServiceStub(channel).CreateChatCompletion(request, timeout=120)
+    assert reply.choices[0].message.content == greedy()
+
+
+def test_vocabulary_errors_name_the_key_and_the_vocabulary_size(service: Service) -> None:
+    error = post(service, "/v1/completions", {"prompt": "x", "logit_bias": {"99999999": 1}}).json()["error"]
+    assert error["param"] == "logit_bias.99999999"
+    assert "'99999999'" in error["message"] and "this model has 49152 tokens" in error["message"]
+
+
 def test_echo_and_request_id(service: Service) -> None:
     body = {"prompt": "The capital of France is", "max_tokens": 3, "temperature": 0, "echo": True}
     reply = post(service, "/v1/completions", {**body, "request_id": "abc123"}).json()
@@ -115,10 +166,18 @@ def test_echo_and_request_id(service: Service) -> None:
         ("/v1/chat/completions", {"messages": QUESTION, "n": 0}, "n"),
         ("/v1/chat/completions", {"messages": QUESTION, "n": 99}, "n"),
         ("/v1/chat/completions", {"messages": QUESTION, "top_logprobs": 2}, "top_logprobs"),
-        ("/v1/chat/completions", {"messages": QUESTION, "logit_bias": {"abc": 1}}, "logit_bias"),
-        ("/v1/chat/completions", {"messages": QUESTION, "logit_bias": {"5": 500}}, "logit_bias"),
-        ("/v1/chat/completions", {"messages": QUESTION, "logit_bias": {"99999999": 1}}, "logit_bias"),
-        ("/v1/completions", {"prompt": "x", "stop_token_ids": [-1]}, "stop_token_ids"),
+        ("/v1/chat/completions", {"messages": QUESTION, "logit_bias": {"abc": 1}}, "logit_bias.abc"),
+        ("/v1/chat/completions", {"messages": QUESTION, "logit_bias": {"5": 500}}, "logit_bias.5"),
+        ("/v1/chat/completions", {"messages": QUESTION, "logit_bias": {"99999999": 1}}, "logit_bias.99999999"),
+        ("/v1/completions", {"prompt": "x", "stop_token_ids": [-1]}, "stop_token_ids[0]"),
+        ("/v1/completions", {"prompt": "x", "stop_token_ids": [7, 99999999]}, "stop_token_ids[1]"),
+        ("/v1/completions", {"prompt": "x", "allowed_token_ids": [99999999]}, "allowed_token_ids[0]"),
+        ("/v1/completions", {"prompt": "x", "allowed_token_ids": [-3]}, "allowed_token_ids[0]"),
+        ("/v1/completions", {"prompt": "x", "min_tokens": -1}, "min_tokens"),
+        ("/v1/completions", {"prompt": "x", "min_tokens": 5, "max_tokens": 4}, "min_tokens"),
+        ("/v1/chat/completions", {"messages": QUESTION, "cache_salt": ""}, "cache_salt"),
+        ("/v1/chat/completions", {"messages": QUESTION, "cache_salt": "a/b"}, "cache_salt"),
+        ("/v1/chat/completions", {"messages": QUESTION, "cache_salt": "x" * 129}, "cache_salt"),
     ],
 )
 def test_bad_sampling_values(service: Service, path: str, body: dict[str, object], param: str) -> None:

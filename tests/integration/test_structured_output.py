@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
+from typing import Any
 
 import grpc
+import httpx
 import jsonschema
 import openai
 import pytest
@@ -93,3 +96,70 @@ def test_bad_response_format(client: openai.OpenAI, response_format: dict[str, o
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model=MODEL_NAME, messages=ASK, response_format=response_format)  # type: ignore[arg-type]
     assert info.value.body["param"] == param  # type: ignore[index]
+
+
+# vLLM's structured_outputs, through the openai SDK's extra_body as vLLM's clients send it.
+STRUCTURED = [
+    ({"regex": "[0-9]{3}-[A-Z]{2}"}, lambda text: re.fullmatch("[0-9]{3}-[A-Z]{2}", text)),
+    ({"choice": ["Paris", "Lyon", "Nice"]}, lambda text: text in ("Paris", "Lyon", "Nice")),
+    ({"grammar": 'root ::= "It is " ("yes" | "no")'}, lambda text: text in ("It is yes", "It is no")),
+    ({"grammar": 'start: "ok" ("!")*'}, lambda text: re.fullmatch("ok!*", text)),
+    ({"json": SCHEMA}, lambda text: jsonschema.validate(json.loads(text), SCHEMA) is None),
+    ({"json": json.dumps(SCHEMA)}, lambda text: jsonschema.validate(json.loads(text), SCHEMA) is None),
+    ({"json_object": True}, lambda text: isinstance(json.loads(text), dict)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("structured", "holds"), STRUCTURED, ids=[next(iter(s)) for s, _ in STRUCTURED])
+def test_structured_outputs_hold_chat_output(client: openai.OpenAI, structured: dict[str, Any], holds: Any) -> None:
+    reply = client.chat.completions.create(
+        model=MODEL_NAME, messages=ASK, temperature=0, max_tokens=120,  # type: ignore[arg-type]
+        extra_body={"structured_outputs": structured},
+    )  # fmt: skip
+    text = reply.choices[0].message.content or ""
+    assert reply.choices[0].finish_reason == "stop", text
+    assert holds(text), text
+
+
+def test_structured_outputs_hold_streamed_completions_and_grpc(client: openai.OpenAI, service: Service) -> None:
+    stream = client.completions.create(
+        model=MODEL_NAME, prompt="A date:", temperature=1.0, seed=11, max_tokens=30, stream=True,
+        extra_body={"structured_outputs": {"regex": "20[0-9]{2}-(0[1-9]|1[0-2])-[0-2][0-9]"}},
+    )  # fmt: skip
+    text = "".join(c.choices[0].text for c in stream if c.choices)
+    assert re.fullmatch("20[0-9]{2}-(0[1-9]|1[0-2])-[0-2][0-9]", text), text
+    request = json_format.ParseDict(
+        {"model": MODEL_NAME, "prompt": "Pick one:", "max_tokens": 10, "temperature": 1.0, "seed": 3, "n": 4,
+         "structured_outputs": {"choice": ["red", "green", "blue"]}},
+        pb.CreateCompletionRequest(),
+    )  # fmt: skip
+    with grpc.insecure_channel(service.grpc_address) as channel:
+        reply = pb_grpc.GenerateServiceStub(channel).CreateCompletion(request, timeout=120)
+    assert len(reply.choices) == 4 and {c.text for c in reply.choices} <= {"red", "green", "blue"}
+
+
+@pytest.mark.parametrize(
+    ("structured", "param", "words"),
+    [
+        ({"regex": "[0-9"}, "structured_outputs.regex", "cannot be used for decoding"),
+        ({"grammar": "root ::= missing_rule"}, "structured_outputs.grammar", "cannot be used for decoding"),
+        ({"grammar": ""}, "structured_outputs.grammar", "empty"),
+        ({"json": {"type": "object", "$ref": "#/$defs/none"}}, "structured_outputs.json", "cannot be used"),
+        ({"json": "{oops"}, "structured_outputs.json", "not valid JSON"),
+        ({"choice": []}, "structured_outputs", "exactly one"),
+        ({"regex": "a", "choice": ["b"]}, "structured_outputs", "exactly one"),
+        ({"regex": 5}, "structured_outputs.regex", "string"),
+    ],
+)
+def test_bad_structured_outputs_are_400_before_anything_runs(
+    service: Service, structured: dict[str, Any], param: str, words: str
+) -> None:
+    for path, body in (("/v1/chat/completions", {"messages": ASK}), ("/v1/completions", {"prompt": "x"})):
+        reply = httpx.post(
+            f"{service.http_base}{path}",
+            json={"model": MODEL_NAME, **body, "structured_outputs": structured},
+            timeout=60,
+        )
+        assert reply.status_code == 400, reply.text
+        error = reply.json()["error"]
+        assert error["param"] == param and words in error["message"], error

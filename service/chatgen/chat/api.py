@@ -215,10 +215,13 @@ class ChatApi:
         vocab = len(self._engine.tokenizer)
         for token, _ in options.logit_bias:
             if token >= vocab:
-                raise invalid(f"logit_bias has token id {token}, outside the vocabulary (0..{vocab - 1})", "logit_bias")
-        for token in options.stop_token_ids:
-            if token >= vocab:
-                raise invalid(f"stop_token_ids has {token}, outside the vocabulary", "stop_token_ids")
+                raise invalid(
+                    f"logit_bias key '{token}' is outside the vocabulary: this model has {vocab} tokens "
+                    f"(ids 0..{vocab - 1})",
+                    f"logit_bias.{token}",
+                )
+        _in_vocabulary(options.stop_token_ids, vocab, "stop_token_ids")
+        _in_vocabulary(options.allowed_token_ids, vocab, "allowed_token_ids")
         stats = accounting.current()
         job = Job(f"{prefix}{request_id or uuid.uuid4().hex}", batch[0], options, stats, n=sampling.n, batch=batch)
         stats.completion_id, stats.n, stats.prompt_tokens = job.id, job.choices, job.prompt_tokens
@@ -247,7 +250,9 @@ def _in_vocabulary(ids: tuple[int, ...], vocab: int, param: str) -> list[int]:
     for j, token in enumerate(ids):
         if token >= vocab:
             raise invalid(
-                f"'{param}[{j}]' is token id {token}, outside the vocabulary (0..{vocab - 1})", f"{param}[{j}]"
+                f"'{param}[{j}]' is token id {token}, outside the vocabulary: this model has {vocab} tokens "
+                f"(ids 0..{vocab - 1})",
+                f"{param}[{j}]",
             )
     return list(ids)
 

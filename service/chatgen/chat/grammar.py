@@ -1,5 +1,5 @@
-"""Each new decoding schema is compiled once here, in a worker process of its own and within a time limit,
-before any engine is given it.
+"""Each new decoding constraint (a JSON schema, a regex, a grammar) is compiled once here, in a worker process of
+its own and within a time limit, before any engine is given it.
 
 The engine compiles a request's grammar where nothing can stop it: vLLM's engine core on a thread of its own (a
 compile abandoned by its caller runs on, slowing every other request), the hf engine on its generation thread.
@@ -20,6 +20,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
 from chatgen.chat.validation.schemas import Grammar
+from chatgen.engine.base import Constraint
 from chatgen.errors import invalid
 
 log = logging.getLogger(__name__)
@@ -29,9 +30,12 @@ _START_SECONDS = 120.0
 
 
 def _compile_forever(conn: Connection, tokenizer_dir: str) -> None:
-    """The worker: compiles the schemas it is sent, answers None or the compiler's error; exits with its parent."""
+    """The worker: compiles the constraints it is sent, answers None or the compiler's error; exits with its
+    parent."""
     import xgrammar
     from transformers import AutoTokenizer
+
+    from chatgen.engine.hf_logits import compile_constraint
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     info = xgrammar.TokenizerInfo.from_huggingface(tokenizer, vocab_size=len(tokenizer))
@@ -39,11 +43,11 @@ def _compile_forever(conn: Connection, tokenizer_dir: str) -> None:
     conn.send("ready")
     while True:
         try:
-            schema = conn.recv()
+            constraint = conn.recv()
         except EOFError:  # the server is gone
             return
         try:
-            compiler.compile_json_schema(schema)
+            compile_constraint(compiler, constraint)
             conn.send(None)
         except Exception as exc:  # the compiler's verdict on this schema, not a fault of the worker
             conn.send(f"{type(exc).__name__}: {exc}"[:300])
@@ -83,8 +87,8 @@ class _Worker:
                 raise RuntimeError("the grammar worker did not start")
             self.ready = True
 
-    async def compile(self, schema: str) -> object:
-        self._conn.send(schema)
+    async def compile(self, constraint: Constraint) -> object:
+        self._conn.send(constraint)
         return await self.reply()
 
     def kill(self) -> None:
@@ -101,7 +105,7 @@ class GrammarCheck:
         self._tokenizer_dir = tokenizer_dir
         self.seconds = seconds
         self._remembered = remembered
-        self._verdicts: collections.OrderedDict[str, str | None] = collections.OrderedDict()
+        self._verdicts: collections.OrderedDict[Constraint, str | None] = collections.OrderedDict()
         self._worker: _Worker | None = None
         self._lock = asyncio.Lock()
 
@@ -116,17 +120,18 @@ class GrammarCheck:
             self._worker = None
 
     async def check(self, grammar: Grammar) -> None:
-        verdict = self._verdicts.get(grammar.schema, ...)
+        key = grammar.constraint
+        verdict = self._verdicts.get(key, ...)
         if verdict is ...:
             async with self._lock:
-                verdict = await self._compile(grammar.schema)
-            self._remember(grammar.schema, verdict)
+                verdict = await self._compile(key)
+            self._remember(key, verdict)
         else:
-            self._verdicts.move_to_end(grammar.schema)
+            self._verdicts.move_to_end(key)
         if verdict is not None:
             raise invalid(f"{grammar.param} cannot be used for decoding: {verdict}", grammar.param)
 
-    async def _compile(self, schema: str) -> str | None:
+    async def _compile(self, constraint: Constraint) -> str | None:
         self.start()
         assert self._worker is not None
         worker = self._worker
@@ -138,10 +143,10 @@ class GrammarCheck:
             raise
         try:
             async with asyncio.timeout(self.seconds):
-                verdict = await worker.compile(schema)
+                verdict = await worker.compile(constraint)
         except TimeoutError:
             self._stop(worker)
-            return f"its grammar takes over {self.seconds:g} s to compile; simplify the schema"
+            return f"its grammar takes over {self.seconds:g} s to compile; simplify it"
         except (EOFError, OSError):
             # The worker died compiling it (the compiler is native code): this schema's doing, and now nobody
             # else's problem; a new worker serves the next one.
@@ -159,7 +164,7 @@ class GrammarCheck:
         if self._worker is worker:
             self._worker = None
 
-    def _remember(self, schema: str, verdict: str | None) -> None:
-        self._verdicts[schema] = verdict
+    def _remember(self, constraint: Constraint, verdict: str | None) -> None:
+        self._verdicts[constraint] = verdict
         while len(self._verdicts) > self._remembered:
             self._verdicts.popitem(last=False)

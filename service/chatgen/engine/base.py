@@ -8,7 +8,7 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 
 class EngineError(RuntimeError):
@@ -22,6 +22,15 @@ class EngineRejectedRequest(ValueError):
         super().__init__(message)
         self.message = message
         self.param = param
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """What decoding is held to: a JSON schema, a regular expression, or a grammar (EBNF, or Lark as vLLM and
+    xgrammar read it), as text."""
+
+    kind: Literal["json", "regex", "ebnf", "lark"]
+    text: str
 
 
 @dataclass(frozen=True)
@@ -43,10 +52,16 @@ class SamplingOptions:
     # None: no logprobs; k >= 0: the chosen token's logprob plus the k most likely alternatives.
     logprobs: int | None = None
     skip_special_tokens: bool = True
-    # A JSON Schema (as JSON text) the output must satisfy, enforced while decoding; None: free text.
-    json_schema: str | None = None
+    # What the output must satisfy, enforced while decoding; None: free text.
+    constraint: Constraint | None = None
     # None: no prompt logprobs; k: each prompt token's logprob and its k most likely alternatives (echo).
     prompt_logprobs: int | None = None
+    # EOS and stop tokens cannot end a choice before it has this many tokens.
+    min_tokens: int = 0
+    # Sampling picks only from these token ids; empty: from the whole vocabulary.
+    allowed_token_ids: tuple[int, ...] = ()
+    # Salts the prefix cache: requests share cached prompt blocks only under the same salt.
+    cache_salt: str | None = None
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,9 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
+from chatgen.engine import hf_logits
 from chatgen.engine.base import (
+    Constraint,
     Engine,
     EngineError,
     EngineOutput,
@@ -207,8 +209,8 @@ class HfEngine(Engine):
             self._jobs.pop(request.request_id, None)
             future.cancel()
 
-    def _compiled_schema(self, schema: str) -> Any:
-        """xgrammar grammar for a JSON schema (the backend vLLM uses too), compiled once per distinct schema."""
+    def _compiled(self, constraint: Constraint) -> Any:
+        """xgrammar's grammar for a constraint (the backend vLLM uses too), compiled once per distinct one."""
         with self._grammar_lock:
             if self._grammar_compiler is None:
                 import xgrammar
@@ -217,7 +219,7 @@ class HfEngine(Engine):
                     self._tokenizer, vocab_size=int(self._model.config.vocab_size)
                 )
                 self._grammar_compiler = xgrammar.GrammarCompiler(info, cache_enabled=True)
-            return self._grammar_compiler.compile_json_schema(schema)
+            return hf_logits.compile_constraint(self._grammar_compiler, constraint)
 
     def _stop_ids(self, o: SamplingOptions) -> set[int]:
         """Token ids that end generation: EOS (unless ignore_eos) and the request's stop_token_ids."""
@@ -231,7 +233,7 @@ class HfEngine(Engine):
 
     def _run(self, request: EngineRequest, job: _Job) -> None:
         import torch
-        from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+        from transformers import StoppingCriteria, StoppingCriteriaList
 
         class _StopFlag(StoppingCriteria):
             def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
@@ -243,19 +245,11 @@ class HfEngine(Engine):
         o = request.sampling
         kwargs: dict[str, Any] = _generate_kwargs(o)
         kwargs["eos_token_id"] = sorted(self._stop_ids(o) or self._eos_ids())
-        processors = LogitsProcessorList()
         capture = _LogprobCapture(o.logprobs) if o.logprobs is not None else None
-        if capture is not None:
-            processors.append(capture)
-        if o.logit_bias:
-            processors.append(_LogitBias(o.logit_bias))
-        if o.json_schema:
-            import xgrammar.contrib.hf
-
-            processors.append(xgrammar.contrib.hf.LogitsProcessor(self._compiled_schema(o.json_schema)))
-            processors.append(_DeadEnd(sorted(self._eos_ids())))
-        if o.presence_penalty or o.frequency_penalty:
-            processors.append(_PresenceFrequencyPenalty(len(request.prompt_token_ids), o))
+        grammar = self._compiled(o.constraint) if o.constraint is not None else None
+        processors = hf_logits.processors(
+            o, len(request.prompt_token_ids), capture, grammar, self._stop_ids(o), self._eos_ids()
+        )
         seeded = self._seed_lock if o.seed is not None else contextlib.nullcontext()
         try:
             if o.prompt_logprobs is not None:
@@ -324,54 +318,7 @@ def _generate_kwargs(o: SamplingOptions) -> dict[str, Any]:
 def _eos_ignored(o: SamplingOptions) -> bool:
     """ignore_eos, except under a schema: once the output is complete the grammar allows only EOS, and banning it
     too leaves no token at all (sampling fails on an all -inf row). vLLM ends such a request there as well."""
-    return o.ignore_eos and not o.json_schema
-
-
-class _DeadEnd:
-    """Ends a choice whose grammar allows no token at all (a schema demanding text the vocabulary cannot write
-    under it, such as an enum of raw control characters): EOS instead of a row of -inf, on which sampling fails
-    with inf/nan. The output then stops short of the schema, with finish_reason "stop"."""
-
-    def __init__(self, eos_ids: list[int]) -> None:
-        self._eos = eos_ids
-
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
-        import torch
-
-        dead = torch.isneginf(scores).all(dim=-1)
-        if bool(dead.any()):
-            scores[dead.nonzero(as_tuple=True)[0][:, None], torch.tensor(self._eos)] = 0.0
-        return scores
-
-
-class _LogitBias:
-    def __init__(self, bias: tuple[tuple[int, float], ...]) -> None:
-        self._ids = [token for token, _ in bias]
-        self._values = [value for _, value in bias]
-
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
-        import torch
-
-        scores[:, self._ids] += torch.tensor(self._values, dtype=scores.dtype)
-        return scores
-
-
-class _PresenceFrequencyPenalty:
-    """OpenAI's presence/frequency penalties over the tokens generated so far (transformers has neither)."""
-
-    def __init__(self, prompt_len: int, o: SamplingOptions) -> None:
-        self._prompt_len = prompt_len
-        self._presence = o.presence_penalty
-        self._frequency = o.frequency_penalty
-
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
-        import torch
-
-        generated = input_ids[:, self._prompt_len :]
-        if generated.shape[1] == 0:
-            return scores
-        counts = torch.zeros_like(scores).scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
-        return scores - self._frequency * counts - self._presence * (counts > 0).to(scores.dtype)
+    return o.ignore_eos and o.constraint is None
 
 
 class _IncrementalDecoder:

@@ -23,6 +23,7 @@ from chatgen.engine.base import (
     EngineRejectedRequest,
     EngineRequest,
     ModelInfo,
+    SamplingOptions,
     TokenLogprob,
 )
 from chatgen.engine.vllm_args import CPU_KV_CACHE_GIB, EngineDefaults, cpu_kv_cache_env, engine_args
@@ -128,12 +129,16 @@ class VllmEngine(Engine):
             logit_bias=dict(o.logit_bias) or None,
             logprobs=o.logprobs,
             skip_special_tokens=o.skip_special_tokens,
-            structured_outputs=StructuredOutputsParams(json=o.json_schema) if o.json_schema else None,
+            structured_outputs=_structured_outputs(o, StructuredOutputsParams),
             prompt_logprobs=o.prompt_logprobs,
+            min_tokens=o.min_tokens,
+            allowed_token_ids=list(o.allowed_token_ids) or None,
             # Deltas only: the serving layer never re-sends or re-scans the whole text per token.
             output_kind=RequestOutputKind.DELTA,
         )
         prompt = TokensPrompt(prompt_token_ids=request.prompt_token_ids)
+        if o.cache_salt is not None:
+            prompt["cache_salt"] = o.cache_salt
         if self._llm.errored:
             raise EngineError(f"vLLM engine is not running: {self._llm.dead_error}")
         sent_prompt = False
@@ -196,6 +201,18 @@ class VllmEngine(Engine):
             shutil.rmtree(self._ipc_dir, ignore_errors=True)
             os.environ.pop("VLLM_RPC_BASE_PATH", None)
             self._ipc_dir = None
+
+
+def _structured_outputs(o: SamplingOptions, params: Any) -> Any:
+    """vLLM's StructuredOutputsParams for the constraint (vLLM tells EBNF from Lark by itself)."""
+    c = o.constraint
+    if c is None:
+        return None
+    if c.kind == "json":
+        return params(json=c.text)
+    if c.kind == "regex":
+        return params(regex=c.text)
+    return params(grammar=c.text)
 
 
 def _logprobs(

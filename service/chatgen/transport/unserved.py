@@ -9,30 +9,26 @@ from typing import Any
 
 from chatgen.errors import unsupported
 
-_STRUCTURED = "use response_format (json_schema or json_object)"
+_STRUCTURED = "use structured_outputs (or response_format)"
 # Sampling and output extensions vLLM takes on both chat completions and completions.
 _SAMPLING: dict[str, str] = {
     "use_beam_search": "beam search is not served",
     "length_penalty": "length_penalty applies to beam search, which is not served",
     "include_stop_str_in_output": "stop strings are never included in the output",
-    "min_tokens": "min_tokens is not served",
     "spaces_between_special_tokens": "spaces_between_special_tokens is not served",
     "truncate_prompt_tokens": "prompts are never truncated; a prompt over the context is an error",
     "prompt_logprobs": "prompt_logprobs is not served",
-    "allowed_token_ids": "allowed_token_ids is not served",
     "bad_words": "bad_words is not served",
-    "structured_outputs": f"vLLM's structured_outputs is not served; {_STRUCTURED}",
-    "guided_json": f"guided_json is not served; {_STRUCTURED}",
-    "guided_regex": "guided_regex is not served",
-    "guided_choice": "guided_choice is not served",
-    "guided_grammar": "guided_grammar is not served",
+    "guided_json": f"guided_json is not served (vLLM removed it); {_STRUCTURED}",
+    "guided_regex": f"guided_regex is not served (vLLM removed it); {_STRUCTURED}",
+    "guided_choice": f"guided_choice is not served (vLLM removed it); {_STRUCTURED}",
+    "guided_grammar": f"guided_grammar is not served (vLLM removed it); {_STRUCTURED}",
     "guided_decoding_backend": "guided decoding is not served; the server picks its grammar backend",
     "guided_whitespace_pattern": "guided_whitespace_pattern is not served",
     "priority": "request priorities are not served",
     "logits_processors": "logits_processors are not served",
     "return_tokens_as_token_ids": "return_tokens_as_token_ids is not served",
     "return_token_ids": "return_token_ids is not served",
-    "cache_salt": "cache_salt is not served",
     "kv_transfer_params": "KV transfer is not served",
     "vllm_xargs": "vllm_xargs is not served",
     "mm_processor_kwargs": "the served models are text-only",
@@ -43,14 +39,14 @@ UNSERVED: dict[str, dict[str, str]] = {
         "echo": "echo is not served on chat completions",
         "add_generation_prompt": "add_generation_prompt is not served on chat completions",
         "continue_final_message": "continue_final_message is not served on chat completions",
-        "add_special_tokens": "add_special_tokens is not served on chat completions",
+        "add_special_tokens": "add_special_tokens is not served; the chat template adds the special tokens",
         "documents": "documents for the chat template are not served",
         "chat_template": "a per-request chat_template is not served; the model's own template renders",
         "logprob_token_ids": "logprob_token_ids is not served",
     },
     "chatgen.v1.CreateCompletionRequest": {
         **_SAMPLING,
-        "add_special_tokens": "add_special_tokens is not served on completions",
+        "add_special_tokens": "add_special_tokens is not served; prompts get the tokenizer's special tokens",
         "prompt_embeds": "prompt_embeds is not served",
         "suffix": "suffix (fill-in-the-middle) is not served",
     },

@@ -111,8 +111,9 @@ async def test_abort_frees_the_engine_and_concurrency_works(chat_api: ChatApi, e
     [
         (chat(max_tokens=600), Failure.CONTEXT_LENGTH_EXCEEDED, "max_tokens"),
         (chat(messages=[{"role": "user", "content": "word " * 600}]), Failure.CONTEXT_LENGTH_EXCEEDED, "messages"),
-        (chat(logit_bias={"49152": 1}), Failure.INVALID_REQUEST, "logit_bias"),
-        (chat(stop_token_ids=[49152]), Failure.INVALID_REQUEST, "stop_token_ids"),
+        (chat(logit_bias={"49152": 1}), Failure.INVALID_REQUEST, "logit_bias.49152"),
+        (chat(stop_token_ids=[49152]), Failure.INVALID_REQUEST, "stop_token_ids[0]"),
+        (chat(allowed_token_ids=[5, 49152]), Failure.INVALID_REQUEST, "allowed_token_ids[1]"),
     ],
 )
 async def test_checks_that_need_the_model(
@@ -122,6 +123,8 @@ async def test_checks_that_need_the_model(
         await chat_api.chat(request_)
     assert info.value.failure is failure
     assert info.value.param == param
+    if failure is Failure.INVALID_REQUEST:
+        assert "this model has 49152 tokens" in info.value.message
 
 
 async def test_stats_are_filled_in_for_the_bound_call(chat_api: ChatApi) -> None:

@@ -26,19 +26,19 @@ def test_no_forcing_for_auto_or_none() -> None:
 def test_a_named_function_is_decoded_under_its_parameters() -> None:
     forced = forced_tools((WEATHER, NOW), "function", "weather", False)
     assert forced is not None and forced.finish_reason == "stop"
-    assert json.loads(forced.grammar.schema) == WEATHER["function"]["parameters"]
+    assert json.loads(forced.grammar.text) == WEATHER["function"]["parameters"]
     (call,) = forced.calls('{"city": "Paris"}')
     assert (call.name, call.arguments) == ("weather", '{"city": "Paris"}')
     opening = forced.first_delta()
     assert opening is not None and (opening.id, opening.name, opening.arguments) == (call.id, "weather", "")
     # A function without parameters takes any object.
-    assert json.loads(forced_tools((NOW,), "function", "now", False).grammar.schema) == {"type": "object"}  # type: ignore[union-attr]
+    assert json.loads(forced_tools((NOW,), "function", "now", False).grammar.text) == {"type": "object"}  # type: ignore[union-attr]
 
 
 def test_required_is_an_array_of_calls_over_the_tools() -> None:
     forced = forced_tools((WEATHER, NOW), "required", None, single=True)
     assert forced is not None and forced.finish_reason == "tool_calls" and forced.first_delta() is None
-    schema = json.loads(forced.grammar.schema)
+    schema = json.loads(forced.grammar.text)
     assert (schema["minItems"], schema["maxItems"]) == (1, 1)
     assert [b["properties"]["name"]["const"] for b in schema["items"]["anyOf"]] == ["weather", "now"]
     calls = forced.calls('[{"name": "weather", "parameters": {"city": "Oslo"}}, {"name": "now", "parameters": {}}]')

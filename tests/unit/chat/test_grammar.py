@@ -1,5 +1,6 @@
-"""chat.grammar: new decoding schemas compile in a worker process within a time limit; one too slow is a 400
-naming its field and its compile is stopped (the worker is killed), as is one whose caller goes away."""
+"""chat.grammar: new decoding constraints (schemas, regexes, grammars) compile in a worker process within a time
+limit; one too slow is a 400 naming its field and its compile is stopped (the worker is killed), as is one whose
+caller goes away."""
 
 from __future__ import annotations
 
@@ -86,3 +87,26 @@ async def test_a_worker_that_dies_compiling_is_a_400_and_the_next_schema_gets_a_
     assert info.value.param == PARAM and "compiler failed" in info.value.message
     await check.check(Grammar(json.dumps({"type": "array"}), PARAM))
     assert check._worker is not None and check._worker is not worker
+
+
+@pytest.mark.parametrize(
+    ("grammar", "compiles"),
+    [
+        (Grammar("[0-9]{3}-[a-z]+", "structured_outputs.regex", "regex"), True),
+        (Grammar("[0-9", "structured_outputs.regex", "regex"), False),
+        (Grammar('root ::= "a" | "b"', "structured_outputs.grammar", "ebnf"), True),
+        (Grammar("root ::= undefined_rule", "structured_outputs.grammar", "ebnf"), False),
+        (Grammar('start: "x" "y"', "structured_outputs.grammar", "lark"), True),
+        (Grammar("start: (", "structured_outputs.grammar", "lark"), False),
+    ],
+)
+async def test_regexes_and_grammars_are_compiled_by_their_kind(
+    check: GrammarCheck, grammar: Grammar, compiles: bool
+) -> None:
+    if compiles:
+        await check.check(grammar)
+        return
+    with pytest.raises(ApiError) as info:
+        await check.check(grammar)
+    assert (info.value.failure, info.value.param) == (Failure.INVALID_REQUEST, grammar.param)
+    assert "cannot be used for decoding" in info.value.message

@@ -58,7 +58,7 @@ def test_a_schema_past_a_bound_is_400_naming_its_field(schema: dict[str, Any]) -
 )
 def test_a_schema_within_the_bounds_passes(schema: dict[str, Any]) -> None:
     grammar = checked_grammar(schema, PARAM)
-    assert grammar.param == PARAM and grammar.schema.startswith("{")
+    assert grammar.param == PARAM and grammar.text.startswith("{")
 
 
 def test_a_forced_tools_parameters_are_bounded_with_the_tools_field() -> None:

@@ -70,9 +70,18 @@ CHAT_ERRORS: list[tuple[dict[str, Any], Failure, str]] = [
     ({"n": MAX_N + 1}, Failure.INVALID_REQUEST, "n"),
     ({"stop": ["a", 1]}, Failure.INVALID_REQUEST, "stop[1]"),
     ({"stop": {"a": 1}}, Failure.INVALID_REQUEST, "stop"),
-    ({"stop_token_ids": [-1]}, Failure.INVALID_REQUEST, "stop_token_ids"),
-    ({"logit_bias": {"x": 1}}, Failure.INVALID_REQUEST, "logit_bias"),
-    ({"logit_bias": {"5": 101}}, Failure.INVALID_REQUEST, "logit_bias"),
+    ({"stop_token_ids": [-1]}, Failure.INVALID_REQUEST, "stop_token_ids[0]"),
+    ({"allowed_token_ids": [3, -1]}, Failure.INVALID_REQUEST, "allowed_token_ids[1]"),
+    ({"min_tokens": -1}, Failure.INVALID_REQUEST, "min_tokens"),
+    ({"min_tokens": 9, "max_completion_tokens": 8}, Failure.INVALID_REQUEST, "min_tokens"),
+    ({"cache_salt": "a@b"}, Failure.INVALID_REQUEST, "cache_salt"),
+    (
+        {"tools": [TOOL], "tool_choice": "required", "structured_outputs": {"regex": "a+"}},
+        Failure.UNSUPPORTED,
+        "structured_outputs",
+    ),
+    ({"logit_bias": {"x": 1}}, Failure.INVALID_REQUEST, "logit_bias.x"),
+    ({"logit_bias": {"5": 101}}, Failure.INVALID_REQUEST, "logit_bias.5"),
     ({"top_logprobs": 2}, Failure.INVALID_REQUEST, "top_logprobs"),
     ({"logprobs": True, "top_logprobs": 21}, Failure.INVALID_REQUEST, "top_logprobs"),
     ({"tools": [{"type": "function", "function": {}}]}, Failure.INVALID_REQUEST, "tools[0]"),
@@ -184,9 +193,13 @@ def test_forced_tools_build_the_call_schema() -> None:
         chat(tools=[TOOL], tool_choice={"type": "function", "function": {"name": "now"}}), MODEL, False
     )
     assert named.forced is not None and named.forced.function == "now"
-    assert json.loads(named.sampling.to_options(1).json_schema or "") == {"type": "object"}
+    named_constraint = named.sampling.to_options(1).constraint
+    assert named_constraint is not None and named_constraint.kind == "json"
+    assert json.loads(named_constraint.text) == {"type": "object"}
     required = validate_chat(chat(tools=[TOOL], tool_choice="required", parallel_tool_calls=False), MODEL, False)
-    schema = json.loads(required.sampling.to_options(1).json_schema or "")
+    required_constraint = required.sampling.to_options(1).constraint
+    assert required_constraint is not None
+    schema = json.loads(required_constraint.text)
     assert (schema["type"], schema["minItems"], schema["maxItems"]) == ("array", 1, 1)
     assert required.max_tool_calls == 1
     none = validate_chat(chat(tools=[TOOL], tool_choice="none"), MODEL, False)
@@ -196,7 +209,7 @@ def test_forced_tools_build_the_call_schema() -> None:
 def test_the_sampling_field_list_is_the_engines() -> None:
     assert set(SCALAR_FIELDS) == {
         "temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty",
-        "seed", "ignore_eos", "skip_special_tokens",
+        "seed", "ignore_eos", "skip_special_tokens", "min_tokens", "cache_salt",
     }  # fmt: skip
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -21,7 +22,7 @@ def test_no_unserved_extension_is_a_field_of_the_contract() -> None:
         assert not set(fields) & set(descriptor.fields_by_name), full_name
 
 
-@pytest.mark.parametrize("key", ["guided_json", "structured_outputs", "min_tokens", "echo", "chat_template"])
+@pytest.mark.parametrize("key", ["guided_json", "guided_regex", "use_beam_search", "echo", "chat_template"])
 def test_chat_extensions_are_refused_naming_the_field(key: str) -> None:
     with pytest.raises(ApiError) as err:
         rest.parse(json.dumps({**CHAT, key: {"type": "object"}}).encode(), pb.CreateChatCompletionRequest)
@@ -41,3 +42,13 @@ def test_completion_extensions_are_refused_and_null_means_not_sent() -> None:
 def test_other_unknown_keys_are_still_ignored() -> None:
     parsed = rest.parse(json.dumps({**CHAT, "x_custom": 1}).encode(), pb.CreateChatCompletionRequest)
     assert parsed.messages[0].role == "user"
+
+
+def test_the_api_docs_list_each_unserved_extension_with_its_reason() -> None:
+    docs = (Path(__file__).parents[3] / "docs" / "api.md").read_text()
+    for full_name, fields in UNSERVED.items():
+        column = 2 if full_name.endswith("CreateChatCompletionRequest") else 3
+        for key, reason in fields.items():
+            rows = [line.split(" | ") for line in docs.splitlines() if line.startswith(f"| `{key}` |")]
+            assert len(rows) == 1, key
+            assert rows[0][column - 1] == "unsupported" and reason in rows[0][3], (key, rows[0])

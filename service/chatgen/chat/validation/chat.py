@@ -9,7 +9,7 @@ from typing import Any
 
 from chatgen.chat.forced_tools import ForcedTools
 from chatgen.chat.types import Message, ToolCall
-from chatgen.chat.validation import text, values
+from chatgen.chat.validation import structured, text, values
 from chatgen.chat.validation.sampling import (
     SamplingPlan,
     ServedModel,
@@ -101,11 +101,12 @@ def validate_chat(request: pb.CreateChatCompletionRequest, model: ServedModel, s
             "this server has no tool-call parser for the model (start it with --tool-call-parser)", "tools"
         )
     forced = forced_tools(tools, choice, function, request.parallel_tool_calls is False)
-    json_schema = values.response_format_schema(request)
+    grammar = structured.constraint(request)
     if forced is not None:
-        if json_schema is not None:
-            raise unsupported("a forced tool_choice cannot be combined with response_format", "response_format")
-        json_schema = forced.grammar
+        if grammar is not None:
+            field = "structured_outputs" if request.HasField("structured_outputs") else "response_format"
+            raise unsupported(f"a forced tool_choice cannot be combined with {field}", field)
+        grammar = forced.grammar
     max_tokens = request.max_completion_tokens if request.HasField("max_completion_tokens") else None
     if max_tokens is None and request.HasField("max_tokens"):
         max_tokens = request.max_tokens
@@ -113,7 +114,7 @@ def validate_chat(request: pb.CreateChatCompletionRequest, model: ServedModel, s
     return ChatPlan(
         model=request.model,
         messages=messages,
-        sampling=sampling_plan(request, model, max_tokens, _logprobs(request, model), json_schema),
+        sampling=sampling_plan(request, model, max_tokens, _logprobs(request, model), grammar),
         template_variables=_template_variables(request),
         tools=tools,
         tool_choice=choice,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from chatgen.chat.validation import text, values
+from chatgen.chat.validation import structured, text, values
 from chatgen.chat.validation.sampling import (
     SamplingPlan,
     ServedModel,
@@ -34,9 +34,9 @@ def validate_completion(request: pb.CreateCompletionRequest, model: ServedModel,
     check_model(request, model)
     prompts = values.prompts(request.prompt)
     logprobs = check_logprobs(request.logprobs if request.HasField("logprobs") else None, model, "logprobs")
-    json_schema = values.response_format_schema(request)
+    grammar = structured.constraint(request)
     max_tokens = request.max_tokens if request.HasField("max_tokens") else None
-    sampling = sampling_plan(request, model, max_tokens, logprobs, json_schema)
+    sampling = sampling_plan(request, model, max_tokens, logprobs, grammar)
     choices = len(prompts) * sampling.n
     if choices > model.max_choices:
         raise unsupported(

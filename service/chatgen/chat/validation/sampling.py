@@ -20,6 +20,8 @@ from chatgen.v1 import chatgen_pb2 as pb
 # OpenAI's limits.
 MAX_N = 16
 MAX_TOP_LOGPROBS = 20
+# vLLM's limit.
+MAX_CACHE_SALT_CHARS = 128
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,12 @@ RANGES: dict[str, tuple[Any, str]] = {
     # vLLM only asks for > 0, but the penalty divides logits: near 0 they overflow to inf and sampling fails
     # (found by fuzzing with 1.4e-45). Useful values are around 1-2.
     "repetition_penalty": (lambda v: 0.01 <= v <= 100.0, "'repetition_penalty' must be between 0.01 and 100, got {}"),
+    "min_tokens": (lambda v: v >= 0, "'min_tokens' must be 0 or more, got {}"),
+    # vLLM's rule: the salt becomes part of cache keys and paths. The error does not quote it: it is a secret.
+    "cache_salt": (
+        lambda v: 1 <= len(v) <= MAX_CACHE_SALT_CHARS and not set(v) & set("@/\\"),
+        f"'cache_salt' must be 1 to {MAX_CACHE_SALT_CHARS} characters, none of them '@', '/' or a backslash",
+    ),
 }
 
 
@@ -77,7 +85,7 @@ class SamplingPlan:
     # None: as many as the context leaves room for once the prompt is known.
     max_tokens: int | None
     fields: dict[str, Any]
-    # The schema decoding is held to (also fields["json_schema"]), with the request field it came from.
+    # The constraint decoding is held to (also fields["constraint"]), with the request field it came from.
     grammar: Grammar | None = None
 
     def to_options(self, room: int) -> SamplingOptions:
@@ -151,11 +159,20 @@ def sampling_plan(
             raise invalid(check[1].format(value), name)
         fields[name] = value
     fields["stop"] = values.stop_strings(request.stop)
-    fields["stop_token_ids"] = tuple(request.stop_token_ids)
-    for token in fields["stop_token_ids"]:
-        if token < 0:
-            raise invalid(f"stop_token_ids has {token}, which is negative", "stop_token_ids")
+    fields["stop_token_ids"] = _token_ids(request.stop_token_ids, "stop_token_ids")
     fields["logit_bias"] = values.logit_bias(request.logit_bias)
+    fields["allowed_token_ids"] = _token_ids(request.allowed_token_ids, "allowed_token_ids")
     fields["logprobs"] = logprobs
-    fields["json_schema"] = grammar.schema if grammar is not None else None
-    return SamplingPlan(n=_choices(request, model), max_tokens=_max_tokens(max_tokens), fields=fields, grammar=grammar)
+    fields["constraint"] = grammar.constraint if grammar is not None else None
+    max_tokens = _max_tokens(max_tokens)
+    if max_tokens is not None and fields.get("min_tokens", 0) > max_tokens:
+        raise invalid(f"'min_tokens' ({fields['min_tokens']}) is more than 'max_tokens' ({max_tokens})", "min_tokens")
+    return SamplingPlan(n=_choices(request, model), max_tokens=max_tokens, fields=fields, grammar=grammar)
+
+
+def _token_ids(ids: Any, param: str) -> tuple[int, ...]:
+    """Token ids, none negative (their range against the vocabulary is checked where the tokenizer is)."""
+    for j, token in enumerate(ids):
+        if token < 0:
+            raise invalid(f"'{param}[{j}]' is {token}, which is negative", f"{param}[{j}]")
+    return tuple(ids)

@@ -13,10 +13,11 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import jsonschema
 
+from chatgen.engine.base import Constraint
 from chatgen.errors import invalid
 
 MAX_NESTING = 64
@@ -29,15 +30,20 @@ MAX_PATTERN_CHARS = 1000
 MAX_REPEAT = 1000
 
 _COUNT_KEYWORDS = ("minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties")
-_REPEAT = re.compile(r"\{(\d+)(?:,(\d*))?\}")
+REPEAT = re.compile(r"\{(\d+)(?:,(\d*))?\}")
 
 
 @dataclass(frozen=True)
 class Grammar:
-    """A JSON schema (as text) decoding is held to, and the request field it came from."""
+    """What decoding is held to (a JSON schema as text, a regex, a grammar) and the request field it came from."""
 
-    schema: str
+    text: str
     param: str
+    kind: Literal["json", "regex", "ebnf", "lark"] = "json"
+
+    @property
+    def constraint(self) -> Constraint:
+        return Constraint(self.kind, self.text)
 
 
 @dataclass
@@ -100,7 +106,7 @@ def _check_keywords(node: dict[str, Any], param: str, tally: _Tally) -> None:
 def _check_pattern(pattern: str, param: str) -> None:
     if len(pattern) > MAX_PATTERN_CHARS:
         raise invalid(f"{param}: a pattern is longer than {MAX_PATTERN_CHARS} characters", param)
-    for low, high in _REPEAT.findall(pattern):
+    for low, high in REPEAT.findall(pattern):
         if int(low) > MAX_REPEAT or (high and int(high) > MAX_REPEAT):
             raise invalid(f"{param}: a pattern repeats more than {MAX_REPEAT} times ({{{low},{high}}})", param)
 

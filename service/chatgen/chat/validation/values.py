@@ -8,7 +8,6 @@ from typing import Any
 from google.protobuf import json_format, struct_pb2
 from google.protobuf.message import Message as ProtoMessage
 
-from chatgen.chat.validation.schemas import Grammar, checked_grammar
 from chatgen.errors import invalid, shown
 
 
@@ -139,39 +138,18 @@ def tool_choice(value: struct_pb2.Value) -> tuple[str | None, str | None]:
 
 
 def logit_bias(bias: Any) -> tuple[tuple[int, float], ...]:
-    """OpenAI's logit_bias map (token id as a string key -> bias in [-100, 100]), sorted by token id."""
+    """OpenAI's logit_bias map (token id as a string key -> bias in [-100, 100]), sorted by token id. Each error
+    names its key (the range against the vocabulary is checked where the tokenizer is)."""
     out: list[tuple[int, float]] = []
     for key, value in sorted(bias.items()):
+        param = f"logit_bias.{key}"
         try:
             token = int(key)
         except ValueError:
-            raise invalid(f"logit_bias keys must be token ids, got {shown(key)}", "logit_bias") from None
+            raise invalid(f"logit_bias keys must be token ids, got {shown(key)}", param) from None
         if token < 0:
-            raise invalid(f"logit_bias has token id {token}, which is negative", "logit_bias")
+            raise invalid(f"logit_bias key '{token}' is negative; keys are token ids", param)
         if not -100.0 <= value <= 100.0:
-            raise invalid(f"logit_bias values must be between -100 and 100, got {value}", "logit_bias")
+            raise invalid(f"logit_bias values must be between -100 and 100, got {value} for '{key}'", param)
         out.append((token, value))
     return tuple(out)
-
-
-# OpenAI's json_object mode: any JSON object.
-JSON_OBJECT_SCHEMA = '{"type": "object"}'
-
-
-def response_format_schema(request: Any) -> Grammar | None:
-    """response_format -> the JSON Schema to enforce, or None for free text."""
-    if not request.HasField("response_format"):
-        return None
-    fmt = request.response_format
-    if fmt.type in ("", "text"):
-        return None
-    if fmt.type == "json_object":
-        return Grammar(JSON_OBJECT_SCHEMA, "response_format")
-    if fmt.type != "json_schema":
-        raise invalid(
-            f"response_format.type must be text, json_object or json_schema, got {shown(fmt.type)}",
-            "response_format.type",
-        )
-    if not fmt.HasField("json_schema") or not fmt.json_schema.HasField("schema"):
-        raise invalid("response_format json_schema needs json_schema.schema", "response_format.json_schema.schema")
-    return checked_grammar(as_python(fmt.json_schema.schema), "response_format.json_schema.schema")
