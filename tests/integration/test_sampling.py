@@ -257,6 +257,18 @@ def test_echo_with_logprobs_scores_the_prompt_too(service: Service) -> None:
     assert lp["text_offset"][usage["prompt_tokens"]] == len(prompt)
 
 
+def test_echo_with_logprobs_0_lists_the_chosen_token_in_each_entry(service: Service) -> None:
+    body = {"prompt": "The capital of France is", "max_tokens": 3, "temperature": 0, "echo": True, "logprobs": 0}
+    lp = post(service, "/v1/completions", body).json()["choices"][0]["logprobs"]
+    assert lp["top_logprobs"][0] is None
+    for token, value, top in list(zip(lp["tokens"], lp["token_logprobs"], lp["top_logprobs"], strict=True))[1:]:
+        assert top == {token: value}
+    # Sampled: the chosen token is listed beside the 2 most likely, up to 3 entries (OpenAI's logprobs + 1).
+    sampled = {"prompt": "Once upon a time", "max_tokens": 12, "temperature": 1.5, "seed": 5, "logprobs": 2}
+    lp = post(service, "/v1/completions", sampled).json()["choices"][0]["logprobs"]
+    assert all(token in top and 2 <= len(top) <= 3 for token, top in zip(lp["tokens"], lp["top_logprobs"], strict=True))
+
+
 @pytest.mark.parametrize(("skip", "expected"), [(True, ""), (False, "<|im_start|><|im_start|>")])
 def test_skip_special_tokens(service: Service, skip: bool, expected: str) -> None:
     # logit_bias forces <|im_start|> (id 1), a special token that is not an end-of-sequence token.

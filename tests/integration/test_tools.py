@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterator
 
 import grpc
+import jsonschema
 import openai
 import pytest
 from google.protobuf import json_format
@@ -193,6 +194,52 @@ def test_required_tool_choice_forces_a_call(service: Service) -> None:
         max_tokens=80, parallel_tool_calls=False,
     )  # fmt: skip
     assert len(single.choices[0].message.tool_calls or []) == 1
+
+
+# Parameters that reference definitions of their own, as pydantic's model_json_schema() writes them.
+BOOKING = {
+    "type": "function",
+    "function": {
+        "name": "book",
+        "parameters": {
+            "type": "object",
+            "properties": {"where": {"$ref": "#/$defs/Place"}, "back": {"$ref": "#/$defs/Place"}},
+            "required": ["where"],
+            "$defs": {
+                "Place": {
+                    "type": "object",
+                    "properties": {"city": {"type": "string", "maxLength": 12}},
+                    "required": ["city"],
+                    "additionalProperties": False,
+                }
+            },
+        },
+    },
+}
+
+
+def test_required_tool_choice_with_referencing_parameters(service: Service) -> None:
+    """References resolve once the parameters sit inside the schema of all tools (they pointed at nothing)."""
+    reply = service.openai().chat.completions.create(
+        model=MODEL_NAME, messages=ASK, tools=[BOOKING, *TOOLS], tool_choice="required", temperature=0,  # type: ignore[arg-type]
+        max_tokens=120, parallel_tool_calls=False,
+    )  # fmt: skip
+    assert reply.choices[0].finish_reason == "tool_calls"
+    (call,) = reply.choices[0].message.tool_calls or []
+    arguments = json.loads(call.function.arguments)  # type: ignore[union-attr]
+    parameters = {"book": BOOKING, "get_weather": TOOLS[0]}[call.function.name]["function"]["parameters"]  # type: ignore[union-attr,index]
+    jsonschema.validate(arguments, parameters)
+
+
+def test_a_named_call_cut_by_max_tokens_is_no_call(service: Service) -> None:
+    """As vLLM: arguments that never closed are not a call; finish_reason says why."""
+    reply = service.openai().chat.completions.create(
+        model=MODEL_NAME, messages=ASK, tools=TOOLS, tool_choice=NAMED, temperature=0,  # type: ignore[arg-type]
+        max_completion_tokens=2,
+    )  # fmt: skip
+    choice = reply.choices[0]
+    assert choice.finish_reason == "length" and not choice.message.tool_calls
+    assert reply.usage is not None and reply.usage.completion_tokens == 2
 
 
 def test_model_declares_tools(client: openai.OpenAI) -> None:

@@ -32,12 +32,14 @@ class ForcedTools:
 
     def calls(self, text: str) -> tuple[ToolCall, ...]:
         """The complete output as tool calls (empty when it was cut off before it became valid JSON)."""
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            # Cut off (max_tokens) before the JSON closed: no call, as vLLM; the choice ends with "length".
+            return ()
         if self.function is not None:
             return (ToolCall(self._id(0), self.function, text),)
-        try:
-            items = json.loads(text)
-        except ValueError:
-            return ()
+        items = parsed
         return tuple(
             ToolCall(self._id(i), item["name"], json.dumps(item.get("parameters", {}), ensure_ascii=False))
             for i, item in enumerate(items)

@@ -70,7 +70,10 @@ def completion_logprobs_pb(logprobs: Sequence[TokenLogprob], offset: int) -> pb.
             out.top_logprobs.add().null_value = struct_pb2.NULL_VALUE
         else:
             out.token_logprobs.add().number_value = _logprob(lp.logprob)
-            out.top_logprobs.add().struct_value.update({t: _logprob(v) for t, v in lp.top})
+            # OpenAI's shape: the `logprobs` most likely tokens and always the chosen one (so logprobs 0 gives
+            # {chosen: logprob}, never an empty entry that would serialize as null).
+            top = {lp.token: _logprob(lp.logprob), **{t: _logprob(v) for t, v in lp.top}}
+            out.top_logprobs.add().struct_value.update(top)
         out.text_offset.append(offset)
         offset += len(lp.token)
     return out

@@ -31,6 +31,7 @@ def test_a_named_function_is_decoded_under_its_parameters() -> None:
     assert (call.name, call.arguments) == ("weather", '{"city": "Paris"}')
     opening = forced.first_delta()
     assert opening is not None and (opening.id, opening.name, opening.arguments) == (call.id, "weather", "")
+    assert forced.calls('{"city": "Pa') == ()  # cut off by max_tokens: no call
     # A function without parameters takes any object.
     assert json.loads(forced_tools((NOW,), "function", "now", False).grammar.text) == {"type": "object"}  # type: ignore[union-attr]
 
@@ -62,3 +63,30 @@ def test_forcing_what_is_not_offered_is_a_400(
     with pytest.raises(ApiError) as info:
         forced_tools(tools, choice, function, False)
     assert info.value.param == "tool_choice"
+
+
+def test_references_in_parameters_are_rebased_under_the_schema_of_all_tools() -> None:
+    import xgrammar
+
+    place = {"type": "object", "properties": {"city": {"type": "string"}}}
+    book = {
+        "type": "function",
+        "function": {
+            "name": "book",
+            "parameters": {
+                "type": "object",
+                "properties": {"to": {"$ref": "#/$defs/Place"}, "again": {"$ref": "#"}},
+                "$defs": {"Place": place},
+            },
+        },
+    }
+    forced = forced_tools((book, WEATHER), "required", None, single=False)
+    assert forced is not None
+    schema = json.loads(forced.grammar.text)
+    moved = schema["$defs"]["tool_0"]
+    assert moved["properties"]["to"] == {"$ref": "#/$defs/tool_0/$defs/Place"}
+    assert moved["properties"]["again"] == {"$ref": "#/$defs/tool_0"}
+    branches = schema["items"]["anyOf"]
+    assert branches[0]["properties"]["parameters"] == {"$ref": "#/$defs/tool_0"}
+    assert branches[1]["properties"]["parameters"] == WEATHER["function"]["parameters"]  # no references: as it was
+    xgrammar.Grammar.from_json_schema(forced.grammar.text)  # every pointer resolves

@@ -28,20 +28,52 @@ def forced_tools(
         if function not in names:
             raise invalid(f"tool_choice names {shown(function)}, which is not in 'tools'", "tool_choice")
         return ForcedTools(function, grammars[names.index(function)])
-    branches = [
-        {
-            "type": "object",
-            "properties": {"name": {"const": name}, "parameters": _parameters(t["function"])},
-            "required": ["name", "parameters"],
-        }
-        for name, t in dict(zip(names, tools, strict=True)).items()
-    ]
+    branches, defs = [], {}
+    for i, (name, tool) in enumerate(dict(zip(names, tools, strict=True)).items()):
+        parameters = _parameters(tool["function"])
+        if _has_ref(parameters):
+            # Its references point into its own parameters: moved under the schema of all tools, they would point
+            # at nothing ("Pointer '/$defs/...' does not exist"). The parameters go to $defs/tool_<i>, each local
+            # reference rebased there.
+            key = f"tool_{i}"
+            defs[key] = _rebased(parameters, f"#/$defs/{key}")
+            parameters = {"$ref": f"#/$defs/{key}"}
+        branches.append(
+            {
+                "type": "object",
+                "properties": {"name": {"const": name}, "parameters": parameters},
+                "required": ["name", "parameters"],
+            }
+        )
     schema: dict[str, Any] = {"type": "array", "minItems": 1, "items": {"anyOf": branches}}
     if single:
         schema["maxItems"] = 1
+    if defs:
+        schema["$defs"] = defs
     return ForcedTools(None, checked_grammar(schema, "tools"))
 
 
 def _parameters(function: dict[str, Any]) -> dict[str, Any]:
     parameters = function.get("parameters")
     return parameters if isinstance(parameters, dict) and parameters else {"type": "object"}
+
+
+def _has_ref(node: Any) -> bool:
+    if isinstance(node, dict):
+        return isinstance(node.get("$ref"), str) or any(_has_ref(v) for v in node.values())
+    if isinstance(node, list):
+        return any(_has_ref(v) for v in node)
+    return False
+
+
+def _rebased(node: Any, base: str) -> Any:
+    """A copy of `node` whose local references ("#", "#/...") point under `base` instead of the document root."""
+    if isinstance(node, list):
+        return [_rebased(v, base) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _rebased(v, base) for k, v in node.items()}
+    ref = node.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#"):
+        out["$ref"] = base + ref[1:]
+    return out
