@@ -17,6 +17,7 @@ import httpx
 import pytest
 from google.protobuf import json_format
 
+from chatgen.transport.sse import json_text
 from chatgen.v1 import chatgen_pb2 as pb
 from chatgen.v1 import chatgen_pb2_grpc as pb_grpc
 from tests.conftest import MODEL_NAME, Service
@@ -50,6 +51,7 @@ CHAT_CASES: dict[str, dict[str, Any]] = {
         },
     },
     "structured_choice": {"structured_outputs": {"choice": ["Paris", "Rome"]}, "max_tokens": 5},
+    "token_ids": {"return_token_ids": True, "max_tokens": 4},
     "min_tokens_salt": {"min_tokens": 3, "max_tokens": 6, "cache_salt": "s1", "allowed_token_ids": [7042, 30, 2]},
     "named_tool": {
         "tools": [WEATHER],
@@ -63,6 +65,7 @@ COMPLETION_CASES: dict[str, dict[str, Any]] = {
     "n_stop": {"n": 2, "max_tokens": 12, "stop": ["."]},
     "batch": {"prompt": ["The capital of France is", "Two plus two is"], "n": 2, "max_tokens": 6},
     "token_ids": {"prompt": [[504, 3575, 282, 4649, 314], [21350, 2915]], "max_tokens": 4, "echo": True},
+    "token_ids_batch": {"prompt": ["The capital of France is", "Hi"], "return_token_ids": True, "max_tokens": 3},
     "structured_regex": {"structured_outputs": {"regex": "[A-Z][a-z]{2,8}"}, "max_tokens": 8},
     "structured_grammar": {"structured_outputs": {"grammar": 'root ::= "yes" | "no"'}, "max_tokens": 4},
 }
@@ -75,10 +78,9 @@ def stubs(service: Service) -> Iterator[tuple[pb_grpc.ChatServiceStub, pb_grpc.G
 
 
 def as_json(message: Any) -> dict[str, Any]:
-    """A reply as the gateway would print it (same field-name and zero-value options as the transcoder)."""
-    return json_format.MessageToDict(
-        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
+    """A gRPC reply as the REST API renders the same message (transport.sse.json_text): the comparison is then of
+    what the two protocols carry, not of how JSON prints it."""
+    return json.loads(json_text(message))  # type: ignore[no-any-return]
 
 
 def comparable(reply: dict[str, Any]) -> dict[str, Any]:

@@ -142,7 +142,7 @@ class ChatApi:
 
     async def _stream(self, job: Job, include_usage: bool) -> AsyncGenerator[StreamItem, None]:
         async with self._admitted(job), contextlib.aclosing(self._runner.stream(job)) as deltas:
-            yield StreamStart(job.id, job.choices, job.options.logprobs is not None, job.prompt_tokens)
+            yield StreamStart(job.id, job.choices, job.options.logprobs is not None, job.prompt_tokens, job.prompts())
             async for delta in deltas:
                 yield delta
         if include_usage:
@@ -162,6 +162,7 @@ class ChatApi:
         job = self._job("chatcmpl-", plan.request_id, [ids], plan.sampling, ["messages"])
         await self._check_grammar(plan.sampling)
         job.max_tool_calls = plan.max_tool_calls
+        job.token_ids = plan.return_token_ids
         if plan.forced is not None:
             # Each choice gets its own call ids.
             job.forced = [plan.forced.for_choice() for _ in range(job.n)]
@@ -180,6 +181,7 @@ class ChatApi:
             else:
                 batch.append(_in_vocabulary(prompt, len(tokenizer), param))
         job = self._job("cmpl-", plan.request_id, batch, plan.sampling, params)
+        job.token_ids = plan.return_token_ids
         await self._check_grammar(plan.sampling)
         if plan.echo:
             # Token-id prompts are echoed as their text, as vLLM does.

@@ -56,6 +56,8 @@ class Job:
     forced: list[ForcedTools] | None = None
     # parallel_tool_calls false: calls after the first are dropped.
     max_tool_calls: int | None = None
+    # return_token_ids: deltas and choices carry token ids.
+    token_ids: bool = False
 
     def __post_init__(self) -> None:
         if not self.batch:
@@ -76,6 +78,10 @@ class Job:
 
     def echo(self, index: int) -> str:
         return self.echoes[index // self.n] if self.echoes else ""
+
+    def prompts(self) -> tuple[tuple[int, ...], ...] | None:
+        """Each prompt's token ids, when the caller asked for token ids."""
+        return tuple(tuple(ids) for ids in self.batch) if self.token_ids else None
 
     def engine_request(self, index: int) -> EngineRequest:
         options = self.options
@@ -182,9 +188,18 @@ class JobRunner:
                 if first and job.echoes:
                     text = job.echo(index) + text
                 first = False
-                if text or reasoning or finish or out.logprobs or tool_calls or out.prompt_logprobs:
+                ids = out.token_ids if job.token_ids else ()
+                if text or reasoning or finish or out.logprobs or tool_calls or out.prompt_logprobs or ids:
                     yield Delta(
-                        text, finish, reasoning, index, out.logprobs, tool_calls, out.prompt_logprobs, out.stop_sequence
+                        text,
+                        finish,
+                        reasoning,
+                        index,
+                        out.logprobs,
+                        tool_calls,
+                        out.prompt_logprobs,
+                        out.stop_sequence,
+                        ids,
                     )
 
     async def _forced_deltas(self, job: Job, index: int, forced: ForcedTools) -> AsyncGenerator[Delta, None]:
@@ -206,8 +221,9 @@ class JobRunner:
                     calls = tuple(ToolCallDelta(i, c.id, c.name, c.arguments) for i, c in enumerate(whole))
                 if finish == "stop":
                     finish = forced.finish_reason
-                if calls or finish or out.logprobs:
-                    yield Delta("", finish, "", index, out.logprobs, calls)
+                ids = out.token_ids if job.token_ids else ()
+                if calls or finish or out.logprobs or ids:
+                    yield Delta("", finish, "", index, out.logprobs, calls, token_ids=ids)
 
     def stream(self, job: Job) -> AsyncGenerator[Delta, None]:
         """Deltas of all choices as the engine produces them (interleaved when there are several)."""
@@ -258,6 +274,8 @@ class JobRunner:
             tool_calls=tool_calls,
             prompt_logprobs=prompt_logprobs,
             stop_sequence=stop_sequence,
+            token_ids=tuple(token_ids) if job.token_ids else None,
+            prompt_token_ids=tuple(job.batch[index // job.n]) if job.token_ids else None,
         )
 
 

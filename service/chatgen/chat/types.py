@@ -87,6 +87,8 @@ class Delta:
     prompt_logprobs: tuple[TokenLogprob, ...] = ()
     # On the last delta, when a stop string ended the choice: which one.
     stop_sequence: str | None = None
+    # With return_token_ids: the ids of the tokens this delta adds.
+    token_ids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,9 @@ class Choice:
     prompt_logprobs: tuple[TokenLogprob, ...] = ()
     # When a stop string ended the choice: which one.
     stop_sequence: str | None = None
+    # With return_token_ids: the generated tokens' ids and the prompt's (None when not asked for).
+    token_ids: tuple[int, ...] | None = None
+    prompt_token_ids: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -123,6 +128,8 @@ class StreamStart:
     logprobs: bool
     # Tokens of the prompt as the model sees it.
     prompt_tokens: int = 0
+    # With return_token_ids: each prompt's token ids (choice k answers prompt k // n); None when not asked for.
+    prompts: tuple[tuple[int, ...], ...] | None = None
 
 
 # What a stream yields: its StreamStart, the choices' Deltas as they come, then its Usage when it was asked for.

@@ -101,6 +101,10 @@ def chat_completion(result: Result, model: str) -> pb.CreateChatCompletionRespon
         choice = reply.choices.add(index=c.index, message=_assistant_message(c), finish_reason=c.finish_reason)
         if c.logprobs is not None:
             choice.logprobs.CopyFrom(chat_logprobs_pb(c.logprobs))
+        if c.token_ids is not None:
+            choice.token_ids.extend(c.token_ids)
+    if result.choices and result.choices[0].prompt_token_ids is not None:
+        reply.prompt_token_ids.extend(result.choices[0].prompt_token_ids)
     return reply
 
 
@@ -113,6 +117,10 @@ def completion(result: Result, model: str) -> pb.CreateCompletionResponse:
         if c.logprobs is not None:
             # With echo the prompt's own tokens lead (from offset 0); without, the text is the completion.
             choice.logprobs.CopyFrom(completion_logprobs_pb((*c.prompt_logprobs, *c.logprobs), 0))
+        if c.token_ids is not None:
+            choice.token_ids.extend(c.token_ids)
+        if c.prompt_token_ids is not None:
+            choice.prompt_token_ids.extend(c.prompt_token_ids)
     return reply
 
 
@@ -174,8 +182,9 @@ class ChatChunks(StreamChunks):
     object_name = "chat.completion.chunk"
 
     def _opening(self, start: StreamStart) -> list[Chunk]:
-        """Each choice opens with the assistant role, as OpenAI streams it."""
-        return [
+        """Each choice opens with the assistant role, as OpenAI streams it; the first chunk carries the prompt's
+        token ids when they were asked for, as vLLM sends them."""
+        chunks = [
             pb.StreamChatCompletionResponse(
                 id=start.id,
                 **self.envelope,
@@ -185,9 +194,12 @@ class ChatChunks(StreamChunks):
             )
             for i in range(start.n)
         ]
+        if start.prompts is not None and chunks:
+            chunks[0].prompt_token_ids.extend(start.prompts[0])
+        return chunks
 
     def _delta(self, d: Delta, start: StreamStart) -> Chunk:
-        if self.events is not None and not start.logprobs and not (d.finish_reason or d.tool_calls):
+        if self.events is not None and _text_only(d, start) and not d.tool_calls:
             if (not d.text) != (not d.reasoning):
                 field, text = ("content", d.text) if d.text else ("reasoning_content", d.reasoning)
                 return self.events.text(start.id, d.index, field, text)
@@ -202,6 +214,7 @@ class ChatChunks(StreamChunks):
             choice.finish_reason = d.finish_reason
         if start.logprobs:
             choice.logprobs.CopyFrom(chat_logprobs_pb(d.logprobs))
+        choice.token_ids.extend(d.token_ids)
         return pb.StreamChatCompletionResponse(id=start.id, **self.envelope, choices=[choice])
 
 
@@ -213,11 +226,16 @@ class CompletionChunks(StreamChunks):
         super().__init__(model, events)
         # Characters of each choice's text sent so far (the logprobs' text offsets).
         self._offsets: dict[int, int] = {}
+        # Choices whose first chunk went out (it carries the prompt's token ids, when asked for).
+        self._opened: set[int] = set()
 
     def _delta(self, d: Delta, start: StreamStart) -> Chunk:
-        if self.events is not None and not start.logprobs and not d.finish_reason:
+        if self.events is not None and _text_only(d, start):
             return self.events.text(start.id, d.index, "text", d.text)
-        choice = pb.CompletionChunkChoice(index=d.index, text=d.text)
+        choice = pb.CompletionChunkChoice(index=d.index, text=d.text, token_ids=d.token_ids)
+        if start.prompts is not None and d.index not in self._opened:
+            self._opened.add(d.index)
+            choice.prompt_token_ids.extend(start.prompts[d.index * len(start.prompts) // start.n])
         if d.finish_reason:
             choice.finish_reason = d.finish_reason
         if start.logprobs:
@@ -225,6 +243,11 @@ class CompletionChunks(StreamChunks):
             choice.logprobs.CopyFrom(completion_logprobs_pb((*d.prompt_logprobs, *d.logprobs), offset))
             self._offsets[d.index] = offset + len(d.text)
         return pb.StreamCompletionResponse(id=start.id, **self.envelope, choices=[choice])
+
+
+def _text_only(d: Delta, start: StreamStart) -> bool:
+    """Whether the delta's chunk is one of text alone (the SSE fast path): no logprobs, token ids or finish."""
+    return not (start.logprobs or start.prompts is not None or d.finish_reason)
 
 
 def model_card(info: ModelInfo, abilities: list[str]) -> pb.Model:

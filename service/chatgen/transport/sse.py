@@ -32,11 +32,25 @@ _dumps: Callable[[Any], str] = json.JSONEncoder(separators=(",", ":"), ensure_as
 _PLACEHOLDER = "\x00chatgen-text\x00"
 
 
+# Repeated fields (which have no presence) that are left out of the JSON when empty, by message: OpenAI sends a
+# delta's tool_calls only when it carries one, vLLM the token ids only when asked for them.
+_TOKEN_IDS = ("token_ids", "prompt_token_ids")
+_LEFT_OUT_WHEN_EMPTY: dict[str, tuple[str, ...]] = {
+    "ChatCompletionDelta": ("tool_calls",),
+    "ChatCompletionChoice": _TOKEN_IDS,
+    "CreateChatCompletionResponse": _TOKEN_IDS,
+    "ChatCompletionChunkChoice": _TOKEN_IDS,
+    "StreamChatCompletionResponse": _TOKEN_IDS,
+    "CompletionChoice": _TOKEN_IDS,
+    "CompletionChunkChoice": _TOKEN_IDS,
+}
+
+
 def _in_field_order(data: dict[str, Any], descriptor: Descriptor) -> dict[str, Any]:
     """json_format's dict with its keys in the .proto's order (it puts fields printed for having no presence
-    last), as the transcoder printed them: `"index"` first, as OpenAI sends it. The delta's empty `tool_calls`
-    is left out here, and an error's absent `param` is `null`: OpenAI's error object always has all four keys,
-    as chatgen's other error replies do."""
+    last), as the transcoder printed them: `"index"` first, as OpenAI sends it. The empty lists of
+    _LEFT_OUT_WHEN_EMPTY are left out here, and an error's absent `param` is `null`: OpenAI's error object always
+    has all four keys, as chatgen's other error replies do."""
     out: dict[str, Any] = {}
     for field in descriptor.fields:
         if field.name not in data:
@@ -45,7 +59,7 @@ def _in_field_order(data: dict[str, Any], descriptor: Descriptor) -> dict[str, A
             continue
         value = data[field.name]
         kind = field.message_type
-        if field.name == "tool_calls" and value == [] and descriptor.name == "ChatCompletionDelta":
+        if value == [] and field.name in _LEFT_OUT_WHEN_EMPTY.get(descriptor.name, ()):
             continue
         if kind is not None and not kind.full_name.startswith("google.protobuf.") and not kind.GetOptions().map_entry:
             if isinstance(value, list):

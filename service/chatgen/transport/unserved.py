@@ -28,7 +28,6 @@ _SAMPLING: dict[str, str] = {
     "priority": "request priorities are not served",
     "logits_processors": "logits_processors are not served",
     "return_tokens_as_token_ids": "return_tokens_as_token_ids is not served",
-    "return_token_ids": "return_token_ids is not served",
     "kv_transfer_params": "KV transfer is not served",
     "vllm_xargs": "vllm_xargs is not served",
     "mm_processor_kwargs": "the served models are text-only",

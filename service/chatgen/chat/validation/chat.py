@@ -64,6 +64,8 @@ class ChatPlan:
     max_tool_calls: int | None
     request_id: str | None
     include_usage: bool
+    # vLLM's return_token_ids: the reply carries the prompt's and the choices' token ids.
+    return_token_ids: bool = False
 
     @property
     def template_tools(self) -> list[dict[str, Any]] | None:
@@ -122,6 +124,7 @@ def validate_chat(request: pb.CreateChatCompletionRequest, model: ServedModel, s
         max_tool_calls=1 if parallel is False else None,
         request_id=text.request_id(request.request_id),
         include_usage=check_stream_options(request, streaming),
+        return_token_ids=request.return_token_ids,
     )
 
 

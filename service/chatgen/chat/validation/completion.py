@@ -27,6 +27,8 @@ class CompletionPlan:
     echo: bool
     request_id: str | None
     include_usage: bool
+    # vLLM's return_token_ids: the reply carries each prompt's and each choice's token ids.
+    return_token_ids: bool = False
 
 
 def validate_completion(request: pb.CreateCompletionRequest, model: ServedModel, streaming: bool) -> CompletionPlan:
@@ -51,4 +53,5 @@ def validate_completion(request: pb.CreateCompletionRequest, model: ServedModel,
         echo=request.echo,
         request_id=text.request_id(request.request_id),
         include_usage=check_stream_options(request, streaming),
+        return_token_ids=request.return_token_ids,
     )
