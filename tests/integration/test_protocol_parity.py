@@ -52,6 +52,12 @@ CHAT_CASES: dict[str, dict[str, Any]] = {
     },
     "structured_choice": {"structured_outputs": {"choice": ["Paris", "Rome"]}, "max_tokens": 5},
     "token_ids": {"return_token_ids": True, "max_tokens": 4},
+    "continue_echo": {
+        "messages": [*ASK, {"role": "assistant", "content": "The capital of France is"}],
+        "continue_final_message": True,
+        "echo": True,
+        "max_tokens": 4,
+    },
     "min_tokens_salt": {"min_tokens": 3, "max_tokens": 6, "cache_salt": "s1", "allowed_token_ids": [7042, 30, 2]},
     "named_tool": {
         "tools": [WEATHER],

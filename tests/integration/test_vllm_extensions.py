@@ -107,3 +107,70 @@ def test_token_ids_over_grpc(channel: grpc.Channel, tokenizer: Any) -> None:
     done = pb_grpc.GenerateServiceStub(channel).CreateCompletion(completion, timeout=120)
     assert list(done.choices[0].prompt_token_ids) == tokenizer.encode(PROMPT)
     assert tokenizer.decode(list(done.choices[0].token_ids)) == done.choices[0].text
+
+
+PARTIAL = [*ASK, {"role": "assistant", "content": "The capital of France is"}]
+
+
+def post(service: Service, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    reply = httpx.post(f"{service.http_base}{path}", json={"model": MODEL_NAME, **body}, timeout=120)
+    assert reply.status_code == 200, reply.text
+    return reply.json()  # type: ignore[no-any-return]
+
+
+def test_continue_final_message_with_echo_finishes_the_assistants_message(
+    client: openai.OpenAI, service: Service
+) -> None:
+    reply = client.chat.completions.create(
+        model=MODEL_NAME, messages=PARTIAL, max_tokens=6, temperature=0,  # type: ignore[arg-type]
+        extra_body={"continue_final_message": True, "add_generation_prompt": False, "echo": True},
+    )  # fmt: skip
+    content = reply.choices[0].message.content or ""
+    # The same prompt run as a completion of its token ids continues it the same way (greedy).
+    ids = post(service, "/tokenize", {"messages": PARTIAL, "continue_final_message": True})["tokens"]
+    assert reply.usage is not None and reply.usage.prompt_tokens == len(ids)
+    continuation = post(service, "/v1/completions", {"prompt": ids, "max_tokens": 6, "temperature": 0})
+    assert content == "The capital of France is" + continuation["choices"][0]["text"]
+    # Without echo, only the continuation; streamed with echo, the partial message leads the first delta.
+    bare = client.chat.completions.create(
+        model=MODEL_NAME, messages=PARTIAL, max_tokens=6, temperature=0,  # type: ignore[arg-type]
+        extra_body={"continue_final_message": True},
+    )  # fmt: skip
+    assert bare.choices[0].message.content == continuation["choices"][0]["text"]
+    stream = client.chat.completions.create(
+        model=MODEL_NAME, messages=PARTIAL, max_tokens=6, temperature=0, stream=True,  # type: ignore[arg-type]
+        extra_body={"continue_final_message": True, "echo": True},
+    )  # fmt: skip
+    deltas = [c.choices[0].delta.content for c in stream if c.choices and c.choices[0].delta.content]
+    assert deltas[0].startswith("The capital of France is") and "".join(deltas) == content
+
+
+def test_add_generation_prompt_false_renders_without_it(service: Service) -> None:
+    counted = post(service, "/tokenize", {"messages": ASK, "add_generation_prompt": False})["count"]
+    reply = post(service, "/v1/chat/completions", {"messages": ASK, "max_tokens": 1, "add_generation_prompt": False})
+    assert reply["usage"]["prompt_tokens"] == counted
+    assert counted < post(service, "/tokenize", {"messages": ASK})["count"]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"continue_final_message": True},  # the last message is the user's
+        {"continue_final_message": True, "add_generation_prompt": True, "messages": PARTIAL},
+    ],
+)
+def test_template_options_that_contradict_are_400(service: Service, extra: dict[str, Any]) -> None:
+    body = {"model": MODEL_NAME, "messages": ASK, **extra}
+    reply = httpx.post(f"{service.http_base}/v1/chat/completions", json=body, timeout=60)
+    assert reply.status_code == 400 and reply.json()["error"]["param"] == "continue_final_message", reply.text
+
+
+def test_continue_final_message_over_grpc(channel: grpc.Channel) -> None:
+    request = json_format.ParseDict(
+        {"model": MODEL_NAME, "messages": PARTIAL, "max_tokens": 4, "temperature": 0, "continue_final_message": True,
+         "echo": True},
+        pb.CreateChatCompletionRequest(),
+    )  # fmt: skip
+    reply = pb_grpc.ChatServiceStub(channel).CreateChatCompletion(request, timeout=120)
+    assert reply.choices[0].message.content.startswith("The capital of France is")
+    assert len(reply.choices[0].message.content) > len("The capital of France is")

@@ -126,8 +126,7 @@ class ChatApi:
         plan = validate_tokenize(_named(request), self.served)
         tokenizer = self._engine.tokenizer
         if plan.chat is not None:
-            options = (plan.add_generation_prompt, plan.continue_final_message, plan.add_special_tokens)
-            ids = await self._render(render_chat, tokenizer, plan.chat, *options)
+            ids = await self._render(render_chat, tokenizer, plan.chat)
         else:
             ids = await self._render(
                 lambda: list(tokenizer.encode(plan.prompt, add_special_tokens=plan.add_special_tokens))
@@ -163,6 +162,8 @@ class ChatApi:
         await self._check_grammar(plan.sampling)
         job.max_tool_calls = plan.max_tool_calls
         job.token_ids = plan.return_token_ids
+        if plan.echo:
+            job.echoes = (plan.echo,)
         if plan.forced is not None:
             # Each choice gets its own call ids.
             job.forced = [plan.forced.for_choice() for _ in range(job.n)]

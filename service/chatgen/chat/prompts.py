@@ -26,15 +26,9 @@ def _arguments(text: str) -> Any:
         return text
 
 
-def render_chat(
-    tokenizer: Any,
-    plan: ChatPlan,
-    add_generation_prompt: bool = True,
-    continue_final_message: bool = False,
-    add_special_tokens: bool = False,
-) -> list[int]:
-    """The plan's messages through the model's chat template, tokenized. The defaults are chat's; /tokenize may
-    leave the generation prompt off, leave the last message open, or add the tokenizer's special tokens."""
+def render_chat(tokenizer: Any, plan: ChatPlan) -> list[int]:
+    """The plan's messages through the model's chat template, tokenized, as the plan says: with or without the
+    generation prompt, the last message left open or not, the tokenizer's special tokens added or not."""
     conversation = [_template_message(m) for m in plan.messages]
     from jinja2 import TemplateError
 
@@ -43,15 +37,15 @@ def render_chat(
             conversation,
             tools=plan.template_tools,
             tokenize=False,
-            add_generation_prompt=add_generation_prompt,
-            continue_final_message=continue_final_message,
+            add_generation_prompt=plan.add_generation_prompt,
+            continue_final_message=plan.continue_final_message,
             **plan.template_variables,
         )
     except TemplateError as exc:
         # Templates reject what their model can't take (e.g. roles out of order) with raise_exception().
         raise invalid(f"the model's chat template rejected the messages: {exc}", "messages") from exc
     # The template already wrote any BOS/special tokens the model expects; adding them again would double them.
-    return list(tokenizer.encode(text, add_special_tokens=add_special_tokens))
+    return list(tokenizer.encode(text, add_special_tokens=plan.add_special_tokens))
 
 
 def render_completion(tokenizer: Any, prompt: str, param: str = "prompt", add_special_tokens: bool = True) -> list[int]:

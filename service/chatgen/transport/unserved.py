@@ -35,10 +35,6 @@ _SAMPLING: dict[str, str] = {
 UNSERVED: dict[str, dict[str, str]] = {
     "chatgen.v1.CreateChatCompletionRequest": {
         **_SAMPLING,
-        "echo": "echo is not served on chat completions",
-        "add_generation_prompt": "add_generation_prompt is not served on chat completions",
-        "continue_final_message": "continue_final_message is not served on chat completions",
-        "add_special_tokens": "add_special_tokens is not served; the chat template adds the special tokens",
         "documents": "documents for the chat template are not served",
         "chat_template": "a per-request chat_template is not served; the model's own template renders",
         "logprob_token_ids": "logprob_token_ids is not served",

@@ -75,6 +75,16 @@ CHAT_ERRORS: list[tuple[dict[str, Any], Failure, str]] = [
     ({"min_tokens": -1}, Failure.INVALID_REQUEST, "min_tokens"),
     ({"min_tokens": 9, "max_completion_tokens": 8}, Failure.INVALID_REQUEST, "min_tokens"),
     ({"cache_salt": "a@b"}, Failure.INVALID_REQUEST, "cache_salt"),
+    ({"continue_final_message": True}, Failure.INVALID_REQUEST, "continue_final_message"),
+    (
+        {
+            "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hel"}],
+            "continue_final_message": True,
+            "add_generation_prompt": True,
+        },
+        Failure.INVALID_REQUEST,
+        "continue_final_message",
+    ),
     (
         {"tools": [TOOL], "tool_choice": "required", "structured_outputs": {"regex": "a+"}},
         Failure.UNSUPPORTED,
@@ -264,3 +274,14 @@ def test_a_valid_completion_request_becomes_its_plan() -> None:
     plan = validate_completion(completion(prompt=["once"], echo=True, logprobs=2, max_tokens=4), MODEL, streaming=False)
     assert (plan.prompts, plan.echo, plan.sampling.max_tokens) == (("once",), True, 4)
     assert plan.sampling.to_options(10).logprobs == 2
+
+
+def test_template_options_and_echo() -> None:
+    partial = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hel"}]
+    plan = validate_chat(chat(messages=partial, continue_final_message=True, echo=True), MODEL, streaming=False)
+    assert (plan.add_generation_prompt, plan.continue_final_message, plan.echo) == (False, True, "Hel")
+    # echo repeats only an assistant's message; the default renders the generation prompt.
+    plain = validate_chat(chat(echo=True), MODEL, streaming=False)
+    assert (plain.add_generation_prompt, plain.continue_final_message, plain.echo) == (True, False, "")
+    bare = validate_chat(chat(add_generation_prompt=False, add_special_tokens=True), MODEL, streaming=False)
+    assert (bare.add_generation_prompt, bare.add_special_tokens) == (False, True)

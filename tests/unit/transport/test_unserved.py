@@ -22,7 +22,7 @@ def test_no_unserved_extension_is_a_field_of_the_contract() -> None:
         assert not set(fields) & set(descriptor.fields_by_name), full_name
 
 
-@pytest.mark.parametrize("key", ["guided_json", "guided_regex", "use_beam_search", "echo", "chat_template"])
+@pytest.mark.parametrize("key", ["guided_json", "guided_regex", "use_beam_search", "documents", "chat_template"])
 def test_chat_extensions_are_refused_naming_the_field(key: str) -> None:
     with pytest.raises(ApiError) as err:
         rest.parse(json.dumps({**CHAT, key: {"type": "object"}}).encode(), pb.CreateChatCompletionRequest)
@@ -52,3 +52,11 @@ def test_the_api_docs_list_each_unserved_extension_with_its_reason() -> None:
             rows = [line.split(" | ") for line in docs.splitlines() if line.startswith(f"| `{key}` |")]
             assert len(rows) == 1, key
             assert rows[0][column - 1] == "unsupported" and reason in rows[0][3], (key, rows[0])
+    # And nothing the server serves is listed as unsupported.
+    for line in docs.splitlines():
+        cells = line.split(" | ")
+        if line.startswith("| `") and len(cells) == 4 and "unsupported" in cells[1:3]:
+            key = cells[0].removeprefix("| `").removesuffix("`")
+            for column, full_name in ((1, "CreateChatCompletionRequest"), (2, "CreateCompletionRequest")):
+                if cells[column] == "unsupported":
+                    assert key in UNSERVED[f"chatgen.v1.{full_name}"], (key, full_name)

@@ -66,6 +66,13 @@ class ChatPlan:
     include_usage: bool
     # vLLM's return_token_ids: the reply carries the prompt's and the choices' token ids.
     return_token_ids: bool = False
+    # How the template renders the conversation (vLLM's add_generation_prompt, continue_final_message) and
+    # whether the tokenizer adds its special tokens on top.
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    add_special_tokens: bool = False
+    # vLLM's echo: the text the reply's content starts with (the last message's, when it is the assistant's).
+    echo: str = ""
 
     @property
     def template_tools(self) -> list[dict[str, Any]] | None:
@@ -125,7 +132,23 @@ def validate_chat(request: pb.CreateChatCompletionRequest, model: ServedModel, s
         request_id=text.request_id(request.request_id),
         include_usage=check_stream_options(request, streaming),
         return_token_ids=request.return_token_ids,
+        add_generation_prompt=_generation_prompt(request, messages),
+        continue_final_message=request.continue_final_message,
+        add_special_tokens=request.add_special_tokens,
+        echo=messages[-1].content if request.echo and messages[-1].role == "assistant" else "",
     )
+
+
+def _generation_prompt(request: pb.CreateChatCompletionRequest, messages: tuple[Message, ...]) -> bool:
+    """add_generation_prompt (default true), off with continue_final_message, which needs an assistant message
+    last to continue."""
+    if not request.continue_final_message:
+        return request.add_generation_prompt if request.HasField("add_generation_prompt") else True
+    if request.HasField("add_generation_prompt") and request.add_generation_prompt:
+        raise invalid("continue_final_message and add_generation_prompt cannot both be true", "continue_final_message")
+    if messages[-1].role != "assistant":
+        raise invalid("continue_final_message needs an assistant message last", "continue_final_message")
+    return False
 
 
 def _message(m: pb.ChatMessage, i: int) -> Message:

@@ -17,12 +17,11 @@ _CONVERSATION_ONLY = ("add_generation_prompt", "continue_final_message", "chat_t
 
 @dataclass(frozen=True)
 class TokenizePlan:
-    # Exactly one of the two: the text of a prompt, or a conversation.
+    # Exactly one of the two: the text of a prompt, or a conversation (with its template options).
     prompt: str | None
     chat: ChatPlan | None
+    # For a prompt: the tokenizer's special tokens (default true; a conversation's plan has its own).
     add_special_tokens: bool
-    add_generation_prompt: bool
-    continue_final_message: bool
     return_token_strs: bool
 
 
@@ -43,30 +42,23 @@ def validate_tokenize(request: pb.TokenizeRequest, model: ServedModel) -> Tokeni
             prompt=request.prompt,
             chat=None,
             add_special_tokens=request.add_special_tokens if request.HasField("add_special_tokens") else True,
-            add_generation_prompt=False,
-            continue_final_message=False,
             return_token_strs=request.return_token_strs,
         )
+    # The conversation as chat would render it: the same checks, the same template options.
     chat = pb.CreateChatCompletionRequest(model=model.name, messages=request.messages)
-    if request.HasField("chat_template_kwargs"):
-        chat.chat_template_kwargs.CopyFrom(request.chat_template_kwargs)
+    for name in (*_CONVERSATION_ONLY, "add_special_tokens"):
+        if request.HasField(name):
+            field = getattr(request, name)
+            if name == "chat_template_kwargs":
+                chat.chat_template_kwargs.CopyFrom(field)
+            else:
+                setattr(chat, name, field)
     plan = validate_chat(chat, model, streaming=False)
-    generation = request.add_generation_prompt if request.HasField("add_generation_prompt") else True
-    if request.continue_final_message:
-        if request.HasField("add_generation_prompt") and request.add_generation_prompt:
-            raise invalid(
-                "continue_final_message and add_generation_prompt cannot both be true", "continue_final_message"
-            )
-        generation = False
-        if plan.messages[-1].role != "assistant":
-            raise invalid("continue_final_message needs an assistant message last", "continue_final_message")
     return TokenizePlan(
         prompt=None,
         # Tools are shown to the template as chat shows them (no tool-call parser is needed to count them).
         chat=_with_tools(plan, tool_definitions(request.tools)),
-        add_special_tokens=request.add_special_tokens,
-        add_generation_prompt=generation,
-        continue_final_message=request.continue_final_message,
+        add_special_tokens=plan.add_special_tokens,
         return_token_strs=request.return_token_strs,
     )
 
