@@ -174,3 +174,33 @@ def test_continue_final_message_over_grpc(channel: grpc.Channel) -> None:
     reply = pb_grpc.ChatServiceStub(channel).CreateChatCompletion(request, timeout=120)
     assert reply.choices[0].message.content.startswith("The capital of France is")
     assert len(reply.choices[0].message.content) > len("The capital of France is")
+
+
+def test_truncate_prompt_tokens_cuts_the_prompt(service: Service, tokenizer: Any) -> None:
+    limit = httpx.get(f"{service.http_base}/v1/models").json()["data"][0]["max_model_len"]
+    long_prompt = "one two three four " * (limit // 2)
+    ids = tokenizer.encode(long_prompt)
+    assert len(ids) > limit
+    # Over the context it is an error; cut, it runs, keeping the side asked for.
+    body = {"prompt": long_prompt, "max_tokens": 2, "temperature": 0}
+    refused = httpx.post(f"{service.http_base}/v1/completions", json={"model": MODEL_NAME, **body}, timeout=60)
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "context_length_exceeded"
+    left = post(service, "/v1/completions", {**body, "truncate_prompt_tokens": 6, "truncation_side": "left",
+                                             "echo": True, "return_token_ids": True})  # fmt: skip
+    choice = left["choices"][0]
+    assert left["usage"]["prompt_tokens"] == 6 and choice["prompt_token_ids"] == ids[-6:]
+    assert choice["text"].startswith(tokenizer.decode(ids[-6:]))
+    right = post(service, "/v1/completions", {**body, "truncate_prompt_tokens": 6, "truncation_side": "right",
+                                              "return_token_ids": True})  # fmt: skip
+    assert right["choices"][0]["prompt_token_ids"] == ids[:6]
+    # -1: as much as the context holds beside max_tokens.
+    whole = post(service, "/v1/completions", {**body, "truncate_prompt_tokens": -1})
+    assert whole["usage"]["prompt_tokens"] == limit - 2
+    chat = post(service, "/v1/chat/completions", {"messages": ASK, "max_tokens": 2, "truncate_prompt_tokens": 4})
+    assert chat["usage"]["prompt_tokens"] == 4
+    too_many = httpx.post(
+        f"{service.http_base}/v1/completions",
+        json={"model": MODEL_NAME, **body, "truncate_prompt_tokens": limit},
+        timeout=60,
+    )
+    assert too_many.status_code == 400 and too_many.json()["error"]["param"] == "truncate_prompt_tokens"

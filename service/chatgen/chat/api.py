@@ -185,8 +185,11 @@ class ChatApi:
         job.token_ids = plan.return_token_ids
         await self._check_grammar(plan.sampling)
         if plan.echo:
-            # Token-id prompts are echoed as their text, as vLLM does.
-            job.echoes = tuple(p if isinstance(p, str) else tokenizer.decode(list(p)) for p in plan.prompts)
+            # Token-id prompts are echoed as their text, as vLLM does, and so are prompts truncate_prompt_tokens cut.
+            job.echoes = tuple(
+                p if isinstance(p, str) and len(ids) == len(sent) else tokenizer.decode(ids)
+                for p, ids, sent in zip(plan.prompts, job.batch, batch, strict=True)
+            )
             # Echoed text gets logprobs too, as in vLLM: the prompt's tokens are scored as well.
             job.options = replace(job.options, prompt_logprobs=job.options.logprobs)
         return job
@@ -201,6 +204,8 @@ class ChatApi:
         """The checks that need the model: each prompt and max_tokens against the context, token ids against the
         vocabulary. `params`: each prompt's field, for its errors."""
         limit = self._engine.model.max_model_len
+        if sampling.truncation is not None:
+            batch = self._truncated(batch, sampling)
         for ids, param in zip(batch, params, strict=True):
             if len(ids) >= limit:
                 raise context_length_exceeded(
@@ -229,6 +234,20 @@ class ChatApi:
         job = Job(f"{prefix}{request_id or uuid.uuid4().hex}", batch[0], options, stats, n=sampling.n, batch=batch)
         stats.completion_id, stats.n, stats.prompt_tokens = job.id, job.choices, job.prompt_tokens
         return job
+
+    def _truncated(self, batch: list[list[int]], sampling: SamplingPlan) -> list[list[int]]:
+        """Each prompt cut as truncate_prompt_tokens says; a limit the context cannot hold is an error, as vLLM."""
+        assert sampling.truncation is not None
+        # The prompt must leave room for the reply: max_tokens when sent, else at least one token.
+        room = self._engine.model.max_model_len - (sampling.max_tokens or 1)
+        if sampling.truncation.tokens > room:
+            raise invalid(
+                f"'truncate_prompt_tokens' is {sampling.truncation.tokens}, but the context leaves room for {room} "
+                f"prompt tokens",
+                "truncate_prompt_tokens",
+            )
+        side = str(getattr(self._engine.tokenizer, "truncation_side", "right"))
+        return [sampling.truncation.apply(ids, room, side) for ids in batch]
 
 
 class Translation(Protocol):

@@ -16,7 +16,6 @@ _SAMPLING: dict[str, str] = {
     "length_penalty": "length_penalty applies to beam search, which is not served",
     "include_stop_str_in_output": "stop strings are never included in the output",
     "spaces_between_special_tokens": "spaces_between_special_tokens is not served",
-    "truncate_prompt_tokens": "prompts are never truncated; a prompt over the context is an error",
     "prompt_logprobs": "prompt_logprobs is not served",
     "bad_words": "bad_words is not served",
     "guided_json": f"guided_json is not served (vLLM removed it); {_STRUCTURED}",

@@ -76,6 +76,10 @@ CHAT_ERRORS: list[tuple[dict[str, Any], Failure, str]] = [
     ({"min_tokens": 9, "max_completion_tokens": 8}, Failure.INVALID_REQUEST, "min_tokens"),
     ({"cache_salt": "a@b"}, Failure.INVALID_REQUEST, "cache_salt"),
     ({"continue_final_message": True}, Failure.INVALID_REQUEST, "continue_final_message"),
+    ({"truncate_prompt_tokens": 0}, Failure.INVALID_REQUEST, "truncate_prompt_tokens"),
+    ({"truncate_prompt_tokens": -2}, Failure.INVALID_REQUEST, "truncate_prompt_tokens"),
+    ({"truncate_prompt_tokens": 5, "truncation_side": "middle"}, Failure.INVALID_REQUEST, "truncation_side"),
+    ({"truncation_side": "left"}, Failure.INVALID_REQUEST, "truncation_side"),
     (
         {
             "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hel"}],
@@ -285,3 +289,13 @@ def test_template_options_and_echo() -> None:
     assert (plain.add_generation_prompt, plain.continue_final_message, plain.echo) == (True, False, "")
     bare = validate_chat(chat(add_generation_prompt=False, add_special_tokens=True), MODEL, streaming=False)
     assert (bare.add_generation_prompt, bare.add_special_tokens) == (False, True)
+
+
+def test_truncation_keeps_the_side_asked_for() -> None:
+    plan = validate_completion(completion(truncate_prompt_tokens=3, truncation_side="left"), MODEL, streaming=False)
+    truncation = plan.sampling.truncation
+    assert truncation is not None
+    assert truncation.apply([1, 2, 3, 4, 5], room=100, default_side="right") == [3, 4, 5]
+    assert truncation.apply([1, 2], room=100, default_side="right") == [1, 2]
+    right = validate_completion(completion(truncate_prompt_tokens=-1), MODEL, streaming=False).sampling.truncation
+    assert right is not None and right.apply([1, 2, 3, 4], room=2, default_side="right") == [1, 2]

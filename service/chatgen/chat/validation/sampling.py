@@ -78,6 +78,22 @@ RANGES: dict[str, tuple[Any, str]] = {
 
 
 @dataclass(frozen=True)
+class Truncation:
+    """vLLM's truncate_prompt_tokens: the prompt is cut to `tokens` (-1: what the context leaves room for)."""
+
+    tokens: int
+    # "left" keeps the last tokens, "right" the first; None: the tokenizer's truncation_side.
+    side: str | None
+
+    def apply(self, ids: list[int], room: int, default_side: str) -> list[int]:
+        """`ids` cut to the limit; `room`: the most prompt tokens the context allows (the -1 limit)."""
+        limit = room if self.tokens == -1 else self.tokens
+        if len(ids) <= limit:
+            return ids
+        return ids[-limit:] if (self.side or default_side) == "left" else ids[:limit]
+
+
+@dataclass(frozen=True)
 class SamplingPlan:
     """Validated sampling: everything the engine needs but `max_tokens` when the caller left it to the context."""
 
@@ -87,6 +103,8 @@ class SamplingPlan:
     fields: dict[str, Any]
     # The constraint decoding is held to (also fields["constraint"]), with the request field it came from.
     grammar: Grammar | None = None
+    # Cut each prompt before it runs (vLLM's truncate_prompt_tokens); None: a prompt over the context is an error.
+    truncation: Truncation | None = None
 
     def to_options(self, room: int) -> SamplingOptions:
         """The engine's options, given the room the prompt leaves in the context."""
@@ -167,7 +185,30 @@ def sampling_plan(
     max_tokens = _max_tokens(max_tokens)
     if max_tokens is not None and fields.get("min_tokens", 0) > max_tokens:
         raise invalid(f"'min_tokens' ({fields['min_tokens']}) is more than 'max_tokens' ({max_tokens})", "min_tokens")
-    return SamplingPlan(n=_choices(request, model), max_tokens=max_tokens, fields=fields, grammar=grammar)
+    return SamplingPlan(
+        n=_choices(request, model),
+        max_tokens=max_tokens,
+        fields=fields,
+        grammar=grammar,
+        truncation=_truncation(request),
+    )
+
+
+def _truncation(request: pb.CreateChatCompletionRequest | pb.CreateCompletionRequest) -> Truncation | None:
+    side = request.truncation_side if request.HasField("truncation_side") else None
+    if side not in (None, "left", "right"):
+        raise invalid(f"'truncation_side' must be 'left' or 'right', got {shown(side)}", "truncation_side")
+    if not request.HasField("truncate_prompt_tokens"):
+        if side is not None:
+            raise invalid("'truncation_side' needs 'truncate_prompt_tokens'", "truncation_side")
+        return None
+    tokens = request.truncate_prompt_tokens
+    if tokens == 0 or tokens < -1:
+        raise invalid(
+            f"'truncate_prompt_tokens' must be -1 (the context's room) or at least 1, got {tokens}",
+            "truncate_prompt_tokens",
+        )
+    return Truncation(tokens, side)
 
 
 def _token_ids(ids: Any, param: str) -> tuple[int, ...]:
