@@ -204,3 +204,21 @@ def test_truncate_prompt_tokens_cuts_the_prompt(service: Service, tokenizer: Any
         timeout=60,
     )
     assert too_many.status_code == 400 and too_many.json()["error"]["param"] == "truncate_prompt_tokens"
+
+
+def test_continuous_usage_stats_put_the_usage_so_far_in_every_chunk(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model=MODEL_NAME, messages=ASK, max_tokens=5, temperature=0, stream=True,  # type: ignore[arg-type]
+        stream_options={"include_usage": True, "continuous_usage_stats": True},  # type: ignore[typeddict-unknown-key]
+    )  # fmt: skip
+    chunks = list(stream)
+    counted = [c.usage.completion_tokens for c in chunks[1:] if c.choices and c.usage is not None]
+    assert len(counted) >= 2 and counted == sorted(counted) and counted[-1] == 5
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 5 and not chunks[-1].choices
+    assert all(c.usage.prompt_tokens == chunks[-1].usage.prompt_tokens for c in chunks[1:] if c.usage is not None)
+    # Without include_usage it changes nothing, as vLLM.
+    plain = client.completions.create(
+        model=MODEL_NAME, prompt=PROMPT, max_tokens=3, stream=True,
+        stream_options={"continuous_usage_stats": True},  # type: ignore[typeddict-unknown-key]
+    )  # fmt: skip
+    assert all(c.usage is None for c in plain)

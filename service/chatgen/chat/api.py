@@ -76,7 +76,8 @@ class ChatApi:
 
     async def chat_stream(self, request: pb.CreateChatCompletionRequest) -> AsyncGenerator[StreamItem, None]:
         plan = validate_chat(_named(request), self.served, streaming=True)
-        async with contextlib.aclosing(self._stream(await self._chat_job(plan), plan.include_usage)) as items:
+        job = await self._chat_job(plan)
+        async with contextlib.aclosing(self._stream(job, plan.include_usage, plan.continuous_usage)) as items:
             async for item in items:
                 yield item
 
@@ -87,7 +88,8 @@ class ChatApi:
 
     async def complete_stream(self, request: pb.CreateCompletionRequest) -> AsyncGenerator[StreamItem, None]:
         plan = validate_completion(_named(request), self.served, streaming=True)
-        async with contextlib.aclosing(self._stream(await self._completion_job(plan), plan.include_usage)) as items:
+        job = await self._completion_job(plan)
+        async with contextlib.aclosing(self._stream(job, plan.include_usage, plan.continuous_usage)) as items:
             async for item in items:
                 yield item
 
@@ -139,11 +141,13 @@ class ChatApi:
         ids = _in_vocabulary(tuple(validate_detokenize(request, self.served)), len(tokenizer), "tokens")
         return str(await self._render(tokenizer.decode, ids))
 
-    async def _stream(self, job: Job, include_usage: bool) -> AsyncGenerator[StreamItem, None]:
+    async def _stream(
+        self, job: Job, include_usage: bool, continuous: bool = False
+    ) -> AsyncGenerator[StreamItem, None]:
         async with self._admitted(job), contextlib.aclosing(self._runner.stream(job)) as deltas:
             yield StreamStart(job.id, job.choices, job.options.logprobs is not None, job.prompt_tokens, job.prompts())
             async for delta in deltas:
-                yield delta
+                yield replace(delta, usage=job.usage) if continuous else delta
         if include_usage:
             yield job.usage
 

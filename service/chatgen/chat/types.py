@@ -89,6 +89,8 @@ class Delta:
     stop_sequence: str | None = None
     # With return_token_ids: the ids of the tokens this delta adds.
     token_ids: tuple[int, ...] = ()
+    # With stream_options.continuous_usage_stats: the request's usage so far.
+    usage: Usage | None = None
 
 
 @dataclass(frozen=True)

@@ -215,7 +215,10 @@ class ChatChunks(StreamChunks):
         if start.logprobs:
             choice.logprobs.CopyFrom(chat_logprobs_pb(d.logprobs))
         choice.token_ids.extend(d.token_ids)
-        return pb.StreamChatCompletionResponse(id=start.id, **self.envelope, choices=[choice])
+        chunk = pb.StreamChatCompletionResponse(id=start.id, **self.envelope, choices=[choice])
+        if d.usage is not None:
+            chunk.usage.CopyFrom(usage_pb(d.usage))
+        return chunk
 
 
 class CompletionChunks(StreamChunks):
@@ -242,12 +245,15 @@ class CompletionChunks(StreamChunks):
             offset = self._offsets.get(d.index, 0)
             choice.logprobs.CopyFrom(completion_logprobs_pb((*d.prompt_logprobs, *d.logprobs), offset))
             self._offsets[d.index] = offset + len(d.text)
-        return pb.StreamCompletionResponse(id=start.id, **self.envelope, choices=[choice])
+        chunk = pb.StreamCompletionResponse(id=start.id, **self.envelope, choices=[choice])
+        if d.usage is not None:
+            chunk.usage.CopyFrom(usage_pb(d.usage))
+        return chunk
 
 
 def _text_only(d: Delta, start: StreamStart) -> bool:
     """Whether the delta's chunk is one of text alone (the SSE fast path): no logprobs, token ids or finish."""
-    return not (start.logprobs or start.prompts is not None or d.finish_reason)
+    return not (start.logprobs or start.prompts is not None or d.finish_reason or d.usage is not None)
 
 
 def model_card(info: ModelInfo, abilities: list[str]) -> pb.Model:

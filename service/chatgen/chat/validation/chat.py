@@ -16,6 +16,7 @@ from chatgen.chat.validation.sampling import (
     check_logprobs,
     check_model,
     check_stream_options,
+    continuous_usage,
     sampling_plan,
 )
 from chatgen.chat.validation.tools import forced_tools
@@ -64,6 +65,8 @@ class ChatPlan:
     max_tool_calls: int | None
     request_id: str | None
     include_usage: bool
+    # stream_options.continuous_usage_stats: each delta carries the usage so far.
+    continuous_usage: bool = False
     # vLLM's return_token_ids: the reply carries the prompt's and the choices' token ids.
     return_token_ids: bool = False
     # How the template renders the conversation (vLLM's add_generation_prompt, continue_final_message) and
@@ -131,6 +134,7 @@ def validate_chat(request: pb.CreateChatCompletionRequest, model: ServedModel, s
         max_tool_calls=1 if parallel is False else None,
         request_id=text.request_id(request.request_id),
         include_usage=check_stream_options(request, streaming),
+        continuous_usage=continuous_usage(request, streaming),
         return_token_ids=request.return_token_ids,
         add_generation_prompt=_generation_prompt(request, messages),
         continue_final_message=request.continue_final_message,

@@ -11,6 +11,7 @@ from chatgen.chat.validation.sampling import (
     check_logprobs,
     check_model,
     check_stream_options,
+    continuous_usage,
     sampling_plan,
 )
 from chatgen.errors import unsupported
@@ -27,6 +28,8 @@ class CompletionPlan:
     echo: bool
     request_id: str | None
     include_usage: bool
+    # stream_options.continuous_usage_stats: each delta carries the usage so far.
+    continuous_usage: bool = False
     # vLLM's return_token_ids: the reply carries each prompt's and each choice's token ids.
     return_token_ids: bool = False
 
@@ -53,5 +56,6 @@ def validate_completion(request: pb.CreateCompletionRequest, model: ServedModel,
         echo=request.echo,
         request_id=text.request_id(request.request_id),
         include_usage=check_stream_options(request, streaming),
+        continuous_usage=continuous_usage(request, streaming),
         return_token_ids=request.return_token_ids,
     )

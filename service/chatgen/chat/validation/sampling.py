@@ -133,6 +133,11 @@ def check_stream_options(request: Any, streaming: bool) -> bool:
     return streaming and bool(request.stream_options.include_usage)
 
 
+def continuous_usage(request: Any, streaming: bool) -> bool:
+    """vLLM's stream_options.continuous_usage_stats: every chunk carries the usage so far (with include_usage)."""
+    return streaming and request.stream_options.include_usage and request.stream_options.continuous_usage_stats
+
+
 def _max_tokens(value: int | None) -> int | None:
     if value is not None and value < 1:
         raise invalid(f"'max_tokens' must be at least 1, got {value}", "max_tokens")
