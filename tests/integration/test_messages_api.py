@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
 
 import anthropic
 import grpc
@@ -17,6 +16,7 @@ from chatgen.v1 import chatgen_pb2 as pb
 from chatgen.v1 import chatgen_pb2_grpc as pb_grpc
 from tests.conftest import MODEL_NAME, Service
 from tests.support.models import ANSWER, REASONING, THINKING_MODEL_NAME, TOOLS_MODEL_NAME
+from tests.support.sse import named_events
 
 pytestmark = pytest.mark.integration
 
@@ -32,18 +32,6 @@ TOOL = {
 def sdk(service: Service) -> anthropic.Anthropic:
     # The current SDK takes sampling fields only through extra_body.
     return anthropic.Anthropic(base_url=service.http_base, api_key="unused", max_retries=0)
-
-
-def named_events(text: str) -> list[tuple[str, dict[str, Any]]]:
-    """Raw SSE text -> (event name, data JSON) pairs; every event must have both, the name matching data.type."""
-    out = []
-    for frame in text.strip().split("\n\n"):
-        lines = frame.split("\n")
-        assert len(lines) == 2 and lines[0].startswith("event: ") and lines[1].startswith("data: "), frame
-        name, data = lines[0][len("event: ") :], json.loads(lines[1][len("data: ") :])
-        assert data["type"] == name
-        out.append((name, data))
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from chatgen.v1 import chatgen_pb2 as pb
 from chatgen.v1 import chatgen_pb2_grpc as pb_grpc
 from tests.conftest import MODEL_NAME, Service
 from tests.integration.test_rest_api import sse_events
+from tests.support.sse import named_events
 
 pytestmark = pytest.mark.integration
 
@@ -169,10 +170,6 @@ RESPONSES_CASES: dict[str, dict[str, Any]] = {
 }
 
 
-def _named_sse(text: str) -> list[dict[str, Any]]:
-    return [json.loads(frame.split("\ndata: ", 1)[1]) for frame in text.strip().split("\n\n")]
-
-
 @pytest.mark.parametrize("case", list(MESSAGES_CASES))
 def test_messages_parity(service: Service, case: str) -> None:
     body = {"model": MODEL_NAME, "messages": ASK, "temperature": 0, **MESSAGES_CASES[case]}
@@ -185,7 +182,7 @@ def test_messages_parity(service: Service, case: str) -> None:
         events = [as_json(e) for e in stub.StreamMessage(request, timeout=180)]
     keys = ("content", "stop_reason", "stop_sequence", "usage")
     assert {k: over_rest.json().get(k) for k in keys} == {k: over_grpc.get(k) for k in keys}
-    sse = _named_sse(rest(service, "/v1/messages", {**body, "stream": True}).text)
+    sse = [data for _, data in named_events(rest(service, "/v1/messages", {**body, "stream": True}).text)]
     text = [e["delta"]["text"] for e in sse if e["type"] == "content_block_delta"]
     assert text == [e["delta"]["text"] for e in events if e["type"] == "content_block_delta"]
     assert "".join(text) == over_grpc["content"][0]["text"]
@@ -205,6 +202,6 @@ def test_responses_parity(service: Service, case: str) -> None:
     output = [{k: v for k, v in item.items() if k != "id"} for item in over_grpc["output"]]
     assert [{k: v for k, v in item.items() if k != "id"} for item in over_rest.json()["output"]] == output
     assert over_rest.json()["usage"] == over_grpc["usage"] and over_rest.json()["status"] == over_grpc["status"]
-    sse = _named_sse(rest(service, "/v1/responses", {**body, "stream": True}).text)
+    sse = [data for _, data in named_events(rest(service, "/v1/responses", {**body, "stream": True}).text)]
     assert [e["type"] for e in sse] == [e["type"] for e in events]
     assert sse[-1]["response"]["usage"] == events[-1]["response"]["usage"] == over_grpc["usage"]

@@ -21,6 +21,7 @@ from tests.conftest import MODEL_NAME, Service
 from tests.integration.test_observability import log_line
 from tests.support.error_rows import check_row
 from tests.support.models import ANSWER, REASONING, THINKING_MODEL_NAME, TOOLS_MODEL_NAME
+from tests.support.sse import named_events
 
 pytestmark = pytest.mark.integration
 
@@ -32,18 +33,6 @@ TOOL = {
     "description": "Current weather in a city",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
 }
-
-
-def named_events(text: str) -> list[tuple[str, dict[str, Any]]]:
-    """Raw SSE text -> (event name, data JSON) pairs; every event has both, the name matching data.type."""
-    out = []
-    for frame in text.strip().split("\n\n"):
-        lines = frame.split("\n")
-        assert len(lines) == 2 and lines[0].startswith("event: ") and lines[1].startswith("data: "), frame
-        name, data = lines[0][len("event: ") :], json.loads(lines[1][len("data: ") :])
-        assert data["type"] == name
-        out.append((name, data))
-    return out
 
 
 def chat_text(service: Service, messages: list[dict[str, Any]], max_tokens: int) -> str:

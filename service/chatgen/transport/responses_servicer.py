@@ -29,10 +29,6 @@ from chatgen.v1 import chatgen_pb2 as pb
 from chatgen.v1 import chatgen_pb2_grpc as pb_grpc
 
 
-def _json(message: Any) -> HttpBody:
-    return HttpBody(content_type=rest.CONTENT_TYPE, data=rest.render(message))
-
-
 class ResponsesServicer(pb_grpc.ResponsesServiceServicer):
     def __init__(self, api: ChatApi, store: ResponseStore, keyed: bool, write_timeout: float = 0.0) -> None:
         self._api = api
@@ -104,7 +100,7 @@ class ResponsesServicer(pb_grpc.ResponsesServiceServicer):
 
     @staticmethod
     async def _rendered(reply: Any) -> HttpBody:
-        return _json(await reply)
+        return rest.json_body(await reply)
 
     async def _stored(self, rid: str, owner: str, param: str | None = None) -> StoredResponse:
         record = await self._store.get(rid) if rid else None

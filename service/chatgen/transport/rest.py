@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import jsonschema
+from google.api import httpbody_pb2
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
@@ -137,6 +138,11 @@ def parse(data: bytes, message_type: type[M]) -> M:
         return json_format.ParseDict(body, message_type(), ignore_unknown_fields=True)
     except json_format.ParseError as exc:
         raise invalid(f"The request body does not fit the request: {exc}") from None
+
+
+def json_body(message: Message) -> httpbody_pb2.HttpBody:
+    """A unary reply as the HttpBody an HttpBody RPC answers with: the REST API's JSON."""
+    return httpbody_pb2.HttpBody(content_type=CONTENT_TYPE, data=render(message))
 
 
 def render(message: Message) -> bytes:

@@ -29,10 +29,6 @@ Reply = pb.CreateChatCompletionResponse | pb.CreateCompletionResponse | pb.Creat
 Chunks = Any
 
 
-def _json_body(reply: Reply | pb.CountMessageTokensResponse) -> HttpBody:
-    return HttpBody(content_type=rest.CONTENT_TYPE, data=rest.render(reply))
-
-
 class ChatServicer(pb_grpc.ChatServiceServicer):
     def __init__(self, api: ChatApi, write_timeout: float = 0.0) -> None:
         self._api = api
@@ -139,7 +135,7 @@ class RestCall(Generic[R]):
     async def _chunks(self, body: HttpBody, chunks: Chunks) -> AsyncGenerator[replies.Chunk, None]:
         request = rest.parse(body.data, self.request_type)
         if not request.stream:
-            yield _json_body(await self.reply(request))
+            yield rest.json_body(await self.reply(request))
             return
         async with contextlib.aclosing(chunks.chunks(self.stream(request))) as items:
             async for chunk in items:
@@ -196,7 +192,7 @@ class MessagesServicer(pb_grpc.MessagesServiceServicer):
         return messages.count_reply(await self._api.count_message_tokens(request))
 
     async def _count_http(self, body: HttpBody) -> HttpBody:
-        return _json_body(await self._count(rest.parse(body.data, pb.CountMessageTokensRequest)))
+        return rest.json_body(await self._count(rest.parse(body.data, pb.CountMessageTokensRequest)))
 
 
 class ModelsServicer(pb_grpc.ModelsServiceServicer):

@@ -12,10 +12,6 @@ from chatgen.v1 import chatgen_pb2 as pb
 from chatgen.v1 import chatgen_pb2_grpc as pb_grpc
 
 
-def _json(message: pb.TokenizeResponse | pb.DetokenizeResponse) -> HttpBody:
-    return HttpBody(content_type=rest.CONTENT_TYPE, data=rest.render(message))
-
-
 class TokenizerServicer(pb_grpc.TokenizerServiceServicer):
     def __init__(self, api: ChatApi) -> None:
         self._api = api
@@ -44,7 +40,7 @@ class TokenizerServicer(pb_grpc.TokenizerServiceServicer):
         return pb.DetokenizeResponse(prompt=await self._api.detokenize(request))
 
     async def _tokenize_http(self, body: HttpBody) -> HttpBody:
-        return _json(await self._tokenize(rest.parse(body.data, pb.TokenizeRequest)))
+        return rest.json_body(await self._tokenize(rest.parse(body.data, pb.TokenizeRequest)))
 
     async def _detokenize_http(self, body: HttpBody) -> HttpBody:
-        return _json(await self._detokenize(rest.parse(body.data, pb.DetokenizeRequest)))
+        return rest.json_body(await self._detokenize(rest.parse(body.data, pb.DetokenizeRequest)))

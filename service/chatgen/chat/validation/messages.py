@@ -15,6 +15,7 @@ from typing import Any
 from google.protobuf import struct_pb2
 
 from chatgen.chat.validation import values
+from chatgen.chat.validation.renaming import renamed
 from chatgen.errors import ApiError, invalid, shown, unsupported
 from chatgen.v1 import chatgen_pb2 as pb
 
@@ -31,7 +32,6 @@ _RENAMED = (
     (re.compile(r"^(enable_thinking|chat_template_kwargs)\b.*"), "thinking"),
     (re.compile(r"^max_completion_tokens$"), "max_tokens"),
 )
-_CHAT_MESSAGE = re.compile(r"^messages\[(\d+)\]")
 
 
 @dataclass(frozen=True)
@@ -44,19 +44,7 @@ class MessagesTranslation:
 
     def renamed(self, err: ApiError) -> ApiError:
         """The chat validation's error, naming the Messages request's field instead of the chat request's."""
-        param = err.param
-        if param is None:
-            return err
-        found = _CHAT_MESSAGE.match(param)
-        if found is not None:
-            index = int(found.group(1))
-            param = self.origins[index] if index < len(self.origins) else "messages"
-        else:
-            for pattern, name in _RENAMED:
-                if pattern.match(param):
-                    param = pattern.sub(name, param)
-                    break
-        return ApiError(err.failure, err.message, param, err.retry_after)
+        return renamed(err, self.origins, _RENAMED, "messages")
 
 
 def translate(request: pb.CreateMessageRequest, streaming: bool) -> MessagesTranslation:

@@ -17,6 +17,7 @@ from typing import Any
 from google.protobuf import json_format, struct_pb2
 
 from chatgen.chat.validation import values
+from chatgen.chat.validation.renaming import renamed
 from chatgen.errors import ApiError, invalid, shown, unsupported
 from chatgen.v1 import chatgen_pb2 as pb
 
@@ -45,7 +46,6 @@ _RENAMED = (
     (re.compile(r"^response_format\b.*"), "text.format"),
     (re.compile(r"^(enable_thinking|chat_template_kwargs)\b.*"), "reasoning"),
 )
-_CHAT_MESSAGE = re.compile(r"^messages\[(\d+)\]")
 
 
 def item_id(kind: str) -> str:
@@ -61,19 +61,8 @@ class ResponsesTranslation:
     origins: tuple[str, ...]
 
     def renamed(self, err: ApiError) -> ApiError:
-        param = err.param
-        if param is None:
-            return err
-        found = _CHAT_MESSAGE.match(param)
-        if found is not None:
-            index = int(found.group(1))
-            param = self.origins[index] if index < len(self.origins) else "input"
-        else:
-            for pattern, name in _RENAMED:
-                if pattern.match(param):
-                    param = pattern.sub(name, param)
-                    break
-        return ApiError(err.failure, err.message, param, err.retry_after)
+        """The chat validation's error, naming the Responses request's field instead of the chat request's."""
+        return renamed(err, self.origins, _RENAMED, "input")
 
 
 def translate(
