@@ -222,3 +222,60 @@ def test_continuous_usage_stats_put_the_usage_so_far_in_every_chunk(client: open
         stream_options={"continuous_usage_stats": True},  # type: ignore[typeddict-unknown-key]
     )  # fmt: skip
     assert all(c.usage is None for c in plain)
+
+
+def test_prompt_logprobs_score_each_prompt_token(service: Service, tokenizer: Any) -> None:
+    reply = post(service, "/v1/completions", {"prompt": PROMPT, "max_tokens": 1, "prompt_logprobs": 2})
+    steps = reply["choices"][0]["prompt_logprobs"]
+    ids = tokenizer.encode(PROMPT)
+    assert len(steps) == len(ids) and steps[0] is None
+    for token_id, step in zip(ids[1:], steps[1:], strict=True):
+        chosen = step[str(token_id)]
+        assert chosen["decoded_token"] == tokenizer.decode([token_id])
+        assert isinstance(chosen["rank"], int) and chosen["rank"] >= 1 and chosen["logprob"] <= 0
+        ranked = sorted(e["rank"] for key, e in step.items() if key != str(token_id) or e["rank"] <= 2)
+        assert ranked[:2] == [1, 2] and 2 <= len(step) <= 3
+    # Chat: on the reply, over the prompt as the template rendered it.
+    chat = post(service, "/v1/chat/completions", {"messages": ASK, "max_tokens": 1, "prompt_logprobs": 0})
+    assert len(chat["prompt_logprobs"]) == chat["usage"]["prompt_tokens"] and chat["prompt_logprobs"][0] is None
+    assert all(len(step) == 1 for step in chat["prompt_logprobs"][1:])
+    plain = post(service, "/v1/chat/completions", {"messages": ASK, "max_tokens": 1})
+    assert "prompt_logprobs" not in plain
+    # gRPC: the same entries, as JSON values.
+    request = json_format.ParseDict(
+        {"model": MODEL_NAME, "prompt": PROMPT, "max_tokens": 1, "prompt_logprobs": 2}, pb.CreateCompletionRequest()
+    )
+    with grpc.insecure_channel(service.grpc_address) as channel:
+        over_grpc = pb_grpc.GenerateServiceStub(channel).CreateCompletion(request, timeout=120)
+    entries = json_format.MessageToDict(over_grpc.choices[0].prompt_logprobs)
+    assert entries[0] is None and set(entries[1]) == set(steps[1])
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [({"prompt_logprobs": 21}, "prompt_logprobs"), ({"prompt_logprobs": 1, "stream": True}, "prompt_logprobs")],
+)
+def test_bad_prompt_logprobs_are_400(service: Service, body: dict[str, Any], param: str) -> None:
+    reply = httpx.post(
+        f"{service.http_base}/v1/completions", json={"model": MODEL_NAME, "prompt": "x", **body}, timeout=60
+    )
+    assert reply.status_code == 400 and reply.json()["error"]["param"] == param, reply.text
+
+
+def test_return_tokens_as_token_ids_names_logprob_tokens_by_id(client: openai.OpenAI, channel: grpc.Channel) -> None:
+    reply = client.chat.completions.create(
+        model=MODEL_NAME, messages=ASK, max_tokens=4, temperature=0, logprobs=True, top_logprobs=2,  # type: ignore[arg-type]
+        extra_body={"return_tokens_as_token_ids": True, "return_token_ids": True},
+    )  # fmt: skip
+    entries = reply.choices[0].logprobs.content  # type: ignore[union-attr]
+    ids = (reply.choices[0].model_extra or {})["token_ids"]
+    assert [e.token for e in entries] == [f"token_id:{i}" for i in ids]
+    assert all(t.token.startswith("token_id:") for e in entries for t in e.top_logprobs)
+    assert entries[0].bytes == list(entries[0].token.encode())
+    completion = client.completions.create(
+        model=MODEL_NAME, prompt=PROMPT, max_tokens=3, temperature=0, logprobs=1, echo=True,
+        extra_body={"return_tokens_as_token_ids": True, "return_token_ids": True},
+    )  # fmt: skip
+    extra = completion.choices[0].model_extra or {}
+    tokens = completion.choices[0].logprobs.tokens  # type: ignore[union-attr]
+    assert tokens == [f"token_id:{i}" for i in extra["prompt_token_ids"] + extra["token_ids"]]

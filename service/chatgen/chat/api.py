@@ -165,7 +165,7 @@ class ChatApi:
         job = self._job("chatcmpl-", plan.request_id, [ids], plan.sampling, ["messages"])
         await self._check_grammar(plan.sampling)
         job.max_tool_calls = plan.max_tool_calls
-        job.token_ids = plan.return_token_ids
+        job.extras = plan.extras
         if plan.echo:
             job.echoes = (plan.echo,)
         if plan.forced is not None:
@@ -186,7 +186,7 @@ class ChatApi:
             else:
                 batch.append(_in_vocabulary(prompt, len(tokenizer), param))
         job = self._job("cmpl-", plan.request_id, batch, plan.sampling, params)
-        job.token_ids = plan.return_token_ids
+        job.extras = plan.extras
         await self._check_grammar(plan.sampling)
         if plan.echo:
             # Token-id prompts are echoed as their text, as vLLM does, and so are prompts truncate_prompt_tokens cut.
@@ -195,7 +195,9 @@ class ChatApi:
                 for p, ids, sent in zip(plan.prompts, job.batch, batch, strict=True)
             )
             # Echoed text gets logprobs too, as in vLLM: the prompt's tokens are scored as well.
-            job.options = replace(job.options, prompt_logprobs=job.options.logprobs)
+            scored = max(job.options.prompt_logprobs or 0, job.options.logprobs or 0)
+            if job.options.logprobs is not None:
+                job.options = replace(job.options, prompt_logprobs=scored)
         return job
 
     async def _check_grammar(self, sampling: SamplingPlan) -> None:

@@ -16,6 +16,7 @@ from chatgen.chat.accounting import RequestStats
 from chatgen.chat.forced_tools import ForcedTools
 from chatgen.chat.parsing import OutputParser
 from chatgen.chat.types import Choice, Delta, Result, ToolCall, ToolCallDelta, Usage
+from chatgen.chat.validation.sampling import ReplyExtras
 from chatgen.engine import Engine, EngineError, EngineOutput, EngineRejectedRequest, EngineRequest, SamplingOptions
 from chatgen.engine.base import TokenLogprob
 from chatgen.errors import ApiError, Failure, invalid
@@ -56,8 +57,12 @@ class Job:
     forced: list[ForcedTools] | None = None
     # parallel_tool_calls false: calls after the first are dropped.
     max_tool_calls: int | None = None
-    # return_token_ids: deltas and choices carry token ids.
-    token_ids: bool = False
+    # What vLLM's extensions add to the reply: token ids, prompt logprobs, tokens named by id.
+    extras: ReplyExtras = field(default_factory=ReplyExtras)
+
+    @property
+    def token_ids(self) -> bool:
+        return self.extras.token_ids
 
     def __post_init__(self) -> None:
         if not self.batch:
@@ -151,7 +156,7 @@ class JobRunner:
                         last = now
                     stats.completion_tokens += len(out.token_ids)
                     finished = out.finish_reason is not None
-                    yield out
+                    yield _named_by_id(out) if job.extras.tokens_as_ids else out
             if not finished and self._revoked is not None:
                 # Aborted by revoke() before its first output, or an engine whose aborted generator just ends.
                 raise self._revoked
@@ -233,7 +238,7 @@ class JobRunner:
 
     async def collect(self, job: Job) -> Result:
         choices = await asyncio.gather(*(self._collect_choice(job, i) for i in range(job.choices)))
-        return Result(id=job.id, choices=list(choices), usage=job.usage)
+        return Result(id=job.id, choices=list(choices), usage=job.usage, scored_prompt=job.extras.prompt_logprobs)
 
     async def _collect_choice(self, job: Job, index: int) -> Choice:
         parts: list[str] = []
@@ -277,6 +282,18 @@ class JobRunner:
             token_ids=tuple(token_ids) if job.token_ids else None,
             prompt_token_ids=tuple(job.batch[index // job.n]) if job.token_ids else None,
         )
+
+
+def _named_by_id(out: EngineOutput) -> EngineOutput:
+    """vLLM's return_tokens_as_token_ids: logprob entries name their tokens "token_id:<id>"."""
+
+    def named(lp: TokenLogprob) -> TokenLogprob:
+        top = tuple((f"token_id:{i}", v) for i, (_, v) in zip(lp.top_ids, lp.top, strict=False))
+        return replace(lp, token=f"token_id:{lp.token_id}", top=top)
+
+    return replace(
+        out, logprobs=tuple(map(named, out.logprobs)), prompt_logprobs=tuple(map(named, out.prompt_logprobs))
+    )
 
 
 async def merge(sources: list[Callable[[], AsyncGenerator[T, None]]]) -> AsyncGenerator[T, None]:

@@ -118,6 +118,8 @@ class Result:
     id: str
     choices: list[Choice]
     usage: Usage
+    # prompt_logprobs was asked for: each choice's prompt_logprobs go on the reply.
+    scored_prompt: bool = False
 
 
 @dataclass(frozen=True)

@@ -72,6 +72,11 @@ class TokenLogprob:
     # None only for a prompt's first token, which nothing precedes to score it.
     logprob: float | None
     top: tuple[tuple[str, float], ...] = ()
+    # The token's id and its rank in the step's distribution (1: the most likely); the alternatives' ids, in the
+    # order of `top` (their ranks are 1, 2, ...).
+    token_id: int | None = None
+    rank: int | None = None
+    top_ids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -102,14 +102,16 @@ class _Streamer:
 
 
 def _score(tokenizer: Any, row: Any, token: int, top_k: int) -> TokenLogprob:
-    """A token's logprob in a log-softmax row, with the row's top_k alternatives."""
+    """A token's logprob in a log-softmax row (and its rank there), with the row's top_k alternatives."""
     top: tuple[tuple[str, float], ...] = ()
+    ids: tuple[int, ...] = ()
     if top_k:
         values, indices = row.topk(top_k)
-        top = tuple(
-            (tokenizer.decode([int(i)]), float(v)) for v, i in zip(values.tolist(), indices.tolist(), strict=True)
-        )
-    return TokenLogprob(tokenizer.decode([token]), float(row[token]), top)
+        ids = tuple(int(i) for i in indices.tolist())
+        top = tuple((tokenizer.decode([i]), float(v)) for v, i in zip(values.tolist(), ids, strict=True))
+    logprob = row[token]
+    rank = int((row > logprob).sum()) + 1
+    return TokenLogprob(tokenizer.decode([token]), float(logprob), top, token, rank, ids)
 
 
 @dataclass(frozen=True)
@@ -277,7 +279,7 @@ class HfEngine(Engine):
         with torch.inference_mode():
             rows = torch.log_softmax(self._model(input_ids=torch.tensor([ids])).logits[0].float(), dim=-1)
         scored = tuple(_score(self._tokenizer, rows[i - 1], ids[i], top_k) for i in range(1, len(ids)))
-        return _PromptLogprobs((TokenLogprob(self._tokenizer.decode([ids[0]]), None), *scored))
+        return _PromptLogprobs((TokenLogprob(self._tokenizer.decode([ids[0]]), None, token_id=ids[0]), *scored))
 
     async def abort(self, request_id: str) -> None:
         job = self._jobs.get(request_id)

@@ -154,7 +154,8 @@ class VllmEngine(Engine):
                     rest = _logprobs(
                         request.prompt_token_ids[1:], out.prompt_logprobs[1:], o.prompt_logprobs, self._decode
                     )
-                    first = TokenLogprob(self._decode(request.prompt_token_ids[0]), None)
+                    first_id = request.prompt_token_ids[0]
+                    first = TokenLogprob(self._decode(first_id), None, token_id=first_id)
                     prompt_entries = (first, *rest)
                 # vLLM's stop_reason: the stop string matched, or the stop token id (an int), or None (EOS).
                 matched = c.stop_reason if isinstance(c.stop_reason, str) else None
@@ -234,5 +235,6 @@ def _logprobs(
             ((tid, lp) for tid, lp in step.items() if lp.rank is not None and lp.rank <= k), key=lambda p: p[1].rank
         )
         top = tuple((text(tid, lp), float(lp.logprob)) for tid, lp in ranked)
-        out.append(TokenLogprob(text(token_id, chosen), float(chosen.logprob), top))
+        ids = tuple(int(tid) for tid, _ in ranked)
+        out.append(TokenLogprob(text(token_id, chosen), float(chosen.logprob), top, int(token_id), chosen.rank, ids))
     return tuple(out)

@@ -79,6 +79,21 @@ def completion_logprobs_pb(logprobs: Sequence[TokenLogprob], offset: int) -> pb.
     return out
 
 
+def prompt_logprobs_pb(entries: Sequence[TokenLogprob]) -> struct_pb2.ListValue:
+    """vLLM's prompt_logprobs: per prompt token, null for the first, else {"<id>": {logprob, rank, decoded_token}}
+    for the token itself and its alternatives (the most likely rank 1, 2, ...)."""
+    out = struct_pb2.ListValue()
+    for lp in entries:
+        if lp.logprob is None:
+            out.append(None)
+            continue
+        step = {str(lp.token_id): {"logprob": _logprob(lp.logprob), "rank": lp.rank, "decoded_token": lp.token}}
+        for rank, (token_id, (text, value)) in enumerate(zip(lp.top_ids, lp.top, strict=False), start=1):
+            step.setdefault(str(token_id), {"logprob": _logprob(value), "rank": rank, "decoded_token": text})
+        out.append(step)
+    return out
+
+
 def _assistant_message(choice: Choice) -> pb.ChatCompletionMessage:
     message = pb.ChatCompletionMessage(role="assistant")
     # OpenAI leaves content out (null) when the model only called tools.
@@ -105,6 +120,8 @@ def chat_completion(result: Result, model: str) -> pb.CreateChatCompletionRespon
             choice.token_ids.extend(c.token_ids)
     if result.choices and result.choices[0].prompt_token_ids is not None:
         reply.prompt_token_ids.extend(result.choices[0].prompt_token_ids)
+    if result.scored_prompt and result.choices:
+        reply.prompt_logprobs.CopyFrom(prompt_logprobs_pb(result.choices[0].prompt_logprobs))
     return reply
 
 
@@ -121,6 +138,8 @@ def completion(result: Result, model: str) -> pb.CreateCompletionResponse:
             choice.token_ids.extend(c.token_ids)
         if c.prompt_token_ids is not None:
             choice.prompt_token_ids.extend(c.prompt_token_ids)
+        if result.scored_prompt:
+            choice.prompt_logprobs.CopyFrom(prompt_logprobs_pb(c.prompt_logprobs))
     return reply
 
 

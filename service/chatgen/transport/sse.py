@@ -58,6 +58,8 @@ def _in_field_order(data: dict[str, Any], descriptor: Descriptor) -> dict[str, A
                 out[field.name] = None
             continue
         value = data[field.name]
+        if field.name == "prompt_logprobs":
+            value = _integral_ranks(value)
         kind = field.message_type
         if value == [] and field.name in _LEFT_OUT_WHEN_EMPTY.get(descriptor.name, ()):
             continue
@@ -68,6 +70,15 @@ def _in_field_order(data: dict[str, Any], descriptor: Descriptor) -> dict[str, A
                 value = _in_field_order(value, kind)
         out[field.name] = value
     return out
+
+
+def _integral_ranks(steps: list[Any]) -> list[Any]:
+    """prompt_logprobs travel as JSON values, whose numbers are doubles: ranks go out as the integers they are."""
+    for step in steps:
+        for entry in (step or {}).values():
+            if isinstance(entry.get("rank"), float):
+                entry["rank"] = int(entry["rank"])
+    return steps
 
 
 def json_text(message: Message) -> str:

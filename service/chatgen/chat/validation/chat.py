@@ -4,19 +4,21 @@ checks the request again."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from chatgen.chat.forced_tools import ForcedTools
 from chatgen.chat.types import Message, ToolCall
 from chatgen.chat.validation import structured, text, values
 from chatgen.chat.validation.sampling import (
+    ReplyExtras,
     SamplingPlan,
     ServedModel,
     check_logprobs,
     check_model,
     check_stream_options,
     continuous_usage,
+    reply_extras,
     sampling_plan,
 )
 from chatgen.chat.validation.tools import forced_tools
@@ -67,8 +69,8 @@ class ChatPlan:
     include_usage: bool
     # stream_options.continuous_usage_stats: each delta carries the usage so far.
     continuous_usage: bool = False
-    # vLLM's return_token_ids: the reply carries the prompt's and the choices' token ids.
-    return_token_ids: bool = False
+    # What vLLM's extensions add to the reply (token ids, prompt logprobs).
+    extras: ReplyExtras = field(default_factory=ReplyExtras)
     # How the template renders the conversation (vLLM's add_generation_prompt, continue_final_message) and
     # whether the tokenizer adds its special tokens on top.
     add_generation_prompt: bool = True
@@ -116,8 +118,8 @@ def validate_chat(request: pb.CreateChatCompletionRequest, model: ServedModel, s
     grammar = structured.constraint(request)
     if forced is not None:
         if grammar is not None:
-            field = "structured_outputs" if request.HasField("structured_outputs") else "response_format"
-            raise unsupported(f"a forced tool_choice cannot be combined with {field}", field)
+            given = "structured_outputs" if request.HasField("structured_outputs") else "response_format"
+            raise unsupported(f"a forced tool_choice cannot be combined with {given}", given)
         grammar = forced.grammar
     max_tokens = request.max_completion_tokens if request.HasField("max_completion_tokens") else None
     if max_tokens is None and request.HasField("max_tokens"):
@@ -135,7 +137,7 @@ def validate_chat(request: pb.CreateChatCompletionRequest, model: ServedModel, s
         request_id=text.request_id(request.request_id),
         include_usage=check_stream_options(request, streaming),
         continuous_usage=continuous_usage(request, streaming),
-        return_token_ids=request.return_token_ids,
+        extras=reply_extras(request, streaming),
         add_generation_prompt=_generation_prompt(request, messages),
         continue_final_message=request.continue_final_message,
         add_special_tokens=request.add_special_tokens,

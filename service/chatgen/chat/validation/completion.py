@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from chatgen.chat.validation import structured, text, values
 from chatgen.chat.validation.sampling import (
+    ReplyExtras,
     SamplingPlan,
     ServedModel,
     check_logprobs,
     check_model,
     check_stream_options,
     continuous_usage,
+    reply_extras,
     sampling_plan,
 )
 from chatgen.errors import unsupported
@@ -30,8 +32,8 @@ class CompletionPlan:
     include_usage: bool
     # stream_options.continuous_usage_stats: each delta carries the usage so far.
     continuous_usage: bool = False
-    # vLLM's return_token_ids: the reply carries each prompt's and each choice's token ids.
-    return_token_ids: bool = False
+    # What vLLM's extensions add to the reply (token ids, prompt logprobs).
+    extras: ReplyExtras = field(default_factory=ReplyExtras)
 
 
 def validate_completion(request: pb.CreateCompletionRequest, model: ServedModel, streaming: bool) -> CompletionPlan:
@@ -57,5 +59,5 @@ def validate_completion(request: pb.CreateCompletionRequest, model: ServedModel,
         request_id=text.request_id(request.request_id),
         include_usage=check_stream_options(request, streaming),
         continuous_usage=continuous_usage(request, streaming),
-        return_token_ids=request.return_token_ids,
+        extras=reply_extras(request, streaming),
     )

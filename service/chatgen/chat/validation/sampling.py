@@ -69,12 +69,36 @@ RANGES: dict[str, tuple[Any, str]] = {
     # (found by fuzzing with 1.4e-45). Useful values are around 1-2.
     "repetition_penalty": (lambda v: 0.01 <= v <= 100.0, "'repetition_penalty' must be between 0.01 and 100, got {}"),
     "min_tokens": (lambda v: v >= 0, "'min_tokens' must be 0 or more, got {}"),
+    "prompt_logprobs": (
+        lambda v: 0 <= v <= MAX_TOP_LOGPROBS,
+        f"'prompt_logprobs' must be between 0 and {MAX_TOP_LOGPROBS}, got {{}}",
+    ),
     # vLLM's rule: the salt becomes part of cache keys and paths. The error does not quote it: it is a secret.
     "cache_salt": (
         lambda v: 1 <= len(v) <= MAX_CACHE_SALT_CHARS and not set(v) & set("@/\\"),
         f"'cache_salt' must be 1 to {MAX_CACHE_SALT_CHARS} characters, none of them '@', '/' or a backslash",
     ),
 }
+
+
+@dataclass(frozen=True)
+class ReplyExtras:
+    """What vLLM's extensions add to a reply, beside the text."""
+
+    # return_token_ids: the prompt's and the choices' token ids.
+    token_ids: bool = False
+    # return_tokens_as_token_ids: logprobs name tokens "token_id:<id>".
+    tokens_as_ids: bool = False
+    # prompt_logprobs: the prompt's tokens scored, on the reply.
+    prompt_logprobs: bool = False
+
+
+def reply_extras(request: Any, streaming: bool) -> ReplyExtras:
+    if request.HasField("prompt_logprobs") and streaming:
+        raise invalid("'prompt_logprobs' are not available with 'stream': true", "prompt_logprobs")
+    return ReplyExtras(
+        request.return_token_ids, request.return_tokens_as_token_ids, request.HasField("prompt_logprobs")
+    )
 
 
 @dataclass(frozen=True)
