@@ -31,11 +31,11 @@ def test_chat_extensions_are_refused_naming_the_field(key: str) -> None:
 
 
 def test_completion_extensions_are_refused_and_null_means_not_sent() -> None:
-    body = {"model": "m", "prompt": "p", "prompt_logprobs": 1}
+    body = {"model": "m", "prompt": "p", "suffix": "s"}
     with pytest.raises(ApiError) as err:
         rest.parse(json.dumps(body).encode(), pb.CreateCompletionRequest)
-    assert err.value.param == "prompt_logprobs"
-    parsed = rest.parse(json.dumps({**body, "prompt_logprobs": None}).encode(), pb.CreateCompletionRequest)
+    assert err.value.param == "suffix"
+    parsed = rest.parse(json.dumps({**body, "suffix": None}).encode(), pb.CreateCompletionRequest)
     assert parsed.prompt.string_value == "p"
 
 
