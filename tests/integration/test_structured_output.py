@@ -149,6 +149,7 @@ def test_structured_outputs_hold_streamed_completions_and_grpc(client: openai.Op
         ({"choice": []}, "structured_outputs", "exactly one"),
         ({"regex": "a", "choice": ["b"]}, "structured_outputs", "exactly one"),
         ({"regex": 5}, "structured_outputs.regex", "string"),
+        ({"regex": "a", "structural_tag": "{}"}, "structured_outputs.structural_tag", "not served"),
     ],
 )
 def test_bad_structured_outputs_are_400_before_anything_runs(

@@ -45,6 +45,17 @@ UNSERVED: dict[str, dict[str, str]] = {
 }
 
 
+# Options inside a served field that are not served (both request messages have the field).
+NESTED: dict[str, dict[str, str]] = {
+    "structured_outputs": {
+        "disable_any_whitespace": "disable_any_whitespace is not served; JSON may have whitespace between tokens",
+        "disable_additional_properties": "disable_additional_properties is not served; set additionalProperties",
+        "whitespace_pattern": "whitespace_pattern is not served",
+        "structural_tag": "structural tags are not served",
+    }
+}
+
+
 def check(body: Any, full_name: str) -> None:
     """Raise for the first unserved extension `body` (a JSON object) sends; `null` counts as not sent."""
     unserved = UNSERVED.get(full_name)
@@ -53,3 +64,8 @@ def check(body: Any, full_name: str) -> None:
     for key, value in body.items():
         if value is not None and key in unserved:
             raise unsupported(f"'{key}': {unserved[key]}", key)
+    for key, options in NESTED.items():
+        inner = body.get(key)
+        for name, value in inner.items() if isinstance(inner, dict) else ():
+            if value is not None and name in options:
+                raise unsupported(f"'{key}.{name}': {options[name]}", f"{key}.{name}")

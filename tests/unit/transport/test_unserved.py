@@ -9,7 +9,7 @@ import pytest
 
 from chatgen.errors import ApiError, Failure
 from chatgen.transport import rest
-from chatgen.transport.unserved import UNSERVED
+from chatgen.transport.unserved import NESTED, UNSERVED
 from chatgen.v1 import chatgen_pb2 as pb
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -60,3 +60,16 @@ def test_the_api_docs_list_each_unserved_extension_with_its_reason() -> None:
             for column, full_name in ((1, "CreateChatCompletionRequest"), (2, "CreateCompletionRequest")):
                 if cells[column] == "unsupported":
                     assert key in UNSERVED[f"chatgen.v1.{full_name}"], (key, full_name)
+
+
+def test_unserved_options_inside_structured_outputs_are_refused() -> None:
+    body = {**CHAT, "structured_outputs": {"json": {"type": "object"}, "disable_any_whitespace": True}}
+    with pytest.raises(ApiError) as err:
+        rest.parse(json.dumps(body).encode(), pb.CreateChatCompletionRequest)
+    assert (err.value.failure, err.value.param) == (Failure.UNSUPPORTED, "structured_outputs.disable_any_whitespace")
+    served = {**CHAT, "structured_outputs": {"regex": "a+", "structural_tag": None}}
+    assert rest.parse(json.dumps(served).encode(), pb.CreateChatCompletionRequest).structured_outputs.regex == "a+"
+    # Each is documented with its reason.
+    docs = (Path(__file__).parents[3] / "docs" / "api.md").read_text()
+    for name, reason in NESTED["structured_outputs"].items():
+        assert f"`structured_outputs.{name}`" in docs and reason in docs, name
