@@ -195,8 +195,8 @@ class ChatApi:
                 for p, ids, sent in zip(plan.prompts, job.batch, batch, strict=True)
             )
             # Echoed text gets logprobs too, as in vLLM: the prompt's tokens are scored as well.
-            scored = max(job.options.prompt_logprobs or 0, job.options.logprobs or 0)
             if job.options.logprobs is not None:
+                scored = max(job.options.prompt_logprobs or 0, job.options.logprobs)
                 job.options = replace(job.options, prompt_logprobs=scored)
         return job
 
