@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from chatgen import reaper
+from chatgen.chat.adapters import AdapterModule
 from chatgen.chat.admission import Admission, AdmissionLimits
 from chatgen.chat.grammar import GrammarCheck
 from chatgen.chat.parsing import load_parser_class
@@ -72,6 +73,8 @@ class ServeSettings:
     # The Responses API's store: None (SQLite under the cache directory), a SQLite path, or redis://...
     response_store: str | None = None
     response_store_limits: StoreLimits = field(default_factory=StoreLimits)
+    # LoRA adapters loaded at start (--lora-modules), served under their names beside the model.
+    lora_modules: tuple[AdapterModule, ...] = ()
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -152,6 +155,7 @@ async def _start_server(
         write_timeout=settings.write_timeout,
         store=store,
     )
+    await server.load_adapters(settings.lora_modules)
     await server.start()
     if settings.tls is None:
         await grpc_healthy(f"{local(settings.host)}:{server.port}")

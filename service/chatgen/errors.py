@@ -23,6 +23,7 @@ class Failure(enum.Enum):
     UNSUPPORTED = "unsupported_parameter"
     MODEL_NOT_FOUND = "model_not_found"
     RESPONSE_NOT_FOUND = "response_not_found"
+    ADAPTER_NOT_FOUND = "adapter_not_found"
     NO_CHAT_TEMPLATE = "no_chat_template"
     REQUEST_TOO_LARGE = "request_too_large"
     HEADERS_TOO_LARGE = "headers_too_large"
@@ -61,6 +62,8 @@ FAILURES: dict[Failure, FailureStatus] = {
     Failure.MODEL_NOT_FOUND: FailureStatus(grpc.StatusCode.NOT_FOUND, 404, "not_found_error", "not_found_error"),
     # A Responses API id that is not stored (or is another API key's).
     Failure.RESPONSE_NOT_FOUND: FailureStatus(grpc.StatusCode.NOT_FOUND, 404, _INVALID, "not_found_error"),
+    # A LoRA adapter name not loaded, or a load path with no adapter (vLLM answers both 404 NotFoundError).
+    Failure.ADAPTER_NOT_FOUND: FailureStatus(grpc.StatusCode.NOT_FOUND, 404, "not_found_error", "not_found_error"),
     Failure.NO_CHAT_TEMPLATE: FailureStatus(grpc.StatusCode.FAILED_PRECONDITION, 400, _INVALID),
     # gRPC itself answers a message over the receive limit; Envoy answers a body over its buffer limit.
     Failure.REQUEST_TOO_LARGE: FailureStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, 413, _INVALID, "request_too_large"),
@@ -155,6 +158,19 @@ CASES: tuple[ErrorCase, ...] = (
         "another API key's",
         Failure.RESPONSE_NOT_FOUND,
         "previous_response_id",
+    ),
+    ErrorCase(
+        "unknown-adapter",
+        "`/v1/unload_lora_adapter` of a name not loaded; `/v1/load_lora_adapter` of a path with no adapter",
+        Failure.ADAPTER_NOT_FOUND,
+        "lora_name, lora_path",
+    ),
+    ErrorCase(
+        "bad-adapter",
+        "an adapter the engine cannot load (rank over `--max-lora-rank`, DoRA, bias, unreadable config), a name "
+        "already loaded or the base model's, LoRA off (no `--enable-lora`)",
+        Failure.INVALID_REQUEST,
+        "lora_path, lora_name",
     ),
     ErrorCase("no-chat-template", "chat on a model without a chat template", Failure.NO_CHAT_TEMPLATE, "messages"),
     ErrorCase(

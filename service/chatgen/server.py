@@ -9,19 +9,23 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from chatgen.chat.abilities import model_abilities
+from chatgen.chat.adapters import AdapterModule, Adapters
 from chatgen.chat.admission import Admission
 from chatgen.chat.api import ChatApi
 from chatgen.chat.grammar import GrammarCheck
 from chatgen.chat.validation import MAX_N, ServedModel
+from chatgen.chat.validation.adapters import AdapterLoad
 from chatgen.engine import Engine
+from chatgen.errors import ApiError
 from chatgen.metrics import Metrics
 from chatgen.store import ResponseStore
 from chatgen.transport.auth import PROTECTED_PREFIX, ApiKeyInterceptor, FailedAuth
 from chatgen.transport.calls import CallLog, CallLogInterceptor
 from chatgen.transport.malformed import MalformedMessageInterceptor
+from chatgen.transport.models_servicer import ModelsServicer
 from chatgen.transport.replies import model_card
 from chatgen.transport.responses_servicer import ResponsesServicer
-from chatgen.transport.servicers import ChatServicer, GenerateServicer, MessagesServicer, ModelsServicer
+from chatgen.transport.servicers import ChatServicer, GenerateServicer, MessagesServicer
 from chatgen.transport.serving_servicer import ServingServicer
 from chatgen.transport.tokenizer_servicer import TokenizerServicer
 from chatgen.v1 import chatgen_pb2 as pb
@@ -70,7 +74,7 @@ def _failed_auth(metrics: Metrics | None) -> FailedAuth:
     return FailedAuth(metrics.auth_failed if metrics is not None else None)
 
 
-def _served_model(engine: Engine, tool_calls: bool, admission: Admission | None) -> ServedModel:
+def _served_model(engine: Engine, tool_calls: bool, admission: Admission | None, adapters: Adapters) -> ServedModel:
     return ServedModel(
         name=engine.model.name,
         engine=engine.name,
@@ -78,6 +82,7 @@ def _served_model(engine: Engine, tool_calls: bool, admission: Admission | None)
         chat_template=bool(getattr(engine.tokenizer, "chat_template", None)),
         tool_parser=tool_calls,
         max_choices=min(MAX_N, admission.limits.max_running) if admission is not None else MAX_N,
+        adapters=adapters.by_name,
     )
 
 
@@ -119,9 +124,10 @@ class GrpcServer:
         # Set (with its reason) when a call found the engine dead: the process then drains and exits.
         self.engine_failed = asyncio.Event()
         self.engine_failure = ""
+        self.adapters = Adapters(engine, engine.model.name)
         self.api = ChatApi(
             engine,
-            _served_model(engine, tool_calls, admission),
+            _served_model(engine, tool_calls, admission, self.adapters),
             parser_cls,
             admission=admission,
             observer=metrics,
@@ -132,7 +138,8 @@ class GrpcServer:
         self.not_serving: str | None = "starting"
         self._add_servicers(write_timeout, store, bool(api_keys))
         abilities = model_abilities(engine.tokenizer, reasoning_parser=reasoning, tool_parser=tool_calls)
-        pb_grpc.add_ModelsServiceServicer_to_server(ModelsServicer([model_card(engine.model, abilities)]), self.server)
+        models = ModelsServicer(model_card(engine.model, abilities), self.adapters)
+        pb_grpc.add_ModelsServiceServicer_to_server(models, self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection([*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
@@ -155,6 +162,17 @@ class GrpcServer:
         pb_grpc.add_TokenizerServiceServicer_to_server(TokenizerServicer(self.api), self.server)
         serving = ServingServicer(_version(self.engine), lambda: self.not_serving, chat, generate)
         pb_grpc.add_ServingServiceServicer_to_server(serving, self.server)
+
+    async def load_adapters(self, modules: tuple[AdapterModule, ...]) -> None:
+        """The adapters --lora-modules names, before the server takes calls; one that does not load stops the
+        start, as in vLLM."""
+        if modules and not self.engine.max_adapters:
+            raise SystemExit("chatgen serve: --lora-modules needs the vLLM engine and --enable-lora")
+        for module in modules:
+            try:
+                await self.adapters.load(AdapterLoad(module.name, module.path, in_place=False))
+            except ApiError as exc:
+                raise SystemExit(f"chatgen serve: --lora-modules {module.name}={module.path}: {exc.message}") from None
 
     async def start(self) -> None:
         await self.server.start()

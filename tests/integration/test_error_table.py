@@ -116,6 +116,8 @@ EXAMPLES: list[Example] = [
 COVERED_ELSEWHERE: dict[str, str] = {
     "no-chat-template": "test_base_model.py",
     "unknown-response": "test_responses_api.py",
+    "unknown-adapter": "test_lora.py",
+    "bad-adapter": "test_lora.py",
     "bad-key": "test_auth.py",
     "overloaded": "test_limits.py",
     "draining": "test_lifecycle.py",

@@ -20,6 +20,7 @@ CLIENT_FAULTS = {
     Failure.UNSUPPORTED,
     Failure.MODEL_NOT_FOUND,
     Failure.RESPONSE_NOT_FOUND,
+    Failure.ADAPTER_NOT_FOUND,
     Failure.NO_CHAT_TEMPLATE,
     Failure.REQUEST_TOO_LARGE,
     Failure.HEADERS_TOO_LARGE,

@@ -237,7 +237,8 @@ class ChatApi:
         _in_vocabulary(options.stop_token_ids, vocab, "stop_token_ids")
         _in_vocabulary(options.allowed_token_ids, vocab, "allowed_token_ids")
         stats = accounting.current()
-        job = Job(f"{prefix}{request_id or uuid.uuid4().hex}", batch[0], options, stats, n=sampling.n, batch=batch)
+        job_id = f"{prefix}{request_id or uuid.uuid4().hex}"
+        job = Job(job_id, batch[0], options, stats, n=sampling.n, batch=batch, adapter=sampling.adapter)
         stats.completion_id, stats.n, stats.prompt_tokens = job.id, job.choices, job.prompt_tokens
         return job
 

@@ -18,7 +18,7 @@ from chatgen.chat.parsing import OutputParser
 from chatgen.chat.types import Choice, Delta, Result, ToolCall, ToolCallDelta, Usage
 from chatgen.chat.validation.sampling import ReplyExtras
 from chatgen.engine import Engine, EngineError, EngineOutput, EngineRejectedRequest, EngineRequest, SamplingOptions
-from chatgen.engine.base import TokenLogprob
+from chatgen.engine.base import Adapter, TokenLogprob
 from chatgen.errors import ApiError, Failure, invalid
 
 T = TypeVar("T")
@@ -59,6 +59,8 @@ class Job:
     max_tool_calls: int | None = None
     # What vLLM's extensions add to the reply: token ids, prompt logprobs, tokens named by id.
     extras: ReplyExtras = field(default_factory=ReplyExtras)
+    # The LoRA adapter every choice runs with (None: the base model).
+    adapter: Adapter | None = None
 
     @property
     def token_ids(self) -> bool:
@@ -94,7 +96,7 @@ class Job:
             # One seed for all of a prompt's choices would make them identical; seeded choices stay reproducible.
             options = replace(options, seed=options.seed + index % self.n)
         request_id = self.id if self.choices == 1 else f"{self.id}-{index}"
-        return EngineRequest(request_id, self.batch[index // self.n], options)
+        return EngineRequest(request_id, self.batch[index // self.n], options, self.adapter)
 
 
 class JobRunner:

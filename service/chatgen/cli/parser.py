@@ -287,6 +287,16 @@ def _model_args(command: argparse.ArgumentParser) -> None:
         help="vLLM tool-call parser for the model (e.g. hermes): turns its tool calls into message.tool_calls",
     )
     model.add_argument("--dtype", default="auto", help="weights dtype (auto: float32 on CPUs, model's own on GPUs)")
+    model.add_argument(
+        "--lora-modules",
+        metavar="NAME=PATH",
+        nargs="+",
+        action="extend",
+        default=[],
+        help="LoRA adapters to serve beside the model, as vLLM takes them: name=path, or JSON "
+        '{"name": ..., "path": ...}; requests send the name as `model` (needs --enable-lora; vLLM\'s --max-loras, '
+        "--max-lora-rank, --max-cpu-loras size the adapter slots)",
+    )
 
 
 def _auth_args(command: argparse.ArgumentParser) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from dataclasses import replace
@@ -10,6 +11,7 @@ from pathlib import Path
 
 from chatgen.api_keys import ENV_VAR, load_keys
 from chatgen.app import EngineSettings, ServeSettings
+from chatgen.chat.adapters import AdapterModule
 from chatgen.chat.admission import AdmissionLimits
 from chatgen.engine.factory import SimulatorTiming, resolve_model
 from chatgen.gateway import GatewaySettings, default_work_dir
@@ -31,6 +33,27 @@ def _simulator_timing(text: str) -> SimulatorTiming:
         return SimulatorTiming(float(ttft), float(itl), int(tokens))
     except ValueError:
         raise SystemExit(f"--simulator-timing wants TTFT_MS,ITL_MS,TOKENS (e.g. 50,10,64), got {text!r}") from None
+
+
+def lora_module(text: str) -> AdapterModule:
+    """One --lora-modules value, in either of vLLM's forms: name=path, or a JSON object with name and path."""
+    if text.lstrip().startswith("{"):
+        try:
+            given = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SystemExit(f"--lora-modules: {text!r} is not JSON: {exc}") from None
+        if not isinstance(given, dict) or not {"name", "path"} <= set(given) <= {"name", "path", "base_model_name"}:
+            raise SystemExit(f'--lora-modules: JSON modules are {{"name": ..., "path": ...}}, got {text!r}')
+        name, path = given["name"], given["path"]
+        if not (isinstance(name, str) and isinstance(path, str)):
+            raise SystemExit(f"--lora-modules: name and path are strings, got {text!r}")
+    else:
+        name, sep, path = text.partition("=")
+        if not sep:
+            raise SystemExit(f"--lora-modules wants name=path, got {text!r}")
+    if not name or not path:
+        raise SystemExit(f"--lora-modules: an adapter needs a name and a path, got {text!r}")
+    return AdapterModule(name, path)
 
 
 def gateway_settings(
@@ -100,6 +123,7 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
         write_timeout=args.write_timeout,
         response_store=args.response_store,
         response_store_limits=StoreLimits(args.response_store_max_age * 3600.0, args.response_store_max_mb << 20),
+        lora_modules=tuple(lora_module(text) for text in args.lora_modules),
     )
 
 

@@ -1,6 +1,8 @@
 """Token generation behind one interface (`Engine`), with a vLLM and a transformers implementation."""
 
 from chatgen.engine.base import (
+    Adapter,
+    AdapterNotFound,
     Engine,
     EngineError,
     EngineOutput,
@@ -11,6 +13,8 @@ from chatgen.engine.base import (
 )
 
 __all__ = [
+    "Adapter",
+    "AdapterNotFound",
     "Engine",
     "EngineError",
     "EngineOutput",

@@ -79,11 +79,27 @@ class TokenLogprob:
     top_ids: tuple[int, ...] = ()
 
 
+class AdapterNotFound(EngineRejectedRequest):
+    """No adapter at the path a load names: callers map it to NOT_FOUND / 404, as vLLM does."""
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """A LoRA adapter over the served model: the name requests send as `model`, the engine's id for it (unique
+    for the engine's life), and its directory."""
+
+    name: str
+    id: int
+    path: str
+
+
 @dataclass(frozen=True)
 class EngineRequest:
     request_id: str
     prompt_token_ids: list[int]
     sampling: SamplingOptions
+    # Run with this LoRA adapter over the model (None: the base model).
+    adapter: Adapter | None = None
 
 
 @dataclass(frozen=True)
@@ -125,6 +141,16 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def tokenizer(self) -> Any:
         """The model's Hugging Face tokenizer (chat template, encode/decode)."""
+
+    @property
+    def max_adapters(self) -> int:
+        """LoRA adapters the engine runs in one batch (vLLM's --max-loras); 0: it serves no adapters."""
+        return 0
+
+    async def load_adapter(self, adapter: Adapter, in_place: bool = False) -> None:
+        """Load `adapter`'s weights, so requests can run it; EngineRejectedRequest when they do not load
+        (AdapterNotFound: nothing at its path). `in_place`: new weights for an id already loaded."""
+        raise EngineRejectedRequest("this engine does not serve LoRA adapters")
 
     @abc.abstractmethod
     async def start(self) -> None: ...

@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from chatgen.engine.base import (
+    Adapter,
+    AdapterNotFound,
     Engine,
     EngineError,
     EngineOutput,
@@ -84,6 +87,25 @@ class VllmEngine(Engine):
     def tokenizer(self) -> Any:
         return self._tokenizer
 
+    @property
+    def max_adapters(self) -> int:
+        return int(self.engine_args.max_loras) if self.engine_args.enable_lora else 0
+
+    async def load_adapter(self, adapter: Adapter, in_place: bool = False) -> None:
+        if not self.max_adapters:
+            raise EngineRejectedRequest("LoRA adapters are off: start the server with --enable-lora")
+        try:
+            await self._llm.add_lora(_lora_request(adapter, in_place))
+        except Exception as exc:
+            if self._llm.errored:
+                raise EngineError(f"vLLM engine failed: {exc}") from exc
+            # The worker's own message, without vLLM's wrapping ("Call to add_lora method failed: ...").
+            found = re.search(r"failed with error '(.*)', please check", str(exc), re.DOTALL)
+            message = found.group(1) if found else str(exc)
+            if "No adapter found" in message:
+                raise AdapterNotFound(message) from exc
+            raise EngineRejectedRequest(message) from exc
+
     async def start(self) -> None:
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -144,7 +166,8 @@ class VllmEngine(Engine):
         sent_prompt = False
         try:
             # Closing this generator (the caller was cancelled or went away) makes vLLM abort the request.
-            async for out in self._llm.generate(prompt, params, request.request_id):
+            lora = _lora_request(request.adapter) if request.adapter is not None else None
+            async for out in self._llm.generate(prompt, params, request.request_id, lora_request=lora):
                 c = out.outputs[0]
                 logprobs = _logprobs(c.token_ids, c.logprobs, o.logprobs) if o.logprobs is not None else ()
                 prompt_entries: tuple[TokenLogprob, ...] = ()
@@ -202,6 +225,12 @@ class VllmEngine(Engine):
             shutil.rmtree(self._ipc_dir, ignore_errors=True)
             os.environ.pop("VLLM_RPC_BASE_PATH", None)
             self._ipc_dir = None
+
+
+def _lora_request(adapter: Adapter, in_place: bool = False) -> Any:
+    from vllm.lora.request import LoRARequest
+
+    return LoRARequest(adapter.name, adapter.id, adapter.path, load_inplace=in_place)
 
 
 def _structured_outputs(o: SamplingOptions, params: Any) -> Any:

@@ -83,6 +83,10 @@ class MessageEvents:
         self._called = False
         self._message = pb.CreateMessageResponse(type="message", role="assistant", model=model)
 
+    def serve_as(self, model: str) -> None:
+        """The message names `model`: what the request sent (the served model or a LoRA adapter over it)."""
+        self._model = self._message.model = model
+
     def error(self, err: ApiError) -> pb.StreamMessageResponse:
         """The event that ends a REST stream already under way."""
         event = pb.StreamMessageResponse(type="error")

@@ -172,6 +172,12 @@ class StreamChunks:
         self.events = sse.Events(self.chunk_type(**self.envelope)) if events else None
         self.id = ""
 
+    def serve_as(self, model: str) -> None:
+        """The chunks name `model`: what the request sent (the served model or a LoRA adapter over it)."""
+        self.envelope["model"] = model
+        if self.events is not None:
+            self.events.serve_as(model)
+
     def error(self, err: ApiError) -> Chunk:
         """The chunk that ends a REST stream already under way (the completion id, once known)."""
         return self.chunk_type(id=self.id, **self.envelope, error=error_pb(err))
@@ -285,4 +291,7 @@ def model_card(info: ModelInfo, abilities: list[str]) -> pb.Model:
         max_model_len=info.max_model_len,
         model_type="LLM",
         model_ability=abilities,
+        root=info.path,
+        # The base model has no parent (vLLM's null); an adapter's card names the base model.
+        parent=struct_pb2.Value(null_value=struct_pb2.NULL_VALUE),
     )

@@ -134,6 +134,9 @@ class ResponseEvents:
         # The open item (its id names the deltas' item).
         self._pending = pb.ResponseItem()
 
+    def serve_as(self, model: str) -> None:
+        """Nothing to do: the response begin() is given names the model the request did already."""
+
     def begin(self, response: pb.Response, done: Finisher) -> None:
         """The response the stream fills in (no output yet), and what to call with it once the output is whole."""
         self._response, self._done = response, done

@@ -32,7 +32,6 @@ from chatgen.v1 import chatgen_pb2_grpc as pb_grpc
 class ResponsesServicer(pb_grpc.ResponsesServiceServicer):
     def __init__(self, api: ChatApi, store: ResponseStore, keyed: bool, write_timeout: float = 0.0) -> None:
         self._api = api
-        self._model = api.served.name
         self._store = store
         # Whether callers present API keys (each one's responses are then its own).
         self._keyed = keyed
@@ -121,7 +120,7 @@ class ResponsesServicer(pb_grpc.ResponsesServiceServicer):
     async def _create(self, request: pb.CreateResponseRequest, owner: str) -> pb.Response:
         translation = await self._translation(request, owner, streaming=False)
         result = await self._api.translated(translation)
-        response = envelope(request, response_id(result.id), self._model)
+        response = envelope(request, response_id(result.id), request.model)
         choice = result.choices[0]
         response.output.extend(output_items(choice, OutputIds()))
         await self._finish(request, owner, translation, response, choice, result.usage)
@@ -135,7 +134,7 @@ class ResponsesServicer(pb_grpc.ResponsesServiceServicer):
         async def done(response: pb.Response, choice: Choice, usage: Usage) -> None:
             await self._finish(request, owner, translation, response, choice, usage)
 
-        events.begin(envelope(request, "", self._model), done)
+        events.begin(envelope(request, "", request.model), done)
         async with contextlib.aclosing(self._api.translated_stream(translation)) as items:
             async for item in items:
                 yield item

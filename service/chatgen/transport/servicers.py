@@ -1,4 +1,4 @@
-"""gRPC servicers for the Chat, Generate, Messages and Models services. Each RPC is one call into the chat layer; the
+"""gRPC servicers for the Chat, Generate and Messages services. Each RPC is one call into the chat layer; the
 servicers convert its results into reply messages (transport.replies) and its errors into statuses
 (transport.status), nothing else."""
 
@@ -14,7 +14,6 @@ from google.api.httpbody_pb2 import HttpBody
 
 from chatgen.chat.api import ChatApi
 from chatgen.chat.types import StreamItem
-from chatgen.errors import ApiError, Failure, shown
 from chatgen.transport import messages, replies, rest, status
 from chatgen.transport.messages import MessageEvents
 from chatgen.transport.replies import ChatChunks, CompletionChunks
@@ -43,7 +42,7 @@ class ChatServicer(pb_grpc.ChatServiceServicer):
     async def StreamChatCompletion(
         self, request: pb.CreateChatCompletionRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamChatCompletionResponse]:
-        chunks = ChatChunks(self._model, events=False)
+        chunks = ChatChunks(request.model, events=False)
         relayed = status.stream(
             context, chunks.chunks(self._api.chat_stream(request)), chunks.error, False, self._write_timeout
         )
@@ -60,7 +59,7 @@ class ChatServicer(pb_grpc.ChatServiceServicer):
                 yield out
 
     async def _reply(self, request: pb.CreateChatCompletionRequest) -> pb.CreateChatCompletionResponse:
-        return replies.chat_completion(await self._api.chat(request), self._model)
+        return replies.chat_completion(await self._api.chat(request), request.model)
 
 
 class GenerateServicer(pb_grpc.GenerateServiceServicer):
@@ -77,7 +76,7 @@ class GenerateServicer(pb_grpc.GenerateServiceServicer):
     async def StreamCompletion(
         self, request: pb.CreateCompletionRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamCompletionResponse]:
-        chunks = CompletionChunks(self._model, events=False)
+        chunks = CompletionChunks(request.model, events=False)
         relayed = status.stream(
             context, chunks.chunks(self._api.complete_stream(request)), chunks.error, False, self._write_timeout
         )
@@ -94,7 +93,7 @@ class GenerateServicer(pb_grpc.GenerateServiceServicer):
                 yield out
 
     async def _reply(self, request: pb.CreateCompletionRequest) -> pb.CreateCompletionResponse:
-        return replies.completion(await self._api.complete(request), self._model)
+        return replies.completion(await self._api.complete(request), request.model)
 
 
 # Every generator relayed here is closed by the one relaying it (contextlib.aclosing), not left to the garbage
@@ -134,6 +133,9 @@ class RestCall(Generic[R]):
 
     async def _chunks(self, body: HttpBody, chunks: Chunks) -> AsyncGenerator[replies.Chunk, None]:
         request = rest.parse(body.data, self.request_type)
+        # The reply names the model the request did (validated before any reply is built): the served model's
+        # name, or a LoRA adapter's.
+        chunks.serve_as(request.model)
         if not request.stream:
             yield rest.json_body(await self.reply(request))
             return
@@ -160,7 +162,7 @@ class MessagesServicer(pb_grpc.MessagesServiceServicer):
         self, request: pb.CreateMessageRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamMessageResponse]:
         status.speak_anthropic()
-        events = MessageEvents(self._model, rest=False)
+        events = MessageEvents(request.model, rest=False)
         relayed = status.stream(
             context, events.chunks(self._api.message_stream(request)), events.error, False, self._write_timeout
         )
@@ -186,29 +188,10 @@ class MessagesServicer(pb_grpc.MessagesServiceServicer):
         return await status.unary(context, self._count_http(body))
 
     async def _reply(self, request: pb.CreateMessageRequest) -> pb.CreateMessageResponse:
-        return messages.message_reply(await self._api.message(request), self._model)
+        return messages.message_reply(await self._api.message(request), request.model)
 
     async def _count(self, request: pb.CountMessageTokensRequest) -> pb.CountMessageTokensResponse:
         return messages.count_reply(await self._api.count_message_tokens(request))
 
     async def _count_http(self, body: HttpBody) -> HttpBody:
         return rest.json_body(await self._count(rest.parse(body.data, pb.CountMessageTokensRequest)))
-
-
-class ModelsServicer(pb_grpc.ModelsServiceServicer):
-    def __init__(self, models: list[pb.Model]) -> None:
-        self._models = {model.id: model for model in models}
-
-    async def ListModels(
-        self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ListModelsResponse:
-        return pb.ListModelsResponse(object="list", data=list(self._models.values()))
-
-    async def GetModel(self, request: pb.GetModelRequest, context: grpc.aio.ServicerContext) -> pb.Model:
-        return await status.unary(context, self._model(request.id))
-
-    async def _model(self, model_id: str) -> pb.Model:
-        model = self._models.get(model_id)
-        if model is None:
-            raise ApiError(Failure.MODEL_NOT_FOUND, f"The model {shown(model_id)} does not exist", "model")
-        return model

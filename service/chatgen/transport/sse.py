@@ -130,6 +130,11 @@ class Events(Bodies):
         # (choice index, text field) -> the event's bytes around each place the JSON string of the text goes.
         self._frames: dict[tuple[int, str], list[bytes]] = {}
 
+    def serve_as(self, model: str) -> None:
+        """Every chunk names `model` (a LoRA adapter's name, once the request is parsed)."""
+        self._envelope.model = model
+        self._frames.clear()
+
     def chunk(self, chunk: pb.StreamChatCompletionResponse | pb.StreamCompletionResponse) -> httpbody_pb2.HttpBody:
         return self.body(event(chunk))
 

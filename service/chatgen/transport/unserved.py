@@ -42,6 +42,12 @@ UNSERVED: dict[str, dict[str, str]] = {
         "prompt_embeds": "prompt_embeds is not served",
         "suffix": "suffix (fill-in-the-middle) is not served",
     },
+    "chatgen.v1.LoadLoraAdapterRequest": {
+        "is_3d_lora_weight": "is_3d_lora_weight (fused MoE adapter weights) is not served",
+    },
+    "chatgen.v1.UnloadLoraAdapterRequest": {
+        "lora_int_id": "lora_int_id is not served: adapters are unloaded by lora_name",
+    },
 }
 
 

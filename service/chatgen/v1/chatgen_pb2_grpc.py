@@ -1147,6 +1147,26 @@ class ModelsServiceStub:
                 request_serializer=chatgen_dot_v1_dot_chatgen__pb2.GetModelRequest.SerializeToString,
                 response_deserializer=chatgen_dot_v1_dot_chatgen__pb2.Model.FromString,
                 _registered_method=True)
+        self.LoadLoraAdapter = channel.unary_unary(
+                '/chatgen.v1.ModelsService/LoadLoraAdapter',
+                request_serializer=chatgen_dot_v1_dot_chatgen__pb2.LoadLoraAdapterRequest.SerializeToString,
+                response_deserializer=chatgen_dot_v1_dot_chatgen__pb2.LoadLoraAdapterResponse.FromString,
+                _registered_method=True)
+        self.UnloadLoraAdapter = channel.unary_unary(
+                '/chatgen.v1.ModelsService/UnloadLoraAdapter',
+                request_serializer=chatgen_dot_v1_dot_chatgen__pb2.UnloadLoraAdapterRequest.SerializeToString,
+                response_deserializer=chatgen_dot_v1_dot_chatgen__pb2.UnloadLoraAdapterResponse.FromString,
+                _registered_method=True)
+        self.LoadLoraAdapterHttp = channel.unary_unary(
+                '/chatgen.v1.ModelsService/LoadLoraAdapterHttp',
+                request_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
+        self.UnloadLoraAdapterHttp = channel.unary_unary(
+                '/chatgen.v1.ModelsService/UnloadLoraAdapterHttp',
+                request_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
 
 
 class ModelsServiceServicer:
@@ -1169,6 +1189,46 @@ class ModelsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LoadLoraAdapter(self, request, context):
+        """Load a LoRA adapter over the served model at runtime (vLLM's `/v1/load_lora_adapter`): requests whose
+        `model` is its name run it. Needs the vLLM engine started with --enable-lora; INVALID_ARGUMENT for an
+        adapter the engine cannot load, NOT_FOUND for a path with no adapter.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnloadLoraAdapter(self, request, context):
+        """Stop serving a loaded adapter under its name (vLLM's `/v1/unload_lora_adapter`); NOT_FOUND when no adapter
+        has that name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LoadLoraAdapterHttp(self, request, context):
+        """The REST API's `POST /v1/load_lora_adapter`: a LoadLoraAdapterRequest as JSON in; out, as vLLM answers,
+        the plain-text success message.
+        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        The HTTP body itself, in and out, as in ChatService.CreateChatCompletionHttp.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnloadLoraAdapterHttp(self, request, context):
+        """The REST API's `POST /v1/unload_lora_adapter`, answered as LoadLoraAdapterHttp is.
+        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        The HTTP body itself, in and out, as in ChatService.CreateChatCompletionHttp.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1181,6 +1241,26 @@ def add_ModelsServiceServicer_to_server(servicer, server):
                     servicer.GetModel,
                     request_deserializer=chatgen_dot_v1_dot_chatgen__pb2.GetModelRequest.FromString,
                     response_serializer=chatgen_dot_v1_dot_chatgen__pb2.Model.SerializeToString,
+            ),
+            'LoadLoraAdapter': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadLoraAdapter,
+                    request_deserializer=chatgen_dot_v1_dot_chatgen__pb2.LoadLoraAdapterRequest.FromString,
+                    response_serializer=chatgen_dot_v1_dot_chatgen__pb2.LoadLoraAdapterResponse.SerializeToString,
+            ),
+            'UnloadLoraAdapter': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnloadLoraAdapter,
+                    request_deserializer=chatgen_dot_v1_dot_chatgen__pb2.UnloadLoraAdapterRequest.FromString,
+                    response_serializer=chatgen_dot_v1_dot_chatgen__pb2.UnloadLoraAdapterResponse.SerializeToString,
+            ),
+            'LoadLoraAdapterHttp': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadLoraAdapterHttp,
+                    request_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+            'UnloadLoraAdapterHttp': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnloadLoraAdapterHttp,
+                    request_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1238,6 +1318,114 @@ class ModelsService:
             '/chatgen.v1.ModelsService/GetModel',
             chatgen_dot_v1_dot_chatgen__pb2.GetModelRequest.SerializeToString,
             chatgen_dot_v1_dot_chatgen__pb2.Model.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadLoraAdapter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatgen.v1.ModelsService/LoadLoraAdapter',
+            chatgen_dot_v1_dot_chatgen__pb2.LoadLoraAdapterRequest.SerializeToString,
+            chatgen_dot_v1_dot_chatgen__pb2.LoadLoraAdapterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnloadLoraAdapter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatgen.v1.ModelsService/UnloadLoraAdapter',
+            chatgen_dot_v1_dot_chatgen__pb2.UnloadLoraAdapterRequest.SerializeToString,
+            chatgen_dot_v1_dot_chatgen__pb2.UnloadLoraAdapterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LoadLoraAdapterHttp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatgen.v1.ModelsService/LoadLoraAdapterHttp',
+            google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnloadLoraAdapterHttp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chatgen.v1.ModelsService/UnloadLoraAdapterHttp',
+            google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
             options,
             channel_credentials,
             insecure,

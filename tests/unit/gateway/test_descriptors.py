@@ -59,6 +59,8 @@ def test_the_descriptor_set_carries_the_http_rules() -> None:
         "GenerateService.CreateCompletionHttp": ("post", "/v1/completions"),
         "ModelsService.ListModels": ("get", "/v1/models"),
         "ModelsService.GetModel": ("get", "/v1/models/{id=**}"),
+        "ModelsService.LoadLoraAdapterHttp": ("post", "/v1/load_lora_adapter"),
+        "ModelsService.UnloadLoraAdapterHttp": ("post", "/v1/unload_lora_adapter"),
         "ResponsesService.CreateResponseHttp": ("post", "/v1/responses"),
         "ResponsesService.GetResponseHttp": ("get", "/v1/responses/{response_id}"),
         "ResponsesService.DeleteResponseHttp": ("delete", "/v1/responses/{response_id}"),

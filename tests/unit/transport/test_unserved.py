@@ -47,6 +47,10 @@ def test_other_unknown_keys_are_still_ignored() -> None:
 def test_the_api_docs_list_each_unserved_extension_with_its_reason() -> None:
     docs = (Path(__file__).parents[3] / "docs" / "api.md").read_text()
     for full_name, fields in UNSERVED.items():
+        if not full_name.endswith(("CreateChatCompletionRequest", "CreateCompletionRequest")):
+            # The adapter endpoints' rows: the key and its reason.
+            assert all(f"`{key}`" in docs and reason in docs for key, reason in fields.items()), full_name
+            continue
         column = 2 if full_name.endswith("CreateChatCompletionRequest") else 3
         for key, reason in fields.items():
             rows = [line.split(" | ") for line in docs.splitlines() if line.startswith(f"| `{key}` |")]

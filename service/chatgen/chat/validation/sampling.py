@@ -8,12 +8,13 @@ after its range check here. `SamplingPlan.to_options` then needs only what depen
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from chatgen.chat.validation import values
 from chatgen.chat.validation.schemas import Grammar
-from chatgen.engine.base import SamplingOptions
+from chatgen.engine.base import Adapter, SamplingOptions
 from chatgen.errors import ApiError, Failure, invalid, shown, unsupported
 from chatgen.v1 import chatgen_pb2 as pb
 
@@ -38,6 +39,9 @@ class ServedModel:
     tool_parser: bool = False
     # Choices one request may run at once (admission's max_running), at most MAX_N.
     max_choices: int = MAX_N
+    # The LoRA adapters loaded over the model, by the name a request sends as `model` (a live view: adapters
+    # load and unload while the server runs).
+    adapters: Mapping[str, Adapter] = dataclasses.field(default_factory=dict)
 
 
 def _scalar_fields() -> tuple[str, ...]:
@@ -129,6 +133,8 @@ class SamplingPlan:
     grammar: Grammar | None = None
     # Cut each prompt before it runs (vLLM's truncate_prompt_tokens); None: a prompt over the context is an error.
     truncation: Truncation | None = None
+    # The LoRA adapter the request's `model` names (None: the base model).
+    adapter: Adapter | None = None
 
     def to_options(self, room: int) -> SamplingOptions:
         """The engine's options, given the room the prompt leaves in the context."""
@@ -138,10 +144,11 @@ class SamplingPlan:
 def check_model(request: Any, model: ServedModel) -> None:
     if not request.model:
         raise invalid("'model' is required", "model")
-    if request.model != model.name:
+    if request.model != model.name and request.model not in model.adapters:
+        adapters = f" and its LoRA adapters ({', '.join(sorted(model.adapters))})" if model.adapters else ""
         raise ApiError(
             Failure.MODEL_NOT_FOUND,
-            f"The model {shown(request.model)} does not exist; this server serves '{model.name}'",
+            f"The model {shown(request.model)} does not exist; this server serves '{model.name}'{adapters}",
             "model",
         )
 
@@ -220,6 +227,8 @@ def sampling_plan(
         fields=fields,
         grammar=grammar,
         truncation=_truncation(request),
+        # check_model found the name (base or adapter) already.
+        adapter=model.adapters.get(request.model),
     )
 
 

@@ -25,6 +25,8 @@ MAX_CHARS: dict[str, int] = {
     "name": 64,
     "user": 256,
     "request_id": 128,
+    # A LoRA adapter's name, which requests then send as `model` and /v1/models lists.
+    "lora_name": 256,
 }
 
 
