@@ -60,6 +60,7 @@ CHAT_CASES: dict[str, dict[str, Any]] = {
         "max_tokens": 4,
     },
     "min_tokens_salt": {"min_tokens": 3, "max_tokens": 6, "cache_salt": "s1", "allowed_token_ids": [7042, 30, 2]},
+    "logprob_token_ids": {"logprobs": True, "logprob_token_ids": [100, 1000, 5000], "max_tokens": 3},
     "named_tool": {
         "tools": [WEATHER],
         "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
@@ -73,6 +74,7 @@ COMPLETION_CASES: dict[str, dict[str, Any]] = {
     "batch": {"prompt": ["The capital of France is", "Two plus two is"], "n": 2, "max_tokens": 6},
     "token_ids": {"prompt": [[504, 3575, 282, 4649, 314], [21350, 2915]], "max_tokens": 4, "echo": True},
     "logprobs_as_ids": {"echo": True, "logprobs": 1, "return_tokens_as_token_ids": True, "max_tokens": 2},
+    "logprob_token_ids": {"logprobs": 2, "logprob_token_ids": [100, 1000], "max_tokens": 3},
     "token_ids_batch": {"prompt": ["The capital of France is", "Hi"], "return_token_ids": True, "max_tokens": 3},
     "structured_regex": {"structured_outputs": {"regex": "[A-Z][a-z]{2,8}"}, "max_tokens": 8},
     "structured_grammar": {"structured_outputs": {"grammar": 'root ::= "yes" | "no"'}, "max_tokens": 4},

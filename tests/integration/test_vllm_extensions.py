@@ -279,3 +279,65 @@ def test_return_tokens_as_token_ids_names_logprob_tokens_by_id(client: openai.Op
     extra = completion.choices[0].model_extra or {}
     tokens = completion.choices[0].logprobs.tokens  # type: ignore[union-attr]
     assert tokens == [f"token_id:{i}" for i in extra["prompt_token_ids"] + extra["token_ids"]]
+
+
+NAMED = [100, 1000, 5000]
+
+
+def test_logprob_token_ids_score_the_named_tokens_at_each_step(client: openai.OpenAI, channel: grpc.Channel) -> None:
+    natural = client.chat.completions.create(
+        model=MODEL_NAME, messages=ASK, max_tokens=3, temperature=0, logprobs=True, top_logprobs=1,  # type: ignore[arg-type]
+        extra_body={"return_token_ids": True},
+    )  # fmt: skip
+    chosen = (natural.choices[0].model_extra or {})["token_ids"]
+    named = [*NAMED, chosen[0]]
+    reply = client.chat.completions.create(
+        model=MODEL_NAME, messages=ASK, max_tokens=3, temperature=0, logprobs=True,  # type: ignore[arg-type]
+        extra_body={"logprob_token_ids": named, "return_tokens_as_token_ids": True},
+    )  # fmt: skip
+    entries = reply.choices[0].logprobs.content  # type: ignore[union-attr]
+    assert [e.token for e in entries] == [f"token_id:{i}" for i in chosen]
+    for entry in entries:
+        # The named tokens, in the order named, instead of the most likely ones.
+        assert [t.token for t in entry.top_logprobs] == [f"token_id:{i}" for i in named]
+        assert all(-100 < t.logprob < 0 for t in entry.top_logprobs)
+    # The first step's chosen token is named last: its logprob there is the chosen token's own.
+    first = entries[0]
+    assert abs(first.top_logprobs[-1].logprob - first.logprob) < 1e-4
+    assert first.top_logprobs[0].logprob < first.logprob
+    # Completions and gRPC: the same tokens scored.
+    completion = client.completions.create(
+        model=MODEL_NAME, prompt=PROMPT, max_tokens=2, temperature=0, logprobs=len(NAMED),
+        extra_body={"logprob_token_ids": NAMED, "return_tokens_as_token_ids": True},
+    )  # fmt: skip
+    logprobs = completion.choices[0].logprobs
+    assert logprobs is not None and logprobs.tokens is not None and logprobs.top_logprobs is not None
+    tops = logprobs.top_logprobs
+    # As vLLM's completions: the chosen token is among each step's top_logprobs too.
+    assert [set(step) for step in tops] == [{f"token_id:{i}" for i in NAMED} | {t} for t in logprobs.tokens]
+    request = pb.CreateCompletionRequest(model=MODEL_NAME, max_tokens=2, temperature=0, logprobs=0)
+    request.prompt.string_value = PROMPT
+    request.logprob_token_ids.extend(NAMED)
+    over_grpc = pb_grpc.GenerateServiceStub(channel).CreateCompletion(request, timeout=120)
+    grpc_tops = json_format.MessageToDict(over_grpc.choices[0].logprobs, preserving_proto_field_name=True)[
+        "top_logprobs"
+    ]
+    assert [sorted(step.values()) for step in grpc_tops] == [sorted(step.values()) for step in tops]
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"logprob_token_ids": NAMED}, "logprob_token_ids"),  # no logprobs
+        ({"logprob_token_ids": NAMED, "logprobs": True, "top_logprobs": 2}, "top_logprobs"),
+        ({"logprob_token_ids": [1, 1], "logprobs": True}, "logprob_token_ids"),
+        ({"logprob_token_ids": [1, 10**8], "logprobs": True}, "logprob_token_ids[1]"),
+        ({"logprob_token_ids": [-1], "logprobs": True}, "logprob_token_ids[0]"),
+        ({"logprob_token_ids": list(range(129)), "logprobs": True}, "logprob_token_ids"),
+        ({"logprob_token_ids": ["a"], "logprobs": True}, "logprob_token_ids[0]"),
+    ],
+)
+def test_bad_logprob_token_ids_are_400(service: Service, extra: dict[str, Any], param: str) -> None:
+    body = {"model": MODEL_NAME, "messages": ASK, "max_tokens": 2, **extra}
+    reply = httpx.post(f"{service.http_base}/v1/chat/completions", json=body, timeout=60)
+    assert reply.status_code == 400 and reply.json()["error"]["param"] == param, reply.text

@@ -236,6 +236,7 @@ class ChatApi:
                 )
         _in_vocabulary(options.stop_token_ids, vocab, "stop_token_ids")
         _in_vocabulary(options.allowed_token_ids, vocab, "allowed_token_ids")
+        _in_vocabulary(options.logprob_token_ids, vocab, "logprob_token_ids")
         stats = accounting.current()
         job_id = f"{prefix}{request_id or uuid.uuid4().hex}"
         job = Job(job_id, batch[0], options, stats, n=sampling.n, batch=batch, adapter=sampling.adapter)

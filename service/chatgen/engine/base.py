@@ -62,6 +62,8 @@ class SamplingOptions:
     allowed_token_ids: tuple[int, ...] = ()
     # Salts the prefix cache: requests share cached prompt blocks only under the same salt.
     cache_salt: str | None = None
+    # With logprobs: each step's alternatives are these tokens (in this order), not the most likely ones.
+    logprob_token_ids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

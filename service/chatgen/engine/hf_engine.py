@@ -63,8 +63,10 @@ class _LogprobCapture:
     It is the first of our processors and transformers runs custom processors before its sampling warpers
     (temperature, top-k/p), so with default penalties these are the model's raw logprobs, as vLLM reports."""
 
-    def __init__(self, top: int) -> None:
+    def __init__(self, top: int, named: tuple[int, ...] = ()) -> None:
         self.top = top
+        # logprob_token_ids: the alternatives are these tokens, not the `top` most likely.
+        self.named = named
         self.last: Any = None
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
@@ -95,17 +97,21 @@ class _Streamer:
 
     def _score(self, token: int) -> TokenLogprob:
         assert self._capture is not None
-        return _score(self._tokenizer, self._capture.last, token, self._capture.top)
+        return _score(self._tokenizer, self._capture.last, token, self._capture.top, self._capture.named)
 
     def end(self) -> None:
         pass
 
 
-def _score(tokenizer: Any, row: Any, token: int, top_k: int) -> TokenLogprob:
-    """A token's logprob in a log-softmax row (and its rank there), with the row's top_k alternatives."""
+def _score(tokenizer: Any, row: Any, token: int, top_k: int, named: tuple[int, ...] = ()) -> TokenLogprob:
+    """A token's logprob in a log-softmax row (and its rank there), with the row's top_k alternatives (or the
+    `named` tokens', in their order)."""
     top: tuple[tuple[str, float], ...] = ()
     ids: tuple[int, ...] = ()
-    if top_k:
+    if named:
+        ids = named
+        top = tuple((tokenizer.decode([i]), float(row[i])) for i in named)
+    elif top_k:
         values, indices = row.topk(top_k)
         ids = tuple(int(i) for i in indices.tolist())
         top = tuple((tokenizer.decode([i]), float(v)) for v, i in zip(values.tolist(), ids, strict=True))
@@ -247,7 +253,7 @@ class HfEngine(Engine):
         o = request.sampling
         kwargs: dict[str, Any] = _generate_kwargs(o)
         kwargs["eos_token_id"] = sorted(self._stop_ids(o) or self._eos_ids())
-        capture = _LogprobCapture(o.logprobs) if o.logprobs is not None else None
+        capture = _LogprobCapture(o.logprobs, o.logprob_token_ids) if o.logprobs is not None else None
         grammar = self._compiled(o.constraint) if o.constraint is not None else None
         processors = hf_logits.processors(
             o, len(request.prompt_token_ids), capture, grammar, self._stop_ids(o), self._eos_ids()

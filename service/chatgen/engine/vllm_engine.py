@@ -155,6 +155,7 @@ class VllmEngine(Engine):
             prompt_logprobs=o.prompt_logprobs,
             min_tokens=o.min_tokens,
             allowed_token_ids=list(o.allowed_token_ids) or None,
+            logprob_token_ids=list(o.logprob_token_ids) or None,
             # Deltas only: the serving layer never re-sends or re-scans the whole text per token.
             output_kind=RequestOutputKind.DELTA,
         )
@@ -169,7 +170,11 @@ class VllmEngine(Engine):
             lora = _lora_request(request.adapter) if request.adapter is not None else None
             async for out in self._llm.generate(prompt, params, request.request_id, lora_request=lora):
                 c = out.outputs[0]
-                logprobs = _logprobs(c.token_ids, c.logprobs, o.logprobs) if o.logprobs is not None else ()
+                logprobs = (
+                    _logprobs(c.token_ids, c.logprobs, o.logprobs, named=o.logprob_token_ids)
+                    if o.logprobs is not None
+                    else ()
+                )
                 prompt_entries: tuple[TokenLogprob, ...] = ()
                 if o.prompt_logprobs is not None and out.prompt_logprobs and not sent_prompt:
                     sent_prompt = True
@@ -246,11 +251,12 @@ def _structured_outputs(o: SamplingOptions, params: Any) -> Any:
 
 
 def _logprobs(
-    token_ids: Any, steps: Any, k: int, decode: Callable[[int], str] | None = None
+    token_ids: Any, steps: Any, k: int, decode: Callable[[int], str] | None = None, named: tuple[int, ...] = ()
 ) -> tuple[TokenLogprob, ...]:
     """vLLM's per-step {token_id: Logprob} dicts -> TokenLogprob. A step holds the k most likely tokens plus the
     chosen one, which may rank below k and then is not an alternative. `decode` names tokens vLLM left
-    undecoded (prompt logprobs)."""
+    undecoded (prompt logprobs). With `named` (logprob_token_ids) the step holds those tokens instead, ranked by
+    their place in the list, not in the distribution: they are the alternatives, in that order."""
 
     def text(token_id: int, lp: Any) -> str:
         if lp.decoded_token is None and decode is not None:
@@ -260,9 +266,13 @@ def _logprobs(
     out = []
     for token_id, step in zip(token_ids, steps or (), strict=False):
         chosen = step[token_id]
-        ranked = sorted(
-            ((tid, lp) for tid, lp in step.items() if lp.rank is not None and lp.rank <= k), key=lambda p: p[1].rank
-        )
+        if named:
+            ranked = [(tid, step[tid]) for tid in named if tid in step]
+        else:
+            ranked = sorted(
+                ((tid, lp) for tid, lp in step.items() if lp.rank is not None and lp.rank <= k),
+                key=lambda p: p[1].rank,
+            )
         top = tuple((text(tid, lp), float(lp.logprob)) for tid, lp in ranked)
         ids = tuple(int(tid) for tid, _ in ranked)
         out.append(TokenLogprob(text(token_id, chosen), float(chosen.logprob), top, int(token_id), chosen.rank, ids))

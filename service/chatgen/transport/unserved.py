@@ -34,7 +34,6 @@ UNSERVED: dict[str, dict[str, str]] = {
         **_SAMPLING,
         "documents": "documents for the chat template are not served",
         "chat_template": "a per-request chat_template is not served; the model's own template renders",
-        "logprob_token_ids": "logprob_token_ids is not served",
     },
     "chatgen.v1.CreateCompletionRequest": {
         **_SAMPLING,

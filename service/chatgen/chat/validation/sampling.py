@@ -21,8 +21,9 @@ from chatgen.v1 import chatgen_pb2 as pb
 # OpenAI's limits.
 MAX_N = 16
 MAX_TOP_LOGPROBS = 20
-# vLLM's limit.
+# vLLM's limits.
 MAX_CACHE_SALT_CHARS = 128
+MAX_LOGPROB_TOKEN_IDS = 128
 
 
 @dataclass(frozen=True)
@@ -195,6 +196,27 @@ def check_logprobs(top: int | None, model: ServedModel, param: str) -> int | Non
     return top
 
 
+def _named_logprobs(
+    request: pb.CreateChatCompletionRequest | pb.CreateCompletionRequest, top: int | None
+) -> tuple[int, ...]:
+    """logprob_token_ids: the tokens each step's logprobs name instead of the most likely ones (vLLM's)."""
+    named = _token_ids(request.logprob_token_ids, "logprob_token_ids")
+    if not named:
+        return ()
+    if top is None:
+        raise invalid("'logprob_token_ids' needs logprobs", "logprob_token_ids")
+    if len(named) > MAX_LOGPROB_TOKEN_IDS:
+        message = f"'logprob_token_ids' has {len(named)} ids; at most {MAX_LOGPROB_TOKEN_IDS} are allowed"
+        raise invalid(message, "logprob_token_ids")
+    if len(set(named)) != len(named):
+        raise invalid("'logprob_token_ids' names a token more than once", "logprob_token_ids")
+    if top not in (0, len(named)):
+        # The alternatives are the named tokens: a different count of "most likely" ones cannot also be given.
+        field = "top_logprobs" if isinstance(request, pb.CreateChatCompletionRequest) else "logprobs"
+        raise invalid(f"'{field}' is {top}, but logprob_token_ids names {len(named)} tokens", field)
+    return named
+
+
 def sampling_plan(
     request: pb.CreateChatCompletionRequest | pb.CreateCompletionRequest,
     model: ServedModel,
@@ -216,7 +238,8 @@ def sampling_plan(
     fields["stop_token_ids"] = _token_ids(request.stop_token_ids, "stop_token_ids")
     fields["logit_bias"] = values.logit_bias(request.logit_bias)
     fields["allowed_token_ids"] = _token_ids(request.allowed_token_ids, "allowed_token_ids")
-    fields["logprobs"] = logprobs
+    fields["logprob_token_ids"] = _named_logprobs(request, logprobs)
+    fields["logprobs"] = len(fields["logprob_token_ids"]) or logprobs
     fields["constraint"] = grammar.constraint if grammar is not None else None
     max_tokens = _max_tokens(max_tokens)
     if max_tokens is not None and fields.get("min_tokens", 0) > max_tokens:
