@@ -17,9 +17,10 @@ LUA_FILTER = "envoy.filters.http.lua"
 # Which failures a shared gateway retries on another replica: only those where the caller has had nothing yet
 # (Envoy never retries once response headers went downstream, so a started stream is never retried): no
 # connection, a stream refused or reset before any response, a replica that is draining (UNAVAILABLE) or full
-# (RESOURCE_EXHAUSTED). A request cut before its first chunk may have run on the first replica: it costs compute
-# twice, never output.
-RETRY_ON = "connect-failure,refused-stream,reset,unavailable,resource-exhausted"
+# (RESOURCE_EXHAUSTED), a call the replica's gRPC server cancelled as it stopped (CANCELLED: a call that reached it
+# in the last moment of a drain; the gateway itself is still waiting, so only the replica can have cancelled it). A
+# request cut before its first chunk may have run on the first replica: it costs compute twice, never output.
+RETRY_ON = "connect-failure,refused-stream,reset,unavailable,resource-exhausted,cancelled"
 _PREVIOUS_HOSTS = "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
 _HTTP2_UPSTREAM = {
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {

@@ -99,7 +99,7 @@ def test_the_shared_gateway_config_routes_by_model_and_balances_replicas(tmp_pat
         # Only failures where the caller has had nothing yet; never a status a started stream could carry.
         assert retry["retry_on"] == RETRY_ON
         assert set(RETRY_ON.split(",")) == {"connect-failure", "refused-stream", "reset", "unavailable",
-                                            "resource-exhausted"}  # fmt: skip
+                                            "resource-exhausted", "cancelled"}  # fmt: skip
         assert retry["retry_host_predicate"][0]["name"] == "envoy.retry_host_predicates.previous_hosts"
     clusters = {c["name"]: c for c in resources["clusters"]}
     assert set(clusters) == {"model_0", "model_1", "chatgen_self"}  # no single-server cluster
