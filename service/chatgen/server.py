@@ -83,6 +83,7 @@ def _served_model(engine: Engine, tool_calls: bool, admission: Admission | None,
         tool_parser=tool_calls,
         max_choices=min(MAX_N, admission.limits.max_running) if admission is not None else MAX_N,
         adapters=adapters.by_name,
+        priority_scheduling=engine.schedules_by_priority,
     )
 
 

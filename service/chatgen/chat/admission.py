@@ -2,9 +2,10 @@
 
 Without a bound every caller's request would be queued inside the engine, holding memory and a connection while
 its latency grows without limit. Here a request holds one slot per choice (`n`) while it runs; when all
-`max_running` slots are taken it waits (first come, first served) for up to `max_waiting` slots' worth of other
-requests; beyond that it fails at once with RESOURCE_EXHAUSTED / HTTP 429 and a Retry-After. A waiting request
-whose caller gives up (cancel, disconnect, deadline) leaves the queue without ever reaching the engine.
+`max_running` slots are taken it waits (first come, first served; by `priority` first, lower earlier, where the
+server schedules by priority) for up to `max_waiting` slots' worth of other requests; beyond that it fails at once
+with RESOURCE_EXHAUSTED / HTTP 429 and a Retry-After. A waiting request whose caller gives up (cancel, disconnect,
+deadline) leaves the queue without ever reaching the engine.
 
 Draining (SIGTERM, a dead engine) turns new requests away with UNAVAILABLE / 503 and lets the admitted ones finish.
 """
@@ -12,8 +13,9 @@ Draining (SIGTERM, a dead engine) turns new requests away with UNAVAILABLE / 503
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
+import heapq
+import itertools
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -38,7 +40,9 @@ class Admission:
         self.limits = limits
         self._on_reject = on_reject
         self._running = 0
-        self._queue: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+        # (priority, arrival, slots, granted): a heap, so the head is the lowest priority, first come among equals.
+        self._queue: list[tuple[int, int, int, asyncio.Future[None]]] = []
+        self._arrivals = itertools.count()
         self._waiting = 0
         self._draining: str | None = None
         self._idle = asyncio.Event()
@@ -60,7 +64,7 @@ class Admission:
         """Turn new requests away and fail every waiting one with `err` (the drain's grace period is over)."""
         self._draining = err.message
         while self._queue:
-            n, granted = self._queue.popleft()
+            _, _, n, granted = heapq.heappop(self._queue)
             self._waiting -= n
             if not granted.done():
                 granted.set_exception(err)
@@ -72,8 +76,9 @@ class Admission:
         await self._idle.wait()
 
     @contextlib.asynccontextmanager
-    async def slots(self, n: int) -> AsyncIterator[None]:
-        """Hold `n` slots for the duration of the block, waiting for them if the queue has room."""
+    async def slots(self, n: int, priority: int = 0) -> AsyncIterator[None]:
+        """Hold `n` slots for the duration of the block, waiting for them if the queue has room (ahead of the
+        waiting requests of a higher `priority` value)."""
         if self._draining is not None:
             raise ApiError(Failure.SHUTTING_DOWN, self._draining)
         if n > self.limits.max_running:
@@ -82,7 +87,7 @@ class Admission:
         if self._running + n <= self.limits.max_running and not self._queue:
             self._take(n)
         elif self._waiting + n <= self.limits.max_waiting:
-            await self._wait(n)
+            await self._wait(n, priority)
         else:
             if self._on_reject is not None:
                 self._on_reject()
@@ -100,10 +105,10 @@ class Admission:
         self._running += n
         self._idle.clear()
 
-    async def _wait(self, n: int) -> None:
+    async def _wait(self, n: int, priority: int) -> None:
         granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = (n, granted)
-        self._queue.append(entry)
+        entry = (priority, next(self._arrivals), n, granted)
+        heapq.heappush(self._queue, entry)
         self._waiting += n
         self._idle.clear()
         try:
@@ -114,6 +119,7 @@ class Admission:
                 self._release(n)
             elif entry in self._queue:
                 self._queue.remove(entry)
+                heapq.heapify(self._queue)
                 self._waiting -= n
                 self._admit_waiting()
             # Otherwise slots were freed after the caller was cancelled but before it ran: _admit_waiting already
@@ -125,8 +131,8 @@ class Admission:
         self._admit_waiting()
 
     def _admit_waiting(self) -> None:
-        while self._queue and self._running + self._queue[0][0] <= self.limits.max_running:
-            n, granted = self._queue.popleft()
+        while self._queue and self._running + self._queue[0][2] <= self.limits.max_running:
+            _, _, n, granted = heapq.heappop(self._queue)
             self._waiting -= n
             if granted.done():
                 # Its caller was cancelled and has not run since: it leaves the queue, ungranted.

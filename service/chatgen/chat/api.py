@@ -155,7 +155,7 @@ class ChatApi:
         """Run `job` inside this block: it waits for engine capacity, or fails fast when the queue is full."""
         if self._admission is None:
             return contextlib.nullcontext()
-        return self._admission.slots(job.choices)
+        return self._admission.slots(job.choices, job.options.priority)
 
     async def _render(self, render: Callable[..., list[int]], *args: Any) -> list[int]:
         return await asyncio.get_running_loop().run_in_executor(self._renderer, render, *args)

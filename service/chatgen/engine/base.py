@@ -64,6 +64,8 @@ class SamplingOptions:
     cache_salt: str | None = None
     # With logprobs: each step's alternatives are these tokens (in this order), not the most likely ones.
     logprob_token_ids: tuple[int, ...] = ()
+    # Lower runs earlier (vLLM's priority scheduling; 0 unless the engine schedules by priority).
+    priority: int = 0
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,11 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def tokenizer(self) -> Any:
         """The model's Hugging Face tokenizer (chat template, encode/decode)."""
+
+    @property
+    def schedules_by_priority(self) -> bool:
+        """Whether requests' `priority` orders the engine's queue (vLLM's --scheduling-policy priority)."""
+        return False
 
     @property
     def max_adapters(self) -> int:

@@ -88,6 +88,10 @@ class VllmEngine(Engine):
         return self._tokenizer
 
     @property
+    def schedules_by_priority(self) -> bool:
+        return str(self.engine_args.scheduling_policy) == "priority"
+
+    @property
     def max_adapters(self) -> int:
         return int(self.engine_args.max_loras) if self.engine_args.enable_lora else 0
 
@@ -168,7 +172,9 @@ class VllmEngine(Engine):
         try:
             # Closing this generator (the caller was cancelled or went away) makes vLLM abort the request.
             lora = _lora_request(request.adapter) if request.adapter is not None else None
-            async for out in self._llm.generate(prompt, params, request.request_id, lora_request=lora):
+            async for out in self._llm.generate(
+                prompt, params, request.request_id, lora_request=lora, priority=o.priority
+            ):
                 c = out.outputs[0]
                 logprobs = (
                     _logprobs(c.token_ids, c.logprobs, o.logprobs, named=o.logprob_token_ids)

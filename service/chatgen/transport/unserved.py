@@ -23,7 +23,6 @@ _SAMPLING: dict[str, str] = {
     "guided_grammar": f"guided_grammar is not served (vLLM removed it); {_STRUCTURED}",
     "guided_decoding_backend": "guided decoding is not served; the server picks its grammar backend",
     "guided_whitespace_pattern": "guided_whitespace_pattern is not served",
-    "priority": "request priorities are not served",
     "logits_processors": "logits_processors are not served",
     "kv_transfer_params": "KV transfer is not served",
     "vllm_xargs": "vllm_xargs is not served",

@@ -138,3 +138,31 @@ async def test_stop_fails_every_waiter_with_its_error_and_refuses_new_ones() -> 
     await running
     await asyncio.wait_for(admission.idle(), 1)
     assert entered == [0]  # no waiter ever ran
+
+
+async def test_waiters_are_admitted_by_priority_then_arrival() -> None:
+    admission = Admission(AdmissionLimits(max_running=1, max_waiting=8))
+    entered: list[str] = []
+    gates = {tag: asyncio.Event() for tag in ("first", "low", "high", "low-2", "high-2", "cancelled")}
+
+    async def run(tag: str, priority: int) -> None:
+        async with admission.slots(1, priority):
+            entered.append(tag)
+            await gates[tag].wait()
+
+    tasks = {"first": asyncio.ensure_future(run("first", 0))}
+    await asyncio.sleep(0)
+    for tag, priority in (("low", 5), ("high", -3), ("cancelled", -10), ("low-2", 5), ("high-2", -3)):
+        tasks[tag] = asyncio.ensure_future(run(tag, priority))
+        await asyncio.sleep(0)
+    assert (entered, admission.waiting) == (["first"], 5)
+    # The most urgent waiter gives up: it leaves the queue, and the order of the rest holds.
+    tasks["cancelled"].cancel()
+    await asyncio.sleep(0)
+    assert admission.waiting == 4
+    for tag in ("first", "high", "high-2", "low", "low-2"):
+        gates[tag].set()
+        await asyncio.sleep(0.01)
+    await asyncio.gather(*(t for tag, t in tasks.items() if tag != "cancelled"))
+    assert entered == ["first", "high", "high-2", "low", "low-2"]
+    assert (admission.running, admission.waiting) == (0, 0)

@@ -223,7 +223,7 @@ def test_forced_tools_build_the_call_schema() -> None:
 def test_the_sampling_field_list_is_the_engines() -> None:
     assert set(SCALAR_FIELDS) == {
         "temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty",
-        "seed", "ignore_eos", "skip_special_tokens", "min_tokens", "cache_salt", "prompt_logprobs",
+        "seed", "ignore_eos", "skip_special_tokens", "min_tokens", "cache_salt", "prompt_logprobs", "priority",
     }  # fmt: skip
 
 

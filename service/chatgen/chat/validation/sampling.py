@@ -40,6 +40,8 @@ class ServedModel:
     tool_parser: bool = False
     # Choices one request may run at once (admission's max_running), at most MAX_N.
     max_choices: int = MAX_N
+    # Requests' `priority` orders the queues (vLLM's --scheduling-policy priority); otherwise it must be 0.
+    priority_scheduling: bool = False
     # The LoRA adapters loaded over the model, by the name a request sends as `model` (a live view: adapters
     # load and unload while the server runs).
     adapters: Mapping[str, Adapter] = dataclasses.field(default_factory=dict)
@@ -238,6 +240,13 @@ def sampling_plan(
     fields["stop_token_ids"] = _token_ids(request.stop_token_ids, "stop_token_ids")
     fields["logit_bias"] = values.logit_bias(request.logit_bias)
     fields["allowed_token_ids"] = _token_ids(request.allowed_token_ids, "allowed_token_ids")
+    if fields.get("priority", 0) and not model.priority_scheduling:
+        # vLLM's rule: a priority the scheduler would not honour is refused, not ignored.
+        raise invalid(
+            f"'priority' is {fields['priority']}, but this server does not schedule by priority (start it on the "
+            "vLLM engine with --scheduling-policy priority)",
+            "priority",
+        )
     fields["logprob_token_ids"] = _named_logprobs(request, logprobs)
     fields["logprobs"] = len(fields["logprob_token_ids"]) or logprobs
     fields["constraint"] = grammar.constraint if grammar is not None else None
