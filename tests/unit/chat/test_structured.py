@@ -85,3 +85,12 @@ def test_choices_are_escaped_as_ebnf_strings() -> None:
 def test_ebnf_is_told_from_lark_as_vllm_does() -> None:
     assert is_ebnf('root ::= "x"')
     assert not is_ebnf('start: "x"\n# root ::= in a comment does not count')
+
+
+def test_a_structural_tag_response_format_is_unsupported_not_invalid() -> None:
+    with pytest.raises(ApiError) as err:
+        constraint(request(response_format={"type": "structural_tag"}))
+    assert (err.value.failure, err.value.param) == (Failure.UNSUPPORTED, "response_format.type")
+    with pytest.raises(ApiError) as other:
+        constraint(request(response_format={"type": "yaml"}))
+    assert (other.value.failure, other.value.param) == (Failure.INVALID_REQUEST, "response_format.type")

@@ -16,7 +16,7 @@ from chatgen.chat.validation.schemas import (
     checked_grammar,
 )
 from chatgen.chat.validation.values import as_python, kind
-from chatgen.errors import invalid, shown
+from chatgen.errors import invalid, shown, unsupported
 from chatgen.v1 import chatgen_pb2 as pb
 
 # OpenAI's json_object mode: any JSON object.
@@ -46,6 +46,10 @@ def response_format_schema(request: Any) -> Grammar | None:
         return None
     if fmt.type == "json_object":
         return Grammar(JSON_OBJECT_SCHEMA, "response_format")
+    if fmt.type == "structural_tag":
+        # vLLM's other response_format: xgrammar's structural tags, not served (nor in structured_outputs).
+        message = "response_format type 'structural_tag': structural tags are not served"
+        raise unsupported(message, "response_format.type")
     if fmt.type != "json_schema":
         raise invalid(
             f"response_format.type must be text, json_object or json_schema, got {shown(fmt.type)}",
