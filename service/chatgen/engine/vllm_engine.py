@@ -96,8 +96,7 @@ class VllmEngine(Engine):
         return int(self.engine_args.max_loras) if self.engine_args.enable_lora else 0
 
     async def load_adapter(self, adapter: Adapter, in_place: bool = False) -> None:
-        if not self.max_adapters:
-            raise EngineRejectedRequest("LoRA adapters are off: start the server with --enable-lora")
+        # chat.adapters refuses loads while max_adapters is 0 (LoRA off), before it calls this.
         try:
             await self._llm.add_lora(_lora_request(adapter, in_place))
         except Exception as exc:
