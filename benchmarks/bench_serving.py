@@ -123,6 +123,7 @@ def summarize(
         pct(itls, 0.99),
         rounds or [],
         round_ttft_p50_ms or [],
+        sum(r.reconnected for r in results),
     )
 
 
@@ -364,7 +365,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.smoke:
         args.concurrency, args.requests, args.requests_per_client, args.round_per_client = [1, 4], 4, 1, 1
         args.input_len, args.output_len = 32, 8
-    asyncio.run(main_async(args))
+    report = asyncio.run(main_async(args))
+    if any(lv["ok"] < lv["requests"] for lv in report["levels"]):
+        raise SystemExit(1)  # the report says which target failed what
 
 
 if __name__ == "__main__":

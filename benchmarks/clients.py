@@ -23,6 +23,9 @@ class Result:
     latency: float = 0.0
     output_tokens: int = 0
     error: str | None = None
+    # The request went out again on a new connection: the kept-alive one it was first sent on had been closed by
+    # the server meanwhile, before any byte of a response (not a failure; counted apart).
+    reconnected: bool = False
 
 
 @contextlib.contextmanager
@@ -140,19 +143,25 @@ class RawHttp:
             f"POST /v1/chat/completions HTTP/1.1\r\nhost: {self.host}:{self.port}\r\n"
             f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
         ).encode()
-        while self.idle:
+        if self.idle:
             # A kept-alive connection the server has closed meanwhile (uvicorn, behind `vllm serve`, closes idle ones
-            # after 5 s) answers nothing: it is dropped and the request sent again, as httpx does.
+            # after 5 s) answers nothing: the request goes out again, once, on a new connection, as httpx does.
             reader, writer = self.idle.pop()
             status = await _status_line(reader, writer, head + body)
             if status:
                 return await self._response(reader, writer, status)
             writer.close()
+            result = await self._fresh(head + body)
+            result.reconnected = True
+            return result
+        return await self._fresh(head + body)
+
+    async def _fresh(self, request: bytes) -> Result:
         try:
             reader, writer = await asyncio.open_connection(self.host, self.port)
         except OSError as exc:
             return Result(ok=False, error=type(exc).__name__)
-        return await self._response(reader, writer, await _status_line(reader, writer, head + body))
+        return await self._response(reader, writer, await _status_line(reader, writer, request))
 
     async def _response(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, status: list[bytes]

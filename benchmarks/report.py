@@ -53,6 +53,9 @@ class Level:
     # built from).
     rounds: list[float] = field(default_factory=list)
     round_ttft_p50_ms: list[float] = field(default_factory=list)
+    # Requests sent again on a new connection because the server had closed the kept-alive one they went out on
+    # (bare HTTP client): not errors, and not timed apart (the resend is part of the request's TTFT).
+    reconnects: int = 0
 
 
 def paired_interval(top: list[float], bottom: list[float]) -> tuple[float, float] | None:
@@ -154,7 +157,7 @@ def print_report(
         print(
             f"{name:<30}{lv.concurrency:>5}{lv.ok:>6}{lv.requests_per_s:>8.2f}{lv.output_tokens_per_s:>9.1f}"
             f"{lv.ttft_p50_ms:>10.1f}{lv.ttft_p99_ms:>8.1f}{lv.itl_p50_ms:>9.1f}{lv.itl_p99_ms:>8.1f}"
-            f"  {lv.errors or ''}"
+            f"  {lv.errors or ''}" + (f" reconnected {lv.reconnects}" if lv.reconnects else "")
         )
     columns = sorted({k for row in table.values() for k in row if not k.endswith(("ci_low", "ci_high"))})
     print(f"\n{'conc':>5}" + "".join(f"{k:>22}" for k in columns))
@@ -169,6 +172,13 @@ def print_report(
     print("[low,high]: 95 % confidence interval from paired rounds; all: every level's paired rounds pooled")
     bare_h = "" if http_client == "bare" else "; (h) on the bare one"
     print(f"OpenAI REST targets (a, c, d) on the {http_client} HTTP client{bare_h}")
+    failed = failures(levels)
+    print(f"FAILED REQUESTS: {failed}" if failed else "every target finished every request (0 errors)")
+
+
+def failures(levels: list[Level]) -> dict[str, int]:
+    """Failed requests per target and concurrency ("vllm c=8": 3): a ratio over them compares unequal work."""
+    return {f"{lv.target} c={lv.concurrency}": lv.requests - lv.ok for lv in levels if lv.ok < lv.requests}
 
 
 def plot(levels: list[Level], path: Path) -> None:
