@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from chatgen import reaper
 from chatgen.chat.adapters import AdapterModule
 from chatgen.chat.admission import Admission, AdmissionLimits
+from chatgen.chat.coalescing import StreamInterval
 from chatgen.chat.grammar import GrammarCheck
 from chatgen.chat.parsing import load_parser_class
 from chatgen.embedded_model import default_cache_dir
@@ -75,6 +76,8 @@ class ServeSettings:
     response_store_limits: StoreLimits = field(default_factory=StoreLimits)
     # LoRA adapters loaded at start (--lora-modules), served under their names beside the model.
     lora_modules: tuple[AdapterModule, ...] = ()
+    # How streams coalesce tokens into chunks (--stream-interval, --stream-interval-ms).
+    stream_interval: StreamInterval = field(default_factory=StreamInterval)
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -154,6 +157,7 @@ async def _start_server(
         grammars=grammars,
         write_timeout=settings.write_timeout,
         store=store,
+        stream_interval=settings.stream_interval,
     )
     await server.load_adapters(settings.lora_modules)
     await server.start()

@@ -12,6 +12,7 @@ from chatgen.chat.abilities import model_abilities
 from chatgen.chat.adapters import AdapterModule, Adapters
 from chatgen.chat.admission import Admission
 from chatgen.chat.api import ChatApi
+from chatgen.chat.coalescing import StreamInterval
 from chatgen.chat.grammar import GrammarCheck
 from chatgen.chat.validation import MAX_N, ServedModel
 from chatgen.chat.validation.adapters import AdapterLoad
@@ -74,7 +75,9 @@ def _failed_auth(metrics: Metrics | None) -> FailedAuth:
     return FailedAuth(metrics.auth_failed if metrics is not None else None)
 
 
-def _served_model(engine: Engine, tool_calls: bool, admission: Admission | None, adapters: Adapters) -> ServedModel:
+def _served_model(
+    engine: Engine, tool_calls: bool, admission: Admission | None, adapters: Adapters, interval: StreamInterval
+) -> ServedModel:
     return ServedModel(
         name=engine.model.name,
         engine=engine.name,
@@ -84,6 +87,7 @@ def _served_model(engine: Engine, tool_calls: bool, admission: Admission | None,
         max_choices=min(MAX_N, admission.limits.max_running) if admission is not None else MAX_N,
         adapters=adapters.by_name,
         priority_scheduling=engine.schedules_by_priority,
+        stream_interval=interval,
     )
 
 
@@ -105,6 +109,7 @@ class GrpcServer:
         grammars: GrammarCheck | None = None,
         write_timeout: float = 0.0,
         store: ResponseStore | None = None,
+        stream_interval: StreamInterval | None = None,
     ) -> None:
         self.engine = engine
         self.server = grpc.aio.server(
@@ -128,7 +133,7 @@ class GrpcServer:
         self.adapters = Adapters(engine, engine.model.name)
         self.api = ChatApi(
             engine,
-            _served_model(engine, tool_calls, admission, self.adapters),
+            _served_model(engine, tool_calls, admission, self.adapters, stream_interval or StreamInterval()),
             parser_cls,
             admission=admission,
             observer=metrics,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol, TypeVar
 
 from chatgen.chat.accounting import RequestStats
+from chatgen.chat.coalescing import StreamInterval, coalesce
 from chatgen.chat.forced_tools import ForcedTools
 from chatgen.chat.parsing import OutputParser
 from chatgen.chat.types import Choice, Delta, Result, ToolCall, ToolCallDelta, Usage
@@ -61,6 +62,8 @@ class Job:
     extras: ReplyExtras = field(default_factory=ReplyExtras)
     # The LoRA adapter every choice runs with (None: the base model).
     adapter: Adapter | None = None
+    # How a stream's outputs coalesce into chunks (unary calls take each choice whole).
+    interval: StreamInterval = field(default_factory=StreamInterval)
 
     @property
     def token_ids(self) -> bool:
@@ -180,7 +183,7 @@ class JobRunner:
             return
         parser = job.parsers[index] if job.parsers else None
         first = True
-        async with contextlib.aclosing(self._outputs(job, index)) as outputs:
+        async with contextlib.aclosing(coalesce(self._outputs(job, index), job.interval)) as outputs:
             async for out in outputs:
                 text, reasoning = out.text, ""
                 tool_calls: tuple[ToolCallDelta, ...] = ()
@@ -216,7 +219,7 @@ class JobRunner:
         if opening is not None:
             yield Delta("", index=index, tool_calls=(opening,))
         parts: list[str] = []
-        async with contextlib.aclosing(self._outputs(job, index)) as outputs:
+        async with contextlib.aclosing(coalesce(self._outputs(job, index), job.interval)) as outputs:
             async for out in outputs:
                 parts.append(out.text)
                 finish = out.finish_reason

@@ -223,6 +223,22 @@ def _load_args(command: argparse.ArgumentParser) -> None:
     load.add_argument(
         "--max-connections", metavar="N", type=int, default=4096, help="REST client connections Envoy accepts"
     )
+    load.add_argument(
+        "--stream-interval",
+        metavar="N",
+        type=int,
+        default=1,
+        help="streams send at most one chunk per N tokens (vLLM's flag; the first token and the end at once): fewer, "
+        "fuller chunks cost the server less CPU per token; requests may raise it with `stream_interval`",
+    )
+    load.add_argument(
+        "--stream-interval-ms",
+        metavar="MS",
+        type=int,
+        default=0,
+        help="with --stream-interval above 1, a chunk also goes out once MS milliseconds have passed since the "
+        "last, however few tokens it holds (0: no time bound); requests may raise it with `stream_interval_ms`",
+    )
 
 
 def _store_args(command: argparse.ArgumentParser) -> None:

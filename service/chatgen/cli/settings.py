@@ -13,6 +13,7 @@ from chatgen.api_keys import ENV_VAR, load_keys
 from chatgen.app import EngineSettings, ServeSettings
 from chatgen.chat.adapters import AdapterModule
 from chatgen.chat.admission import AdmissionLimits
+from chatgen.chat.coalescing import StreamInterval
 from chatgen.engine.factory import SimulatorTiming, resolve_model
 from chatgen.gateway import GatewaySettings, default_work_dir
 from chatgen.gateway.backends import BackendsError, load_backends
@@ -54,6 +55,14 @@ def lora_module(text: str) -> AdapterModule:
     if not name or not path:
         raise SystemExit(f"--lora-modules: an adapter needs a name and a path, got {text!r}")
     return AdapterModule(name, path)
+
+
+def stream_interval(args: argparse.Namespace) -> StreamInterval:
+    if args.stream_interval < 1:
+        raise SystemExit(f"--stream-interval must be 1 or more, got {args.stream_interval}")
+    if args.stream_interval_ms < 0:
+        raise SystemExit(f"--stream-interval-ms must be 0 or more, got {args.stream_interval_ms}")
+    return StreamInterval(args.stream_interval, args.stream_interval_ms)
 
 
 def gateway_settings(
@@ -124,6 +133,7 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
         response_store=args.response_store,
         response_store_limits=StoreLimits(args.response_store_max_age * 3600.0, args.response_store_max_mb << 20),
         lora_modules=tuple(lora_module(text) for text in args.lora_modules),
+        stream_interval=stream_interval(args),
     )
 
 

@@ -66,6 +66,9 @@ class SamplingOptions:
     logprob_token_ids: tuple[int, ...] = ()
     # Lower runs earlier (vLLM's priority scheduling; 0 unless the engine schedules by priority).
     priority: int = 0
+    # The engine may gather up to this many tokens into one output (vLLM's stream_interval; the first and the
+    # last output are never held); an engine that cannot leaves it to the chat layer.
+    stream_interval: int = 1
 
 
 @dataclass(frozen=True)

@@ -159,6 +159,7 @@ class VllmEngine(Engine):
             min_tokens=o.min_tokens,
             allowed_token_ids=list(o.allowed_token_ids) or None,
             logprob_token_ids=list(o.logprob_token_ids) or None,
+            stream_interval=o.stream_interval if o.stream_interval > 1 else None,
             # Deltas only: the serving layer never re-sends or re-scans the whole text per token.
             output_kind=RequestOutputKind.DELTA,
         )

@@ -75,6 +75,10 @@ CHAT_ERRORS: list[tuple[dict[str, Any], Failure, str]] = [
     ({"min_tokens": -1}, Failure.INVALID_REQUEST, "min_tokens"),
     ({"min_tokens": 9, "max_completion_tokens": 8}, Failure.INVALID_REQUEST, "min_tokens"),
     ({"cache_salt": "a@b"}, Failure.INVALID_REQUEST, "cache_salt"),
+    ({"stream_interval": 0}, Failure.INVALID_REQUEST, "stream_interval"),
+    ({"stream_interval": 1025}, Failure.INVALID_REQUEST, "stream_interval"),
+    ({"stream_interval_ms": -1}, Failure.INVALID_REQUEST, "stream_interval_ms"),
+    ({"stream_interval_ms": 60_001}, Failure.INVALID_REQUEST, "stream_interval_ms"),
     ({"continue_final_message": True}, Failure.INVALID_REQUEST, "continue_final_message"),
     ({"truncate_prompt_tokens": 0}, Failure.INVALID_REQUEST, "truncate_prompt_tokens"),
     ({"truncate_prompt_tokens": -2}, Failure.INVALID_REQUEST, "truncate_prompt_tokens"),
@@ -245,6 +249,7 @@ def test_the_sampling_field_list_is_the_engines() -> None:
         ({"stop": [1]}, "stop[0]"),
         ({"model": "x"}, "model"),
         ({"stream_options": {"include_usage": True}}, "stream_options"),
+        ({"stream_interval": -4}, "stream_interval"),
     ],
 )
 def test_completion_errors_name_their_field(fields: dict[str, Any], param: str) -> None:
@@ -278,6 +283,23 @@ def test_a_valid_completion_request_becomes_its_plan() -> None:
     plan = validate_completion(completion(prompt=["once"], echo=True, logprobs=2, max_tokens=4), MODEL, streaming=False)
     assert (plan.prompts, plan.echo, plan.sampling.max_tokens) == (("once",), True, 4)
     assert plan.sampling.to_options(10).logprobs == 2
+
+
+def test_the_stream_interval_is_the_servers_raised_by_the_requests() -> None:
+    from chatgen.chat.coalescing import StreamInterval
+
+    server = ServedModel("m", "vllm", stream_interval=StreamInterval(4, 20))
+    plans = [
+        validate_chat(chat(**fields), server, streaming=True).sampling
+        for fields in ({}, {"stream_interval": 16}, {"stream_interval": 2, "stream_interval_ms": 100})
+    ]
+    assert [p.interval for p in plans] == [StreamInterval(4, 20), StreamInterval(16, 20), StreamInterval(4, 100)]
+    # With a time bound the engine sends every token, for the chat layer to watch the clock.
+    assert {p.to_options(10).stream_interval for p in plans} == {1}
+    counted = validate_completion(completion(stream_interval=8), MODEL, streaming=True).sampling
+    assert (counted.interval, counted.to_options(10).stream_interval) == (StreamInterval(8), 8)
+    # A unary call takes the field and has nothing to coalesce, as vLLM ignores it there.
+    assert validate_chat(chat(stream_interval=8), MODEL, streaming=False).sampling.interval == StreamInterval(8)
 
 
 def test_template_options_and_echo() -> None:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from chatgen.chat.coalescing import StreamInterval
 from chatgen.chat.validation import values
 from chatgen.chat.validation.schemas import Grammar
 from chatgen.engine.base import Adapter, SamplingOptions
@@ -45,6 +46,8 @@ class ServedModel:
     # The LoRA adapters loaded over the model, by the name a request sends as `model` (a live view: adapters
     # load and unload while the server runs).
     adapters: Mapping[str, Adapter] = dataclasses.field(default_factory=dict)
+    # How streams coalesce tokens into chunks (--stream-interval, --stream-interval-ms); requests may raise it.
+    stream_interval: StreamInterval = dataclasses.field(default_factory=StreamInterval)
 
 
 def _scalar_fields() -> tuple[str, ...]:
@@ -57,8 +60,9 @@ def _scalar_fields() -> tuple[str, ...]:
         ]
         if all(f is not None and f.has_presence and f.message_type is None for f in on_both):
             names.append(field.name)
-    # max_tokens depends on the prompt and logprobs means different things in chat and completions.
-    return tuple(n for n in names if n not in ("max_tokens", "logprobs"))
+    # max_tokens depends on the prompt and logprobs means different things in chat and completions; the stream
+    # interval is the request's and the server's together (stream_interval()).
+    return tuple(n for n in names if n not in ("max_tokens", "logprobs", "stream_interval"))
 
 
 SCALAR_FIELDS = _scalar_fields()
@@ -138,10 +142,13 @@ class SamplingPlan:
     truncation: Truncation | None = None
     # The LoRA adapter the request's `model` names (None: the base model).
     adapter: Adapter | None = None
+    # How a stream's tokens coalesce into chunks (the server's setting, raised by the request's).
+    interval: StreamInterval = dataclasses.field(default_factory=StreamInterval)
 
     def to_options(self, room: int) -> SamplingOptions:
         """The engine's options, given the room the prompt leaves in the context."""
-        return SamplingOptions(max_tokens=self.max_tokens if self.max_tokens is not None else room, **self.fields)
+        max_tokens = self.max_tokens if self.max_tokens is not None else room
+        return SamplingOptions(max_tokens=max_tokens, stream_interval=self.interval.engine_tokens, **self.fields)
 
 
 def check_model(request: Any, model: ServedModel) -> None:
@@ -261,7 +268,29 @@ def sampling_plan(
         truncation=_truncation(request),
         # check_model found the name (base or adapter) already.
         adapter=model.adapters.get(request.model),
+        interval=stream_interval(request, model),
     )
+
+
+# The most a request may raise the stream interval to: a chunk per this many tokens / milliseconds.
+MAX_STREAM_INTERVAL = 1024
+MAX_STREAM_INTERVAL_MS = 60_000
+
+
+def stream_interval(
+    request: pb.CreateChatCompletionRequest | pb.CreateCompletionRequest, model: ServedModel
+) -> StreamInterval:
+    """The request's stream_interval (vLLM's) and stream_interval_ms (chatgen's) over the server's. Unary calls
+    take them and ignore them, as vLLM does."""
+    tokens = request.stream_interval if request.HasField("stream_interval") else None
+    if tokens is not None and not 1 <= tokens <= MAX_STREAM_INTERVAL:
+        raise invalid(f"'stream_interval' must be between 1 and {MAX_STREAM_INTERVAL}, got {tokens}", "stream_interval")
+    ms = request.stream_interval_ms if request.HasField("stream_interval_ms") else None
+    if ms is not None and not 0 <= ms <= MAX_STREAM_INTERVAL_MS:
+        raise invalid(
+            f"'stream_interval_ms' must be between 0 and {MAX_STREAM_INTERVAL_MS}, got {ms}", "stream_interval_ms"
+        )
+    return model.stream_interval.raised_by(tokens, ms)
 
 
 def _truncation(request: pb.CreateChatCompletionRequest | pb.CreateCompletionRequest) -> Truncation | None:
