@@ -239,8 +239,16 @@ class ChatApi:
         _in_vocabulary(options.logprob_token_ids, vocab, "logprob_token_ids")
         stats = accounting.current()
         job_id = f"{prefix}{request_id or uuid.uuid4().hex}"
-        job = Job(job_id, batch[0], options, stats, sampling.n, batch=batch, adapter=sampling.adapter)
-        job.interval = sampling.interval
+        job = Job(
+            job_id,
+            batch[0],
+            options,
+            stats,
+            n=sampling.n,
+            batch=batch,
+            adapter=sampling.adapter,
+            interval=sampling.interval,
+        )
         stats.completion_id, stats.n, stats.prompt_tokens = job.id, job.choices, job.prompt_tokens
         return job
 
