@@ -12,8 +12,10 @@
 Targets: (a) `vllm serve`, vLLM's own OpenAI server, the baseline; (b) chatgen over gRPC; (c) chatgen over REST
 through Envoy; (d) SMG, the Rust OpenAI gateway, in front of vLLM's own gRPC worker; and with --targets: (e)
 vLLM's AsyncLLM in this process, the ceiling; (f) chatgen gRPC on its transformers fallback engine and (g)
-transformers' own generate() on the same prompts, its baseline. With --simulator TTFT_MS,ITL_MS: only chatgen, on
-the token simulator (no model), over gRPC (b), REST (c) and REST from a bare HTTP client (h): what Envoy adds.
+transformers' own generate() on the same prompts, its baseline; (i) chatgen over gRPC with --coalesce tokens per
+streamed chunk (per-request stream_interval), on (b)'s server: what stream coalescing gains. With --simulator
+TTFT_MS,ITL_MS: only chatgen, on the token simulator (no model), over gRPC (b), REST (c) and REST from a bare HTTP
+client (h): what Envoy adds.
 The REST targets (a), (c) and (d) use httpx, the openai SDK's client; --http-client bare drives them with the bare
 client instead, whose own cost per chunk is about the gRPC client's: where the benchmark shares the CPU with the
 servers, or one Python client process cannot keep up with them, httpx's parsing caps the REST targets first.
@@ -27,8 +29,8 @@ streaming exactly its max_tokens (ignore_eos). Each (target, concurrency) run sa
 first word, so prefix caching (on, as in production) never serves one run from another's.
 
 Reported per target and concurrency: requests/s, output tokens/s, TTFT p50/p99 and inter-token latency p50/p99
-(ms), errors; then the throughput ratios b/a, b/d, c/a, c/b, c/d, b/e, f/g, h/b, the TTFT p50 ratios b/a, b/d,
-c/b and the TTFT p50 that Envoy adds (c - b, h - b). Each ratio comes with a 95 % confidence interval from its
+(ms), errors; then the throughput ratios b/a, b/d, c/a, c/b, c/d, b/e, f/g, h/b, i/b, the TTFT p50 ratios b/a,
+b/d, c/b, i/b and the TTFT p50 that Envoy adds (c - b, h - b). Each ratio comes with a 95 % confidence interval from its
 rounds: round i of one target and round i of the other ran the same requests minutes apart, so the ratio of their
 tokens/s (or median TTFTs) is one paired sample of it (t-interval of the mean log ratio; at least 3 rounds), and
 a last row pools every level's pairs. On a GPU machine the same command runs unchanged with the CUDA vLLM build.
@@ -67,9 +69,9 @@ from benchmarks.workload import Request, replay, synthetic
 
 ROUND_PER_CLIENT = 4
 
-TARGETS = ("vllm", "smg", "grpc", "rest", "raw-rest", "engine", "hf", "transformers")
+TARGETS = ("vllm", "smg", "grpc", "rest", "raw-rest", "engine", "hf", "transformers", "grpc-coalesced")
 # The targets one `chatgen serve` on vLLM answers.
-CHATGEN_TARGETS = {"grpc", "rest", "raw-rest"}
+CHATGEN_TARGETS = {"grpc", "rest", "raw-rest", "grpc-coalesced"}
 
 
 def salted(requests: list[Request], salt: str) -> list[Request]:
@@ -191,13 +193,28 @@ async def openai_server(
             yield {target: send}
 
 
+def coalesced(send: Send, interval: int) -> Send:
+    """`send` with every request asking for `interval` tokens per chunk (vLLM's per-request stream_interval)."""
+
+    async def send_coalesced(request: Request) -> Result:
+        return await send(replace(request, stream_interval=interval))
+
+    return send_coalesced
+
+
 @contextlib.asynccontextmanager
 async def chatgen(
-    setup: EngineSetup, on: set[str], max_connections: int, http_client: str, *flags: str
+    setup: EngineSetup, on: set[str], max_connections: int, http_client: str, coalesce: int, *flags: str
 ) -> AsyncIterator[Senders]:
-    """(b), (c) and (h): one `chatgen serve`, over gRPC, REST (`http_client`) and REST (bare client)."""
+    """(b), (c), (h) and (i): one `chatgen serve`, over gRPC, REST (`http_client`), REST (bare client) and gRPC
+    with `coalesce` tokens per chunk."""
     async with chatgen_senders(setup, max_connections, *flags, http_client=http_client) as send:
-        all_of = {"grpc": send.grpc, "rest": send.rest, "raw-rest": send.raw_rest}
+        all_of = {
+            "grpc": send.grpc,
+            "rest": send.rest,
+            "raw-rest": send.raw_rest,
+            "grpc-coalesced": coalesced(send.grpc, coalesce),
+        }
         yield {target: s for target, s in all_of.items() if target in on}
 
 
@@ -216,9 +233,8 @@ def openers(args: argparse.Namespace, setup: EngineSetup) -> list[Opener]:
     if args.simulator:
         # No model runs: a fixed token schedule, so the only differences between (b), (c) and (h) are Envoy's.
         flags = ("--engine", "simulator", "--simulator-timing", f"{args.simulator},{args.output_len}")
-        return [
-            functools.partial(chatgen, replace(setup, engine_argv=()), targets, connections, args.http_client, *flags)
-        ]
+        bare = replace(setup, engine_argv=())
+        return [functools.partial(chatgen, bare, targets, connections, args.http_client, args.coalesce, *flags)]
     if not args.apart:
         # Every vLLM engine resident at once: on a GPU, each gets its share of the memory.
         engines = len(targets & {"vllm", "smg", "engine"}) + bool(targets & CHATGEN_TARGETS)
@@ -229,7 +245,7 @@ def openers(args: argparse.Namespace, setup: EngineSetup) -> list[Opener]:
     if "smg" in targets:
         out.append(functools.partial(openai_server, smg_serve, setup, "smg", connections, args.http_client))
     if targets & CHATGEN_TARGETS:
-        out.append(functools.partial(chatgen, setup, targets, connections, args.http_client))
+        out.append(functools.partial(chatgen, setup, targets, connections, args.http_client, args.coalesce))
     if "engine" in targets:
         out.append(functools.partial(engine_in_process, setup))
     if "hf" in targets:
@@ -271,6 +287,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         tokenizer = AutoTokenizer.from_pretrained(choice.path)
         size = max(args.requests, args.requests_per_client * max(args.concurrency))
         workload = synthetic(size, args.seed, tokenizer, args.input_len, args.output_len, args.max_model_len)
+    if args.stream_interval > 1:
+        workload = [replace(r, stream_interval=args.stream_interval) for r in workload]
     sweep = Sweep(args, workload)
     try:
         await run_sweep(sweep, openers(args, setup), args.apart)
@@ -286,6 +304,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             "engine_args": setup.vllm_argv(),
             "simulator": args.simulator,
             "http_client": args.http_client,
+            "stream_interval": args.stream_interval,
+            "coalesce": args.coalesce,
             "workload": {
                 "replay": args.replay,
                 "seed": args.seed,
@@ -312,7 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--targets",
         type=lambda s: s.split(","),
         default=list(TARGETS[:4]),
-        help="comma-separated, of: vllm, smg, grpc, rest, raw-rest, engine, hf, transformers (default: the first four)",
+        help="comma-separated, of: vllm, smg, grpc, rest, raw-rest, engine, hf, transformers, grpc-coalesced "
+        "(default: the first four)",
     )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--requests", type=int, default=16, help="requests per level, at least")
@@ -349,6 +370,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--apart",
         action="store_true",
         help="start one server at a time (default: all at once, taking turns; needs memory for all of them)",
+    )
+    parser.add_argument(
+        "--stream-interval",
+        type=int,
+        default=1,
+        help="every request of every target asks for this many tokens per streamed chunk (vLLM's per-request "
+        "stream_interval; SMG does not take it); 1: the field is not sent",
+    )
+    parser.add_argument(
+        "--coalesce",
+        type=int,
+        default=8,
+        help="target grpc-coalesced (i): chatgen over gRPC with this stream_interval per request, on the same "
+        "server as (b), taking turns with it (i/b: what coalescing gains)",
     )
     add_http_client_argument(parser)  # for (a), (c) and (d)
     parser.add_argument("--smoke", action="store_true", help="a tiny sweep that checks the harness still works")

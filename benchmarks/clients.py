@@ -67,7 +67,7 @@ class Timer:
 
 
 def openai_body(model: str, request: Request) -> dict[str, Any]:
-    return {
+    body: dict[str, Any] = {
         "model": model,
         "messages": request.messages_list(),
         "max_tokens": request.max_tokens,
@@ -77,6 +77,9 @@ def openai_body(model: str, request: Request) -> dict[str, Any]:
         "stream": True,
         "stream_options": {"include_usage": True},
     }
+    if request.stream_interval > 1:
+        body["stream_interval"] = request.stream_interval
+    return body
 
 
 class SseEvents:
@@ -216,6 +219,7 @@ async def grpc_chat(stub: Any, model: str, request: Request) -> Result:
         temperature=0,
         ignore_eos=True,
         stream_options=pb.StreamOptions(include_usage=True),
+        stream_interval=request.stream_interval if request.stream_interval > 1 else None,
     )
     timer = Timer()
     tokens = 0

@@ -15,6 +15,7 @@ LETTERS = {
     "hf": "f",
     "transformers": "g",
     "raw-rest": "h",
+    "grpc-coalesced": "i",
 }
 LABELS = {
     "vllm": "vllm serve",
@@ -25,10 +26,12 @@ LABELS = {
     "hf": "chatgen gRPC, hf engine",
     "transformers": "transformers generate",
     "raw-rest": "chatgen REST, bare client",
+    "grpc-coalesced": "chatgen gRPC, coalesced",
 }
-RATIOS = [("b", "a"), ("b", "d"), ("c", "a"), ("c", "b"), ("c", "d"), ("b", "e"), ("f", "g"), ("h", "b")]
-# TTFT p50 ratios (below 1: the first target answers sooner): chatgen against the two baselines, REST against gRPC.
-TTFT_RATIOS = [("b", "a"), ("b", "d"), ("c", "b")]
+RATIOS = [("b", "a"), ("b", "d"), ("c", "a"), ("c", "b"), ("c", "d"), ("b", "e"), ("f", "g"), ("h", "b"), ("i", "b")]
+# TTFT p50 ratios (below 1: the first target answers sooner): chatgen against the two baselines, REST against gRPC,
+# coalesced streams against one chunk per token.
+TTFT_RATIOS = [("b", "a"), ("b", "d"), ("c", "b"), ("i", "b")]
 
 # Targets measured together take turns in rounds of this many requests per client (see Sweep.take_turns).
 # Fewer paired rounds than this give no confidence interval for a ratio.

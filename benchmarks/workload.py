@@ -32,6 +32,9 @@ WORDS = (
 class Request:
     messages: tuple[dict[str, str], ...]
     max_tokens: int
+    # vLLM's per-request `stream_interval` (tokens per streamed chunk); 1: every token its own chunk, and the
+    # field is not sent.
+    stream_interval: int = 1
 
     def messages_list(self) -> list[dict[str, str]]:
         return [dict(m) for m in self.messages]

@@ -86,3 +86,27 @@ def test_a_server_that_closes_without_answering_fails_the_request(reuse: bool) -
         assert (result.ok, result.error, result.reconnected) == (False, "http ?", reuse)
 
     asyncio.run(scenario())
+
+
+def test_openai_body_sends_stream_interval_only_above_one() -> None:
+    from dataclasses import replace
+
+    from benchmarks.clients import openai_body
+
+    assert "stream_interval" not in openai_body("m", REQUEST)
+    assert openai_body("m", replace(REQUEST, stream_interval=8))["stream_interval"] == 8
+
+
+def test_coalesced_sender_sets_the_interval_on_every_request() -> None:
+    from benchmarks.bench_serving import coalesced
+    from benchmarks.clients import Result
+
+    seen: list[int] = []
+
+    async def send(request: Request) -> Result:
+        seen.append(request.stream_interval)
+        return Result(ok=True)
+
+    asyncio.run(coalesced(send, 4)(REQUEST))
+    assert seen == [4]
+    assert REQUEST.stream_interval == 1
