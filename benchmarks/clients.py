@@ -141,6 +141,9 @@ class RawHttp:
         self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
     async def chat(self, request: Request) -> Result:
+        # Timed from here, as the other clients are: the status line comes when a server starts its response,
+        # which some send at once (before the prompt is even scheduled) and some with the first token.
+        events = SseEvents()
         body = json.dumps(openai_body(self.model, request)).encode()
         head = (
             f"POST /v1/chat/completions HTTP/1.1\r\nhost: {self.host}:{self.port}\r\n"
@@ -152,24 +155,23 @@ class RawHttp:
             reader, writer = self.idle.pop()
             status = await _status_line(reader, writer, head + body)
             if status:
-                return await self._response(reader, writer, status)
+                return await self._response(reader, writer, status, events)
             writer.close()
-            result = await self._fresh(head + body)
+            result = await self._fresh(head + body, events)
             result.reconnected = True
             return result
-        return await self._fresh(head + body)
+        return await self._fresh(head + body, events)
 
-    async def _fresh(self, request: bytes) -> Result:
+    async def _fresh(self, request: bytes, events: SseEvents) -> Result:
         try:
             reader, writer = await asyncio.open_connection(self.host, self.port)
         except OSError as exc:
             return Result(ok=False, error=type(exc).__name__)
-        return await self._response(reader, writer, await _status_line(reader, writer, request))
+        return await self._response(reader, writer, await _status_line(reader, writer, request), events)
 
     async def _response(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, status: list[bytes]
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, status: list[bytes], events: SseEvents
     ) -> Result:
-        events = SseEvents()
         reusable = False
         try:
             if len(status) < 2 or status[1] != b"200":

@@ -17,6 +17,9 @@ from benchmarks.clients import RawHttp
 from benchmarks.workload import Request
 
 REQUEST = Request(({"role": "user", "content": "hi"},), max_tokens=2)
+# How long sse_app waits between its response headers and its first chunk (as `vllm serve` sends its headers
+# before the prompt is scheduled).
+FIRST_CHUNK_AFTER_S = 0.0
 
 
 async def sse_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -26,6 +29,7 @@ async def sse_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     while (await receive()).get("more_body"):
         pass
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+    await asyncio.sleep(FIRST_CHUNK_AFTER_S)
     chunks = [{"choices": [{"delta": {"content": word}}]} for word in ("Hel", "lo")]
     chunks.append({"choices": [], "usage": {"completion_tokens": 2}})
     for chunk in chunks:
@@ -61,6 +65,21 @@ def test_a_connection_the_server_closed_while_idle_is_resent_once_and_counted_ap
         for result in (first, reused, after_close):
             assert (result.ok, result.error, result.output_tokens, len(result.itls)) == (True, None, 2, 1)
         assert [r.reconnected for r in (first, reused, after_close)] == [False, False, True]
+
+    asyncio.run(scenario())
+
+
+def test_ttft_counts_from_the_request_not_from_the_response_headers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that answers its headers at once and its first token 0.3 s later has a TTFT of 0.3 s."""
+    monkeypatch.setattr(f"{__name__}.FIRST_CHUNK_AFTER_S", 0.3)
+
+    async def scenario() -> None:
+        async with uvicorn_server(keep_alive_s=5) as port:
+            client = RawHttp("127.0.0.1", port, "m")
+            result = await client.chat(REQUEST)
+            client.close()
+        assert result.ok and result.output_tokens == 2
+        assert 0.3 <= result.ttft < 1.0
 
     asyncio.run(scenario())
 
