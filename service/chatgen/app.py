@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from chatgen import reaper
 from chatgen.chat.adapters import AdapterModule
@@ -49,6 +50,9 @@ class EngineSettings:
     simulator: SimulatorTiming
     # vLLM engine flags, as `vllm serve` takes them.
     argv: tuple[str, ...] = ()
+    # vLLM's batch limit; None: the admission limit (--max-running). Frontends, each admitting a share of it,
+    # keep the whole.
+    max_num_seqs: int | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,24 @@ class ServeSettings:
     lora_modules: tuple[AdapterModule, ...] = ()
     # How streams coalesce tokens into chunks (--stream-interval, --stream-interval-ms).
     stream_interval: StreamInterval = field(default_factory=StreamInterval)
+    # gRPC server processes over one engine (--frontends; chatgen.frontends runs them when above 1).
+    frontends: int = 1
+
+
+@dataclass(frozen=True)
+class FrontendRole:
+    """This process is frontend `index` of `count` (chatgen.frontends): it shares the public gRPC port with the
+    others, listens for the local Envoy on its own unix socket, reaches the engine core as `client` (a
+    vllm_engine.EngineClient; None: its own engine, e.g. the token simulator), and once it serves puts
+    (index, metrics port or 0) on `ready`, a multiprocessing queue. The supervisor prints the ready line, runs
+    Envoy and serves the metrics of all."""
+
+    index: int
+    count: int
+    socket_path: str
+    ready: Any
+    client: Any = None
+    metrics: bool = False
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -105,15 +127,16 @@ def _note(text: str) -> None:
     print(f"[chatgen] {text}", file=sys.stderr, flush=True)
 
 
-async def _start_engine(settings: EngineSettings, limits: AdmissionLimits) -> Engine:
+async def _start_engine(settings: EngineSettings, limits: AdmissionLimits, client: Any = None) -> Engine:
     engine = create_engine(
         settings.kind,
         settings.model,
         settings.max_model_len,
         settings.dtype,
-        max_num_seqs=limits.max_running,
+        max_num_seqs=settings.max_num_seqs or limits.max_running,
         simulator=settings.simulator,
         engine_argv=settings.argv,
+        client=client,
     )
     loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
     _note(f"starting the {engine.name} engine on {settings.model.path} ({loop} event loop)")
@@ -139,6 +162,7 @@ async def _start_server(
     metrics: Metrics | None,
     grammars: GrammarCheck | None,
     store: ResponseStore,
+    role: FrontendRole | None,
 ) -> GrpcServer:
     parser_cls = load_parser_class(settings.reasoning_parser, settings.tool_call_parser, engine.tokenizer)
     server = GrpcServer(
@@ -158,20 +182,26 @@ async def _start_server(
         write_timeout=settings.write_timeout,
         store=store,
         stream_interval=settings.stream_interval,
+        private_address=f"unix:{role.socket_path}" if role is not None else None,
+        share_port=role is not None and role.count > 1,
     )
     await server.load_adapters(settings.lora_modules)
     await server.start()
-    if settings.tls is None:
+    if role is not None:
+        # The shared port may answer from another frontend: this one's own socket.
+        await grpc_healthy(f"unix:{role.socket_path}")
+    elif settings.tls is None:
         await grpc_healthy(f"{local(settings.host)}:{server.port}")
     else:
         await tls_listening(local(settings.host), server.port)
     return server
 
 
-async def serve(settings: ServeSettings) -> int:
+async def serve(settings: ServeSettings, role: FrontendRole | None = None) -> int:
+    """Serve until stopped; `role`: as one of several frontends (chatgen.frontends), which gives it no gateway."""
     # Orphans of a dead engine core are re-parented here, and ended with the rest at exit.
     reaper.become_subreaper()
-    engine = await _start_engine(settings.engine, settings.limits)
+    engine = await _start_engine(settings.engine, settings.limits, role.client if role is not None else None)
     server: GrpcServer | None = None
     envoy: EnvoyProcess | None = None
     store: ResponseStore | None = None
@@ -180,20 +210,20 @@ async def serve(settings: ServeSettings) -> int:
     # Envoy's rendered config goes there; a directory this process made is removed when it exits.
     made_work_dir = not work_dir.exists()
     try:
-        metrics = Metrics(engine) if settings.metrics_port else None
+        metrics = Metrics(engine) if settings.metrics_port or (role is not None and role.metrics) else None
         admission = Admission(settings.limits, on_reject=metrics.rejected.inc if metrics is not None else None)
-        if metrics is not None:
-            metrics.watch(admission)
-            metrics.serve(settings.host, settings.metrics_port, settings.api_keys)
+        metrics_port = _serve_metrics(settings, metrics, admission, role)
         store = open_store(settings.response_store, default_cache_dir(), settings.response_store_limits)
         _note(f"responses are stored in {store.where}")
-        server = await _start_server(settings, engine, admission, metrics, grammars, store)
+        server = await _start_server(settings, engine, admission, metrics, grammars, store, role)
         if settings.gateway is not None:
             envoy = EnvoyProcess(replace(settings.gateway, grpc_port=server.port))
             envoy.start()
             await envoy.wait_ready()
         _note(f"{freeze_startup_heap()} start-up objects frozen out of the garbage collector's reach")
-        return await _run_until_stopped(settings, engine, server, envoy, admission)
+        if role is not None:
+            role.ready.put((role.index, metrics_port))
+        return await _run_until_stopped(settings, engine, server, envoy, admission, role is None)
     finally:
         _note("shutting down")
         if server is not None:
@@ -217,6 +247,19 @@ async def serve(settings: ServeSettings) -> int:
             _note(f"ended {len(ended)} processes left behind (pids {', '.join(map(str, ended))})")
 
 
+def _serve_metrics(
+    settings: ServeSettings, metrics: Metrics | None, admission: Admission, role: FrontendRole | None
+) -> int:
+    """Start /metrics where it is on; returns its port (0: off). A frontend's is on loopback, on a free port,
+    without keys: the supervisor serves them all, with a `frontend` label, behind the keys."""
+    if metrics is None:
+        return 0
+    metrics.watch(admission)
+    if role is not None:
+        return metrics.serve("127.0.0.1", 0)
+    return metrics.serve(settings.host, settings.metrics_port, settings.api_keys)
+
+
 async def _watch_engine(engine: Engine, server: GrpcServer, interval: float = 1.0) -> str:
     """Return (with the reason) once the engine can no longer serve: a call found it dead, or its health check
     failed."""
@@ -232,7 +275,7 @@ async def _watch_engine(engine: Engine, server: GrpcServer, interval: float = 1.
             return str(exc)
 
 
-def _ready_line(settings: ServeSettings, engine: Engine, server: GrpcServer) -> str:
+def ready_line(settings: ServeSettings, model: str, engine: str, port: int, frontends: int = 1) -> str:
     """What listens where, as bound (0.0.0.0 is every interface, as the bind is), and what each one demands."""
     host, tls = settings.host, settings.tls is not None
     if host in ("0.0.0.0", "::", ""):
@@ -241,17 +284,23 @@ def _ready_line(settings: ServeSettings, engine: Engine, server: GrpcServer) -> 
         scope = "loopback only"
     else:
         scope = f"{host} only"
-    parts = [f"gRPC{' (TLS)' if tls else ''} on {host}:{server.port}"]
+    parts = [f"gRPC{' (TLS)' if tls else ''} on {host}:{port}"]
     if settings.gateway is not None:
         parts.append(f"REST on {'https' if tls else 'http'}://{host}:{settings.gateway.http_port}/v1")
     if settings.metrics_port:
         parts.append(f"metrics on http://{host}:{settings.metrics_port}/metrics")
     keys = "API key required (metrics too; health and reflection open)" if settings.api_keys else "no API key"
-    return f"[chatgen] ready: model '{engine.model.name}' ({engine.name}), {', '.join(parts)} ({scope}; {keys})"
+    served = f"model '{model}' ({engine}{f', {frontends} frontends' if frontends > 1 else ''})"
+    return f"[chatgen] ready: {served}, {', '.join(parts)} ({scope}; {keys})"
 
 
 async def _run_until_stopped(
-    settings: ServeSettings, engine: Engine, server: GrpcServer, envoy: EnvoyProcess | None, admission: Admission
+    settings: ServeSettings,
+    engine: Engine,
+    server: GrpcServer,
+    envoy: EnvoyProcess | None,
+    admission: Admission,
+    say_ready: bool = True,
 ) -> int:
     """Serve until SIGTERM/SIGINT (then drain and return 0) or until Envoy or the engine dies (return 1, so the
     supervisor restarts the service)."""
@@ -259,7 +308,8 @@ async def _run_until_stopped(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, signals.put_nowait, sig)
-    print(_ready_line(settings, engine, server), flush=True)
+    if say_ready:
+        print(ready_line(settings, engine.model.name, engine.name, server.port), flush=True)
     signalled = asyncio.ensure_future(signals.get())
     engine_died = asyncio.ensure_future(_watch_engine(engine, server))
     envoy_exited = asyncio.ensure_future(envoy.wait_exit() if envoy is not None else asyncio.Event().wait())

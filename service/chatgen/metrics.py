@@ -148,20 +148,27 @@ class Metrics:
             lambda: admission.waiting
         )
 
-    def serve(self, host: str, port: int, keys: Iterable[str] = ()) -> None:
-        """/metrics on `host`:`port`; with API keys, only for a scrape that sends one (`Authorization: Bearer`,
-        Prometheus's `authorization` scrape setting), as the API itself."""
-        keys = list(keys)
-        if not keys:
-            start_http_server(port, addr=host, registry=self.registry)
-            return
+    def serve(self, host: str, port: int, keys: Iterable[str] = ()) -> int:
+        """/metrics on `host`:`port` (0: a free one); with API keys, only for a scrape that sends one
+        (`Authorization: Bearer`, Prometheus's `authorization` scrape setting), as the API itself. Returns the
+        port."""
+        return serve_registry(self.registry, host, port, keys)
 
-        class Server(ThreadingWSGIServer):
-            address_family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
 
-        app = _require_key(make_wsgi_app(self.registry), keys)
-        httpd = make_server(host, port, app, Server, handler_class=_QuietHandler)
-        threading.Thread(target=httpd.serve_forever, name="chatgen-metrics", daemon=True).start()
+def serve_registry(registry: CollectorRegistry, host: str, port: int, keys: Iterable[str] = ()) -> int:
+    """`registry` at /metrics on `host`:`port`, guarded by `keys` where there are any (Metrics.serve)."""
+    keys = list(keys)
+    if not keys:
+        plain, _ = start_http_server(port, addr=host, registry=registry)
+        return int(plain.server_port)
+
+    class Server(ThreadingWSGIServer):
+        address_family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+
+    app = _require_key(make_wsgi_app(registry), keys)
+    httpd = make_server(host, port, app, Server, handler_class=_QuietHandler)
+    threading.Thread(target=httpd.serve_forever, name="chatgen-metrics", daemon=True).start()
+    return int(httpd.server_port)
 
 
 class _QuietHandler(WSGIRequestHandler):

@@ -110,7 +110,12 @@ class GrpcServer:
         write_timeout: float = 0.0,
         store: ResponseStore | None = None,
         stream_interval: StreamInterval | None = None,
+        private_address: str | None = None,
+        share_port: bool = False,
     ) -> None:
+        """`private_address` (e.g. `unix:/run/frontend-0.sock`): a second, plaintext listener of this server alone,
+        where a local Envoy reaches it when several frontends share `port` (`share_port`: SO_REUSEPORT, the
+        kernel spreading the callers' connections between them)."""
         self.engine = engine
         self.server = grpc.aio.server(
             # Authentication first: a caller without a key learns nothing, not even that its bytes were malformed.
@@ -123,7 +128,7 @@ class GrpcServer:
                 ("grpc.max_receive_message_length", max_message_bytes),
                 # Room for all that the gateway passes on (its limit is 16 KiB of headers, plus what Envoy adds).
                 ("grpc.max_metadata_size", MAX_METADATA_BYTES),
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", 1 if share_port else 0),
             ],
         )
         self.admission = admission
@@ -156,6 +161,8 @@ class GrpcServer:
             self.port = self.server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"cannot listen for gRPC on {host}:{port}")
+        if private_address is not None and not self.server.add_insecure_port(private_address):
+            raise OSError(f"cannot listen for gRPC on {private_address}")
 
     def _add_servicers(self, write_timeout: float, store: ResponseStore | None, keyed: bool) -> None:
         chat, generate = ChatServicer(self.api, write_timeout), GenerateServicer(self.api, write_timeout)

@@ -41,6 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.command == "serve":
         settings = serve_settings(args)
+        if settings.frontends > 1:
+            from chatgen.frontends import supervise
+
+            return supervise(settings, getattr(args, "log_level", "info"))
         with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
             return runner.run(serve(settings))
     if args.command == "gateway":

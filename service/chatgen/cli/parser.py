@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from chatgen.chat.admission import AdmissionLimits
 from chatgen.cli.environment import environment_defaults
 from chatgen.engine.factory import ENGINES
+from chatgen.frontends import frontend_count
 from chatgen.gateway import envoy_workers
 
 DESCRIPTION = """\
@@ -183,6 +184,14 @@ def _network_args(command: argparse.ArgumentParser) -> argparse._ArgumentGroup:
 
 def _load_args(command: argparse.ArgumentParser) -> None:
     load = command.add_argument_group("load")
+    load.add_argument(
+        "--frontends",
+        metavar="N",
+        type=frontend_count,
+        default="auto",
+        help="gRPC server processes over one engine (vLLM's engine core shared, as `vllm serve --api-server-count`; "
+        "Envoy spreads streams between them); auto: one per 8 CPUs this process may use, 1 to 4",
+    )
     load.add_argument(
         "--max-running",
         metavar="N",

@@ -6,6 +6,7 @@ import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from chatgen.embedded_model import EMBEDDED_MODEL_NAME, embedded_model_dir
 from chatgen.engine.base import Engine
@@ -50,9 +51,11 @@ def create_engine(
     max_num_seqs: int | None = None,
     simulator: SimulatorTiming | None = None,
     engine_argv: tuple[str, ...] = (),
+    client: Any = None,
 ) -> Engine:
     """`max_num_seqs`: how many sequences vLLM batches at once (admission control admits no more than that).
-    `simulator`: the token simulator's timing (load tests only). `engine_argv`: vLLM engine flags."""
+    `simulator`: the token simulator's timing (load tests only). `engine_argv`: vLLM engine flags. `client`: a
+    vllm_engine.EngineClient, for a frontend of an engine core that another process started."""
     if kind == "auto":
         kind = "vllm" if vllm_available() else "hf"
         log.info("engine 'auto' resolved to '%s'", kind)
@@ -69,6 +72,7 @@ def create_engine(
                 dtype=dtype,
                 max_num_seqs=max_num_seqs,
                 engine_argv=engine_argv,
+                client=client,
             )
         )
     if kind == "hf":

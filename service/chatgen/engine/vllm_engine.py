@@ -35,6 +35,17 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class EngineClient:
+    """One of several frontends of an engine core started elsewhere (chatgen.frontends): vLLM's client addresses
+    (`client_addresses`, with the listeners the supervisor bound) and this frontend's index among `count`, as
+    `vllm serve --api-server-count` gives each of its API servers."""
+
+    addresses: dict[str, Any]
+    count: int
+    index: int
+
+
+@dataclass(frozen=True)
 class VllmSettings:
     model_path: str
     served_model_name: str
@@ -46,6 +57,8 @@ class VllmSettings:
     max_num_seqs: int | None = None
     # The user's own vLLM engine flags (`chatgen serve ... --max-num-batched-tokens 4096`), see vllm_args.
     engine_argv: tuple[str, ...] = ()
+    # None: this process starts its own engine core.
+    client: EngineClient | None = None
 
 
 def cpu_only() -> bool:
@@ -109,17 +122,30 @@ class VllmEngine(Engine):
                 raise AdapterNotFound(message) from exc
             raise EngineRejectedRequest(message) from exc
 
-    async def start(self) -> None:
-        from vllm.v1.engine.async_llm import AsyncLLM
-
-        s = self._settings
-        os.environ.update(cpu_kv_cache_env(dict(os.environ), s.cpu_kv_cache_gib))
+    def prepare_process(self) -> None:
+        """The environment vLLM's engine core starts in (inherited by every process this one spawns next)."""
+        os.environ.update(cpu_kv_cache_env(dict(os.environ), self._settings.cpu_kv_cache_gib))
         if "VLLM_RPC_BASE_PATH" not in os.environ:
             # vLLM's engine-core sockets (ZMQ ipc files) go to /tmp by default and stay there after every exit,
             # even a clean one: a directory of this process's own instead, removed at shutdown.
             self._ipc_dir = os.environ["VLLM_RPC_BASE_PATH"] = tempfile.mkdtemp(prefix="chatgen-vllm-ipc-")
+
+    def core_config(self, frontends: int) -> Any:
+        """The VllmConfig of an engine core that `frontends` processes share, as `vllm serve --api-server-count`
+        builds it (chatgen.frontends starts the core with it)."""
+        from vllm.usage.usage_lib import UsageContext
+
+        self.engine_args._api_process_count = frontends
+        self.engine_args._api_process_rank = -1
+        return self.engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
+
+    async def start(self) -> None:
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        s = self._settings
+        self.prepare_process()
         try:
-            self._llm = AsyncLLM.from_engine_args(self.engine_args)
+            self._llm = self._connect(AsyncLLM, s.client)
         except BaseException:
             self._remove_ipc_dir()
             raise
@@ -129,6 +155,25 @@ class VllmEngine(Engine):
             path=s.model_path,
             max_model_len=int(self._llm.model_config.max_model_len),
             created=int(time.time()),
+        )
+
+    def _connect(self, async_llm: Any, client: EngineClient | None) -> Any:
+        """An AsyncLLM that starts its engine core, or (`client`) one frontend of a core already started, as each
+        of `vllm serve --api-server-count`'s API servers."""
+        if client is None:
+            return async_llm.from_engine_args(self.engine_args)
+        from vllm.usage.usage_lib import UsageContext
+
+        self.engine_args._api_process_count = client.count
+        self.engine_args._api_process_rank = client.index
+        config = self.engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
+        return async_llm.from_vllm_config(
+            config,
+            usage_context=UsageContext.OPENAI_API_SERVER,
+            disable_log_stats=self.engine_args.disable_log_stats,
+            client_addresses=dict(client.addresses),
+            client_count=client.count,
+            client_index=client.index,
         )
 
     async def generate(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
@@ -229,6 +274,10 @@ class VllmEngine(Engine):
         if self._llm is not None:
             self._llm.shutdown()
             self._llm = None
+        self._remove_ipc_dir()
+
+    def release_process(self) -> None:
+        """Undo prepare_process (the engine-core socket directory) once the core has stopped."""
         self._remove_ipc_dir()
 
     def _remove_ipc_dir(self) -> None:

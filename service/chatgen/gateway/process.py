@@ -80,6 +80,9 @@ class EnvoyProcess:
 
         await poll(ready, timeout, "Envoy did not become ready in time")
 
+    def exited(self) -> bool:
+        return self.proc is not None and self.proc.poll() is not None
+
     async def wait_exit(self) -> int:
         assert self.proc is not None
         while self.proc.poll() is None:

@@ -88,28 +88,46 @@ def _endpoints(name: str, addresses: list[tuple[str, int]]) -> dict[str, Any]:
     return {"cluster_name": name, "endpoints": [{"lb_endpoints": endpoints}]}
 
 
+def _pipe_endpoints(name: str, paths: tuple[str, ...]) -> dict[str, Any]:
+    endpoints = [{"endpoint": {"address": {"pipe": {"path": path}}}} for path in paths]
+    return {"cluster_name": name, "endpoints": [{"lb_endpoints": endpoints}]}
+
+
 def static_cluster(name: str, addresses: list[tuple[str, int]]) -> dict[str, Any]:
     return {"name": name, "type": "STATIC", "connect_timeout": "1s", "load_assignment": _endpoints(name, addresses)}
 
 
 def upstream_clusters(settings: GatewaySettings, tls: dict[str, Any] | None) -> list[dict[str, Any]]:
     if not settings.models:
-        limit = settings.max_upstream_requests
-        return [
-            {
-                "name": SINGLE_CLUSTER,
-                "type": "STATIC",
-                "connect_timeout": "2s",
-                # TLS when the gRPC port is TLS (null: plaintext h2).
-                "transport_socket": tls,
-                # Matches the server's admission limits (running + waiting) with room for model listings and for
-                # requests the server itself turns away with 429; past it Envoy answers 429 too.
-                "circuit_breakers": {"thresholds": [{"max_requests": limit, "max_pending_requests": limit}]},
-                "typed_extension_protocol_options": _HTTP2_UPSTREAM,
-                "load_assignment": _endpoints(SINGLE_CLUSTER, [(settings.grpc_host, settings.grpc_port)]),
-            }
-        ]
+        return [_local_cluster(settings, tls)]
     return [_model_cluster(f"model_{i}", model, tls) for i, model in enumerate(settings.models)]
+
+
+def _local_cluster(settings: GatewaySettings, tls: dict[str, Any] | None) -> dict[str, Any]:
+    """The server this Envoy fronts: its gRPC port, or the unix socket of each of its frontends."""
+    limit = settings.max_upstream_requests
+    cluster: dict[str, Any] = {
+        "name": SINGLE_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "2s",
+        # TLS when the gRPC port is TLS (null: plaintext h2).
+        "transport_socket": tls,
+        # Matches the server's admission limits (running + waiting) with room for model listings and for requests
+        # the server itself turns away with 429; past it Envoy answers 429 too.
+        "circuit_breakers": {"thresholds": [{"max_requests": limit, "max_pending_requests": limit}]},
+        "typed_extension_protocol_options": _HTTP2_UPSTREAM,
+        "load_assignment": _endpoints(SINGLE_CLUSTER, [(settings.grpc_host, settings.grpc_port)]),
+    }
+    if settings.local_endpoints:
+        # Each stream to the frontend with the fewest in flight: Envoy holds one HTTP/2 connection per worker and
+        # endpoint, so spreading connections (as the kernel does for callers of the shared port) would not spread
+        # streams. The sockets are local and plaintext whatever the public port speaks.
+        cluster.update(
+            lb_policy="LEAST_REQUEST",
+            transport_socket=None,
+            load_assignment=_pipe_endpoints(SINGLE_CLUSTER, settings.local_endpoints),
+        )
+    return cluster
 
 
 def _model_cluster(name: str, model: ModelRoute, tls: dict[str, Any] | None) -> dict[str, Any]:

@@ -34,6 +34,9 @@ class GatewaySettings:
     # The shared gateway (`chatgen gateway --backends`): model -> replicas. Empty: the one server at
     # grpc_host:grpc_port, which answers for its own model.
     models: tuple[ModelRoute, ...] = ()
+    # Several frontends of one server (`chatgen serve --frontends N`): the unix socket each listens on, plaintext,
+    # in place of grpc_host:grpc_port. Empty: the one server there.
+    local_endpoints: tuple[str, ...] = ()
     # When the config was rendered: the `created` of the models GET /v1/models lists (--backends).
     rendered_at: int = 0
 

@@ -147,3 +147,25 @@ def test_envoy_concurrency_flag_reaches_envoys_command_line(tmp_path: Path) -> N
     assert command(environ={"CHATGEN_ENVOY_CONCURRENCY": "AUTO"}) == command()
     with pytest.raises(SystemExit):
         command("--envoy-concurrency", "0")
+
+
+def test_frontends_are_the_local_cluster_least_request_over_their_unix_sockets(tmp_path: Path) -> None:
+    """`chatgen serve --frontends 2`: Envoy reaches each frontend on its own socket, plaintext even where the
+    public gRPC port is TLS, and Envoy itself accepts the config."""
+    sockets = (str(tmp_path / "frontend-0.sock"), str(tmp_path / "frontend-1.sock"))
+    s = replace(settings(tmp_path), local_endpoints=sockets, upstream_tls=True)
+    config = yaml.safe_load(render_config(s).read_text())
+    (cluster,) = [c for c in config["static_resources"]["clusters"] if c["name"] == "chatgen_grpc"]
+    assert cluster["lb_policy"] == "LEAST_REQUEST"
+    assert cluster["transport_socket"] is None
+    endpoints = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    assert [e["endpoint"]["address"] for e in endpoints] == [{"pipe": {"path": p}} for p in sockets]
+    assert_envoy_accepts(render_config(s))
+
+
+def test_one_server_is_its_grpc_port(tmp_path: Path) -> None:
+    config = yaml.safe_load(render_config(settings(tmp_path)).read_text())
+    (cluster,) = [c for c in config["static_resources"]["clusters"] if c["name"] == "chatgen_grpc"]
+    assert "lb_policy" not in cluster
+    (endpoint,) = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    assert "socket_address" in endpoint["endpoint"]["address"]
