@@ -13,7 +13,8 @@ Targets: (a) `vllm serve`, vLLM's own OpenAI server, the baseline; (b) chatgen o
 through Envoy; (d) SMG, the Rust OpenAI gateway, in front of vLLM's own gRPC worker; and with --targets: (e)
 vLLM's AsyncLLM in this process, the ceiling; (f) chatgen gRPC on its transformers fallback engine and (g)
 transformers' own generate() on the same prompts, its baseline; (i) chatgen over gRPC with --coalesce tokens per
-streamed chunk (per-request stream_interval), on (b)'s server: what stream coalescing gains. With --simulator
+streamed chunk (per-request stream_interval), on (b)'s server: what stream coalescing gains; (j) chatgen over gRPC
+with --frontends processes over its engine and (k) `vllm serve --api-server-count` as many. With --simulator
 TTFT_MS,ITL_MS: only chatgen, on the token simulator (no model), over gRPC (b), REST (c) and REST from a bare HTTP
 client (h): what Envoy adds.
 The REST targets (a), (c) and (d) use httpx, the openai SDK's client; --http-client bare drives them with the bare
@@ -29,11 +30,12 @@ streaming exactly its max_tokens (ignore_eos). Each (target, concurrency) run sa
 first word, so prefix caching (on, as in production) never serves one run from another's.
 
 Reported per target and concurrency: requests/s, output tokens/s, TTFT p50/p99 and inter-token latency p50/p99
-(ms), errors; then the throughput ratios b/a, b/d, c/a, c/b, c/d, b/e, f/g, h/b, i/b, the TTFT p50 ratios b/a,
-b/d, c/b, i/b and the TTFT p50 that Envoy adds (c - b, h - b). Each ratio comes with a 95 % confidence interval from its
-rounds: round i of one target and round i of the other ran the same requests minutes apart, so the ratio of their
-tokens/s (or median TTFTs) is one paired sample of it (t-interval of the mean log ratio; at least 3 rounds), and
-a last row pools every level's pairs. On a GPU machine the same command runs unchanged with the CUDA vLLM build.
+(ms), errors; then the throughput ratios b/a, b/d, c/a, c/b, c/d, b/e, f/g, h/b, i/b, j/b, k/a, j/k, the TTFT p50
+ratios b/a, b/d, c/b, i/b, j/b, j/k and the TTFT p50 that Envoy adds (c - b, h - b). Each ratio comes with a 95 %
+confidence interval from its rounds: round i of one target and round i of the other ran the same requests minutes
+apart, so the ratio of their tokens/s (or median TTFTs) is one paired sample of it (t-interval of the mean log
+ratio; at least 3 rounds), and a last row pools every level's pairs. On a GPU machine the same command runs
+unchanged with the CUDA vLLM build.
 """
 
 from __future__ import annotations
@@ -69,7 +71,10 @@ from benchmarks.workload import Request, replay, synthetic
 
 ROUND_PER_CLIENT = 4
 
-TARGETS = ("vllm", "smg", "grpc", "rest", "raw-rest", "engine", "hf", "transformers", "grpc-coalesced")
+TARGETS = (
+    "vllm", "smg", "grpc", "rest", "raw-rest", "engine", "hf", "transformers", "grpc-coalesced", "grpc-frontends",
+    "vllm-api-servers",
+)  # fmt: skip
 # The targets one `chatgen serve` on vLLM answers.
 CHATGEN_TARGETS = {"grpc", "rest", "raw-rest", "grpc-coalesced"}
 
@@ -219,6 +224,13 @@ async def chatgen(
 
 
 @contextlib.asynccontextmanager
+async def frontends(setup: EngineSetup, count: int, max_connections: int) -> AsyncIterator[Senders]:
+    """(j): a second `chatgen serve`, with `count` frontends over its engine core, over gRPC."""
+    async with chatgen_senders(setup, max_connections, "--frontends", str(count)) as send:
+        yield {"grpc-frontends": send.grpc}
+
+
+@contextlib.asynccontextmanager
 async def hf_engine(setup: EngineSetup) -> AsyncIterator[Senders]:
     """(f): chatgen's fallback engine (transformers, one generate() per request on a worker thread), over gRPC."""
     # vLLM's flags don't apply to this engine (chatgen refuses them for it).
@@ -237,15 +249,21 @@ def openers(args: argparse.Namespace, setup: EngineSetup) -> list[Opener]:
         return [functools.partial(chatgen, bare, targets, connections, args.http_client, args.coalesce, *flags)]
     if not args.apart:
         # Every vLLM engine resident at once: on a GPU, each gets its share of the memory.
-        engines = len(targets & {"vllm", "smg", "engine"}) + bool(targets & CHATGEN_TARGETS)
+        engines = len(targets & {"vllm", "smg", "engine", "grpc-frontends", "vllm-api-servers"})
+        engines += bool(targets & CHATGEN_TARGETS)
         setup = setup.sharing_gpu(engines)
     out: list[Opener] = []
     if "vllm" in targets:
         out.append(functools.partial(openai_server, vllm_serve, setup, "vllm", connections, args.http_client))
+    if "vllm-api-servers" in targets:
+        serve = functools.partial(vllm_serve, api_servers=args.frontends)
+        out.append(functools.partial(openai_server, serve, setup, "vllm-api-servers", connections, args.http_client))
     if "smg" in targets:
         out.append(functools.partial(openai_server, smg_serve, setup, "smg", connections, args.http_client))
     if targets & CHATGEN_TARGETS:
         out.append(functools.partial(chatgen, setup, targets, connections, args.http_client, args.coalesce))
+    if "grpc-frontends" in targets:
+        out.append(functools.partial(frontends, setup, args.frontends, connections))
     if "engine" in targets:
         out.append(functools.partial(engine_in_process, setup))
     if "hf" in targets:
@@ -332,8 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--targets",
         type=lambda s: s.split(","),
         default=list(TARGETS[:4]),
-        help="comma-separated, of: vllm, smg, grpc, rest, raw-rest, engine, hf, transformers, grpc-coalesced "
-        "(default: the first four)",
+        help="comma-separated, of: vllm, smg, grpc, rest, raw-rest, engine, hf, transformers, grpc-coalesced, "
+        "grpc-frontends, vllm-api-servers (default: the first four)",
     )
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--requests", type=int, default=16, help="requests per level, at least")
@@ -385,7 +403,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="target grpc-coalesced (i): chatgen over gRPC with this stream_interval per request, on the same "
         "server as (b), taking turns with it (i/b: what coalescing gains)",
     )
-    add_http_client_argument(parser)  # for (a), (c) and (d)
+    parser.add_argument(
+        "--frontends",
+        type=int,
+        default=2,
+        help="targets grpc-frontends (j) and vllm-api-servers (k): chatgen with this many frontends and `vllm "
+        "serve --api-server-count` this many, each its own server (j/b: what the frontends gain; j/k: against vLLM's)",
+    )
+    add_http_client_argument(parser)  # for (a), (c), (d) and (k)
     parser.add_argument("--smoke", action="store_true", help="a tiny sweep that checks the harness still works")
     return parser
 

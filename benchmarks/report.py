@@ -16,6 +16,8 @@ LETTERS = {
     "transformers": "g",
     "raw-rest": "h",
     "grpc-coalesced": "i",
+    "grpc-frontends": "j",
+    "vllm-api-servers": "k",
 }
 LABELS = {
     "vllm": "vllm serve",
@@ -27,11 +29,16 @@ LABELS = {
     "transformers": "transformers generate",
     "raw-rest": "chatgen REST, bare client",
     "grpc-coalesced": "chatgen gRPC, coalesced",
+    "grpc-frontends": "chatgen gRPC, N frontends",
+    "vllm-api-servers": "vllm serve, N API servers",
 }
-RATIOS = [("b", "a"), ("b", "d"), ("c", "a"), ("c", "b"), ("c", "d"), ("b", "e"), ("f", "g"), ("h", "b"), ("i", "b")]
+RATIOS = [
+    ("b", "a"), ("b", "d"), ("c", "a"), ("c", "b"), ("c", "d"), ("b", "e"), ("f", "g"), ("h", "b"), ("i", "b"),
+    ("j", "b"), ("k", "a"), ("j", "k"),
+]  # fmt: skip
 # TTFT p50 ratios (below 1: the first target answers sooner): chatgen against the two baselines, REST against gRPC,
-# coalesced streams against one chunk per token.
-TTFT_RATIOS = [("b", "a"), ("b", "d"), ("c", "b"), ("i", "b")]
+# coalesced streams against one chunk per token, N frontends against one and against vLLM's N API servers.
+TTFT_RATIOS = [("b", "a"), ("b", "d"), ("c", "b"), ("i", "b"), ("j", "b"), ("j", "k")]
 
 # Targets measured together take turns in rounds of this many requests per client (see Sweep.take_turns).
 # Fewer paired rounds than this give no confidence interval for a ratio.

