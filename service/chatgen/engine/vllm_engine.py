@@ -132,11 +132,14 @@ class VllmEngine(Engine):
 
     def core_config(self, frontends: int) -> Any:
         """The VllmConfig of an engine core that `frontends` processes share, as `vllm serve --api-server-count`
-        builds it (chatgen.frontends starts the core with it)."""
+        builds it (chatgen.frontends starts the core with it; rank -1: the supervisor, not a frontend)."""
+        return self._shared_config(frontends, -1)
+
+    def _shared_config(self, count: int, rank: int) -> Any:
         from vllm.usage.usage_lib import UsageContext
 
-        self.engine_args._api_process_count = frontends
-        self.engine_args._api_process_rank = -1
+        self.engine_args._api_process_count = count
+        self.engine_args._api_process_rank = rank
         return self.engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
 
     async def start(self) -> None:
@@ -164,11 +167,8 @@ class VllmEngine(Engine):
             return async_llm.from_engine_args(self.engine_args)
         from vllm.usage.usage_lib import UsageContext
 
-        self.engine_args._api_process_count = client.count
-        self.engine_args._api_process_rank = client.index
-        config = self.engine_args.create_engine_config(usage_context=UsageContext.OPENAI_API_SERVER)
         return async_llm.from_vllm_config(
-            config,
+            self._shared_config(client.count, client.index),
             usage_context=UsageContext.OPENAI_API_SERVER,
             disable_log_stats=self.engine_args.disable_log_stats,
             client_addresses=dict(client.addresses),

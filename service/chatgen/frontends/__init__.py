@@ -29,7 +29,7 @@ from chatgen.frontends.group import Group, start_group
 from chatgen.frontends.metrics import FrontendMetrics
 from chatgen.frontends.process import FrontendSpec
 from chatgen.gateway import EnvoyProcess, default_work_dir
-from chatgen.gateway.settings import usable_cpus
+from chatgen.gateway.settings import count_or_auto
 
 log = logging.getLogger("chatgen")
 
@@ -48,12 +48,7 @@ def auto_frontends(cpus: float) -> int:
 
 def frontend_count(text: str) -> int:
     """--frontends: a number, or `auto` (auto_frontends of usable_cpus)."""
-    if text.strip().lower() == "auto":
-        return auto_frontends(usable_cpus())
-    count = int(text)
-    if count < 1:
-        raise ValueError(text)
-    return count
+    return count_or_auto(text, auto_frontends)
 
 
 def _note(text: str) -> None:
@@ -200,13 +195,7 @@ class Supervisor:
         """Each frontend drains as a lone server does (SIGTERM); a second signal is passed on (it ends their
         wait for running requests). 0 when every frontend exited cleanly."""
         self._signal_frontends()
-        limit = self.settings.shutdown_grace + REVOKE_SECONDS + STOP_SECONDS + 10.0
-        deadline = asyncio.get_running_loop().time() + limit
-        while any(p.is_alive() for p in self.group.frontends) and asyncio.get_running_loop().time() < deadline:
-            if not signals.empty():
-                await signals.get()
-                self._signal_frontends()
-            await asyncio.sleep(0.1)
+        await self._frontends_gone(self.settings.shutdown_grace + REVOKE_SECONDS + STOP_SECONDS + 10.0, signals)
         await self._stop_frontends(1.0)
         return 0 if all(p.exitcode == 0 for p in self.group.frontends) else 1
 
@@ -215,11 +204,18 @@ class Supervisor:
             if process.is_alive():
                 process.terminate()
 
-    async def _stop_frontends(self, timeout: float) -> None:
-        self._signal_frontends()
+    async def _frontends_gone(self, timeout: float, signals: asyncio.Queue[int] | None = None) -> None:
+        """Until every frontend has exited or `timeout` has passed; a signal meanwhile is passed on to them."""
         deadline = asyncio.get_running_loop().time() + timeout
         while any(p.is_alive() for p in self.group.frontends) and asyncio.get_running_loop().time() < deadline:
+            if signals is not None and not signals.empty():
+                await signals.get()
+                self._signal_frontends()
             await asyncio.sleep(0.1)
+
+    async def _stop_frontends(self, timeout: float) -> None:
+        self._signal_frontends()
+        await self._frontends_gone(timeout)
         for process in self.group.frontends:
             if process.is_alive():
                 process.kill()

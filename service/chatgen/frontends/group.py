@@ -76,20 +76,11 @@ def _over_engine_core(spec: FrontendSpec, count: int) -> Group:
 
 
 def _vllm_engine(spec: FrontendSpec) -> Any:
-    """The engine settings the frontends start with, for the core (its vLLM config is theirs)."""
-    from chatgen.engine.vllm_engine import VllmEngine, VllmSettings
+    """The engine the frontends start with, for the core (its vLLM config is theirs)."""
+    from chatgen.engine.factory import create_engine
 
     e = spec.settings.engine
-    return VllmEngine(
-        VllmSettings(
-            e.model.path,
-            e.model.served_name,
-            max_model_len=e.max_model_len,
-            dtype=e.dtype,
-            max_num_seqs=e.max_num_seqs,
-            engine_argv=e.argv,
-        )
-    )
+    return create_engine("vllm", e.model, e.max_model_len, e.dtype, max_num_seqs=e.max_num_seqs, engine_argv=e.argv)
 
 
 def _stop_core(manager: Any, launch: Any, engine: Any, timeout: float) -> None:

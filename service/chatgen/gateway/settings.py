@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,14 +70,19 @@ def auto_envoy_workers(cpus: float) -> int:
     return max(1, min(MAX_AUTO_ENVOY_WORKERS, int(cpus // CPUS_PER_ENVOY_WORKER)))
 
 
+def count_or_auto(text: str, auto: Callable[[float], int]) -> int:
+    """A count flag's value: a number (1 or more), or `auto`: `auto` of usable_cpus()."""
+    if text.strip().lower() == "auto":
+        return auto(usable_cpus())
+    count = int(text)
+    if count < 1:
+        raise ValueError(text)
+    return count
+
+
 def envoy_workers(text: str) -> int:
     """--envoy-concurrency: a number of worker threads, or `auto` (auto_envoy_workers of usable_cpus)."""
-    if text.strip().lower() == "auto":
-        return auto_envoy_workers(usable_cpus())
-    workers = int(text)
-    if workers < 1:
-        raise ValueError(text)
-    return workers
+    return count_or_auto(text, auto_envoy_workers)
 
 
 def default_work_dir() -> Path:
