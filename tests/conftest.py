@@ -35,6 +35,8 @@ class Service:
     process: subprocess.Popen[str]
     log: list[str]
     metrics_port: int
+    # Its CHATGEN_RUN_DIR: Envoy's config, and with --frontends each frontend's socket (frontend-<i>.sock).
+    run_dir: Path
 
     def metric(self, name: str) -> float:
         """The current value of one unlabelled Prometheus metric from the server's /metrics."""
@@ -81,7 +83,8 @@ def running_service(
         "--shutdown-grace", "2",
         *extra,
     ]  # fmt: skip
-    env = {**(os.environ if env is None else env), "CHATGEN_RUN_DIR": f"/tmp/chatgen-test-{os.getpid()}-{grpc_port}"}
+    run_dir = Path(f"/tmp/chatgen-test-{os.getpid()}-{grpc_port}")
+    env = {**(os.environ if env is None else env), "CHATGEN_RUN_DIR": str(run_dir)}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd)
     log: list[str] = []
     ready = threading.Event()
@@ -101,7 +104,14 @@ def running_service(
             raise RuntimeError("chatgen serve did not start:\n" + "".join(log[-60:]))
     try:
         yield Service(
-            f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{http_port}", admin_port, engine, proc, log, metrics_port
+            f"127.0.0.1:{grpc_port}",
+            f"http://127.0.0.1:{http_port}",
+            admin_port,
+            engine,
+            proc,
+            log,
+            metrics_port,
+            run_dir,
         )
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -186,6 +186,11 @@ async def _start_server(
         share_port=role is not None and role.count > 1,
     )
     await server.load_adapters(settings.lora_modules)
+    if role is not None and role.count > 1:
+        server.adapters.fix(
+            f"with --frontends {role.count}: each frontend keeps its own adapter names; name them at start with "
+            "--lora-modules"
+        )
     await server.start()
     if role is not None:
         # The shared port may answer from another frontend: this one's own socket.

@@ -172,6 +172,13 @@ CASES: tuple[ErrorCase, ...] = (
         Failure.INVALID_REQUEST,
         "lora_path, lora_name",
     ),
+    ErrorCase(
+        "adapter-updates-off",
+        "`/v1/load_lora_adapter` or `/v1/unload_lora_adapter` with `--frontends` above 1 (each frontend keeps its "
+        "own names: adapters are named at start with `--lora-modules`)",
+        Failure.UNSUPPORTED,
+        "lora_name",
+    ),
     ErrorCase("no-chat-template", "chat on a model without a chat template", Failure.NO_CHAT_TEMPLATE, "messages"),
     ErrorCase(
         "too-large", "body over `--max-request-bytes` (default 8 MiB)", Failure.REQUEST_TOO_LARGE, "", "Envoy / gRPC"

@@ -1,6 +1,6 @@
 """`chatgen serve --frontends 2`: two gRPC server processes over one vLLM engine core (vLLM's multi-API-server
-machinery), Envoy spreading streams between them; and, on the token simulator, the supervisor's drain and
-failure handling."""
+machinery), Envoy spreading streams between them, each frontend serving the --lora-modules; and, on the token
+simulator, the supervisor's drain and failure handling."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import httpx
@@ -21,13 +22,22 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from chatgen.v1 import chatgen_pb2 as pb
 from chatgen.v1 import chatgen_pb2_grpc as pb_grpc
 from tests.conftest import MODEL_NAME, Service, running_service
+from tests.support.error_rows import check_row
+from tests.support.lora import LORA_FLAGS, build_adapter
 
 pytestmark = pytest.mark.integration
 
+ADAPTER = "frontends-lora"
+
 
 @pytest.fixture(scope="module")
-def frontends() -> Iterator[Service]:
-    with running_service("vllm", "--frontends", "2") as svc:
+def adapter(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path:
+    return build_adapter(model_dir, tmp_path_factory.mktemp("adapters") / ADAPTER, seed=1)
+
+
+@pytest.fixture(scope="module")
+def frontends(adapter: Path) -> Iterator[Service]:
+    with running_service("vllm", "--frontends", "2", *LORA_FLAGS, "--lora-modules", f"{ADAPTER}={adapter}") as svc:
         yield svc
 
 
@@ -42,9 +52,11 @@ def by_frontend(service: Service, name: str) -> dict[str, float]:
     return out
 
 
-def chat_request(max_tokens: int, text: str = "Count to ten.") -> pb.CreateChatCompletionRequest:
+def chat_request(
+    max_tokens: int, text: str = "Count to ten.", model: str = MODEL_NAME
+) -> pb.CreateChatCompletionRequest:
     return pb.CreateChatCompletionRequest(
-        model=MODEL_NAME,
+        model=model,
         messages=[pb.ChatMessage(role="user", content=struct_pb2.Value(string_value=text))],
         max_tokens=max_tokens,
         temperature=0,
@@ -131,6 +143,39 @@ def test_a_cancelled_stream_and_a_deadline_abort_the_engine_request(frontends: S
         assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert wait_for(lambda: sum(by_frontend(frontends, "chatgen_engine_running_requests").values()) == 0)
     assert sum(by_frontend(frontends, "chatgen_requests_aborted_total").values()) == aborted + 2
+
+
+def test_every_frontend_serves_the_lora_modules_and_refuses_runtime_loads(frontends: Service, adapter: Path) -> None:
+    texts: dict[tuple[int, str], str] = {}
+    for i in (0, 1):
+        # Each frontend on its own socket: the shared port would pick one for us.
+        with grpc.insecure_channel(f"unix:{frontends.run_dir}/frontend-{i}.sock") as channel:
+            models = pb_grpc.ModelsServiceStub(channel).ListModels(pb.ListModelsRequest(), timeout=10)
+            assert [m.id for m in models.data] == [MODEL_NAME, ADAPTER]
+            chat = pb_grpc.ChatServiceStub(channel)
+            for model in (MODEL_NAME, ADAPTER):
+                request = chat_request(8, "Name a colour.", model)
+                request.ClearField("ignore_eos")
+                reply = chat.CreateChatCompletion(request, timeout=60)
+                assert reply.model == model
+                texts[i, model] = reply.choices[0].message.content
+            with pytest.raises(grpc.RpcError) as refused:
+                load = pb.LoadLoraAdapterRequest(lora_name="late", lora_path=str(adapter))
+                pb_grpc.ModelsServiceStub(channel).LoadLoraAdapter(load, timeout=10)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # One engine id per name on every frontend: the same weights answer through either.
+    assert texts[0, ADAPTER] == texts[1, ADAPTER] != texts[0, MODEL_NAME] == texts[1, MODEL_NAME]
+    for path, body in (
+        ("/v1/load_lora_adapter", {"lora_name": "late", "lora_path": str(adapter)}),
+        ("/v1/unload_lora_adapter", {"lora_name": ADAPTER}),
+    ):
+        reply = httpx.post(f"{frontends.http_base}{path}", json=body, timeout=30)
+        assert reply.status_code == 400, reply.text
+        error = reply.json()["error"]
+        assert error["param"] == "lora_name"
+        assert "cannot be loaded or unloaded at runtime with --frontends 2" in error["message"]
+        check_row("adapter-updates-off", error)
+    assert [m.id for m in frontends.openai().models.list().data] == [MODEL_NAME, ADAPTER]
 
 
 # ---- the supervisor, on the token simulator (no model: fast to start, fixed timing) -----------------------------

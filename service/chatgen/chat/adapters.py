@@ -1,6 +1,12 @@
 """The LoRA adapters a server runs over its model, by the name requests send as `model` (vLLM's
 OpenAIServingModels): loaded at start (--lora-modules) or at runtime (/v1/load_lora_adapter), each with an engine
-id of its own that is never reused for other weights."""
+id of its own that is never reused for other weights.
+
+Several frontends over one engine (chatgen.frontends) each keep their own names, so a runtime load through one
+would not reach the others: there the names are fixed once the server is up (vLLM likewise refuses runtime LoRA
+updates with --api-server-count above 1). Every frontend loads the same --lora-modules in the same order, so each
+name gets the same engine id everywhere, and the engine core loads each adapter once (a second add of an id it
+holds is a no-op)."""
 
 from __future__ import annotations
 
@@ -30,6 +36,8 @@ class Adapters:
         self._base = base_model
         self._by_name: dict[str, Adapter] = {}
         self._ids = itertools.count(1)
+        # Why runtime loads and unloads are refused (None: they are served); set by fix().
+        self._fixed: str | None = None
         # One load or unload at a time: a name is checked and taken in one step, and ids follow load order.
         self._lock = asyncio.Lock()
 
@@ -38,8 +46,13 @@ class Adapters:
         """The adapters loaded now (a live view: request validation reads it)."""
         return self._by_name
 
+    def fix(self, why: str) -> None:
+        """From now on the names are those loaded so far: loads and unloads are refused, saying `why`."""
+        self._fixed = why
+
     async def load(self, load: AdapterLoad) -> Adapter:
         async with self._lock:
+            self._refuse_if_fixed("lora_name")
             if not self._engine.max_adapters:
                 raise invalid(
                     "LoRA adapters are off on this server: start it on the vLLM engine with --enable-lora",
@@ -67,6 +80,13 @@ class Adapters:
     async def unload(self, name: str) -> None:
         """Requests can no longer name it; the engine drops its weights when it needs the room (vLLM's LRU)."""
         async with self._lock:
+            self._refuse_if_fixed("lora_name")
             if self._by_name.pop(name, None) is None:
                 message = f"The lora adapter {shown(name)} cannot be found."
                 raise ApiError(Failure.ADAPTER_NOT_FOUND, message, "lora_name")
+
+    def _refuse_if_fixed(self, param: str) -> None:
+        if self._fixed is not None:
+            # What this deployment cannot do, as for any unsupported request: 400 (never a 5xx, see errors).
+            message = f"LoRA adapters cannot be loaded or unloaded at runtime {self._fixed}"
+            raise ApiError(Failure.UNSUPPORTED, message, param)

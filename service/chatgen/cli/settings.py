@@ -134,16 +134,8 @@ def serve_settings(args: argparse.Namespace) -> ServeSettings:
         response_store_limits=StoreLimits(args.response_store_max_age * 3600.0, args.response_store_max_mb << 20),
         lora_modules=tuple(lora_module(text) for text in args.lora_modules),
         stream_interval=stream_interval(args),
-        frontends=_frontends(args),
+        frontends=int(args.frontends),
     )
-
-
-def _frontends(args: argparse.Namespace) -> int:
-    if args.frontends > 1 and (args.lora_modules or "--enable-lora" in args.engine_argv):
-        # vLLM refuses runtime LoRA updates with several API servers for the same reason: each frontend keeps its
-        # own registry of names, and a load through one would not reach the others.
-        raise SystemExit("chatgen serve: --frontends above 1 does not serve LoRA adapters yet; use --frontends 1")
-    return int(args.frontends)
 
 
 def standalone_gateway_settings(args: argparse.Namespace) -> GatewaySettings:
