@@ -146,11 +146,12 @@ async def _start_engine(settings: EngineSettings, limits: AdmissionLimits, clien
     return engine
 
 
-def grammar_check(settings: ServeSettings, engine: Engine) -> GrammarCheck | None:
-    """The compile check for decoding schemas, on the engines that decode under them (not the token simulator)."""
-    if settings.max_grammar_seconds <= 0 or engine.name not in ("vllm", "hf"):
+def grammar_check(settings: ServeSettings) -> GrammarCheck | None:
+    """The compile check for decoding schemas, on the engines that decode under them (not the token simulator).
+    Its worker starts now, to load beside the engine."""
+    if settings.max_grammar_seconds <= 0 or settings.engine.kind == "simulator":
         return None
-    check = GrammarCheck(engine.model.path, settings.max_grammar_seconds)
+    check = GrammarCheck(settings.engine.model.path, settings.max_grammar_seconds)
     check.start()
     return check
 
@@ -206,11 +207,16 @@ async def serve(settings: ServeSettings, role: FrontendRole | None = None) -> in
     """Serve until stopped; `role`: as one of several frontends (chatgen.frontends), which gives it no gateway."""
     # Orphans of a dead engine core are re-parented here, and ended with the rest at exit.
     reaper.become_subreaper()
-    engine = await _start_engine(settings.engine, settings.limits, role.client if role is not None else None)
+    grammars = grammar_check(settings)
+    try:
+        engine = await _start_engine(settings.engine, settings.limits, role.client if role is not None else None)
+    except BaseException:
+        if grammars is not None:
+            grammars.close()
+        raise
     server: GrpcServer | None = None
     envoy: EnvoyProcess | None = None
     store: ResponseStore | None = None
-    grammars = grammar_check(settings, engine)
     work_dir = settings.gateway.work_dir if settings.gateway is not None else default_work_dir()
     # Envoy's rendered config goes there; a directory this process made is removed when it exits.
     made_work_dir = not work_dir.exists()
@@ -225,6 +231,10 @@ async def serve(settings: ServeSettings, role: FrontendRole | None = None) -> in
             envoy = EnvoyProcess(replace(settings.gateway, grpc_port=server.port))
             envoy.start()
             await envoy.wait_ready()
+        if grammars is not None:
+            # Ready means warm: the worker's own start (seconds of CPU: transformers, xgrammar, the tokenizer)
+            # would otherwise run beside the first requests.
+            await grammars.wait_started()
         _note(f"{freeze_startup_heap()} start-up objects frozen out of the garbage collector's reach")
         if role is not None:
             role.ready.put((role.index, metrics_port))

@@ -114,6 +114,12 @@ class GrammarCheck:
         if self._worker is None:
             self._worker = _Worker(self._tokenizer_dir)
 
+    async def wait_started(self) -> None:
+        """Until the worker has loaded the tokenizer (started if it was not)."""
+        self.start()
+        assert self._worker is not None
+        await self._worker.started()
+
     def close(self) -> None:
         if self._worker is not None:
             self._worker.kill()

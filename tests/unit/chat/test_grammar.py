@@ -30,6 +30,19 @@ async def check(model_dir: Path) -> AsyncIterator[GrammarCheck]:
     grammars.close()
 
 
+async def test_wait_started_returns_once_the_worker_has_loaded_the_tokenizer(model_dir: Path) -> None:
+    grammars = GrammarCheck(str(model_dir), seconds=60)
+    try:
+        await grammars.wait_started()
+        worker = grammars._worker
+        assert worker is not None and worker.ready and worker.process.is_alive()
+        await grammars.wait_started()  # once started, at once
+        assert grammars._worker is worker
+        await grammars.check(SMALL)
+    finally:
+        grammars.close()
+
+
 async def test_a_schema_that_compiles_passes_and_is_remembered(check: GrammarCheck) -> None:
     worker = check._worker
     check.close()  # a remembered schema needs no worker
