@@ -1,4 +1,4 @@
-"""The gRPC server: the chatgen services plus standard health checking and reflection."""
+"""The gRPC server: the chatgen services plus standard health checking, reflection and ORCA load reports."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from chatgen.metrics import Metrics
 from chatgen.store import ResponseStore
 from chatgen.transport.auth import PROTECTED_PREFIX, ApiKeyInterceptor, FailedAuth
 from chatgen.transport.calls import CallLog, CallLogInterceptor
+from chatgen.transport.load_report import ORCA_SERVICE, LoadReports
 from chatgen.transport.malformed import MalformedMessageInterceptor
 from chatgen.transport.models_servicer import ModelsServicer
 from chatgen.transport.replies import model_card
@@ -117,12 +118,14 @@ class GrpcServer:
         where a local Envoy reaches it when several frontends share `port` (`share_port`: SO_REUSEPORT, the
         kernel spreading the callers' connections between them)."""
         self.engine = engine
+        # The load this server reports to balancers (trailers and OpenRcaService), from its admission.
+        self.load = LoadReports(admission, engine) if admission is not None else None
         self.server = grpc.aio.server(
             # Authentication first: a caller without a key learns nothing, not even that its bytes were malformed.
             interceptors=[
                 *([ApiKeyInterceptor(api_keys, _failed_auth(metrics))] if api_keys else []),
                 MalformedMessageInterceptor(PROTECTED_PREFIX),
-                CallLogInterceptor(CallLog(metrics, log_requests)),
+                CallLogInterceptor(CallLog(metrics, log_requests, self.load)),
             ],
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
@@ -153,7 +156,11 @@ class GrpcServer:
         pb_grpc.add_ModelsServiceServicer_to_server(models, self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection([*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
+        served = [*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME]
+        if self.load is not None:
+            self.server.add_generic_rpc_handlers((self.load.handler(),))
+            served.append(ORCA_SERVICE)
+        reflection.enable_server_reflection(served, self.server)
         address = f"{host}:{port}"
         if credentials is not None:
             self.port = self.server.add_secure_port(address, credentials)

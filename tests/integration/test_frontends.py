@@ -18,6 +18,8 @@ import psutil
 import pytest
 from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from xds.data.orca.v3.orca_load_report_pb2 import OrcaLoadReport
+from xds.service.orca.v3.orca_pb2 import OrcaLoadReportRequest
 
 from chatgen.v1 import chatgen_pb2 as pb
 from chatgen.v1 import chatgen_pb2_grpc as pb_grpc
@@ -176,6 +178,27 @@ def test_every_frontend_serves_the_lora_modules_and_refuses_runtime_loads(fronte
         assert "cannot be loaded or unloaded at runtime with --frontends 2" in error["message"]
         check_row("adapter-updates-off", error)
     assert [m.id for m in frontends.openai().models.list().data] == [MODEL_NAME, ADAPTER]
+
+
+def test_each_frontend_reports_its_own_load_with_the_engines_kv_cache(frontends: Service) -> None:
+    for i in (0, 1):
+        with grpc.insecure_channel(f"unix:{frontends.run_dir}/frontend-{i}.sock") as channel:
+            running = pb_grpc.ChatServiceStub(channel).StreamChatCompletion(chat_request(1500))
+            next(running)
+            next(running)  # a step or more done: the engine core's statistics have reached this frontend
+            stream_metrics = channel.unary_stream(
+                "/xds.service.orca.v3.OpenRcaService/StreamCoreMetrics",
+                request_serializer=OrcaLoadReportRequest.SerializeToString,
+                response_deserializer=OrcaLoadReport.FromString,
+            )
+            reports = stream_metrics(OrcaLoadReportRequest())
+            report = next(reports)
+            reports.cancel()
+            running.cancel()
+        assert report.named_metrics["num_requests_running"] == 1, (i, report)
+        assert 0 < report.named_metrics["kv_cache_usage_perc"] < 1, (i, report)
+        assert report.application_utilization > 0
+    assert wait_for(lambda: sum(by_frontend(frontends, "chatgen_engine_running_requests").values()) == 0)
 
 
 # ---- the supervisor, on the token simulator (no model: fast to start, fixed timing) -----------------------------

@@ -17,6 +17,7 @@ from google.protobuf import struct_pb2
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from chatgen.transport.load_report import ORCA_TRAILER
 from chatgen.v1 import chatgen_pb2 as pb
 from chatgen.v1 import chatgen_pb2_grpc as pb_grpc
 from tests.conftest import MODEL_NAME, Service, running_service
@@ -139,6 +140,8 @@ def test_bad_strings_are_4xx_with_a_short_message(
     before, request_id = len(service.log), f"bad-strings-{param}-{status}"
     response = http.post(CHAT, json=body, headers={"x-request-id": request_id})
     error = error_of(response, status)
+    # The server's load report (in the answer's metadata) is the gateway's to read, not the caller's.
+    assert ORCA_TRAILER not in response.headers
     assert error["param"] == param and len(str(error["message"])) < 300
     # The request's log line is short too, whatever the caller sent.
     deadline = time.monotonic() + 5

@@ -159,6 +159,11 @@ class Engine(abc.ABC):
         """LoRA adapters the engine runs in one batch (vLLM's --max-loras); 0: it serves no adapters."""
         return 0
 
+    @property
+    def kv_cache_usage(self) -> float | None:
+        """The share of the KV cache in use (0-1) at the engine's last step; None where the engine does not say."""
+        return None
+
     async def load_adapter(self, adapter: Adapter, in_place: bool = False) -> None:
         """Load `adapter`'s weights, so requests can run it; EngineRejectedRequest when they do not load
         (AdapterNotFound: nothing at its path). `in_place`: new weights for an id already loaded."""

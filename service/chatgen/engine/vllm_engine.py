@@ -77,6 +77,8 @@ class VllmEngine(Engine):
         self._tokenizer: Any = None
         self._model: ModelInfo | None = None
         self._ipc_dir: str | None = None
+        # The engine core's last scheduler statistics (vllm_stats.SchedulerWatch), once started.
+        self._scheduler: Any = None
         # Parsed now, so a bad vLLM flag stops `chatgen serve` before any model loads.
         self.engine_args = engine_args(
             EngineDefaults(
@@ -107,6 +109,10 @@ class VllmEngine(Engine):
     @property
     def max_adapters(self) -> int:
         return int(self.engine_args.max_loras) if self.engine_args.enable_lora else 0
+
+    @property
+    def kv_cache_usage(self) -> float | None:
+        return self._scheduler.kv_cache_usage if self._scheduler is not None else None
 
     async def load_adapter(self, adapter: Adapter, in_place: bool = False) -> None:
         # chat.adapters refuses loads while max_adapters is 0 (LoRA off), before it calls this.
@@ -163,13 +169,18 @@ class VllmEngine(Engine):
     def _connect(self, async_llm: Any, client: EngineClient | None) -> Any:
         """An AsyncLLM that starts its engine core, or (`client`) one frontend of a core already started, as each
         of `vllm serve --api-server-count`'s API servers."""
-        if client is None:
-            return async_llm.from_engine_args(self.engine_args)
         from vllm.usage.usage_lib import UsageContext
 
+        from chatgen.engine.vllm_stats import SchedulerWatch
+
+        self._scheduler = SchedulerWatch()
+        loggers = [self._scheduler.logger]
+        if client is None:
+            return async_llm.from_engine_args(self.engine_args, stat_loggers=loggers)
         return async_llm.from_vllm_config(
             self._shared_config(client.count, client.index),
             usage_context=UsageContext.OPENAI_API_SERVER,
+            stat_loggers=loggers,
             disable_log_stats=self.engine_args.disable_log_stats,
             client_addresses=dict(client.addresses),
             client_count=client.count,

@@ -14,6 +14,7 @@ from chatgen.gateway import routes
 from chatgen.gateway.descriptors import write_descriptor_set
 from chatgen.gateway.settings import GatewaySettings
 from chatgen.tls import TlsFiles
+from chatgen.transport.load_report import ORCA_TRAILER
 
 LUA_FILTER = "envoy.filters.http.lua"
 HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -257,6 +258,9 @@ def _rest_manager(settings: GatewaySettings, descriptor: Path, stat_prefix: str)
         http2_protocol_options={"max_concurrent_streams": 256},
         route_config={
             "name": "chatgen",
+            # The servers' load reports are for the balancer (Envoy reads them from the upstream's response as it
+            # arrives), not for REST callers.
+            "response_headers_to_remove": [ORCA_TRAILER],
             "virtual_hosts": [
                 {"name": "chatgen", "domains": ["*"], "routes": routes.rest_routes(settings, lua_settings(settings))}
             ],

@@ -5,7 +5,8 @@ Generate RPC.
 The request id is the caller's `x-request-id` (REST callers get one from Envoy, which makes one up when the caller
 sent none and returns it on the response), else a new one; it comes back to gRPC callers in the response headers
 (initial metadata) of a unary call that succeeds, and in the trailers of a stream or of a call that fails. The
-chat layer fills in the tokens and timings (chatgen.chat.accounting); transport.status sets the status.
+chat layer fills in the tokens and timings (chatgen.chat.accounting); transport.status sets the status. The
+same metadata carries the server's load (transport.load_report), to gRPC and REST callers alike.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from chatgen.chat.accounting import RequestStats
 from chatgen.chat.validation.text import fits_request_id
 from chatgen.metrics import Metrics
 from chatgen.transport.interceptors import AroundCalls
+from chatgen.transport.load_report import LoadReports
 
 REQUEST_ID_KEY = "x-request-id"
 # The most of a client's string a log line carries (json.dumps escapes it).
@@ -60,10 +62,17 @@ class CallRecord:
     code: grpc.StatusCode = grpc.StatusCode.OK
     # Whether the request id has gone back in a unary call's response headers (the trailers carry it otherwise).
     id_sent: bool = False
+    # The server's load, reported with the call's metadata (None: not reported).
+    load: LoadReports | None = None
 
     @property
-    def metadata(self) -> tuple[tuple[str, str], ...]:
-        return ((REQUEST_ID_KEY, self.request_id),)
+    def metadata(self) -> tuple[tuple[str, str | bytes], ...]:
+        """The request id, and the server's load as of now."""
+        return ((REQUEST_ID_KEY, self.request_id), *self.load_metadata)
+
+    @property
+    def load_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
+        return (self.load.trailer(),) if self.load is not None else ()
 
 
 _current: contextvars.ContextVar[CallRecord | None] = contextvars.ContextVar("chatgen_call", default=None)
@@ -84,9 +93,11 @@ def bind_call(record: CallRecord | None) -> contextvars.Token[CallRecord | None]
 class CallLog:
     """Finishes call records: metrics for every call, and one JSON log line each unless turned off."""
 
-    def __init__(self, metrics: Metrics | None, log_requests: bool = True) -> None:
+    def __init__(self, metrics: Metrics | None, log_requests: bool = True, load: LoadReports | None = None) -> None:
         self._metrics = metrics
         self._log_requests = log_requests
+        # Reported with every call's metadata (transport.load_report).
+        self.load = load
 
     def end(self, call: CallRecord) -> None:
         seconds = time.perf_counter() - call.stats.started
@@ -124,7 +135,7 @@ class CallLogInterceptor(AroundCalls):
     async def around(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
         # Each RPC runs in a task of its own, whose context ends with it: nothing to reset afterwards (and a
         # stream finalized elsewhere could not reset it).
-        record = CallRecord(method.rsplit("/", 1)[1], request_id_from(context))
+        record = CallRecord(method.rsplit("/", 1)[1], request_id_from(context), load=self._calls.load)
         bind_call(record)
         try:
             yield

@@ -83,7 +83,7 @@ def rpc_status(err: ApiError) -> status_pb2.Status:
 async def abort(
     context: grpc.aio.ServicerContext,
     err: ApiError,
-    extra: tuple[tuple[str, str], ...] = (),
+    extra: tuple[tuple[str, str | bytes], ...] = (),
     anthropic: bool | None = None,
 ) -> None:
     if len(err.message.encode()) > _MAX_MESSAGE_BYTES or (err.param is not None and len(err.param) > 200):
@@ -235,7 +235,9 @@ async def stream(
             record.code = err.status.grpc_code
         yield error_chunk(err)
     else:
-        if record is not None and not sse:
-            context.set_trailing_metadata(record.metadata)
+        if record is not None:
+            # gRPC callers get the request id (REST callers have it from the gateway); both, the server's load
+            # (a balancer in between reads it).
+            context.set_trailing_metadata(record.load_metadata if sse else record.metadata)
     finally:
         watch.close()

@@ -9,6 +9,7 @@ import yaml
 
 from chatgen.cli import build_parser
 from chatgen.gateway import GatewaySettings, auto_envoy_workers, envoy_command, render_config, usable_cpus
+from chatgen.transport.load_report import ORCA_TRAILER
 from tests.support.envoy import assert_envoy_accepts
 
 
@@ -67,6 +68,12 @@ def test_filter_order_and_transcoder_options(tmp_path: Path) -> None:
     assert [(b["op"], b["value"]["default_value"]) for b in bounds] == [("GE", 400), ("LE", 499)]
     assert client["body_format_override"]["json_format"]["error"]["type"] == "invalid_request_error"
     assert other["body_format_override"]["json_format"]["error"]["type"] == "server_error"
+
+
+def test_rest_callers_get_no_load_reports(tmp_path: Path) -> None:
+    doc = yaml.safe_load(render_config(settings(tmp_path)).read_text())
+    hcm = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    assert hcm["route_config"]["response_headers_to_remove"] == [ORCA_TRAILER]
 
 
 def test_limits_reach_envoy(tmp_path: Path) -> None:

@@ -1,0 +1,71 @@
+"""The server's load in ORCA form (`xds.data.orca.v3.OrcaLoadReport`, from the published xds protos), for
+balancers that weigh replicas by the load they report themselves: Envoy's client_side_weighted_round_robin, gRPC's
+weighted_round_robin. It goes in-band, in the trailers of every generation call (`endpoint-load-metrics-bin`),
+and out-of-band, every `report_interval` on `xds.service.orca.v3.OpenRcaService/StreamCoreMetrics`.
+
+- application_utilization: how full the server is, the larger of its admission's occupancy ((running + waiting)
+  / --max-running: 1 at the batch limit, more with a queue) and the engine's KV-cache use. Such a balancer
+  weighs a replica by its request rate over this, so a replica that serves as many requests with room to spare
+  gets more of them.
+- named_metrics: `num_requests_running`, `num_requests_waiting` and, where the engine reports it,
+  `kv_cache_usage_perc` (0-1): the figures the Gateway API Inference Extension's endpoint picker reads from
+  vLLM's metrics, under vLLM's names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+from xds.data.orca.v3.orca_load_report_pb2 import OrcaLoadReport
+from xds.service.orca.v3.orca_pb2 import OrcaLoadReportRequest
+
+from chatgen.chat.admission import Admission
+from chatgen.engine import Engine
+
+# The trailer gRPC and Envoy read an in-band report from (binary: the serialized message).
+ORCA_TRAILER = "endpoint-load-metrics-bin"
+ORCA_SERVICE = "xds.service.orca.v3.OpenRcaService"
+# The shortest out-of-band interval served (a caller asking for less gets this): the load changes with every
+# request, but a report per step would cost more than it tells. gRPC's own ORCA service holds its callers to 30 s
+# by default; a balancer of LLM streams wants to know within a second.
+MIN_REPORT_SECONDS = 0.5
+
+
+class LoadReports:
+    def __init__(self, admission: Admission, engine: Engine) -> None:
+        self._admission = admission
+        self._engine = engine
+
+    def report(self) -> OrcaLoadReport:
+        running, waiting = self._admission.running, self._admission.waiting
+        kv = self._engine.kv_cache_usage
+        occupancy = (running + waiting) / self._admission.limits.max_running
+        report = OrcaLoadReport(application_utilization=max(occupancy, kv or 0.0))
+        report.named_metrics["num_requests_running"] = running
+        report.named_metrics["num_requests_waiting"] = waiting
+        if kv is not None:
+            report.named_metrics["kv_cache_usage_perc"] = kv
+        return report
+
+    def trailer(self) -> tuple[str, bytes]:
+        return ORCA_TRAILER, self.report().SerializeToString()
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        """OpenRcaService (its one method) for grpc's server; open to callers without an API key, as health is."""
+        method = grpc.unary_stream_rpc_method_handler(
+            self._stream,
+            request_deserializer=OrcaLoadReportRequest.FromString,
+            response_serializer=OrcaLoadReport.SerializeToString,
+        )
+        return grpc.method_handlers_generic_handler(ORCA_SERVICE, {"StreamCoreMetrics": method})
+
+    async def _stream(
+        self, request: OrcaLoadReportRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[OrcaLoadReport]:
+        """A report now, then one every `report_interval` until the caller goes away or the server stops."""
+        interval = max(request.report_interval.ToTimedelta().total_seconds(), MIN_REPORT_SECONDS)
+        while True:
+            yield self.report()
+            await asyncio.sleep(interval)
