@@ -100,6 +100,8 @@ class CallLog:
         self.load = load
 
     def end(self, call: CallRecord) -> None:
+        if self.load is not None:
+            self.load.call_ended(call.code == grpc.StatusCode.OK)
         seconds = time.perf_counter() - call.stats.started
         stats = call.stats
         ttft = stats.ttft

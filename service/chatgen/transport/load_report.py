@@ -7,6 +7,9 @@ and out-of-band, every `report_interval` on `xds.service.orca.v3.OpenRcaService/
   / --max-running: 1 at the batch limit, more with a queue) and the engine's KV-cache use. Such a balancer
   weighs a replica by its request rate over this, so a replica that serves as many requests with room to spare
   gets more of them.
+- rps_fractional and eps: the calls it finished, and those that failed, per second over the last
+  RATE_SECONDS. A weighted balancer needs them: gRPC's and Envoy's weighted round robin weigh a replica by its
+  reported rate over its utilization (and treat a replica reporting none as average).
 - named_metrics: `num_requests_running`, `num_requests_waiting` and, where the engine reports it,
   `kv_cache_usage_perc` (0-1): the figures the Gateway API Inference Extension's endpoint picker reads from
   vLLM's metrics, under vLLM's names.
@@ -15,6 +18,8 @@ and out-of-band, every `report_interval` on `xds.service.orca.v3.OpenRcaService/
 from __future__ import annotations
 
 import asyncio
+import collections
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -31,18 +36,35 @@ ORCA_SERVICE = "xds.service.orca.v3.OpenRcaService"
 # request, but a report per step would cost more than it tells. gRPC's own ORCA service holds its callers to 30 s
 # by default; a balancer of LLM streams wants to know within a second.
 MIN_REPORT_SECONDS = 0.5
+# The window the reported rates are counted over: long enough to hold a few calls of a loaded replica, short
+# enough to follow a change in load within a few reports.
+RATE_SECONDS = 2.0
 
 
 class LoadReports:
     def __init__(self, admission: Admission, engine: Engine) -> None:
         self._admission = admission
         self._engine = engine
+        # When recent calls ended (monotonic seconds), all of them and the failed ones.
+        self._ended: collections.deque[float] = collections.deque()
+        self._failed: collections.deque[float] = collections.deque()
+
+    def call_ended(self, ok: bool) -> None:
+        now = time.monotonic()
+        self._ended.append(now)
+        if not ok:
+            self._failed.append(now)
 
     def report(self) -> OrcaLoadReport:
         running, waiting = self._admission.running, self._admission.waiting
         kv = self._engine.kv_cache_usage
         occupancy = (running + waiting) / self._admission.limits.max_running
-        report = OrcaLoadReport(application_utilization=max(occupancy, kv or 0.0))
+        now = time.monotonic()
+        report = OrcaLoadReport(
+            application_utilization=max(occupancy, kv or 0.0),
+            rps_fractional=_per_second(self._ended, now),
+            eps=_per_second(self._failed, now),
+        )
         report.named_metrics["num_requests_running"] = running
         report.named_metrics["num_requests_waiting"] = waiting
         if kv is not None:
@@ -69,3 +91,10 @@ class LoadReports:
         while True:
             yield self.report()
             await asyncio.sleep(interval)
+
+
+def _per_second(times: collections.deque[float], now: float) -> float:
+    """How many of `times` fall in the last RATE_SECONDS, per second (older ones are dropped)."""
+    while times and times[0] < now - RATE_SECONDS:
+        times.popleft()
+    return len(times) / RATE_SECONDS

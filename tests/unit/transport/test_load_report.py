@@ -17,7 +17,7 @@ from xds.service.orca.v3.orca_pb2 import OrcaLoadReportRequest
 from chatgen.chat.admission import Admission, AdmissionLimits
 from chatgen.engine.hf_engine import HfEngine
 from chatgen.server import GrpcServer
-from chatgen.transport.load_report import MIN_REPORT_SECONDS, ORCA_TRAILER, LoadReports
+from chatgen.transport.load_report import MIN_REPORT_SECONDS, ORCA_TRAILER, RATE_SECONDS, LoadReports
 from chatgen.v1 import chatgen_pb2 as pb
 from tests.support import h2_grpc
 from tests.unit.conftest import HF_NAME
@@ -45,8 +45,13 @@ def report_in(reply: h2_grpc.RawReply) -> OrcaLoadReport:
 def test_the_report_is_the_admission_and_the_engine(hf_engine: HfEngine) -> None:
     admission = Admission(AdmissionLimits(max_running=4, max_waiting=4))
     admission._take(3)
-    report = LoadReports(admission, hf_engine).report()
+    reports = LoadReports(admission, hf_engine)
+    for ok in (True, True, True, False):
+        reports.call_ended(ok)
+    report = reports.report()
     assert report.application_utilization == pytest.approx(0.75)
+    # Calls finished, and failed, per second over the last RATE_SECONDS.
+    assert (report.rps_fractional, report.eps) == (4 / RATE_SECONDS, 1 / RATE_SECONDS)
     assert dict(report.named_metrics) == {"num_requests_running": 3, "num_requests_waiting": 0}
     # The transformers engine reports no KV cache: none is made up.
     assert "kv_cache_usage_perc" not in report.named_metrics
