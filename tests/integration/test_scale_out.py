@@ -28,10 +28,10 @@ pytestmark = pytest.mark.integration
 TIMING = "10,3,12"
 
 
-def replica(name: str, timing: str = TIMING) -> contextlib.AbstractContextManager[Service]:
+def replica(name: str, timing: str = TIMING, *flags: str) -> contextlib.AbstractContextManager[Service]:
     return running_service(
         "simulator", "--served-model-name", name, "--simulator-timing", timing, "--no-gateway",
-        "--shutdown-grace", "10",
+        "--shutdown-grace", "10", *flags,
     )  # fmt: skip
 
 
@@ -50,10 +50,11 @@ class Gateway:
 
 
 @contextlib.contextmanager
-def gateway(models: dict[str, list[Service]], tmp_path: Path) -> Iterator[Gateway]:
+def gateway(models: dict[str, list[Service]], tmp_path: Path, balance: str = "least_request") -> Iterator[Gateway]:
     lines = ["models:"]
     for name, replicas in models.items():
         lines += [f"- name: {name}", f"  backends: [{', '.join(r.grpc_address for r in replicas)}]"]
+        lines += [f"  balance: {balance}"]
     config = tmp_path / "backends.yaml"
     config.write_text("\n".join(lines) + "\n")
     http_port, admin_port, stats_port = free_port(), free_port(), free_port()
@@ -259,3 +260,46 @@ def test_a_gateway_drained_before_it_stops_lets_its_streams_finish(tmp_path: Pat
         assert rest[-1] == "data: [DONE]" and sum(1 for line in rest if '"content":"' in line) >= 20
         _, stderr = drain.communicate(timeout=30)
         assert drain.returncode == 0 and "gateway drained" in stderr
+
+
+async def stream_for(base: str, model: str, clients: int, seconds: float) -> int:
+    """`clients` closed loops of streamed chat completions through `base` for `seconds`; how many finished."""
+    sdk = client(base)
+    end, done = time.monotonic() + seconds, 0
+
+    async def loop() -> None:
+        nonlocal done
+        while time.monotonic() < end:
+            stream = await sdk.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=12, stream=True
+            )
+            chunks = [c async for c in stream]
+            assert chunks[-1].choices[0].finish_reason == "length"
+            done += 1
+
+    await asyncio.gather(*(loop() for _ in range(clients)))
+    return done
+
+
+async def test_load_reports_send_less_to_the_replica_that_is_full(tmp_path: Path) -> None:
+    """One replica admits 2 streams at a time, two admit 16; 16 streams in flight. Least request evens out the
+    streams in flight, so the small replica queues a share of them; weighted by the replicas' own load reports
+    (utilization = (running + waiting) / capacity), it gets about its capacity's share and queues none."""
+    timing = "10,5,12"  # ≈ 70 ms a stream
+    small = replica("model-w", timing, "--max-running", "2", "--max-waiting", "64")
+    big = [replica("model-w", timing, "--max-running", "16") for _ in range(2)]
+    with small as s, big[0] as b1, big[1] as b2:
+        shares = {}
+        for balance in ("least_request", "load_reports"):
+            (tmp_path / balance).mkdir()
+            with gateway({"model-w": [s, b1, b2]}, tmp_path / balance, balance) as gw:
+                await stream_for(gw.base, "model-w", 16, 3.0)  # warm: reports in, the blackout over
+                before = [served(r) for r in (s, b1, b2)]
+                finished = await stream_for(gw.base, "model-w", 16, 6.0)
+                got = [served(r) - b for r, b in zip((s, b1, b2), before, strict=True)]
+                assert sum(got) == finished
+                shares[balance] = got[0] / finished
+    # Least request keeps ≈ 16/3 streams on each replica: the small one runs 2 and queues the rest.
+    assert shares["least_request"] > 0.08, shares
+    # Weighted by load, the small replica gets at most about its share of the capacity (2 of 34).
+    assert shares["load_reports"] < 0.6 * shares["least_request"], shares

@@ -106,7 +106,8 @@ def _gateway_command(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
         metavar="FILE",
         default=None,
         help="the shared gateway: a YAML file listing models and the chatgen gRPC servers (host:port) of each; "
-        "requests are routed by their `model`, replicas balanced by least request (--grpc-host/--grpc-port unused)",
+        "requests are routed by their `model`, replicas balanced as each model's `balance` says (least request by "
+        "default) (--grpc-host/--grpc-port unused)",
     )
     gateway.add_argument(
         "--work-dir", metavar="DIR", default=None, help="where the rendered config goes (default: a /tmp directory)"

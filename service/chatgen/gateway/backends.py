@@ -8,10 +8,13 @@
     - name: qwen3-8b
       backends: [10.0.0.5:50051, 10.0.0.6:50051]
       max_requests: 512                       # optional: the cluster's circuit breaker (default 1024 per backend)
+      balance: load_reports                   # optional: least_request (the default) or load_reports
 
-and renders one Envoy cluster per model (replicas balanced by least request, health-checked over gRPC health,
-outliers ejected), a route per model chosen by the request body's `model`, the union of the models for
-`GET /v1/models`, and a 404 for any other model.
+and renders one Envoy cluster per model (replicas health-checked over gRPC health, outliers ejected), a route per
+model chosen by the request body's `model`, the union of the models for `GET /v1/models`, and a 404 for any other
+model. `balance` picks how a model's replicas share its requests: `least_request`, the replica with the fewest in
+flight; `load_reports`, Envoy's client_side_weighted_round_robin on the load each replica reports (ORCA, see
+transport.load_report): each replica weighted by the requests it answers per second over its utilization.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import yaml
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,255}$")
 HOST = re.compile(r"^[A-Za-z0-9.-]{1,253}$|^\[[0-9A-Fa-f:.]+\]$")
 DEFAULT_MAX_REQUESTS_PER_BACKEND = 1024
+BALANCES = ("least_request", "load_reports")
 
 
 class BackendsError(ValueError):
@@ -50,6 +54,8 @@ class ModelRoute:
     name: str
     backends: tuple[Backend, ...]
     max_requests: int
+    # How its replicas share its requests: one of BALANCES.
+    balance: str = "least_request"
 
 
 def parse_backends(doc: object, source: str = "backends") -> tuple[ModelRoute, ...]:
@@ -63,7 +69,7 @@ def parse_backends(doc: object, source: str = "backends") -> tuple[ModelRoute, .
         where = f"{source}: models[{i}]"
         if not isinstance(entry, dict):
             raise BackendsError(f"{where} must be a mapping")
-        unknown = set(entry) - {"name", "backends", "max_requests"}
+        unknown = set(entry) - {"name", "backends", "max_requests", "balance"}
         if unknown:
             raise BackendsError(f"{where}: unknown keys {sorted(unknown)}")
         name = entry.get("name")
@@ -78,7 +84,10 @@ def parse_backends(doc: object, source: str = "backends") -> tuple[ModelRoute, .
         max_requests = entry.get("max_requests", DEFAULT_MAX_REQUESTS_PER_BACKEND * len(backends))
         if not isinstance(max_requests, int) or isinstance(max_requests, bool) or max_requests < 1:
             raise BackendsError(f"{where}.max_requests must be a positive integer")
-        routes.append(ModelRoute(name, backends, max_requests))
+        balance = entry.get("balance", "least_request")
+        if balance not in BALANCES:
+            raise BackendsError(f"{where}.balance must be one of {', '.join(BALANCES)}, got {balance!r}")
+        routes.append(ModelRoute(name, backends, max_requests, balance))
     names = [r.name for r in routes]
     if len(set(names)) != len(names):
         raise BackendsError(f"{source}: a model is listed twice")

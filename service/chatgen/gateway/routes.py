@@ -138,8 +138,7 @@ def _model_cluster(name: str, model: ModelRoute, tls: dict[str, Any] | None) -> 
         # come and go.
         "type": "STRICT_DNS",
         "connect_timeout": "2s",
-        # Long streams of very different lengths: the replica with the fewest requests in flight, not turns.
-        "lb_policy": "LEAST_REQUEST",
+        **_balancing(model.balance),
         "transport_socket": tls,
         "circuit_breakers": {
             "thresholds": [{"max_requests": limit, "max_pending_requests": limit, "max_retries": limit}]
@@ -167,3 +166,36 @@ def _model_cluster(name: str, model: ModelRoute, tls: dict[str, Any] | None) -> 
         "typed_extension_protocol_options": _HTTP2_UPSTREAM,
         "load_assignment": _endpoints(name, [(b.host, b.port) for b in model.backends]),
     }
+
+
+# Envoy's client_side_weighted_round_robin on the replicas' own ORCA reports, read out-of-band (a stream per
+# replica, a report a second: a generation's in-band report comes only at its end, which for a long stream is
+# late) and in-band from every answer's trailers. Weights are recomputed twice a second and a replica's first
+# reports count after a second (Envoy's defaults, 1 s and 10 s, are for services whose load changes slowly);
+# a replica that stops reporting for 30 s goes back to the mean weight.
+_WEIGHTED_BY_LOAD = {
+    "policies": [
+        {
+            "typed_extension_config": {
+                "name": "envoy.load_balancing_policies.client_side_weighted_round_robin",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.load_balancing_policies."
+                    "client_side_weighted_round_robin.v3.ClientSideWeightedRoundRobin",
+                    "enable_oob_load_report": True,
+                    "oob_reporting_period": "1s",
+                    "blackout_period": "1s",
+                    "weight_update_period": "0.5s",
+                    "weight_expiration_period": "30s",
+                },
+            }
+        }
+    ]
+}
+
+
+def _balancing(balance: str) -> dict[str, Any]:
+    """A model cluster's load balancing (backends.BALANCES)."""
+    if balance == "load_reports":
+        return {"load_balancing_policy": _WEIGHTED_BY_LOAD}
+    # Long streams of very different lengths: the replica with the fewest requests in flight, not turns.
+    return {"lb_policy": "LEAST_REQUEST"}

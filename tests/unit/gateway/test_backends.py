@@ -19,6 +19,7 @@ models:
 - name: Qwen/Qwen3-8B@fp8
   backends: ["[::1]:50052"]
   max_requests: 64
+  balance: load_reports
 """
 
 
@@ -27,7 +28,7 @@ def test_a_config_lists_models_with_their_backends(tmp_path: Path) -> None:
     path.write_text(CONFIG)
     assert load_backends(path) == (
         ModelRoute("model-a", (Backend("10.0.0.1", 50051), Backend("chatgen-a-grpc.default.svc", 50051)), 2 * 1024),
-        ModelRoute("Qwen/Qwen3-8B@fp8", (Backend("::1", 50052),), 64),
+        ModelRoute("Qwen/Qwen3-8B@fp8", (Backend("::1", 50052),), 64, "load_reports"),
     )
 
 
@@ -46,6 +47,8 @@ def test_a_config_lists_models_with_their_backends(tmp_path: Path) -> None:
         ({"models": [{"name": "a", "backends": ["h:1", "h:1"]}]}, "lists a backend twice"),
         ({"models": [{"name": "a", "backends": ["h:1"], "max_requests": 0}]}, "max_requests must be a positive"),
         ({"models": [{"name": "a", "backends": ["h:1"], "weight": 2}]}, "unknown keys ['weight']"),
+        ({"models": [{"name": "a", "backends": ["h:1"], "balance": "random"}]}, "balance must be one of"),
+        ({"models": [{"name": "a", "backends": ["h:1"], "balance": 1}]}, "balance must be one of"),
         ({"models": [{"name": "a", "backends": ["h:1"]}, {"name": "a", "backends": ["g:1"]}]}, "listed twice"),
     ],
 )
@@ -105,6 +108,15 @@ def test_the_shared_gateway_config_routes_by_model_and_balances_replicas(tmp_pat
     assert set(clusters) == {"model_0", "model_1", "chatgen_self"}  # no single-server cluster
     a = clusters["model_0"]
     assert a["lb_policy"] == "LEAST_REQUEST" and a["type"] == "STRICT_DNS"
+    assert "load_balancing_policy" not in a
+    # balance: load_reports -- Envoy's client-side weighted round robin on the replicas' ORCA reports.
+    weighted = clusters["model_1"]
+    assert "lb_policy" not in weighted
+    [policy] = weighted["load_balancing_policy"]["policies"]
+    cswrr = policy["typed_extension_config"]
+    assert cswrr["name"] == "envoy.load_balancing_policies.client_side_weighted_round_robin"
+    assert cswrr["typed_config"]["enable_oob_load_report"] is True
+    assert cswrr["typed_config"]["oob_reporting_period"] == "1s"
     assert a["health_checks"][0]["grpc_health_check"] == {}
     assert a["common_lb_config"] == {"healthy_panic_threshold": {"value": 0}}
     assert a["outlier_detection"]["consecutive_gateway_failure"] == 3
