@@ -119,7 +119,7 @@ class GrpcServer:
         kernel spreading the callers' connections between them)."""
         self.engine = engine
         # The load this server reports to balancers (trailers and OpenRcaService), from its admission.
-        self.load = LoadReports(admission, engine) if admission is not None else None
+        self.load = LoadReports(admission, lambda: engine.kv_cache_usage) if admission is not None else None
         self.server = grpc.aio.server(
             # Authentication first: a caller without a key learns nothing, not even that its bytes were malformed.
             interceptors=[

@@ -118,6 +118,7 @@ COVERED_ELSEWHERE: dict[str, str] = {
     "unknown-response": "test_responses_api.py",
     "unknown-adapter": "test_lora.py",
     "bad-adapter": "test_lora.py",
+    "adapter-updates-off": "test_frontends.py",
     "bad-key": "test_auth.py",
     "overloaded": "test_limits.py",
     "draining": "test_lifecycle.py",

@@ -20,14 +20,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 from xds.data.orca.v3.orca_load_report_pb2 import OrcaLoadReport
 from xds.service.orca.v3.orca_pb2 import OrcaLoadReportRequest
 
 from chatgen.chat.admission import Admission
-from chatgen.engine import Engine
 
 # The trailer gRPC and Envoy read an in-band report from (binary: the serialized message).
 ORCA_TRAILER = "endpoint-load-metrics-bin"
@@ -42,9 +41,11 @@ RATE_SECONDS = 2.0
 
 
 class LoadReports:
-    def __init__(self, admission: Admission, engine: Engine) -> None:
+    def __init__(self, admission: Admission, kv_cache_usage: Callable[[], float | None]) -> None:
+        """`kv_cache_usage`: the engine's last KV-cache use (0-1), None where it reports none; a callable, so
+        that the transport reads the engine's figure without depending on the engine layer."""
         self._admission = admission
-        self._engine = engine
+        self._kv_cache_usage = kv_cache_usage
         # When recent calls ended (monotonic seconds), all of them and the failed ones.
         self._ended: collections.deque[float] = collections.deque()
         self._failed: collections.deque[float] = collections.deque()
@@ -57,7 +58,7 @@ class LoadReports:
 
     def report(self) -> OrcaLoadReport:
         running, waiting = self._admission.running, self._admission.waiting
-        kv = self._engine.kv_cache_usage
+        kv = self._kv_cache_usage()
         occupancy = (running + waiting) / self._admission.limits.max_running
         now = time.monotonic()
         report = OrcaLoadReport(

@@ -45,7 +45,7 @@ def report_in(reply: h2_grpc.RawReply) -> OrcaLoadReport:
 def test_the_report_is_the_admission_and_the_engine(hf_engine: HfEngine) -> None:
     admission = Admission(AdmissionLimits(max_running=4, max_waiting=4))
     admission._take(3)
-    reports = LoadReports(admission, hf_engine)
+    reports = LoadReports(admission, lambda: hf_engine.kv_cache_usage)
     for ok in (True, True, True, False):
         reports.call_ended(ok)
     report = reports.report()
