@@ -5,7 +5,9 @@ ResponseStreamEvent messages, for REST callers as named Server-Sent Events (`eve
 from __future__ import annotations
 
 import contextlib
+import re
 import time
+import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,10 +20,32 @@ from chatgen.errors import ApiError
 from chatgen.transport import sse
 from chatgen.v1 import chatgen_pb2 as pb
 
+# A conversation's key: 16 hex digits that lead each of its responses' ids (resp_<conversation><hex>), so that a
+# gateway can send every turn of one conversation to the same replica (whose prefix cache holds it) from nothing
+# but the turn's previous_response_id. The shared gateway's Lua filter reads it with the same pattern.
+CONVERSATION = re.compile(r"[0-9a-fA-F]{16}")
+# The metadata that names a new conversation's key: the shared gateway sends it with a conversation's first turn,
+# having routed that turn by this key, so that the turns after it (which carry it in previous_response_id) reach
+# the same replica.
+CONVERSATION_KEY = "x-chatgen-conversation"
 
-def response_id(completion_id: str) -> str:
-    """resp_<hex>: the chat layer's id (chatcmpl-<hex>) in the Responses API's form."""
-    return "resp_" + completion_id.removeprefix("chatcmpl-")
+
+def response_id(conversation: str, completion_id: str) -> str:
+    """resp_<conversation><hex>: the chat layer's id (chatcmpl-<hex>) in the Responses API's form, led by its
+    conversation's key."""
+    return f"resp_{conversation}{completion_id.removeprefix('chatcmpl-')}"
+
+
+def conversation_of(previous_response_id: str | None, named: str | None) -> str:
+    """The conversation a new response belongs to: its previous response's, else the one the caller named
+    (CONVERSATION_KEY), else a new one."""
+    if previous_response_id is not None:
+        found = CONVERSATION.match(previous_response_id.removeprefix("resp_"))
+        if found:
+            return found.group()
+    if named is not None and CONVERSATION.fullmatch(named):
+        return named
+    return uuid.uuid4().hex[:16]
 
 
 def envelope(request: pb.CreateResponseRequest, rid: str, model: str) -> pb.Response:
@@ -125,6 +149,7 @@ class ResponseEvents:
     def __init__(self, rest: bool) -> None:
         self._response = pb.Response()
         self._done: Finisher | None = None
+        self._conversation = ""
         self.events = sse.NamedEvents() if rest else None
         self._sequence = 0
         self._ids = OutputIds()
@@ -137,9 +162,10 @@ class ResponseEvents:
     def serve_as(self, model: str) -> None:
         """Nothing to do: the response begin() is given names the model the request did already."""
 
-    def begin(self, response: pb.Response, done: Finisher) -> None:
-        """The response the stream fills in (no output yet), and what to call with it once the output is whole."""
-        self._response, self._done = response, done
+    def begin(self, response: pb.Response, conversation: str, done: Finisher) -> None:
+        """The response the stream fills in (no output yet), the conversation it is of (conversation_of), and what to
+        call with it once the output is whole."""
+        self._response, self._conversation, self._done = response, conversation, done
 
     def error(self, err: ApiError) -> pb.ResponseStreamEvent:
         """The event that ends a REST stream already under way: the response, failed."""
@@ -163,7 +189,7 @@ class ResponseEvents:
                         yield event
                     finish_reason = item.finish_reason or finish_reason
                 elif isinstance(item, StreamStart):
-                    self._response.id = response_id(item.id)
+                    self._response.id = response_id(self._conversation, item.id)
                     yield self._event("response.created", response=self._response)
                     yield self._event("response.in_progress", response=self._response)
                 else:

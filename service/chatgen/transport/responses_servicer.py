@@ -22,7 +22,16 @@ from chatgen.errors import ApiError, Failure, shown
 from chatgen.store import ResponseStore, StoredResponse
 from chatgen.transport import rest, status
 from chatgen.transport.auth import presented_key
-from chatgen.transport.responses import OutputIds, ResponseEvents, envelope, finish, output_items, response_id
+from chatgen.transport.responses import (
+    CONVERSATION_KEY,
+    OutputIds,
+    ResponseEvents,
+    conversation_of,
+    envelope,
+    finish,
+    output_items,
+    response_id,
+)
 from chatgen.transport.servicers import RestCall
 from chatgen.transport.sse import json_text
 from chatgen.v1 import chatgen_pb2 as pb
@@ -44,14 +53,23 @@ class ResponsesServicer(pb_grpc.ResponsesServiceServicer):
         key = presented_key(context.invocation_metadata()) or ""
         return hashlib.sha256(key.encode()).hexdigest()
 
+    @staticmethod
+    def _named(context: grpc.aio.ServicerContext) -> str | None:
+        """The conversation key the caller named for a conversation's first turn (the shared gateway does), if any:
+        like a metadata request id, one of the wrong form is replaced by a new one, not refused."""
+        for key, value in context.invocation_metadata() or ():
+            if key == CONVERSATION_KEY and isinstance(value, str):
+                return value
+        return None
+
     async def CreateResponse(self, request: pb.CreateResponseRequest, context: grpc.aio.ServicerContext) -> pb.Response:
-        return await status.unary(context, self._create(request, self._owner(context)))
+        return await status.unary(context, self._create(request, self._owner(context), self._named(context)))
 
     async def StreamResponse(
         self, request: pb.CreateResponseRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ResponseStreamEvent]:
         events = ResponseEvents(rest=False)
-        items = self._stream(request, self._owner(context), events)
+        items = self._stream(request, self._owner(context), self._named(context), events)
         relayed = status.stream(context, events.chunks(items), events.error, False, self._write_timeout)
         async with contextlib.aclosing(relayed):
             async for event in relayed:
@@ -71,12 +89,12 @@ class ResponsesServicer(pb_grpc.ResponsesServiceServicer):
         return await status.unary(context, self._input_items(request.response_id, self._owner(context)))
 
     async def CreateResponseHttp(self, body: HttpBody, context: grpc.aio.ServicerContext) -> AsyncIterator[HttpBody]:
-        owner = self._owner(context)
+        owner, named = self._owner(context), self._named(context)
         events = ResponseEvents(rest=True)
         call = RestCall(
             pb.CreateResponseRequest,
-            lambda request: self._create(request, owner),
-            lambda request: self._stream(request, owner, events),
+            lambda request: self._create(request, owner, named),
+            lambda request: self._stream(request, owner, named, events),
             self._write_timeout,
         )
         async with contextlib.aclosing(call.bodies(context, body, events)) as bodies:
@@ -117,24 +135,29 @@ class ResponsesServicer(pb_grpc.ResponsesServiceServicer):
             earlier = conversation(record.input_items_json, json_format.Parse(record.response_json, pb.Response()))
         return translate(request, earlier, streaming)
 
-    async def _create(self, request: pb.CreateResponseRequest, owner: str) -> pb.Response:
+    @staticmethod
+    def _conversation(request: pb.CreateResponseRequest, named: str | None) -> str:
+        previous = request.previous_response_id if request.HasField("previous_response_id") else None
+        return conversation_of(previous, named)
+
+    async def _create(self, request: pb.CreateResponseRequest, owner: str, named: str | None) -> pb.Response:
         translation = await self._translation(request, owner, streaming=False)
         result = await self._api.translated(translation)
-        response = envelope(request, response_id(result.id), request.model)
+        response = envelope(request, response_id(self._conversation(request, named), result.id), request.model)
         choice = result.choices[0]
         response.output.extend(output_items(choice, OutputIds()))
         await self._finish(request, owner, translation, response, choice, result.usage)
         return response
 
     async def _stream(
-        self, request: pb.CreateResponseRequest, owner: str, events: ResponseEvents
+        self, request: pb.CreateResponseRequest, owner: str, named: str | None, events: ResponseEvents
     ) -> AsyncGenerator[StreamItem, None]:
         translation = await self._translation(request, owner, streaming=True)
 
         async def done(response: pb.Response, choice: Choice, usage: Usage) -> None:
             await self._finish(request, owner, translation, response, choice, usage)
 
-        events.begin(envelope(request, "", request.model), done)
+        events.begin(envelope(request, "", request.model), self._conversation(request, named), done)
         async with contextlib.aclosing(self._api.translated_stream(translation)) as items:
             async for item in items:
                 yield item

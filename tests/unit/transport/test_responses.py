@@ -10,8 +10,18 @@ from google.protobuf import json_format
 
 from chatgen.chat.types import Choice, Delta, StreamItem, StreamStart, ToolCall, ToolCallDelta, Usage
 from chatgen.errors import ApiError, Failure
-from chatgen.transport.responses import OutputIds, ResponseEvents, envelope, finish, output_items, response_id
+from chatgen.transport.responses import (
+    OutputIds,
+    ResponseEvents,
+    conversation_of,
+    envelope,
+    finish,
+    output_items,
+    response_id,
+)
 from chatgen.v1 import chatgen_pb2 as pb
+
+CONVERSATION = "0123456789abcdef"
 
 
 def as_dict(message: Any) -> dict[str, Any]:
@@ -40,8 +50,8 @@ def test_envelope_and_finish() -> None:
         {"model": "m", "input": "hi", "max_output_tokens": 3, "metadata": {"k": "v"}, "store": False},
         pb.CreateResponseRequest(),
     )
-    response = envelope(request, response_id("chatcmpl-abc"), "served")
-    assert (response.id, response.status, response.model) == ("resp_abc", "in_progress", "served")
+    response = envelope(request, response_id(CONVERSATION, "chatcmpl-abc"), "served")
+    assert (response.id, response.status, response.model) == (f"resp_{CONVERSATION}abc", "in_progress", "served")
     assert response.store is False
     assert response.tool_choice.string_value == "auto" and response.parallel_tool_calls is True
     assert response.text.format.type == "text" and dict(response.metadata) == {"k": "v"}
@@ -52,6 +62,19 @@ def test_envelope_and_finish() -> None:
     assert reply["status"] == "incomplete" and reply["incomplete_details"] == {"reason": "max_output_tokens"}
     assert reply["output"][0]["status"] == "incomplete"
     assert reply["usage"]["total_tokens"] == 13 and reply["usage"]["output_tokens"] == 3
+
+
+def test_every_turn_of_a_conversation_has_its_key() -> None:
+    """The key leads every response id of one conversation, so that a gateway routes on previous_response_id."""
+    first = response_id(conversation_of(None, CONVERSATION), "chatcmpl-" + "1" * 32)
+    assert first == f"resp_{CONVERSATION}{'1' * 32}"
+    second = response_id(conversation_of(first, "fedcba9876543210"), "chatcmpl-" + "2" * 32)
+    assert second.startswith(f"resp_{CONVERSATION}") and second != first
+    # A named key of the wrong form, or none: a new conversation, with a key of the right form.
+    fresh = {conversation_of(None, named) for named in (None, "not-hex", "0123456789abcdef0", "ABC")}
+    assert len(fresh) == 4 and all(len(key) == 16 and int(key, 16) >= 0 for key in fresh)
+    # An id that carries no key (another system's) starts a new conversation too.
+    assert conversation_of("resp_nope", None) != conversation_of("resp_nope", None)
 
 
 async def _items(*items: StreamItem) -> AsyncGenerator[StreamItem, None]:
@@ -71,7 +94,7 @@ async def test_a_stream_becomes_typed_events_in_order() -> None:
         stored.append(response)
 
     events = ResponseEvents(rest=False)
-    events.begin(envelope(pb.CreateResponseRequest(model="m"), "", "m"), done)
+    events.begin(envelope(pb.CreateResponseRequest(model="m"), "", "m"), CONVERSATION, done)
     out = await _events(
         events,
         StreamStart("chatcmpl-xyz", 1, False),
@@ -94,18 +117,18 @@ async def test_a_stream_becomes_typed_events_in_order() -> None:
         "response.output_item.done", "response.completed",
     ]  # fmt: skip
     assert [e.sequence_number for e in out] == list(range(len(out)))
-    assert out[0].response.id == "resp_xyz" and out[0].response.status == "in_progress"
+    assert out[0].response.id == f"resp_{CONVERSATION}xyz" and out[0].response.status == "in_progress"
     assert [e.output_index for e in out if e.type == "response.output_item.added"] == [0, 1, 2]
     assert out[12].text == "Hello" and out[18].arguments == '{"a": 1}'
     final = as_dict(out[-1].response)
     assert [i["type"] for i in final["output"]] == ["reasoning", "message", "function_call"]
     assert final["usage"]["output_tokens_details"] == {"reasoning_tokens": 2}
-    assert stored and stored[0].id == "resp_xyz"
+    assert stored and stored[0].id == f"resp_{CONVERSATION}xyz"
 
 
 async def test_rest_events_are_named_sse_and_errors_fail_the_response() -> None:
     events = ResponseEvents(rest=True)
-    events.begin(envelope(pb.CreateResponseRequest(model="m"), "", "m"), _no_store)
+    events.begin(envelope(pb.CreateResponseRequest(model="m"), "", "m"), CONVERSATION, _no_store)
     out = await _events(events, StreamStart("chatcmpl-1", 1, False), Delta("Hi", finish_reason="stop"))
     assert events.events is not None
     bodies = [events.events.chunk(e) for e in out]

@@ -24,6 +24,9 @@ MAX_CHARS: dict[str, int] = {
     "tool_call_id": 256,
     "name": 64,
     "user": 256,
+    # OpenAI's successors to `user`: the key requests are kept together by (for the prefix cache), the end user.
+    "prompt_cache_key": 256,
+    "safety_identifier": 256,
     "request_id": 128,
     # A LoRA adapter's name, which requests then send as `model` and /v1/models lists.
     "lora_name": 256,
