@@ -8,13 +8,19 @@
     - name: qwen3-8b
       backends: [10.0.0.5:50051, 10.0.0.6:50051]
       max_requests: 512                       # optional: the cluster's circuit breaker (default 1024 per backend)
-      balance: load_reports                   # optional: least_request (the default) or load_reports
+      balance: load_reports                   # optional: least_request (the default), load_reports or affinity
 
 and renders one Envoy cluster per model (replicas health-checked over gRPC health, outliers ejected), a route per
 model chosen by the request body's `model`, the union of the models for `GET /v1/models`, and a 404 for any other
 model. `balance` picks how a model's replicas share its requests: `least_request`, the replica with the fewest in
 flight; `load_reports`, Envoy's client_side_weighted_round_robin on the load each replica reports (ORCA, see
-transport.load_report): each replica weighted by the requests it answers per second over its utilization.
+transport.load_report): each replica weighted by the requests it answers per second over its utilization;
+`affinity`, the requests of one conversation to one replica, whose prefix cache holds its earlier turns: Envoy's
+Maglev consistent hash on the conversation's key (the gateway's Lua filter finds it: an `x-session-id` header,
+`prompt_cache_key`, `user`, the Messages API's `metadata.user_id`, or the conversation a Responses API
+`previous_response_id` continues), bounded in load (no replica gets more than AFFINITY_LOAD_BOUND times the mean
+of requests in flight: past it the key's requests go on to the next replica); a request with no key goes to a
+random replica within the same bound.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import yaml
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,255}$")
 HOST = re.compile(r"^[A-Za-z0-9.-]{1,253}$|^\[[0-9A-Fa-f:.]+\]$")
 DEFAULT_MAX_REQUESTS_PER_BACKEND = 1024
-BALANCES = ("least_request", "load_reports")
+BALANCES = ("least_request", "load_reports", "affinity")
 
 
 class BackendsError(ValueError):

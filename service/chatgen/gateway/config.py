@@ -147,9 +147,15 @@ def _mappers(max_body_bytes: int, anthropic: bool) -> list[dict[str, Any]]:
     return mappers
 
 
+# What the shared gateway reads of a request body: the model it routes on, and what may name the conversation the
+# request is of (for a model balanced by affinity): OpenAI's `prompt_cache_key` and `user`, the Messages API's
+# `metadata.user_id`, the Responses API's `previous_response_id`. The Lua filter reads them as metadata_user_id etc.
+REQUEST_KEYS = (("model",), ("prompt_cache_key",), ("user",), ("metadata", "user_id"), ("previous_response_id",))
+
+
 def _model_to_metadata() -> dict[str, Any]:
-    """The shared gateway (--backends) routes on the body's `model`: this filter parses it into dynamic metadata
-    for the Lua filter (a single server's gateway reads no body)."""
+    """The shared gateway (--backends) routes on the body's `model` (and a conversation's key): this filter parses
+    them into dynamic metadata for the Lua filter (a single server's gateway reads no body)."""
     return {
         "name": "envoy.filters.http.json_to_metadata",
         "typed_config": typed(
@@ -157,9 +163,10 @@ def _model_to_metadata() -> dict[str, Any]:
             request_rules={
                 "rules": [
                     {
-                        "selectors": [{"key": "model"}],
-                        "on_present": {"metadata_namespace": "chatgen.request", "key": "model"},
+                        "selectors": [{"key": key} for key in path],
+                        "on_present": {"metadata_namespace": "chatgen.request", "key": "_".join(path)},
                     }
+                    for path in REQUEST_KEYS
                 ],
                 # The Lua filter refuses any other media type (415).
                 "allow_content_types": ["application/json"],

@@ -26,6 +26,13 @@ local ROUTED = { ["/v1/chat/completions"] = true, ["/v1/completions"] = true, ["
   ["/v1/messages/count_tokens"] = true, ["/v1/responses"] = true, ["/invocations"] = true, ["/tokenize"] = true,
   ["/detokenize"] = true }
 local MODEL_HEADER = "x-chatgen-model"
+-- The key of the conversation a request is of (chatgen.gateway.routes.SESSION_HEADER: a model balanced by
+-- affinity hashes on it), and the key the gateway gives a Responses API conversation's first turn
+-- (chatgen.transport.responses.CONVERSATION_KEY: the server starts that turn's response id with it).
+local SESSION_HEADER = "x-chatgen-session"
+local CONVERSATION_HEADER = "x-chatgen-conversation"
+-- A Responses API id's conversation key: the 16 hex digits after resp_ (chatgen.transport.responses.CONVERSATION).
+local CONVERSATION = "^resp_(" .. string.rep("%x", 16) .. ")"
 local STATUS_HEADER = "x-chatgen-status"
 local ANTHROPIC_PREFIX = "/v1/messages"
 -- Where the request phase notes, for the response phase, that the call speaks Anthropic's errors.
@@ -176,10 +183,35 @@ local function refused(handle, headers, method)
   return false
 end
 
+-- The key of the conversation a request is of, the first of: the caller's x-session-id header, the body's
+-- prompt_cache_key or user, on the Messages API its metadata.user_id, on the Responses API the conversation its
+-- previous_response_id continues; else, for a Responses API conversation's first turn, a key made here (from
+-- the request id Envoy generated) that the server puts in the response id, so that the next turn, which names
+-- that id, hashes to the same key. Nil: no key.
+local function session_key(headers, request, path)
+  local named = headers:get("x-session-id")
+  if named ~= nil and named ~= "" then return named end
+  local fields = { "prompt_cache_key", "user" }
+  if is_anthropic(path) then fields = { "metadata_user_id" } end
+  for _, field in ipairs(fields) do
+    local value = request[field]
+    if type(value) == "string" and value ~= "" then return value end
+  end
+  if path ~= "/v1/responses" then return nil end
+  local previous = request["previous_response_id"]
+  if type(previous) == "string" and previous ~= "" then return previous:match(CONVERSATION) or previous end
+  local made = (headers:get("x-request-id") or ""):gsub("-", ""):sub(1, 16):lower()
+  if not made:match("^" .. string.rep("%x", 16) .. "$") then return nil end
+  headers:add(CONVERSATION_HEADER, made)
+  return made
+end
+
 function envoy_on_request(handle)
   local headers = handle:headers()
-  -- Only the gateway may pick a model's route.
+  -- Only the gateway may pick a model's route, and name a request's conversation.
   headers:remove(MODEL_HEADER)
+  headers:remove(SESSION_HEADER)
+  headers:remove(CONVERSATION_HEADER)
   if is_anthropic(headers:get(":path")) then
     handle:streamInfo():dynamicMetadata():set(NOTES, "anthropic", true)
   end
@@ -204,6 +236,8 @@ function envoy_on_request(handle)
     respond_error(handle, config, "not_found", "The model '" .. model .. "' does not exist", "model")
     return
   end
+  local session = session_key(headers, request, path)
+  if session ~= nil then headers:add(SESSION_HEADER, session) end
   route_to(handle, headers, model)
 end
 

@@ -14,6 +14,12 @@ SINGLE_CLUSTER = "chatgen_grpc"
 SELF_CLUSTER = "chatgen_self"
 ADMIN_CLUSTER = "envoy_admin"
 LUA_FILTER = "envoy.filters.http.lua"
+# Where the Lua filter puts the key of the conversation a request belongs to (openai_compat.lua: session_key).
+SESSION_HEADER = "x-chatgen-session"
+# Bounded-load consistent hashing (Mirrokni et al.; Envoy's hash_balance_factor, percent): no replica of a model
+# balanced by affinity gets more than 1.5 times the mean of the requests in flight; a key whose replica is past
+# it goes on to the next. Lower spreads a hot conversation sooner and so loses its cache more often.
+AFFINITY_LOAD_BOUND = 150
 # Which failures a shared gateway retries on another replica: only those where the caller has had nothing yet
 # (Envoy never retries once response headers went downstream, so a started stream is never retried): no
 # connection, a stream refused or reset before any response, a replica that is draining (UNAVAILABLE) or full
@@ -77,6 +83,9 @@ def rest_routes(settings: GatewaySettings, lua_settings: dict[str, Any]) -> list
             "match": {"prefix": "/", "headers": [header]},
             "route": {"cluster": f"model_{i}", "timeout": "0s", "retry_policy": retry_policy},
         }
+        if model.balance == "affinity":
+            # The conversation's key, as the Lua filter found it (absent: no key, a random replica).
+            route["route"]["hash_policy"] = [{"header": {"header_name": SESSION_HEADER}}]
         out.append(_with_settings(route, lua_settings))
     # Before the Lua filter has picked a model (and for paths no model serves): no cluster, the settings only.
     out.append(_with_settings({"match": {"prefix": "/"}, "direct_response": {"status": 404}}, lua_settings))
@@ -193,9 +202,29 @@ _WEIGHTED_BY_LOAD = {
 }
 
 
+# Maglev rather than a ring: the same stability as replicas come and go (a replica's keys move, no others), with a
+# lookup table instead of a ring search. A replica that is unhealthy, ejected or drained leaves the table, and its
+# keys go to the others; a retry (RETRY_ON: a replica full or going) skips the replicas already tried.
+_BY_AFFINITY = {
+    "policies": [
+        {
+            "typed_extension_config": {
+                "name": "envoy.load_balancing_policies.maglev",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.load_balancing_policies.maglev.v3.Maglev",
+                    "consistent_hashing_lb_config": {"hash_balance_factor": AFFINITY_LOAD_BOUND},
+                },
+            }
+        }
+    ]
+}
+
+
 def _balancing(balance: str) -> dict[str, Any]:
     """A model cluster's load balancing (backends.BALANCES)."""
     if balance == "load_reports":
         return {"load_balancing_policy": _WEIGHTED_BY_LOAD}
+    if balance == "affinity":
+        return {"load_balancing_policy": _BY_AFFINITY}
     # Long streams of very different lengths: the replica with the fewest requests in flight, not turns.
     return {"lb_policy": "LEAST_REQUEST"}

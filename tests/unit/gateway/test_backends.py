@@ -150,3 +150,38 @@ def test_one_backend_keeps_the_single_server_config(tmp_path: Path) -> None:
         "overloaded_error",
     ]
     assert [c["name"] for c in resources["clusters"]] == ["chatgen_grpc"]
+
+
+def test_affinity_hashes_each_conversation_to_a_replica_within_a_load_bound(tmp_path: Path) -> None:
+    doc = {"models": [{"name": "m", "backends": ["10.0.0.1:1", "10.0.0.2:1"], "balance": "affinity"},
+                      {"name": "n", "backends": ["10.0.0.3:1"]}]}  # fmt: skip
+    settings = GatewaySettings(
+        http_host="127.0.0.1", http_port=18000, grpc_host="unused", grpc_port=1, admin_port=19901,
+        work_dir=tmp_path, models=parse_backends(doc),
+    )  # fmt: skip
+    config = render_config(settings)
+    assert_envoy_accepts(config)
+    resources = yaml.safe_load(config.read_text())["static_resources"]
+    hcm = resources["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    # What may name a conversation is parsed from the body beside the model.
+    [parse] = [f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.json_to_metadata"]
+    keys = {
+        r["on_present"]["key"]: [s["key"] for s in r["selectors"]]
+        for r in parse["typed_config"]["request_rules"]["rules"]
+    }
+    assert keys == {
+        "model": ["model"], "prompt_cache_key": ["prompt_cache_key"], "user": ["user"],
+        "metadata_user_id": ["metadata", "user_id"], "previous_response_id": ["previous_response_id"],
+    }  # fmt: skip
+    routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
+    # Only the model balanced by affinity hashes, on the key the Lua filter found.
+    assert routes[0]["route"]["hash_policy"] == [{"header": {"header_name": "x-chatgen-session"}}]
+    assert "hash_policy" not in routes[1]["route"]
+    clusters = {c["name"]: c for c in resources["clusters"]}
+    [policy] = clusters["model_0"]["load_balancing_policy"]["policies"]
+    maglev = policy["typed_extension_config"]
+    assert maglev["name"] == "envoy.load_balancing_policies.maglev" and "lb_policy" not in clusters["model_0"]
+    assert maglev["typed_config"]["consistent_hashing_lb_config"] == {"hash_balance_factor": 150}
+    # Health checks and outlier ejection as for any model: a replica that leaves gives its keys to the others.
+    assert clusters["model_0"]["health_checks"] == clusters["model_1"]["health_checks"]
+    assert clusters["model_1"]["lb_policy"] == "LEAST_REQUEST"
