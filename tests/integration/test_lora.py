@@ -16,11 +16,15 @@ import grpc
 import httpx
 import openai
 import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
+from chatgen.cli import build_parser
 from chatgen.v1 import chatgen_pb2 as pb
 from chatgen.v1 import chatgen_pb2_grpc as pb_grpc
 from tests.conftest import MODEL_NAME, Service, running_service
 from tests.support.error_rows import check_row
+from tests.support.k8s import render
 from tests.support.lora import LORA_FLAGS, MAX_MODEL_LEN, build_adapter, vllm_reference, with_config
 
 pytestmark = pytest.mark.integration
@@ -238,6 +242,39 @@ def test_metrics_show_the_adapter_requests_ran_with(
     ).text
     series = [line for line in text.splitlines() if line.startswith("vllm:lora_requests_info{")]
     assert any('max_lora="2"' in s and f'running_lora_adapters="{STATIC}"' in s for s in series), series
+
+
+def test_the_metrics_the_inference_pool_picker_reads_are_served(
+    client: openai.OpenAI, lora_service: Service, prompt_ids: list[int]
+) -> None:
+    """k8s/overlays/inference-pool's endpoint picker scrapes each pod's metrics port and path for the series its
+    config names: every one is served, as a gauge of the type and labels GIE's model server protocol gives."""
+    overlay = render("inference-pool")
+    (config,) = [m for m in overlay.all("ConfigMap") if m["metadata"]["name"].startswith("chatgen-epp")]
+    plugins = {p["type"]: p for p in yaml.safe_load(config["data"]["plugins.yaml"])["plugins"]}
+    path = plugins["metrics-data-source"]["parameters"]["path"]
+    (engine,) = plugins["core-metrics-extractor"]["parameters"]["engineConfigs"]
+    (epp,) = overlay.one("Deployment", "chatgen-epp")["spec"]["template"]["spec"]["containers"]
+    # The overlay's port is the one chatgen serve uses unless told otherwise (this server was given a free one).
+    port_arg = next(a for a in epp["args"] if a.startswith("--model-server-metrics-port="))
+    assert int(port_arg.split("=")[1]) == build_parser({}, "serve").parse_args(["serve"]).metrics_port
+    greedy(client, STATIC, prompt_ids)
+    response = httpx.get(
+        f"http://127.0.0.1:{lora_service.metrics_port}{path}", headers={"authorization": f"Bearer {KEY}"}
+    )
+    assert response.status_code == 200
+    families = {f.name: f for f in text_string_to_metric_families(response.text)}
+    specs = [engine[k] for k in ("queuedRequestsSpec", "runningRequestsSpec", "kvUsageSpec", "loraSpec")]
+    assert specs[:3] == ["vllm:num_requests_waiting", "vllm:num_requests_running", "vllm:kv_cache_usage_perc"]
+    for name in [*specs, engine["cacheInfoSpec"]]:
+        assert families[name].type == "gauge", name
+        assert families[name].samples, name
+    (idle,) = families["vllm:num_requests_waiting"].samples
+    assert idle.value == 0 and 0 <= families["vllm:kv_cache_usage_perc"].samples[0].value <= 1
+    lora = families[engine["loraSpec"]].samples
+    assert {"max_lora", "running_lora_adapters", "waiting_lora_adapters"} <= lora[-1].labels.keys()
+    cache = families[engine["cacheInfoSpec"]].samples[0].labels
+    assert int(cache["block_size"]) > 0 and int(cache["num_gpu_blocks"]) > 0
 
 
 def test_without_enable_lora_adapters_are_refused(service: Service) -> None:

@@ -29,7 +29,7 @@ class Rendered:
 
     @property
     def pod(self) -> dict[str, Any]:
-        return self.one("Deployment")["spec"]["template"]
+        return self.one("Deployment", "chatgen")["spec"]["template"]
 
     def container(self, name: str) -> dict[str, Any]:
         spec = self.pod["spec"]
