@@ -31,7 +31,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.balancing import shared_gateway
-from benchmarks.clients import Result, SseEvents, frozen_heap
+from benchmarks.clients import Result, frozen_heap, sse_post
 from benchmarks.local_server import LocalServer, local_server, pct
 from benchmarks.report import paired_interval
 from benchmarks.tiny_model import bench_model
@@ -96,18 +96,7 @@ async def turn(http: httpx.AsyncClient, model: str, conversation: Conversation, 
         "model": model, "messages": conversation.messages, "max_tokens": args.output_len, "temperature": 0,
         "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}, "user": conversation.key,
     }  # fmt: skip
-    events = SseEvents()
-    try:
-        async with http.stream("POST", "/v1/chat/completions", json=body) as response:
-            if response.status_code != 200:
-                await response.aread()
-                return Result(ok=False, error=f"http {response.status_code}")
-            async for line in response.aiter_lines():
-                if (failed := events.line(line)) is not None:
-                    return failed
-    except httpx.HTTPError as exc:
-        return Result(ok=False, error=type(exc).__name__)
-    return events.done()
+    return await sse_post(http, body)
 
 
 async def one_round(port: int, model: str, replicas: list[LocalServer], tag: str, args: argparse.Namespace) -> Round:

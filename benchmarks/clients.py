@@ -108,9 +108,14 @@ class SseEvents:
 
 async def sse_chat(http: Any, model: str, request: Request) -> Result:
     """POST /v1/chat/completions with stream=true on an httpx.AsyncClient whose base_url is the server's."""
+    return await sse_post(http, openai_body(model, request))
+
+
+async def sse_post(http: Any, body: dict[str, Any]) -> Result:
+    """POST a streaming chat completion `body` (as given) and time its server-sent events."""
     events = SseEvents()
     try:
-        async with http.stream("POST", "/v1/chat/completions", json=openai_body(model, request)) as response:
+        async with http.stream("POST", "/v1/chat/completions", json=body) as response:
             if response.status_code != 200:
                 await response.aread()
                 return Result(ok=False, error=f"http {response.status_code}")

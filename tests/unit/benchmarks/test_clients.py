@@ -10,10 +10,11 @@ import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 
-from benchmarks.clients import RawHttp
+from benchmarks.clients import RawHttp, sse_chat, sse_post
 from benchmarks.workload import Request
 
 REQUEST = Request(({"role": "user", "content": "hi"},), max_tokens=2)
@@ -143,3 +144,21 @@ def test_coalesced_sender_sets_the_interval_on_every_request() -> None:
     asyncio.run(coalesced(send, 4)(REQUEST))
     assert seen == [4]
     assert REQUEST.stream_interval == 1
+
+
+def test_the_httpx_stream_client_sends_the_body_as_given_and_times_the_events() -> None:
+    """sse_post (benchmarks.affinity's client; sse_chat builds its body) over httpx against the real uvicorn app."""
+
+    async def scenario() -> None:
+        async with uvicorn_server(keep_alive_s=5) as port:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+                body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True, "user": "k"}
+                posted = await sse_post(http, body)
+                chat = await sse_chat(http, "m", REQUEST)
+            async with httpx.AsyncClient(base_url="http://127.0.0.1:9") as http:
+                refused = await sse_post(http, body)
+        for result in (posted, chat):
+            assert (result.ok, result.error, result.output_tokens, len(result.itls)) == (True, None, 2, 1)
+        assert (refused.ok, refused.error) == (False, "ConnectError")
+
+    asyncio.run(scenario())
