@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import random
 import statistics
 from dataclasses import asdict, dataclass, field
@@ -129,6 +130,12 @@ async def one_round(port: int, model: str, replicas: list[LocalServer], tag: str
     return Round(rate, pct(first, 0.5), pct(later, 0.5), pct(later, 0.99), errors)
 
 
+def cores(replica: int, args: argparse.Namespace) -> dict[str, str]:
+    """With --bind-cores, replica i's vLLM threads on core i: two engines that share every core slow each other
+    down more than either gains from the second core, which hides what the balance changes."""
+    return {"VLLM_CPU_OMP_THREADS_BIND": str(replica)} if args.bind_cores else {}
+
+
 async def run(args: argparse.Namespace) -> list[Balance]:
     choice = bench_model(args.model)
     flags = (
@@ -137,7 +144,7 @@ async def run(args: argparse.Namespace) -> list[Balance]:
     )  # fmt: skip
     balances = [Balance(b) for b in BALANCES]
     with contextlib.ExitStack() as stack:
-        replicas = [stack.enter_context(local_server(*flags, metrics=True)) for _ in range(2)]
+        replicas = [stack.enter_context(local_server(*flags, metrics=True, env=cores(i, args))) for i in range(2)]
         ports = [stack.enter_context(shared_gateway(choice.served_name, replicas, b.name)) for b in balances]
         for k, port in enumerate(ports):
             await one_round(port, choice.served_name, replicas, f"warm{k}", args)
@@ -181,6 +188,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-model-len", type=int, default=2048)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--bind-cores", action=argparse.BooleanOptionalAction, default=(os.cpu_count() or 1) >= 2,
+        help="each replica's vLLM threads on a core of its own (default: where there are two)",
+    )  # fmt: skip
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     balances = asyncio.run(run(args))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import signal
 import socket
@@ -67,8 +68,9 @@ class LocalServer:
 
 
 @contextlib.contextmanager
-def local_server(*flags: str, metrics: bool = False) -> Iterator[LocalServer]:
-    """Run `chatgen serve *flags` on 127.0.0.1 until the block ends (then SIGTERM, as a supervisor would)."""
+def local_server(*flags: str, metrics: bool = False, env: dict[str, str] | None = None) -> Iterator[LocalServer]:
+    """Run `chatgen serve *flags` on 127.0.0.1 until the block ends (then SIGTERM, as a supervisor would), with
+    `env` added to this process's environment."""
     grpc_port, http_port, admin_port = free_port(), free_port(), free_port()
     metrics_port = free_port() if metrics else 0
     cmd = [
@@ -76,7 +78,9 @@ def local_server(*flags: str, metrics: bool = False) -> Iterator[LocalServer]:
         "--grpc-port", str(grpc_port), "--http-port", str(http_port), "--envoy-admin-port", str(admin_port),
         "--metrics-port", str(metrics_port), *flags,
     ]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})}
+    )
     assert proc.stdout is not None
     for line in proc.stdout:
         if "[chatgen] ready:" in line:
