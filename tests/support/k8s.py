@@ -29,7 +29,9 @@ class Rendered:
 
     @property
     def pod(self) -> dict[str, Any]:
-        return self.one("Deployment", "chatgen")["spec"]["template"]
+        # The one Deployment; where an overlay adds others (the endpoint picker), the server's.
+        name = "chatgen" if len(self.all("Deployment")) > 1 else None
+        return self.one("Deployment", name)["spec"]["template"]
 
     def container(self, name: str) -> dict[str, Any]:
         spec = self.pod["spec"]
