@@ -16,7 +16,6 @@ import grpc
 import httpx
 import openai
 import pytest
-import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from chatgen.cli import build_parser
@@ -250,14 +249,12 @@ def test_the_metrics_the_inference_pool_picker_reads_are_served(
     """k8s/overlays/inference-pool's endpoint picker scrapes each pod's metrics port and path for the series its
     config names: every one is served, as a gauge of the type and labels GIE's model server protocol gives."""
     overlay = render("inference-pool")
-    (config,) = [m for m in overlay.all("ConfigMap") if m["metadata"]["name"].startswith("chatgen-epp")]
-    plugins = {p["type"]: p for p in yaml.safe_load(config["data"]["plugins.yaml"])["plugins"]}
+    plugins = {p["type"]: p for p in overlay.picker_config["plugins"]}
     path = plugins["metrics-data-source"]["parameters"]["path"]
     (engine,) = plugins["core-metrics-extractor"]["parameters"]["engineConfigs"]
-    (epp,) = overlay.one("Deployment", "chatgen-epp")["spec"]["template"]["spec"]["containers"]
     # The overlay's port is the one chatgen serve uses unless told otherwise (this server was given a free one).
-    port_arg = next(a for a in epp["args"] if a.startswith("--model-server-metrics-port="))
-    assert int(port_arg.split("=")[1]) == build_parser({}, "serve").parse_args(["serve"]).metrics_port
+    port = int(overlay.picker_args["model-server-metrics-port"])
+    assert port == build_parser({}, "serve").parse_args(["serve"]).metrics_port
     greedy(client, STATIC, prompt_ids)
     response = httpx.get(
         f"http://127.0.0.1:{lora_service.metrics_port}{path}", headers={"authorization": f"Bearer {KEY}"}

@@ -39,12 +39,27 @@ class Rendered:
         assert len(found) == 1, name
         return found[0]
 
+    def generated(self, name: str) -> dict[str, str]:
+        """The data of the ConfigMap kustomize generated as `name` (its name carries the content's hash)."""
+        maps = [m for m in self.all("ConfigMap") if m["metadata"]["name"].startswith(f"{name}-")]
+        assert len(maps) == 1, name
+        return dict(maps[0]["data"])
+
     @property
     def settings(self) -> dict[str, str]:
-        """The chatgen-settings ConfigMap (its name carries kustomize's content hash)."""
-        maps = [m for m in self.all("ConfigMap") if m["metadata"]["name"].startswith("chatgen-settings")]
-        assert len(maps) == 1
-        return dict(maps[0]["data"])
+        """The chatgen-settings ConfigMap."""
+        return self.generated("chatgen-settings")
+
+    @property
+    def picker_config(self) -> dict[str, Any]:
+        """The endpoint picker's EndpointPickerConfig (k8s/overlays/inference-pool)."""
+        return yaml.safe_load(self.generated("chatgen-epp")["plugins.yaml"])  # type: ignore[no-any-return]
+
+    @property
+    def picker_args(self) -> dict[str, str]:
+        """The endpoint picker's --flag=value arguments."""
+        (container,) = self.one("Deployment", "chatgen-epp")["spec"]["template"]["spec"]["containers"]
+        return dict(arg.removeprefix("--").split("=", 1) for arg in container["args"])
 
     def environment(self, container: str) -> dict[str, str]:
         """What the container's process sees as CHATGEN_* and friends: envFrom, then env (which wins)."""

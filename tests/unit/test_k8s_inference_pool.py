@@ -7,6 +7,7 @@ the port and path named here: tests/integration/test_lora.py."""
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any
 
 import jsonschema
@@ -27,33 +28,24 @@ def rendered() -> Rendered:
 
 
 def strict(schema: dict[str, Any]) -> dict[str, Any]:
-    """The CRD's schema, with unknown fields an error (as `kubectl apply --validate=strict` makes them)."""
-    schema = copy.deepcopy(schema)
+    """The CRD's schema (changed in place), with unknown fields an error (as `kubectl apply --validate=strict`
+    makes them)."""
     if "properties" in schema and "additionalProperties" not in schema:
         schema["additionalProperties"] = False
     for sub in schema.get("properties", {}).values():
-        sub.update(strict(sub))
+        strict(sub)
     if isinstance(schema.get("items"), dict):
-        schema["items"] = strict(schema["items"])
+        strict(schema["items"])
     return schema
 
 
+@functools.cache
 def pool_schema() -> dict[str, Any]:
     crd = yaml.safe_load(CRD.read_text())
     (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
     schema = strict(version["schema"]["openAPIV3Schema"])
     schema["properties"]["metadata"] = {"type": "object"}  # the API server's ObjectMeta, checked by it
     return schema
-
-
-def epp_args(rendered: Rendered) -> dict[str, str]:
-    (container,) = rendered.one("Deployment", "chatgen-epp")["spec"]["template"]["spec"]["containers"]
-    return dict(arg.removeprefix("--").split("=", 1) for arg in container["args"])
-
-
-def plugins(rendered: Rendered) -> dict[str, Any]:
-    (config,) = [m for m in rendered.all("ConfigMap") if m["metadata"]["name"].startswith("chatgen-epp")]
-    return yaml.safe_load(config["data"]["plugins.yaml"])  # type: ignore[no-any-return]
 
 
 def test_it_is_the_gpu_overlay_plus_the_pool() -> None:
@@ -113,7 +105,7 @@ def test_the_picker_is_reachable_where_the_pool_says(rendered: Rendered) -> None
     (container,) = pod["spec"]["containers"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports[ext_proc["targetPort"]] == 9002  # the picker's --grpc-port default
-    args = epp_args(rendered)
+    args = rendered.picker_args
     assert (args["pool-name"], args["pool-group"]) == ("chatgen", "inference.networking.k8s.io")
     # Its account may read the pool and the pods it picks from.
     binding = rendered.one("RoleBinding", "chatgen-epp")
@@ -124,10 +116,10 @@ def test_the_picker_is_reachable_where_the_pool_says(rendered: Rendered) -> None
 
 
 def test_the_picker_scrapes_the_servers_metrics_port_and_path(rendered: Rendered) -> None:
-    args = epp_args(rendered)
+    args = rendered.picker_args
     metrics_port = int(rendered.settings["CHATGEN_METRICS_PORT"])
     assert int(args["model-server-metrics-port"]) == metrics_port == rendered.port("server", "metrics")
-    config = plugins(rendered)
+    config = rendered.picker_config
     (source,) = [p for p in config["plugins"] if p["type"] == "metrics-data-source"]
     assert source["parameters"] == {"scheme": "http", "path": "/metrics"}
     # The picker scrapes without credentials: the pool's servers must not require an API key on /metrics.
@@ -141,7 +133,7 @@ def test_the_picker_scrapes_the_servers_metrics_port_and_path(rendered: Rendered
 
 
 def test_every_scheduling_plugin_is_defined(rendered: Rendered) -> None:
-    config = plugins(rendered)
+    config = rendered.picker_config
     assert (config["apiVersion"], config["kind"]) == ("inference.networking.x-k8s.io/v1alpha1", "EndpointPickerConfig")
     defined = {p.get("name", p["type"]) for p in config["plugins"]}
     (profile,) = config["schedulingProfiles"]
