@@ -12,7 +12,8 @@ conversation has, so that no two share a cached block); each turn adds a user me
 of the turn before. The replies are fixed text, the same for every gateway, so both get exactly the same prompts.
 Reported per gateway: vLLM's prefix-cache hit rate over the round (the replicas' vllm:prefix_cache_hits over
 vllm:prefix_cache_queries, in prompt tokens), TTFT of first turns and of later turns (p50, p99), and affinity over
-least_request per round with its 95 % interval.
+least_request per round with its 95 % interval, and the busier replica's share of the calls (`fuller`: 0.5 is an
+even split).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class Round:
     first_ttft_p50_ms: float
     later_ttft_p50_ms: float
     later_ttft_p99_ms: float
+    fuller_share: float  # the busier replica's share of the round's calls: 0.5 is an even split
     errors: int
 
 
@@ -59,16 +61,20 @@ class Balance:
         return statistics.median(getattr(r, key) for r in self.rounds)
 
 
-def prefix_cache(replica: LocalServer) -> tuple[float, float]:
-    """This replica's prefix-cache hits and queries so far (prompt tokens; vLLM's counters on its /metrics)."""
+COUNTERS = ("vllm:prefix_cache_hits", "vllm:prefix_cache_queries", "vllm:request_success")
+
+
+def counters(replica: LocalServer) -> dict[str, float]:
+    """This replica's prefix-cache hits and queries (prompt tokens) and finished calls so far, from vLLM's
+    counters on its /metrics (summed over their labels)."""
     text = httpx.get(f"{replica.metrics_base}/metrics", timeout=5).text
-    totals = {"vllm:prefix_cache_hits": 0.0, "vllm:prefix_cache_queries": 0.0}
+    totals = dict.fromkeys(COUNTERS, 0.0)
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             name = sample.name.removesuffix("_total")
             if name in totals:
                 totals[name] += sample.value
-    return totals["vllm:prefix_cache_hits"], totals["vllm:prefix_cache_queries"]
+    return totals
 
 
 def words(rng: random.Random, n: int) -> str:
@@ -104,7 +110,7 @@ async def one_round(port: int, model: str, replicas: list[LocalServer], tag: str
     rng = random.Random(f"{args.seed}-{tag}-turns")
     turn_words = max(1, round(args.turn_len / 1.3))
     reply = words(random.Random(args.seed), max(1, round(args.output_len / 1.3)))
-    before = [prefix_cache(r) for r in replicas]
+    before = [counters(r) for r in replicas]
     first: list[float] = []
     later: list[float] = []
     errors = 0
@@ -123,11 +129,14 @@ async def one_round(port: int, model: str, replicas: list[LocalServer], tag: str
     limits = httpx.Limits(max_connections=args.conversations)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=600, limits=limits) as http:
         await asyncio.gather(*(talk(http, c) for c in conversations(tag, args)))
-    after = [prefix_cache(r) for r in replicas]
-    hits = sum(a[0] - b[0] for a, b in zip(after, before, strict=True))
-    queries = sum(a[1] - b[1] for a, b in zip(after, before, strict=True))
+    after = [counters(r) for r in replicas]
+    delta = [{name: a[name] - b[name] for name in COUNTERS} for a, b in zip(after, before, strict=True)]
+    hits = sum(d["vllm:prefix_cache_hits"] for d in delta)
+    queries = sum(d["vllm:prefix_cache_queries"] for d in delta)
+    calls = [d["vllm:request_success"] for d in delta]
     rate = hits / queries if queries else float("nan")
-    return Round(rate, pct(first, 0.5), pct(later, 0.5), pct(later, 0.99), errors)
+    share = max(calls) / sum(calls) if sum(calls) else float("nan")
+    return Round(rate, pct(first, 0.5), pct(later, 0.5), pct(later, 0.99), share, errors)
 
 
 def cores(replica: int, args: argparse.Namespace) -> dict[str, str]:
@@ -163,11 +172,15 @@ async def run(args: argparse.Namespace) -> list[Balance]:
 
 
 def report(balances: list[Balance]) -> None:
-    print(f"\n{'balance':>14}{'hit rate':>10}{'TTFT 1st p50':>14}{'later p50':>11}{'later p99':>11}{'errors':>8}")
+    print(
+        f"\n{'balance':>14}{'hit rate':>10}{'TTFT 1st p50':>14}{'later p50':>11}{'later p99':>11}"
+        f"{'fuller':>8}{'errors':>8}"
+    )
     for b in balances:
         print(
             f"{b.name:>14}{b.median('hit_rate'):>10.3f}{b.median('first_ttft_p50_ms'):>14.1f}"
             f"{b.median('later_ttft_p50_ms'):>11.1f}{b.median('later_ttft_p99_ms'):>11.1f}"
+            f"{b.median('fuller_share'):>8.3f}"
             f"{sum(r.errors for r in b.rounds):>8}"
         )
     lr, affine = balances
