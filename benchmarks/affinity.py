@@ -32,7 +32,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks.balancing import shared_gateway
+from benchmarks.balancing import served, shared_gateway
 from benchmarks.clients import Result, frozen_heap, sse_post
 from benchmarks.local_server import LocalServer, local_server, pct
 from benchmarks.report import paired_interval
@@ -61,20 +61,16 @@ class Balance:
         return statistics.median(getattr(r, key) for r in self.rounds)
 
 
-COUNTERS = ("vllm:prefix_cache_hits", "vllm:prefix_cache_queries", "vllm:request_success")
-
-
-def counters(replica: LocalServer) -> dict[str, float]:
-    """This replica's prefix-cache hits and queries (prompt tokens) and finished calls so far, from vLLM's
-    counters on its /metrics (summed over their labels)."""
+def prefix_cache(replica: LocalServer) -> tuple[float, float]:
+    """This replica's prefix-cache hits and queries so far (prompt tokens; vLLM's counters on its /metrics)."""
     text = httpx.get(f"{replica.metrics_base}/metrics", timeout=5).text
-    totals = dict.fromkeys(COUNTERS, 0.0)
+    totals = {"vllm:prefix_cache_hits": 0.0, "vllm:prefix_cache_queries": 0.0}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             name = sample.name.removesuffix("_total")
             if name in totals:
                 totals[name] += sample.value
-    return totals
+    return totals["vllm:prefix_cache_hits"], totals["vllm:prefix_cache_queries"]
 
 
 def words(rng: random.Random, n: int) -> str:
@@ -110,7 +106,8 @@ async def one_round(port: int, model: str, replicas: list[LocalServer], tag: str
     rng = random.Random(f"{args.seed}-{tag}-turns")
     turn_words = max(1, round(args.turn_len / 1.3))
     reply = words(random.Random(args.seed), max(1, round(args.output_len / 1.3)))
-    before = [counters(r) for r in replicas]
+    before = [prefix_cache(r) for r in replicas]
+    served_before = [served(r) for r in replicas]
     first: list[float] = []
     later: list[float] = []
     errors = 0
@@ -129,13 +126,12 @@ async def one_round(port: int, model: str, replicas: list[LocalServer], tag: str
     limits = httpx.Limits(max_connections=args.conversations)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=600, limits=limits) as http:
         await asyncio.gather(*(talk(http, c) for c in conversations(tag, args)))
-    after = [counters(r) for r in replicas]
-    delta = [{name: a[name] - b[name] for name in COUNTERS} for a, b in zip(after, before, strict=True)]
-    hits = sum(d["vllm:prefix_cache_hits"] for d in delta)
-    queries = sum(d["vllm:prefix_cache_queries"] for d in delta)
-    calls = [d["vllm:request_success"] for d in delta]
+    after = [prefix_cache(r) for r in replicas]
+    hits = sum(a[0] - b[0] for a, b in zip(after, before, strict=True))
+    queries = sum(a[1] - b[1] for a, b in zip(after, before, strict=True))
+    calls = [served(r) - b for r, b in zip(replicas, served_before, strict=True)]
     rate = hits / queries if queries else float("nan")
-    share = max(calls) / sum(calls) if sum(calls) else float("nan")
+    share = max(calls) / sum(calls) if any(calls) else float("nan")
     return Round(rate, pct(first, 0.5), pct(later, 0.5), pct(later, 0.99), share, errors)
 
 
