@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.resources
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from chatgen.transport.load_report import ORCA_TRAILER
 LUA_FILTER = "envoy.filters.http.lua"
 HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 CONFIG_FILE = "envoy.json"
+DESCRIPTOR_FILE = "chatgen.pb"
 MAX_REQUEST_HEADERS_KB = 16
 
 
@@ -31,8 +33,18 @@ def socket_address(host: str, port: int) -> dict[str, Any]:
 
 
 def lua_source() -> Path:
-    """The Lua filter, shipped with the package and read by Envoy as it is."""
+    """The Lua filter, shipped with the package and read by Envoy as it is (in a checkout, a link to
+    gateway/openai_compat.lua; a wheel carries the file itself)."""
     return Path(str(importlib.resources.files("chatgen.gateway") / "openai_compat.lua"))
+
+
+@dataclass(frozen=True)
+class ConfigFiles:
+    """The files a config names: the transcoder's descriptor set and the Lua filter. At run time both are the
+    installed package's (render_config); the configs checked in under gateway/ name the checkout's."""
+
+    descriptor: Path
+    lua: Path
 
 
 # The Messages API's paths, whose errors are Anthropic's.
@@ -176,7 +188,7 @@ def _model_to_metadata() -> dict[str, Any]:
     }
 
 
-def http_filters(descriptor: Path, shared: bool) -> list[dict[str, Any]]:
+def http_filters(files: ConfigFiles, shared: bool) -> list[dict[str, Any]]:
     filters = [
         # GET /healthz is answered by Envoy itself (503 while it drains): the gateway's own probe, which needs
         # no API key and does not reach the model.
@@ -191,14 +203,14 @@ def http_filters(descriptor: Path, shared: bool) -> list[dict[str, Any]]:
         {
             "name": LUA_FILTER,
             "typed_config": typed(
-                "envoy.extensions.filters.http.lua.v3.Lua", default_source_code={"filename": str(lua_source())}
+                "envoy.extensions.filters.http.lua.v3.Lua", default_source_code={"filename": str(files.lua)}
             ),
         },
         {
             "name": "envoy.filters.http.grpc_json_transcoder",
             "typed_config": typed(
                 "envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder",
-                proto_descriptor=str(descriptor),
+                proto_descriptor=str(files.descriptor),
                 services=[
                     "chatgen.v1.ChatService",
                     "chatgen.v1.GenerateService",
@@ -242,7 +254,7 @@ def upstream_tls(enabled: bool) -> dict[str, Any] | None:
     return _transport_socket("UpstreamTlsContext", {"alpn_protocols": ["h2"]}) if enabled else None
 
 
-def _rest_manager(settings: GatewaySettings, descriptor: Path, stat_prefix: str) -> dict[str, Any]:
+def _rest_manager(settings: GatewaySettings, files: ConfigFiles, stat_prefix: str) -> dict[str, Any]:
     """The REST API's HTTP connection manager: routes, error replies and filters."""
     return typed(
         HCM_TYPE.removeprefix("type.googleapis.com/"),
@@ -273,12 +285,12 @@ def _rest_manager(settings: GatewaySettings, descriptor: Path, stat_prefix: str)
             ],
         },
         local_reply_config={"mappers": local_reply_mappers(settings.max_body_bytes)},
-        http_filters=http_filters(descriptor, shared=bool(settings.models)),
+        http_filters=http_filters(files, shared=bool(settings.models)),
     )
 
 
-def rest_listener(settings: GatewaySettings, descriptor: Path) -> dict[str, Any]:
-    manager = _rest_manager(settings, descriptor, "rest")
+def rest_listener(settings: GatewaySettings, files: ConfigFiles) -> dict[str, Any]:
+    manager = _rest_manager(settings, files, "rest")
     return {
         "name": "rest",
         "address": socket_address(settings.http_host, settings.http_port),
@@ -303,8 +315,8 @@ _INTERNAL_LISTENERS = {
 }
 
 
-def models_listener(settings: GatewaySettings, descriptor: Path) -> dict[str, Any]:
-    manager = _rest_manager(settings, descriptor, "internal")
+def models_listener(settings: GatewaySettings, files: ConfigFiles) -> dict[str, Any]:
+    manager = _rest_manager(settings, files, "internal")
     return {
         "name": MODELS_LISTENER,
         "internal_listener": {},
@@ -341,15 +353,15 @@ def stats_listener(settings: GatewaySettings) -> dict[str, Any]:
     }
 
 
-def envoy_config(settings: GatewaySettings, descriptor: Path) -> dict[str, Any]:
-    listeners = [rest_listener(settings, descriptor)]
+def envoy_config(settings: GatewaySettings, files: ConfigFiles) -> dict[str, Any]:
+    listeners = [rest_listener(settings, files)]
     clusters = routes.upstream_clusters(settings, upstream_tls(settings.upstream_tls))
     if settings.stats_port:
         listeners.append(stats_listener(settings))
         clusters.insert(0, routes.static_cluster(routes.ADMIN_CLUSTER, [("127.0.0.1", settings.admin_port)]))
     extra: dict[str, Any] = {}
     if settings.models:
-        listeners.append(models_listener(settings, descriptor))
+        listeners.append(models_listener(settings, files))
         clusters.append(routes.internal_cluster(routes.SELF_CLUSTER, MODELS_LISTENER))
         extra["bootstrap_extensions"] = [_INTERNAL_LISTENERS]
     return {
@@ -375,7 +387,7 @@ def render_config(settings: GatewaySettings) -> Path:
     """Write the descriptor set and the config into work_dir; return the config's path."""
     work = settings.work_dir
     work.mkdir(parents=True, exist_ok=True)
-    descriptor = write_descriptor_set(work / "chatgen.pb")
+    files = ConfigFiles(descriptor=write_descriptor_set(work / DESCRIPTOR_FILE), lua=lua_source())
     path = work / CONFIG_FILE
-    path.write_text(json.dumps(envoy_config(settings, descriptor), indent=1))
+    path.write_text(json.dumps(envoy_config(settings, files), indent=1))
     return path
