@@ -28,72 +28,69 @@ Reply = pb.CreateChatCompletionResponse | pb.CreateCompletionResponse | pb.Creat
 Chunks = Any
 
 
-class ChatServicer(pb_grpc.ChatServiceServicer):
+class GenerationServicer(Generic[R]):
+    """What the Chat and Generate services share: each serves one generation API three ways (one reply, a typed
+    stream, and REST's HttpBody call that is either), through its ChatApi calls and the same relaying. A service
+    names its request message, its chunks, its reply and its stream; its RPCs are these three methods."""
+
+    request_type: type[R]
+    # ChatChunks or CompletionChunks: (model, events) -> what turns the stream's items into chunks.
+    chunks_type: Callable[[str, bool], Chunks]
+
     def __init__(self, api: ChatApi, write_timeout: float = 0.0) -> None:
         self._api = api
         self._model = api.served.name
         self._write_timeout = write_timeout
 
-    async def CreateChatCompletion(
-        self, request: pb.CreateChatCompletionRequest, context: grpc.aio.ServicerContext
-    ) -> pb.CreateChatCompletionResponse:
+    async def unary(self, request: R, context: grpc.aio.ServicerContext) -> Reply:
         return await status.unary(context, self._reply(request))
 
-    async def StreamChatCompletion(
-        self, request: pb.CreateChatCompletionRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.StreamChatCompletionResponse]:
-        chunks = ChatChunks(request.model, events=False)
-        relayed = status.stream(
-            context, chunks.chunks(self._api.chat_stream(request)), chunks.error, False, self._write_timeout
-        )
+    async def stream(self, request: R, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        chunks = self.chunks_type(request.model, False)
+        relayed = status.stream(context, chunks.chunks(self._items(request)), chunks.error, False, self._write_timeout)
         async with contextlib.aclosing(relayed):
             async for chunk in relayed:
                 yield chunk
 
-    async def CreateChatCompletionHttp(
-        self, body: HttpBody, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[HttpBody]:
-        call = RestCall(pb.CreateChatCompletionRequest, self._reply, self._api.chat_stream, self._write_timeout)
-        async with contextlib.aclosing(call.bodies(context, body, ChatChunks(self._model, events=True))) as bodies:
+    async def http(self, body: HttpBody, context: grpc.aio.ServicerContext) -> AsyncIterator[HttpBody]:
+        call = RestCall(self.request_type, self._reply, self._items, self._write_timeout)
+        async with contextlib.aclosing(call.bodies(context, body, self.chunks_type(self._model, True))) as bodies:
             async for out in bodies:
                 yield out
+
+    async def _reply(self, request: R) -> Reply:
+        raise NotImplementedError
+
+    def _items(self, request: R) -> AsyncGenerator[StreamItem, None]:
+        raise NotImplementedError
+
+
+class ChatServicer(GenerationServicer[pb.CreateChatCompletionRequest], pb_grpc.ChatServiceServicer):
+    request_type = pb.CreateChatCompletionRequest
+    chunks_type = ChatChunks
+    CreateChatCompletion = GenerationServicer.unary
+    StreamChatCompletion = GenerationServicer.stream
+    CreateChatCompletionHttp = GenerationServicer.http
 
     async def _reply(self, request: pb.CreateChatCompletionRequest) -> pb.CreateChatCompletionResponse:
         return replies.chat_completion(await self._api.chat(request), request.model)
 
+    def _items(self, request: pb.CreateChatCompletionRequest) -> AsyncGenerator[StreamItem, None]:
+        return self._api.chat_stream(request)
 
-class GenerateServicer(pb_grpc.GenerateServiceServicer):
-    def __init__(self, api: ChatApi, write_timeout: float = 0.0) -> None:
-        self._api = api
-        self._model = api.served.name
-        self._write_timeout = write_timeout
 
-    async def CreateCompletion(
-        self, request: pb.CreateCompletionRequest, context: grpc.aio.ServicerContext
-    ) -> pb.CreateCompletionResponse:
-        return await status.unary(context, self._reply(request))
-
-    async def StreamCompletion(
-        self, request: pb.CreateCompletionRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.StreamCompletionResponse]:
-        chunks = CompletionChunks(request.model, events=False)
-        relayed = status.stream(
-            context, chunks.chunks(self._api.complete_stream(request)), chunks.error, False, self._write_timeout
-        )
-        async with contextlib.aclosing(relayed):
-            async for chunk in relayed:
-                yield chunk
-
-    async def CreateCompletionHttp(self, body: HttpBody, context: grpc.aio.ServicerContext) -> AsyncIterator[HttpBody]:
-        call = RestCall(pb.CreateCompletionRequest, self._reply, self._api.complete_stream, self._write_timeout)
-        async with contextlib.aclosing(
-            call.bodies(context, body, CompletionChunks(self._model, events=True))
-        ) as bodies:
-            async for out in bodies:
-                yield out
+class GenerateServicer(GenerationServicer[pb.CreateCompletionRequest], pb_grpc.GenerateServiceServicer):
+    request_type = pb.CreateCompletionRequest
+    chunks_type = CompletionChunks
+    CreateCompletion = GenerationServicer.unary
+    StreamCompletion = GenerationServicer.stream
+    CreateCompletionHttp = GenerationServicer.http
 
     async def _reply(self, request: pb.CreateCompletionRequest) -> pb.CreateCompletionResponse:
         return replies.completion(await self._api.complete(request), request.model)
+
+    def _items(self, request: pb.CreateCompletionRequest) -> AsyncGenerator[StreamItem, None]:
+        return self._api.complete_stream(request)
 
 
 # Every generator relayed here is closed by the one relaying it (contextlib.aclosing), not left to the garbage
