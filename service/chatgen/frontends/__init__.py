@@ -18,11 +18,9 @@ import multiprocessing
 import shutil
 import signal
 import socket
-import sys
 from dataclasses import replace
 
 from chatgen import reaper
-from chatgen.app import REVOKE_SECONDS, STOP_SECONDS, ServeSettings, ready_line
 from chatgen.chat.admission import AdmissionLimits
 from chatgen.engine.factory import vllm_available
 from chatgen.frontends.group import Group, start_group
@@ -30,6 +28,8 @@ from chatgen.frontends.metrics import FrontendMetrics
 from chatgen.frontends.process import FrontendSpec
 from chatgen.gateway import EnvoyProcess, default_work_dir
 from chatgen.gateway.settings import count_or_auto
+from chatgen.lifecycle import REVOKE_SECONDS, STOP_SECONDS, note, ready_line
+from chatgen.settings import ServeSettings
 
 log = logging.getLogger("chatgen")
 
@@ -49,10 +49,6 @@ def auto_frontends(cpus: float) -> int:
 def frontend_count(text: str) -> int:
     """--frontends: a number, or `auto` (auto_frontends of usable_cpus)."""
     return count_or_auto(text, auto_frontends)
-
-
-def _note(text: str) -> None:
-    print(f"[chatgen] {text}", file=sys.stderr, flush=True)
 
 
 def share(limits: AdmissionLimits, count: int) -> AdmissionLimits:
@@ -102,11 +98,11 @@ def supervise(settings: ServeSettings, log_level: str = "INFO") -> int:
     )
     group: Group | None = None
     try:
-        _note(f"starting {settings.frontends} frontends on the {settings.engine.kind} engine")
+        note(f"starting {settings.frontends} frontends on the {settings.engine.kind} engine")
         group = start_group(spec, settings.frontends)
         return asyncio.run(Supervisor(settings, spec, group).run())
     finally:
-        _note("shutting down")
+        note("shutting down")
         if group is not None:
             group.stop()
         holder.close()
@@ -114,7 +110,7 @@ def supervise(settings: ServeSettings, log_level: str = "INFO") -> int:
             shutil.rmtree(work_dir, ignore_errors=True)
         ended = reaper.end_descendants()
         if ended:
-            _note(f"ended {len(ended)} processes left behind (pids {', '.join(map(str, ended))})")
+            note(f"ended {len(ended)} processes left behind (pids {', '.join(map(str, ended))})")
 
 
 class Supervisor:
@@ -183,7 +179,7 @@ class Supervisor:
         while True:
             if not signals.empty():
                 await signals.get()
-                _note(f"draining {self.settings.frontends} frontends (up to {self.settings.shutdown_grace:g} s)")
+                note(f"draining {self.settings.frontends} frontends (up to {self.settings.shutdown_grace:g} s)")
                 return await self._drain(signals)
             if (dead := self._dead()) is not None or (self.envoy is not None and self.envoy.exited()):
                 log.error("%s; stopping the server so that the supervisor restarts it", dead or "Envoy exited")

@@ -1,5 +1,5 @@
 """transport.load_report: the server's load as an ORCA report, in the metadata of every generation call and on the
-out-of-band OpenRcaService stream (GrpcServer in this process, transformers engine, real embedded model)."""
+out-of-band OpenRcaService stream (the gRPC server in this process, transformers engine, real embedded model)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import grpc
 import pytest
@@ -14,22 +15,33 @@ from google.protobuf import duration_pb2, json_format
 from xds.data.orca.v3.orca_load_report_pb2 import OrcaLoadReport
 from xds.service.orca.v3.orca_pb2 import OrcaLoadReportRequest
 
+from chatgen.app import build_service
 from chatgen.chat.admission import Admission, AdmissionLimits
 from chatgen.engine.hf_engine import HfEngine
-from chatgen.server import GrpcServer
 from chatgen.transport.load_report import MIN_REPORT_SECONDS, ORCA_TRAILER, RATE_SECONDS, LoadReports
 from chatgen.v1 import chatgen_pb2 as pb
 from tests.support import h2_grpc
-from tests.unit.conftest import HF_NAME
+from tests.unit.conftest import HF_NAME, in_process_settings
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A running server and the admission whose load it reports."""
+
+    port: int
+    admission: Admission
+
 
 STREAM_METHOD = "/xds.service.orca.v3.OpenRcaService/StreamCoreMetrics"
 
 
 @pytest.fixture(scope="module")
-async def server(hf_engine: HfEngine) -> AsyncIterator[GrpcServer]:
-    s = GrpcServer(hf_engine, "127.0.0.1", 0, admission=Admission(AdmissionLimits(max_running=4, max_waiting=4)))
+async def server(hf_engine: HfEngine) -> AsyncIterator[Loaded]:
+    limits = AdmissionLimits(max_running=4, max_waiting=4)
+    admission = Admission(limits)
+    s = build_service(in_process_settings(hf_engine, limits=limits), hf_engine, admission).server
     await s.start()
-    yield s
+    yield Loaded(s.port, admission)
     await s.stop(0)
 
 
@@ -57,7 +69,7 @@ def test_the_report_is_the_admission_and_the_engine(hf_engine: HfEngine) -> None
     assert "kv_cache_usage_perc" not in report.named_metrics
 
 
-async def test_every_generation_call_carries_the_load_in_its_metadata(server: GrpcServer) -> None:
+async def test_every_generation_call_carries_the_load_in_its_metadata(server: Loaded) -> None:
     # grpc's own client keeps this trailer from its application (its balancers read it): a bare HTTP/2 call.
     address = f"127.0.0.1:{server.port}"
     service = "/chatgen.v1.ChatService/"
@@ -80,8 +92,7 @@ async def test_every_generation_call_carries_the_load_in_its_metadata(server: Gr
         assert report.named_metrics["num_requests_running"] == 0
 
 
-async def test_the_out_of_band_stream_reports_every_interval(server: GrpcServer) -> None:
-    assert server.admission is not None
+async def test_the_out_of_band_stream_reports_every_interval(server: Loaded) -> None:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stream_metrics = channel.unary_stream(
             STREAM_METHOD,

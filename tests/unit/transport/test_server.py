@@ -1,5 +1,5 @@
-"""The gRPC server in this process (GrpcServer on the transformers engine and the real embedded model): the
-servicers' replies and REST bodies, the API-key and malformed-message interceptors, and the call log."""
+"""The gRPC server in this process, as chatgen.app wires it (on the transformers engine and the real embedded
+model): the servicers' replies and REST bodies, the API-key and malformed-message interceptors, and the call log."""
 
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ from google.api.httpbody_pb2 import HttpBody
 from google.protobuf import json_format, struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from chatgen.app import build_service
 from chatgen.engine.hf_engine import HfEngine
 from chatgen.server import GrpcServer
 from chatgen.transport.calls import REQUEST_ID_KEY
 from chatgen.v1 import chatgen_pb2 as pb
 from chatgen.v1 import chatgen_pb2_grpc as pb_grpc
-from tests.unit.conftest import HF_NAME
+from tests.unit.conftest import HF_NAME, in_process_settings
 
 KEY = "secret-key"
 
@@ -30,7 +31,7 @@ def chat_request(**fields: object) -> pb.CreateChatCompletionRequest:
 
 @pytest.fixture(scope="module")
 async def server(hf_engine: HfEngine) -> AsyncIterator[GrpcServer]:
-    s = GrpcServer(hf_engine, "127.0.0.1", 0, log_requests=True)
+    s = build_service(in_process_settings(hf_engine, log_requests=True), hf_engine).server
     await s.start()
     yield s
     await s.stop(0)
@@ -38,7 +39,7 @@ async def server(hf_engine: HfEngine) -> AsyncIterator[GrpcServer]:
 
 @pytest.fixture(scope="module")
 async def keyed(hf_engine: HfEngine) -> AsyncIterator[GrpcServer]:
-    s = GrpcServer(hf_engine, "127.0.0.1", 0, api_keys=[KEY])
+    s = build_service(in_process_settings(hf_engine, api_keys=(KEY,)), hf_engine).server
     await s.start()
     yield s
     await s.stop(0)
