@@ -35,3 +35,20 @@ def test_a_layer_imports_only_the_layers_below(layer: str) -> None:
         if name.startswith(FORBIDDEN[layer])
     }
     assert not offending, sorted(offending)
+
+
+# The one chat module that adapts vLLM's reasoning and tool-call parsers; the rest of the chat layer is
+# engine-neutral (the transformers engine serves it too) and reaches vLLM only through the engine layer.
+VLLM_ADAPTER = PACKAGE / "chat" / "parsing.py"
+
+
+def test_the_chat_layer_imports_vllm_only_where_it_adapts_vllms_parsers() -> None:
+    offending = {
+        f"{path.relative_to(PACKAGE)}: {name}"
+        for path in (PACKAGE / "chat").rglob("*.py")
+        if path != VLLM_ADAPTER
+        for name in imported(path)
+        if name == "vllm" or name.startswith("vllm.")
+    }
+    assert not offending, sorted(offending)
+    assert any(name.startswith("vllm.") for name in imported(VLLM_ADAPTER))
