@@ -3,11 +3,11 @@
 --
 -- Request:  what the edge checks (a body that is JSON by its Content-Type; gRPC has its own port; a timeout
 --           header that is a number; query strings are dropped: no REST path reads one, and the transcoder would
---           take their names for request fields), then
---           the POST bodies go to the server as they came (google.api.HttpBody), which checks them and picks
---           a stream or a unary reply from `"stream"`; nothing here reads them, except that the shared gateway
---           routes on `model` (json_to_metadata, the filter before this one, has parsed it into dynamic metadata
---           by the time body() returns, so no JSON is parsed here).
+--           take their names for request fields; a POST body's JSON types and the vLLM extensions that are not
+--           served, json_types.lua), then
+--           the POST bodies go to the server as they came (google.api.HttpBody), which parses them and picks
+--           a stream or a unary reply from `"stream"`; the shared gateway routes on `model` (json_to_metadata,
+--           the filter before this one, has parsed it into dynamic metadata by the time body() returns).
 -- Response: gRPC errors get OpenAI's error JSON (the server sends it in `x-chatgen-error`), or on the Messages
 --           API's paths (/v1/messages...) Anthropic's, as the errors this filter or Envoy answer there. Replies and
 --           streams need nothing here: the server sends their bytes ready to pass on, so no Lua runs per token.
@@ -15,8 +15,10 @@
 -- Settings (route metadata under this filter's name, key "chatgen"):
 --   http_errors   HTTP status (a string) -> {OpenAI type, code, Anthropic type}, for errors without a chatgen
 --                 error body (Envoy's own, or raised by gRPC itself)
---   local_errors  "not_found" / "invalid" / "media_type" -> {HTTP status, OpenAI type, code, Anthropic type}:
---                 what this filter answers itself
+--   local_errors  "not_found" / "invalid" / "media_type" / "unsupported" -> {HTTP status, OpenAI type, code,
+--                 Anthropic type}: what this filter answers itself
+--   lua_path      where json_types.lua and dkjson.lua are (a package.path entry: the Lua filter's own directory)
+--   request_types the JSON file of request types json_types.lua checks bodies against (chatgen.gateway.request_types)
 --   models        the shared gateway (chatgen gateway --backends) only: the models it routes; absent with one
 --                 backend, where the server answers for its own model
 --   model_cards   the shared gateway only: per model, its card when none of its replicas answers
@@ -84,6 +86,37 @@ local function respond_error(handle, config, kind, message, param)
   local status = string.format("%d", e[1])
   handle:respond({ [":status"] = status, ["content-type"] = "application/json", ["x-chatgen-error"] = body,
     [STATUS_HEADER] = status }, body)
+end
+
+-- The body check (json_types.lua over dkjson, a JSON library in plain Lua), loaded once per Lua state from the
+-- directory the settings name, with the request types it reads.
+local body_check = nil
+
+local function checker(config)
+  if body_check == nil then
+    package.path = config["lua_path"] .. ";" .. package.path
+    local json = require("dkjson")
+    local file = assert(io.open(config["request_types"], "rb"))
+    local types = json.decode(file:read("*a"), 1, json.null)
+    file:close()
+    body_check = { json = json, types = types, module = require("json_types") }
+  end
+  return body_check
+end
+
+-- Answers a POST body of the wrong JSON types, or one that asks for what is not served (true); a body that is
+-- not JSON goes on to the server, which says so.
+local function refused_body(handle, config, path)
+  local c = checker(config)
+  if c.types.paths[path] == nil and c.types.shapes[path] == nil then return false end
+  local body = handle:body()
+  local text = body ~= nil and body:getBytes(0, body:length()) or ""
+  local name = c.module.message_for(c.json, c.types, path, text)
+  if name == nil then return false end
+  local failure = c.module.check(c.json, c.types, name, text)
+  if failure == nil then return false end
+  respond_error(handle, config, failure.kind, failure.message, failure.param)
+  return true
 end
 
 local function routed_models(config)
@@ -220,9 +253,10 @@ function envoy_on_request(handle)
   local path, query = headers:get(":path"):match("^([^?]*)(.*)$")
   if query ~= "" then headers:replace(":path", path) end
   if models_request(handle, headers, method, path) then return end
-  if method ~= "POST" or not ROUTED[path] then return end
+  if method ~= "POST" then return end
   local config = settings(handle)
-  if config == nil or config["models"] == nil then return end
+  if config == nil or refused_body(handle, config, path) then return end
+  if not ROUTED[path] or config["models"] == nil then return end
   handle:body()
   local request = handle:streamInfo():dynamicMetadata():get("chatgen.request")
   -- Header handles taken before body() yielded are stale now; take them again.

@@ -105,6 +105,7 @@ CASES: tuple[ErrorCase, ...] = (
         '`"messages": {…}`)',
         Failure.INVALID_REQUEST,
         "temperature, messages, …",
+        "Envoy",
     ),
     ErrorCase("no-model", "`model` missing", Failure.INVALID_REQUEST, "model"),
     ErrorCase("unknown-model", "unknown `model`", Failure.MODEL_NOT_FOUND, "model"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -238,6 +239,30 @@ def test_malformed_json_is_openai_error_naming_the_field(http: httpx.Client, con
     assert error["message"]
     assert error["param"] == param
     assert set(error) == {"message", "type", "param", "code"}
+
+
+def test_wrong_json_types_are_answered_by_the_gateway_before_the_server(service: Service, http: httpx.Client) -> None:
+    """What proto3's JSON parsing would take ("3" for 3, "yes" for true, an object for a one-element array) is a
+    400 from the gateway's Lua check: the server never sees the call (it logs every call it gets)."""
+    ask = [{"role": "user", "content": "Hi"}]
+    for i, (body, param) in enumerate([
+        ({"model": MODEL_NAME, "messages": {"role": "user", "content": "Hi"}}, "messages"),
+        ({"model": MODEL_NAME, "messages": ask, "max_tokens": "3"}, "max_tokens"),
+        ({"model": MODEL_NAME, "messages": ask, "stream": "yes"}, "stream"),
+        ({"model": MODEL_NAME, "messages": ask, "guided_json": {"type": "object"}}, "guided_json"),
+    ]):  # fmt: skip
+        response = http.post("/v1/chat/completions", json=body, headers={"x-request-id": f"edge-typed-{i}"})
+        assert response.status_code == 400 and response.json()["error"]["param"] == param
+    served = http.post("/v1/chat/completions", json={"model": MODEL_NAME, "messages": ask, "max_tokens": 1},
+                       headers={"x-request-id": "edge-typed-served"})  # fmt: skip
+    assert served.status_code == 200
+    # The served call's line is written when it ends, after any line of the refused ones would have been.
+    deadline = time.monotonic() + 10
+    while not any("edge-typed-served" in line for line in list(service.log)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    lines = list(service.log)
+    assert any("edge-typed-served" in line for line in lines)
+    assert not any("edge-typed-" in line and "edge-typed-served" not in line for line in lines)
 
 
 def test_unknown_path_is_404_openai_error(http: httpx.Client) -> None:

@@ -9,7 +9,7 @@ import yaml
 
 from chatgen.errors import CASES, FAILURES, GATEWAY_REPLIES, Failure, markdown_table
 from chatgen.gateway import GatewaySettings, render_config
-from chatgen.gateway.config import lua_settings
+from chatgen.gateway.config import ConfigFiles, lua_settings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -57,7 +57,8 @@ def test_gateway_replies_agree_with_the_table() -> None:
 
 def test_the_lua_filter_gets_the_table(tmp_path: Path) -> None:
     settings = GatewaySettings("127.0.0.1", 8000, "127.0.0.1", 50051, 9901, tmp_path)
-    errors = lua_settings(settings)["http_errors"]
+    files = ConfigFiles(tmp_path / "chatgen.pb", tmp_path / "openai_compat.lua", tmp_path / "request_types.json")
+    errors = lua_settings(settings, files)["http_errors"]
     assert errors == {
         str(s): [FAILURES[f].openai_type, f.value, FAILURES[f].anthropic_type] for s, f in GATEWAY_REPLIES.items()
     }

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from chatgen.errors import FAILURES, GATEWAY_REPLIES, Failure, anthropic_error, openai_error
-from chatgen.gateway import routes
+from chatgen.gateway import request_types, routes
 from chatgen.gateway.descriptors import write_descriptor_set
+from chatgen.gateway.request_types import write_request_types
 from chatgen.gateway.settings import GatewaySettings
 from chatgen.tls import TlsFiles
 from chatgen.transport.load_report import ORCA_TRAILER
@@ -40,11 +41,14 @@ def lua_source() -> Path:
 
 @dataclass(frozen=True)
 class ConfigFiles:
-    """The files a config names: the transcoder's descriptor set and the Lua filter. At run time both are the
-    installed package's (render_config); the configs checked in under gateway/ name the checkout's."""
+    """The files a config names: the transcoder's descriptor set, the Lua filter (beside it the modules it
+    requires: json_types.lua and dkjson.lua), and the request types its body check reads. At run time they are
+    the installed package's and the work directory's (render_config); the configs checked in under gateway/ name
+    the checkout's."""
 
     descriptor: Path
     lua: Path
+    request_types: Path
 
 
 # The Messages API's paths, whose errors are Anthropic's.
@@ -56,9 +60,11 @@ def _openai_kind(failure: Failure) -> list[str]:
     return [FAILURES[failure].openai_type, failure.value, FAILURES[failure].anthropic_type]
 
 
-def lua_settings(settings: GatewaySettings) -> dict[str, Any]:
+def lua_settings(settings: GatewaySettings, files: ConfigFiles) -> dict[str, Any]:
     """The Lua filter's settings, from chatgen.errors and the routing config (see openai_compat.lua)."""
     out: dict[str, Any] = {
+        "lua_path": str(files.lua.parent / "?.lua"),
+        "request_types": str(files.request_types),
         "http_errors": {str(status): _openai_kind(failure) for status, failure in GATEWAY_REPLIES.items()},
         "local_errors": {
             key: [FAILURES[f].http_status, *_openai_kind(f)]
@@ -66,6 +72,7 @@ def lua_settings(settings: GatewaySettings) -> dict[str, Any]:
                 ("not_found", Failure.MODEL_NOT_FOUND),
                 ("invalid", Failure.INVALID_REQUEST),
                 ("media_type", Failure.UNSUPPORTED_MEDIA_TYPE),
+                ("unsupported", Failure.UNSUPPORTED),
             )
         },
     }
@@ -281,7 +288,11 @@ def _rest_manager(settings: GatewaySettings, files: ConfigFiles, stat_prefix: st
             # arrives), not for REST callers.
             "response_headers_to_remove": [ORCA_TRAILER],
             "virtual_hosts": [
-                {"name": "chatgen", "domains": ["*"], "routes": routes.rest_routes(settings, lua_settings(settings))}
+                {
+                    "name": "chatgen",
+                    "domains": ["*"],
+                    "routes": routes.rest_routes(settings, lua_settings(settings, files)),
+                }
             ],
         },
         local_reply_config={"mappers": local_reply_mappers(settings.max_body_bytes)},
@@ -387,7 +398,11 @@ def render_config(settings: GatewaySettings) -> Path:
     """Write the descriptor set and the config into work_dir; return the config's path."""
     work = settings.work_dir
     work.mkdir(parents=True, exist_ok=True)
-    files = ConfigFiles(descriptor=write_descriptor_set(work / DESCRIPTOR_FILE), lua=lua_source())
+    files = ConfigFiles(
+        descriptor=write_descriptor_set(work / DESCRIPTOR_FILE),
+        lua=lua_source(),
+        request_types=write_request_types(work / request_types.FILE),
+    )
     path = work / CONFIG_FILE
     path.write_text(json.dumps(envoy_config(settings, files), indent=1))
     return path

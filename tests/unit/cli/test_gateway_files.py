@@ -16,11 +16,13 @@ from tests.support.envoy import assert_envoy_accepts
 REPO = Path(__file__).resolve().parents[3]
 GATEWAY = REPO / "gateway"
 NAMES = ("envoy.yaml", "shared-envoy.yaml")
+# The files the configs name that the checkout holds (the descriptor set is built).
+NAMED = ("openai_compat.lua", "json_types.lua", "dkjson.lua", "request_types.json")
 
 
 def test_the_checked_in_configs_are_the_rendering() -> None:
     rendered = gateway_files.rendered(REPO)
-    assert sorted(rendered) == sorted(NAMES)
+    assert sorted(rendered) == sorted((*NAMES, "request_types.json"))
     for name, text in rendered.items():
         assert (GATEWAY / name).read_text() == text, (
             f"gateway/{name} differs from what chatgen renders: run .venv/bin/python -m chatgen.cli.gateway_files"
@@ -31,8 +33,8 @@ def test_the_checked_in_configs_are_the_rendering() -> None:
 def test_a_checked_in_config_runs_from_the_repository_root(name: str, tmp_path: Path) -> None:
     # The files as a checkout has them, plus the descriptor set the render command builds beside them.
     (tmp_path / "gateway").mkdir()
-    shutil.copy(GATEWAY / name, tmp_path / "gateway" / name)
-    shutil.copy(GATEWAY / "openai_compat.lua", tmp_path / "gateway" / "openai_compat.lua")
+    for file in (name, *NAMED):
+        shutil.copy(GATEWAY / file, tmp_path / "gateway" / file)
     write_descriptor_set(tmp_path / gateway_files.FILES.descriptor)
     assert_envoy_accepts(Path("gateway") / name, cwd=tmp_path)
 
@@ -55,14 +57,15 @@ def test_the_configs_name_the_checkouts_files_and_the_deployments_settings() -> 
     assert "exact: smollm2-135m-instruct" in (GATEWAY / "shared-envoy.yaml").read_text()
 
 
-def test_the_package_serves_the_checked_in_lua_filter() -> None:
-    assert lua_source().read_bytes() == (GATEWAY / "openai_compat.lua").read_bytes()
+def test_the_package_serves_the_checked_in_lua_filter_and_its_modules() -> None:
+    for name in ("openai_compat.lua", "json_types.lua", "dkjson.lua"):
+        assert (lua_source().parent / name).read_bytes() == (GATEWAY / name).read_bytes(), name
 
 
 def test_the_render_command_writes_every_file(tmp_path: Path) -> None:
     shutil.copytree(REPO / "k8s" / "gateway", tmp_path / "k8s" / "gateway")
     (tmp_path / "gateway").mkdir()
     assert gateway_files.main(["--root", str(tmp_path)]) == 0
-    for name in NAMES:
+    for name in (*NAMES, "request_types.json"):
         assert (tmp_path / "gateway" / name).read_text() == (GATEWAY / name).read_text()
     assert (tmp_path / "gateway" / "chatgen.pb").stat().st_size > 10_000

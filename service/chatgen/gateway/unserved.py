@@ -1,13 +1,10 @@
 """vLLM's request extensions that chatgen does not serve (yet), by request message. A REST body that sends one
 gets 400 `unsupported_parameter` naming it, never a 200 that quietly ignored it: a client that asked for
-constrained output must not get unconstrained text. (gRPC callers cannot send them: the contract has no such
-fields.) An extension leaves this table when it is served, as a field of the request message."""
+constrained output must not get unconstrained text. The gateway's Lua filter refuses them (json_types.lua, from
+request_types.json); gRPC callers cannot send them: the contract has no such fields. An extension leaves this
+table when it is served, as a field of the request message."""
 
 from __future__ import annotations
-
-from typing import Any
-
-from chatgen.errors import unsupported
 
 _STRUCTURED = "use structured_outputs (or response_format)"
 # Sampling and output extensions vLLM takes on both chat completions and completions.
@@ -58,18 +55,3 @@ NESTED: dict[str, dict[str, str]] = {
         "structural_tag": "structural tags are not served",
     }
 }
-
-
-def check(body: Any, full_name: str) -> None:
-    """Raise for the first unserved extension `body` (a JSON object) sends; `null` counts as not sent."""
-    unserved = UNSERVED.get(full_name)
-    if not unserved or not isinstance(body, dict):
-        return
-    for key, value in body.items():
-        if value is not None and key in unserved:
-            raise unsupported(f"'{key}': {unserved[key]}", key)
-    for key, options in NESTED.items():
-        inner = body.get(key)
-        for name, value in inner.items() if isinstance(inner, dict) else ():
-            if value is not None and name in options:
-                raise unsupported(f"'{key}.{name}': {options[name]}", f"{key}.{name}")

@@ -1,18 +1,24 @@
-"""transport.unserved: vLLM's extensions that are not served are a 400 unsupported_parameter, never ignored."""
+"""gateway.unserved: vLLM's extensions that are not served are a 400 unsupported_parameter, never ignored (the
+gateway's Lua check refuses them: run here under LuaJIT, tests/support/lua.py)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-from chatgen.errors import ApiError, Failure
-from chatgen.transport import rest
-from chatgen.transport.unserved import NESTED, UNSERVED
+from chatgen.gateway.unserved import NESTED, UNSERVED
 from chatgen.v1 import chatgen_pb2 as pb
+from tests.support.lua import BodyCheck
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+CHAT_REQUEST = pb.CreateChatCompletionRequest.DESCRIPTOR.full_name
+COMPLETION_REQUEST = pb.CreateCompletionRequest.DESCRIPTOR.full_name
+
+
+@pytest.fixture(scope="module")
+def lua() -> BodyCheck:
+    return BodyCheck()
 
 
 def test_no_unserved_extension_is_a_field_of_the_contract() -> None:
@@ -23,25 +29,21 @@ def test_no_unserved_extension_is_a_field_of_the_contract() -> None:
 
 
 @pytest.mark.parametrize("key", ["guided_json", "guided_regex", "use_beam_search", "documents", "chat_template"])
-def test_chat_extensions_are_refused_naming_the_field(key: str) -> None:
-    with pytest.raises(ApiError) as err:
-        rest.parse(json.dumps({**CHAT, key: {"type": "object"}}).encode(), pb.CreateChatCompletionRequest)
-    assert (err.value.failure, err.value.param) == (Failure.UNSUPPORTED, key)
-    assert key in err.value.message
+def test_chat_extensions_are_refused_naming_the_field(lua: BodyCheck, key: str) -> None:
+    refusal = lua.check(CHAT_REQUEST, {**CHAT, key: {"type": "object"}})
+    assert refusal is not None and (refusal.kind, refusal.param) == ("unsupported", key)
+    assert refusal.message == f"'{key}': {UNSERVED[CHAT_REQUEST][key]}"
 
 
-def test_completion_extensions_are_refused_and_null_means_not_sent() -> None:
+def test_completion_extensions_are_refused_and_null_means_not_sent(lua: BodyCheck) -> None:
     body = {"model": "m", "prompt": "p", "suffix": "s"}
-    with pytest.raises(ApiError) as err:
-        rest.parse(json.dumps(body).encode(), pb.CreateCompletionRequest)
-    assert err.value.param == "suffix"
-    parsed = rest.parse(json.dumps({**body, "suffix": None}).encode(), pb.CreateCompletionRequest)
-    assert parsed.prompt.string_value == "p"
+    refusal = lua.check(COMPLETION_REQUEST, body)
+    assert refusal is not None and refusal.param == "suffix"
+    assert lua.check(COMPLETION_REQUEST, {**body, "suffix": None}) is None
 
 
-def test_other_unknown_keys_are_still_ignored() -> None:
-    parsed = rest.parse(json.dumps({**CHAT, "x_custom": 1}).encode(), pb.CreateChatCompletionRequest)
-    assert parsed.messages[0].role == "user"
+def test_other_unknown_keys_are_still_ignored(lua: BodyCheck) -> None:
+    assert lua.check(CHAT_REQUEST, {**CHAT, "x_custom": 1}) is None
 
 
 def test_the_api_docs_list_each_unserved_extension_with_its_reason() -> None:
@@ -66,13 +68,13 @@ def test_the_api_docs_list_each_unserved_extension_with_its_reason() -> None:
                     assert key in UNSERVED[f"chatgen.v1.{full_name}"], (key, full_name)
 
 
-def test_unserved_options_inside_structured_outputs_are_refused() -> None:
+def test_unserved_options_inside_structured_outputs_are_refused(lua: BodyCheck) -> None:
     body = {**CHAT, "structured_outputs": {"json": {"type": "object"}, "disable_any_whitespace": True}}
-    with pytest.raises(ApiError) as err:
-        rest.parse(json.dumps(body).encode(), pb.CreateChatCompletionRequest)
-    assert (err.value.failure, err.value.param) == (Failure.UNSUPPORTED, "structured_outputs.disable_any_whitespace")
+    refusal = lua.check(CHAT_REQUEST, body)
+    assert refusal is not None
+    assert (refusal.kind, refusal.param) == ("unsupported", "structured_outputs.disable_any_whitespace")
     served = {**CHAT, "structured_outputs": {"regex": "a+", "structural_tag": None}}
-    assert rest.parse(json.dumps(served).encode(), pb.CreateChatCompletionRequest).structured_outputs.regex == "a+"
+    assert lua.check(CHAT_REQUEST, served) is None
     # Each is documented with its reason.
     docs = (Path(__file__).parents[3] / "docs" / "api.md").read_text()
     for name, reason in NESTED["structured_outputs"].items():

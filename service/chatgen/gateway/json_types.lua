@@ -1,0 +1,1 @@
+../../../gateway/json_types.lua
