@@ -20,7 +20,7 @@ from chatgen.chat.types import Choice, StreamItem, Usage
 from chatgen.chat.validation.responses import ResponsesTranslation, as_item_messages, conversation, translate
 from chatgen.errors import ApiError, Failure, shown
 from chatgen.store import ResponseStore, StoredResponse
-from chatgen.transport import rest, status
+from chatgen.transport import status
 from chatgen.transport.auth import presented_key
 from chatgen.transport.responses import (
     CONVERSATION_KEY,
@@ -100,24 +100,6 @@ class ResponsesServicer(pb_grpc.ResponsesServiceServicer):
         async with contextlib.aclosing(call.bodies(context, body, events)) as bodies:
             async for out in bodies:
                 yield out
-
-    async def GetResponseHttp(self, request: pb.GetResponseRequest, context: grpc.aio.ServicerContext) -> HttpBody:
-        return await status.unary(context, self._rendered(self._get(request.response_id, self._owner(context))))
-
-    async def DeleteResponseHttp(
-        self, request: pb.DeleteResponseRequest, context: grpc.aio.ServicerContext
-    ) -> HttpBody:
-        return await status.unary(context, self._rendered(self._delete(request.response_id, self._owner(context))))
-
-    async def ListInputItemsHttp(
-        self, request: pb.ListInputItemsRequest, context: grpc.aio.ServicerContext
-    ) -> HttpBody:
-        owner = self._owner(context)
-        return await status.unary(context, self._rendered(self._input_items(request.response_id, owner)))
-
-    @staticmethod
-    async def _rendered(reply: Any) -> HttpBody:
-        return rest.json_body(await reply)
 
     async def _stored(self, rid: str, owner: str, param: str | None = None) -> StoredResponse:
         record = await self._store.get(rid) if rid else None

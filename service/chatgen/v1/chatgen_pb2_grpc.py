@@ -700,21 +700,6 @@ class ResponsesServiceStub:
                 request_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
                 response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
                 _registered_method=True)
-        self.GetResponseHttp = channel.unary_unary(
-                '/chatgen.v1.ResponsesService/GetResponseHttp',
-                request_serializer=chatgen_dot_v1_dot_chatgen__pb2.GetResponseRequest.SerializeToString,
-                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
-                _registered_method=True)
-        self.DeleteResponseHttp = channel.unary_unary(
-                '/chatgen.v1.ResponsesService/DeleteResponseHttp',
-                request_serializer=chatgen_dot_v1_dot_chatgen__pb2.DeleteResponseRequest.SerializeToString,
-                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
-                _registered_method=True)
-        self.ListInputItemsHttp = channel.unary_unary(
-                '/chatgen.v1.ResponsesService/ListInputItemsHttp',
-                request_serializer=chatgen_dot_v1_dot_chatgen__pb2.ListInputItemsRequest.SerializeToString,
-                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
-                _registered_method=True)
 
 
 class ResponsesServiceServicer:
@@ -751,15 +736,14 @@ class ResponsesServiceServicer:
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         A standard Get method returns the resource itself (AIP-131).
+        REST: `GET /v1/responses/{response_id}`, transcoded.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteResponse(self, request, context):
-        """Deletes a stored response.
-        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
-        Its request is DeleteResponseHttp's too.
+        """Deletes a stored response. REST: `DELETE /v1/responses/{response_id}`, transcoded.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -767,8 +751,7 @@ class ResponsesServiceServicer:
 
     def ListInputItems(self, request, context):
         """The input items of a stored response (the whole conversation it answered, oldest first).
-        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
-        Its request is ListInputItemsHttp's too.
+        REST: `GET /v1/responses/{response_id}/input_items`, transcoded.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -782,40 +765,6 @@ class ResponsesServiceServicer:
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         The HTTP body itself, in and out, as in ChatService.CreateChatCompletionHttp.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def GetResponseHttp(self, request, context):
-        """The REST API's `GET /v1/responses/{response_id}`: the Response as the server renders it (the same JSON as
-        the reply that created it).
-        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
-        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
-        The JSON itself, as in ChatService.CreateChatCompletionHttp.
-        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def DeleteResponseHttp(self, request, context):
-        """The REST API's `DELETE /v1/responses/{response_id}`.
-        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
-        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
-        The JSON itself, as in ChatService.CreateChatCompletionHttp.
-        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def ListInputItemsHttp(self, request, context):
-        """The REST API's `GET /v1/responses/{response_id}/input_items`.
-        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
-        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
-        The JSON itself, as in ChatService.CreateChatCompletionHttp.
-        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -852,21 +801,6 @@ def add_ResponsesServiceServicer_to_server(servicer, server):
             'CreateResponseHttp': grpc.unary_stream_rpc_method_handler(
                     servicer.CreateResponseHttp,
                     request_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
-                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
-            ),
-            'GetResponseHttp': grpc.unary_unary_rpc_method_handler(
-                    servicer.GetResponseHttp,
-                    request_deserializer=chatgen_dot_v1_dot_chatgen__pb2.GetResponseRequest.FromString,
-                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
-            ),
-            'DeleteResponseHttp': grpc.unary_unary_rpc_method_handler(
-                    servicer.DeleteResponseHttp,
-                    request_deserializer=chatgen_dot_v1_dot_chatgen__pb2.DeleteResponseRequest.FromString,
-                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
-            ),
-            'ListInputItemsHttp': grpc.unary_unary_rpc_method_handler(
-                    servicer.ListInputItemsHttp,
-                    request_deserializer=chatgen_dot_v1_dot_chatgen__pb2.ListInputItemsRequest.FromString,
                     response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
     }
@@ -1034,87 +968,6 @@ class ResponsesService:
             target,
             '/chatgen.v1.ResponsesService/CreateResponseHttp',
             google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
-            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def GetResponseHttp(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/chatgen.v1.ResponsesService/GetResponseHttp',
-            chatgen_dot_v1_dot_chatgen__pb2.GetResponseRequest.SerializeToString,
-            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def DeleteResponseHttp(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/chatgen.v1.ResponsesService/DeleteResponseHttp',
-            chatgen_dot_v1_dot_chatgen__pb2.DeleteResponseRequest.SerializeToString,
-            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def ListInputItemsHttp(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/chatgen.v1.ResponsesService/ListInputItemsHttp',
-            chatgen_dot_v1_dot_chatgen__pb2.ListInputItemsRequest.SerializeToString,
             google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
             options,
             channel_credentials,

@@ -52,7 +52,7 @@ def test_the_descriptor_set_carries_the_http_rules() -> None:
             verb = rule.WhichOneof("pattern")
             rules[f"{service.name}.{method.name}"] = (verb, getattr(rule, verb))
     assert rules == {
-        # The typed RPCs are gRPC only; the gateway passes OpenAI's JSON bodies to these as they came.
+        # The JSON bodies' typed RPCs are gRPC only so far; the gateway passes those bodies to these as they came.
         "ChatService.CreateChatCompletionHttp": ("post", "/v1/chat/completions"),
         "MessagesService.CreateMessageHttp": ("post", "/v1/messages"),
         "MessagesService.CountMessageTokensHttp": ("post", "/v1/messages/count_tokens"),
@@ -62,9 +62,10 @@ def test_the_descriptor_set_carries_the_http_rules() -> None:
         "ModelsService.LoadLoraAdapterHttp": ("post", "/v1/load_lora_adapter"),
         "ModelsService.UnloadLoraAdapterHttp": ("post", "/v1/unload_lora_adapter"),
         "ResponsesService.CreateResponseHttp": ("post", "/v1/responses"),
-        "ResponsesService.GetResponseHttp": ("get", "/v1/responses/{response_id}"),
-        "ResponsesService.DeleteResponseHttp": ("delete", "/v1/responses/{response_id}"),
-        "ResponsesService.ListInputItemsHttp": ("get", "/v1/responses/{response_id}/input_items"),
+        # Transcoded: the typed RPCs' replies rendered by Envoy.
+        "ResponsesService.GetResponse": ("get", "/v1/responses/{response_id}"),
+        "ResponsesService.DeleteResponse": ("delete", "/v1/responses/{response_id}"),
+        "ResponsesService.ListInputItems": ("get", "/v1/responses/{response_id}/input_items"),
         "TokenizerService.TokenizeHttp": ("post", "/tokenize"),
         "TokenizerService.DetokenizeHttp": ("post", "/detokenize"),
         "ServingService.GetVersion": ("get", "/version"),
