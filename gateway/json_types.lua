@@ -9,7 +9,9 @@
 -- to the parser, which ignores them as vLLM does. A body that does not decode, or is not an object, is left to the
 -- parser too, which answers it.
 --
--- check(json, types, name, text) -> nil, or the failure {kind = "invalid" | "unsupported", message, param}.
+-- decode(json, text) -> the body, or nil where it is no JSON object;
+-- message_for(json, types, path, body) -> the request message's full name, or nil;
+-- check(json, types, name, body) -> nil, or the failure {kind = "invalid" | "unsupported", message, param}.
 
 local M = {}
 
@@ -165,9 +167,13 @@ local function unserved(json, body, served)
   return nil
 end
 
-function M.check(json, types, name, text)
+function M.decode(json, text)
   local ok, body = pcall(json.decode, text, 1, json.null)
   if not ok or body == nil or json_kind(json, body) ~= "object" then return nil end
+  return body
+end
+
+function M.check(json, types, name, body)
   local failure = unserved(json, body, types.unserved[name] or {})
   if failure ~= nil then return failure end
   local found = {}
@@ -177,11 +183,9 @@ end
 
 -- The request message a body is for: by its path, or for /invocations by its shape (a chat body has
 -- `messages`, a completions body `prompt`; any other is left to the server, which says what it wants).
-function M.message_for(json, types, path, text)
+function M.message_for(json, types, path, body)
   local name = types.paths[path]
   if name ~= nil or types.shapes[path] == nil then return name end
-  local ok, body = pcall(json.decode, text, 1, json.null)
-  if not ok or body == nil or json_kind(json, body) ~= "object" then return nil end
   for _, shape in ipairs(types.shapes[path]) do
     if body[shape[1]] ~= nil then return shape[2] end
   end

@@ -109,11 +109,12 @@ end
 local function refused_body(handle, config, path)
   local c = checker(config)
   if c.types.paths[path] == nil and c.types.shapes[path] == nil then return false end
-  local body = handle:body()
-  local text = body ~= nil and body:getBytes(0, body:length()) or ""
-  local name = c.module.message_for(c.json, c.types, path, text)
+  local bytes = handle:body()
+  local request = c.module.decode(c.json, bytes ~= nil and bytes:getBytes(0, bytes:length()) or "")
+  if request == nil then return false end
+  local name = c.module.message_for(c.json, c.types, path, request)
   if name == nil then return false end
-  local failure = c.module.check(c.json, c.types, name, text)
+  local failure = c.module.check(c.json, c.types, name, request)
   if failure == nil then return false end
   respond_error(handle, config, failure.kind, failure.message, failure.param)
   return true

@@ -32,11 +32,16 @@ class BodyCheck:
         self._types = decoded[0]
 
     def message_for(self, path: str, body: Any) -> str | None:
-        return self._module.message_for(self._json, self._types, path, _text(body))
+        decoded = self._module.decode(self._json, _text(body))
+        return None if decoded is None else self._module.message_for(self._json, self._types, path, decoded)
 
     def check(self, message: str, body: Any) -> Refusal | None:
-        """`message`: a request message's full name; `body`: JSON text, or a value to write as JSON."""
-        failure = self._module.check(self._json, self._types, message, _text(body))
+        """`message`: a request message's full name; `body`: JSON text, or a value to write as JSON. A body that
+        is no JSON object passes, as the filter passes it on to the server's parse."""
+        decoded = self._module.decode(self._json, _text(body))
+        if decoded is None:
+            return None
+        failure = self._module.check(self._json, self._types, message, decoded)
         if failure is None:
             return None
         return Refusal(failure.kind, failure.message, failure.param)
