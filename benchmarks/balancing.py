@@ -71,7 +71,7 @@ def served(replica: LocalServer) -> float:
         s.value
         for f in text_string_to_metric_families(text)
         for s in f.samples
-        if s.name == "chatgen_requests_total" and s.labels == {"rpc": "CreateChatCompletionHttp", "code": "OK"}
+        if s.name == "chatgen_requests_total" and s.labels == {"rpc": "StreamChatCompletion", "code": "OK"}
     )
 
 

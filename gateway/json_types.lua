@@ -6,10 +6,9 @@
 --
 -- Also here: vLLM's request extensions that chatgen does not serve are a 400 unsupported_parameter naming the key
 -- (never a 200 that ignored them). JSON null is "not sent" everywhere, as in OpenAI's API; unknown keys are left
--- to the parser, which ignores them as vLLM does. A body that does not decode, or is not an object, is left to the
--- parser too, which answers it.
+-- to the parser, which ignores them as vLLM does. A body that does not decode, or is not an object, is a 400 too.
 --
--- decode(json, text) -> the body, or nil where it is no JSON object;
+-- decode(json, text) -> the body, or nil and why it is no JSON object;
 -- message_for(json, types, path, body) -> the request message's full name, or nil;
 -- check(json, types, name, body) -> nil, or the failure {kind = "invalid" | "unsupported", message, param}.
 
@@ -168,9 +167,15 @@ local function unserved(json, body, served)
 end
 
 function M.decode(json, text)
-  local ok, body = pcall(json.decode, text, 1, json.null)
-  if not ok or body == nil or json_kind(json, body) ~= "object" then return nil end
-  return body
+  local ok, body, after, problem = pcall(json.decode, text, 1, json.null)
+  if not ok or body == nil then
+    return nil, "The request body is not valid JSON: " .. tostring(ok and problem or body or "no value")
+  end
+  if text:find("%S", after) then
+    return nil, "The request body is not valid JSON: extra data at character " .. after
+  end
+  if json_kind(json, body) ~= "object" then return nil, "The request body must be a JSON object" end
+  return body, nil
 end
 
 function M.check(json, types, name, body)
@@ -182,7 +187,7 @@ function M.check(json, types, name, body)
 end
 
 -- The request message a body is for: by its path, or for /invocations by its shape (a chat body has
--- `messages`, a completions body `prompt`; any other is left to the server, which says what it wants).
+-- `messages`, a completions body `prompt`; nil for any other, which the filter answers).
 function M.message_for(json, types, path, body)
   local name = types.paths[path]
   if name ~= nil or types.shapes[path] == nil then return name end

@@ -3,22 +3,29 @@
 --
 -- Request:  what the edge checks (a body that is JSON by its Content-Type; gRPC has its own port; a timeout
 --           header that is a number; query strings are dropped: no REST path reads one, and the transcoder would
---           take their names for request fields; a POST body's JSON types and the vLLM extensions that are not
---           served, json_types.lua), then
---           the POST bodies go to the server as they came (google.api.HttpBody), which parses them and picks
---           a stream or a unary reply from `"stream"`; the shared gateway routes on `model` (json_to_metadata,
---           the filter before this one, has parsed it into dynamic metadata by the time body() returns).
+--           take their names for request fields; a POST body that is a JSON object, its JSON types and the vLLM
+--           extensions that are not served, json_types.lua), then
+--           chat and completions bodies (and /invocations, one or the other by its shape) go to the typed RPC
+--           their `stream` asks for: the path becomes that RPC's binding (request_types.json's routes) and the
+--           transcoder parses the body; a stream is marked for the server (x-chatgen-stream: sse). The other
+--           POST bodies go to the server as they came (google.api.HttpBody), which parses them. The shared
+--           gateway routes on `model` (json_to_metadata, the filter before this one, has parsed it into dynamic
+--           metadata by the time body() returns).
 -- Response: gRPC errors get OpenAI's error JSON (the server sends it in `x-chatgen-error`), or on the Messages
---           API's paths (/v1/messages...) Anthropic's, as the errors this filter or Envoy answer there. Replies and
---           streams need nothing here: the server sends their bytes ready to pass on, so no Lua runs per token.
+--           API's paths (/v1/messages...) Anthropic's, as the errors this filter or Envoy answer there. Chat and
+--           completions replies are the transcoder's JSON, with what replies.lua changes in it (streams chunk by
+--           chunk: their end and in-band errors); the …Http RPCs' replies pass as the server wrote them.
 --
 -- Settings (route metadata under this filter's name, key "chatgen"):
 --   http_errors   HTTP status (a string) -> {OpenAI type, code, Anthropic type}, for errors without a chatgen
 --                 error body (Envoy's own, or raised by gRPC itself)
---   local_errors  "not_found" / "invalid" / "media_type" / "unsupported" -> {HTTP status, OpenAI type, code,
+--   local_errors  "not_found" / "unknown_path" / "invalid" / "media_type" / "unsupported" -> {HTTP status,
+--                 OpenAI type, code,
 --                 Anthropic type}: what this filter answers itself
---   lua_path      where json_types.lua and dkjson.lua are (a package.path entry: the Lua filter's own directory)
---   request_types the JSON file of request types json_types.lua checks bodies against (chatgen.gateway.request_types)
+--   lua_path      where json_types.lua, replies.lua and dkjson.lua are (a package.path entry: the Lua filter's
+--                 own directory)
+--   request_types the JSON file of request types json_types.lua checks bodies against, and the typed RPCs'
+--                 paths (chatgen.gateway.request_types)
 --   models        the shared gateway (chatgen gateway --backends) only: the models it routes; absent with one
 --                 backend, where the server answers for its own model
 --   model_cards   the shared gateway only: per model, its card when none of its replicas answers
@@ -36,6 +43,10 @@ local CONVERSATION_HEADER = "x-chatgen-conversation"
 -- A Responses API id's conversation key: the 16 hex digits after resp_ (chatgen.transport.responses.CONVERSATION).
 local CONVERSATION = "^resp_(" .. string.rep("%x", 16) .. ")"
 local STATUS_HEADER = "x-chatgen-status"
+-- What marks a REST stream for the server (chatgen.transport.servicers.SSE_METADATA).
+local STREAM_HEADER = "x-chatgen-stream"
+-- The typed RPCs' streaming bindings end so; the REST API's paths never do.
+local STREAM_VERB = ":stream"
 local ANTHROPIC_PREFIX = "/v1/messages"
 -- Where the request phase notes, for the response phase, that the call speaks Anthropic's errors.
 local NOTES = "chatgen.lua"
@@ -88,36 +99,54 @@ local function respond_error(handle, config, kind, message, param)
     [STATUS_HEADER] = status }, body)
 end
 
--- The body check (json_types.lua over dkjson, a JSON library in plain Lua), loaded once per Lua state from the
--- directory the settings name, with the request types it reads.
-local body_check = nil
+-- The body check (json_types.lua over dkjson, a JSON library in plain Lua) and the reply rewrites (replies.lua),
+-- loaded once per Lua state from the directory the settings name, with the request types the check reads.
+local modules = nil
 
-local function checker(config)
-  if body_check == nil then
+local function loaded(config)
+  if modules == nil then
     package.path = config["lua_path"] .. ";" .. package.path
     local json = require("dkjson")
     local file = assert(io.open(config["request_types"], "rb"))
     local types = json.decode(file:read("*a"), 1, json.null)
     file:close()
-    body_check = { json = json, types = types, module = require("json_types") }
+    modules = { json = json, types = types, check = require("json_types"), replies = require("replies") }
   end
-  return body_check
+  return modules
 end
 
--- Answers a POST body of the wrong JSON types, or one that asks for what is not served (true); a body that is
--- not JSON goes on to the server, which says so.
-local function refused_body(handle, config, path)
-  local c = checker(config)
+-- A POST body of a path the gateway checks: (true) when answered here, for not being a JSON object, for being
+-- an /invocations body of neither shape, for the wrong JSON types, or for asking what is not served; else
+-- (false, the decoded body, its request message's name).
+local function checked_body(handle, config, path)
+  local c = loaded(config)
   if c.types.paths[path] == nil and c.types.shapes[path] == nil then return false end
   local bytes = handle:body()
-  local request = c.module.decode(c.json, bytes ~= nil and bytes:getBytes(0, bytes:length()) or "")
-  if request == nil then return false end
-  local name = c.module.message_for(c.json, c.types, path, request)
-  if name == nil then return false end
-  local failure = c.module.check(c.json, c.types, name, request)
-  if failure == nil then return false end
+  local request, problem = c.check.decode(c.json, bytes ~= nil and bytes:getBytes(0, bytes:length()) or "")
+  if request == nil then
+    respond_error(handle, config, "invalid", problem, nil)
+    return true
+  end
+  local name = c.check.message_for(c.json, c.types, path, request)
+  if name == nil then
+    respond_error(handle, config, "invalid", "an " .. path .. " body is a chat completions request (with " ..
+      "'messages') or a completions request (with 'prompt')", "messages")
+    return true
+  end
+  local failure = c.check.check(c.json, c.types, name, request)
+  if failure == nil then return false, request, name end
   respond_error(handle, config, failure.kind, failure.message, failure.param)
   return true
+end
+
+-- Where the transcoder is to take a body of request message `name`: the typed RPC its `stream` asks for (nil:
+-- the path's own RPC). A stream is noted for the response phase and marked for the server.
+local function typed_route(handle, config, name, request)
+  local route = name ~= nil and loaded(config).types.routes[name] or nil
+  if route == nil then return nil end
+  local stream = request["stream"] == true
+  handle:streamInfo():dynamicMetadata():set(NOTES, "reply", stream and "events" or "json")
+  return stream and route["stream"] or route["unary"], stream
 end
 
 local function routed_models(config)
@@ -246,6 +275,7 @@ function envoy_on_request(handle)
   headers:remove(MODEL_HEADER)
   headers:remove(SESSION_HEADER)
   headers:remove(CONVERSATION_HEADER)
+  headers:remove(STREAM_HEADER)
   if is_anthropic(headers:get(":path")) then
     handle:streamInfo():dynamicMetadata():set(NOTES, "anthropic", true)
   end
@@ -256,11 +286,23 @@ function envoy_on_request(handle)
   if models_request(handle, headers, method, path) then return end
   if method ~= "POST" then return end
   local config = settings(handle)
-  if config == nil or refused_body(handle, config, path) then return end
+  if config == nil then return end
+  if path:sub(-#STREAM_VERB) == STREAM_VERB then
+    respond_error(handle, config, "unknown_path", "Unknown request URL: POST " .. path:sub(1, 128), nil)
+    return
+  end
+  local answered, body, name = checked_body(handle, config, path)
+  if answered then return end
+  -- Header handles taken before body() yielded are stale now; take them again.
+  headers = handle:headers()
+  local target, stream = typed_route(handle, config, name, body)
+  if target ~= nil then
+    if target ~= path then headers:replace(":path", target) end
+    if stream then headers:add(STREAM_HEADER, "sse") end
+  end
   if not ROUTED[path] or config["models"] == nil then return end
   handle:body()
   local request = handle:streamInfo():dynamicMetadata():get("chatgen.request")
-  -- Header handles taken before body() yielded are stale now; take them again.
   headers = handle:headers()
   local model = request ~= nil and request["model"] or nil
   if type(model) ~= "string" or model == "" then
@@ -324,6 +366,27 @@ function envoy_on_response(handle)
     headers:remove("x-chatgen-error")
     headers:replace("content-type", "application/json")
     handle:body(true):setBytes(err)
+    return
+  end
+  local notes = handle:streamInfo():dynamicMetadata():get(NOTES)
+  local reply = notes ~= nil and notes["reply"] or nil
+  if reply ~= nil and status == 200 and (grpc_status == nil or grpc_status == "0") then
+    local rewrite = loaded(settings(handle)).replies
+    if reply == "events" then
+      -- Chunk by chunk as the transcoder writes them (whole events each), so that nothing waits for the next.
+      for chunk in handle:bodyChunks() do
+        local bytes = chunk:getBytes(0, chunk:length())
+        local out = rewrite.events(bytes)
+        if out ~= bytes then chunk:setBytes(out) end
+      end
+    else
+      local body = handle:body()
+      if body ~= nil then
+        local bytes = body:getBytes(0, body:length())
+        local out = rewrite.json(bytes)
+        if out ~= bytes then body:setBytes(out) end
+      end
+    end
     return
   end
   if grpc_status ~= nil and grpc_status ~= "0" then

@@ -145,19 +145,15 @@ def _servicers(
 ) -> list[Registration]:
     """Every chatgen service, over one chat layer (the Responses API only with a store)."""
     timeout = settings.write_timeout
-    chat, generate = ChatServicer(api, timeout), GenerateServicer(api, timeout)
     abilities = model_abilities(
         engine.tokenizer, reasoning_parser=bool(settings.reasoning_parser), tool_parser=bool(settings.tool_call_parser)
     )
     services: list[Registration] = [
-        (pb_grpc.add_ChatServiceServicer_to_server, chat),
-        (pb_grpc.add_GenerateServiceServicer_to_server, generate),
+        (pb_grpc.add_ChatServiceServicer_to_server, ChatServicer(api, timeout)),
+        (pb_grpc.add_GenerateServiceServicer_to_server, GenerateServicer(api, timeout)),
         (pb_grpc.add_MessagesServiceServicer_to_server, MessagesServicer(api, timeout)),
         (pb_grpc.add_TokenizerServiceServicer_to_server, TokenizerServicer(api)),
-        (
-            pb_grpc.add_ServingServiceServicer_to_server,
-            ServingServicer(_version(engine), lambda: serving.not_serving, chat, generate),
-        ),
+        (pb_grpc.add_ServingServiceServicer_to_server, ServingServicer(_version(engine), lambda: serving.not_serving)),
         (pb_grpc.add_ModelsServiceServicer_to_server, ModelsServicer(model_card(engine.model, abilities), adapters)),
     ]
     if store is not None:

@@ -98,7 +98,13 @@ class ErrorCase:
 
 
 CASES: tuple[ErrorCase, ...] = (
-    ErrorCase("malformed-body", "body is not JSON / not a protobuf message", Failure.INVALID_REQUEST, ""),
+    ErrorCase(
+        "malformed-body",
+        "a REST body that is not a JSON object; gRPC bytes that are not a protobuf message",
+        Failure.INVALID_REQUEST,
+        "",
+        "Envoy / server",
+    ),
     ErrorCase(
         "wrong-type",
         'a field of the wrong JSON type (`"temperature": "hot"`, `"max_tokens": "3"`, `"stream": "yes"`, '

@@ -45,7 +45,7 @@ def where(replicas: list[Service], rpc: str, call: Callable[[], object]) -> int:
 
 def test_each_key_keeps_its_requests_on_one_replica_and_keys_spread(pair: tuple[Gateway, list[Service]]) -> None:
     gw, replicas = pair
-    chat, messages = "CreateChatCompletionHttp", "CreateMessageHttp"
+    chat, messages = "CreateChatCompletion", "CreateMessageHttp"
     api = sdk(gw)
     claude = anthropic.Anthropic(api_key="unused", base_url=gw.base, max_retries=0)
     ways: dict[str, Callable[[str], tuple[str, Callable[[], object]]]] = {
@@ -55,7 +55,7 @@ def test_each_key_keeps_its_requests_on_one_replica_and_keys_spread(pair: tuple[
             lambda: api.chat.completions.create(model=MODEL, messages=ASK, max_tokens=3, prompt_cache_key=k),
         ),
         "x-session-id": lambda k: (
-            "CreateCompletionHttp",
+            "CreateCompletion",
             lambda: api.completions.create(model=MODEL, prompt="hi", max_tokens=3, extra_headers={"x-session-id": k}),
         ),
         "metadata.user_id": lambda k: (
@@ -93,10 +93,10 @@ def test_a_responses_conversation_stays_on_the_replica_of_its_first_turn(pair: t
 async def test_a_hot_key_spills_over_to_the_other_replica(pair: tuple[Gateway, list[Service]]) -> None:
     """Bounded load: one key's 24 concurrent streams do not all queue on its replica."""
     gw, replicas = pair
-    home = where(replicas, "CreateChatCompletionHttp", lambda: sdk(gw).chat.completions.create(
+    home = where(replicas, "CreateChatCompletion", lambda: sdk(gw).chat.completions.create(
         model=MODEL, messages=ASK, max_tokens=3, user="hot"))  # fmt: skip
     api = openai.AsyncOpenAI(api_key="unused", base_url=f"{gw.base}/v1", max_retries=0, timeout=60)
-    before = [served(r) for r in replicas]
+    before = [served(r, "StreamChatCompletion") for r in replicas]
 
     async def one() -> None:
         stream = await api.chat.completions.create(model=MODEL, messages=ASK, max_tokens=12, stream=True, user="hot")
@@ -104,14 +104,14 @@ async def test_a_hot_key_spills_over_to_the_other_replica(pair: tuple[Gateway, l
         assert chunks[-1].choices[0].finish_reason == "length"
 
     await asyncio.gather(*(one() for _ in range(24)))
-    got = [served(r) - b for r, b in zip(replicas, before, strict=True)]
+    got = [served(r, "StreamChatCompletion") - b for r, b in zip(replicas, before, strict=True)]
     assert sum(got) == 24 and got[1 - home] >= 3 and got[home] >= got[1 - home], (home, got)
 
 
 def test_a_key_moves_to_another_replica_when_its_own_goes(tmp_path: Path) -> None:
     with replica(MODEL) as r1, replica(MODEL) as r2, gateway({MODEL: [r1, r2]}, tmp_path, "affinity") as gw:
         replicas, api = [r1, r2], sdk(gw)
-        rpc = "CreateChatCompletionHttp"
+        rpc = "CreateChatCompletion"
         keys = {f"k{i}": where(replicas, rpc, _chat(api, f"k{i}")) for i in range(8)}
         assert set(keys.values()) == {0, 1}, keys
         gone = replicas[0]

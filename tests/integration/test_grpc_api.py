@@ -7,8 +7,7 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from google.api.httpbody_pb2 import HttpBody
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -87,44 +86,6 @@ def test_chat_stream_matches_unary_text(channel: grpc.Channel) -> None:
     assert usage_chunk.usage.prompt_tokens == unary.usage.prompt_tokens
     # gRPC callers never see the gateway's SSE terminator.
     assert not any(c.object == "[DONE]" for c in chunks)
-
-
-def http_body(request: pb.CreateChatCompletionRequest | None = None, **fields: object) -> HttpBody:
-    """A REST body: `request` as OpenAI's JSON (with `fields` added), or `fields` alone."""
-    body = json_format.MessageToDict(request, preserving_proto_field_name=True) if request is not None else {}
-    return HttpBody(content_type="application/json", data=json.dumps({"model": MODEL_NAME, **body, **fields}).encode())
-
-
-def test_the_gateways_event_stream_is_the_typed_stream_as_sse(channel: grpc.Channel) -> None:
-    """CreateChatCompletionHttp with "stream": true (what the REST gateway calls): the typed stream's chunks, each
-    an SSE event holding its proto3 JSON, the content type on the first message, then `data: [DONE]`."""
-    stub = pb_grpc.ChatServiceStub(channel)
-    request = chat_request(max_tokens=12, stream_options={"include_usage": True})
-    typed = list(stub.StreamChatCompletion(request, timeout=60))
-    bodies = list(stub.CreateChatCompletionHttp(http_body(request, stream=True), timeout=60))
-    assert bodies[0].content_type == "text/event-stream"
-    assert all(b.content_type == "" for b in bodies[1:])
-    events = [e.removeprefix("data: ") for b in bodies for e in b.data.decode().split("\n\n") if e]
-    assert events[-1] == "[DONE]" and len(events) == len(typed) + 1
-    parsed = [json_format.Parse(e, pb.StreamChatCompletionResponse()) for e in events[:-1]]
-    assert len({c.id for c in parsed}) == 1 and parsed[0].id != typed[0].id
-    for got, want in zip(parsed, typed, strict=True):
-        got.id, got.created = want.id, want.created
-        assert got == want
-    assert '"index":0' in events[0] and '"tool_calls"' not in "".join(events)
-
-
-def test_the_gateways_unary_call_is_one_json_body(channel: grpc.Channel) -> None:
-    stub = pb_grpc.ChatServiceStub(channel)
-    fields: dict[str, object] = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5, "temperature": 0}
-    typed = stub.CreateChatCompletion(
-        json_format.ParseDict({"model": MODEL_NAME, **fields}, pb.CreateChatCompletionRequest())
-    )
-    (body,) = list(stub.CreateChatCompletionHttp(http_body(**fields), timeout=60))
-    assert body.content_type == "application/json"
-    reply = json_format.Parse(body.data, pb.CreateChatCompletionResponse())
-    assert reply.choices == typed.choices and reply.usage == typed.usage
-    assert json.loads(body.data)["choices"][0]["message"]["tool_calls"] == []  # printed, as the transcoder did
 
 
 def test_max_tokens_gives_length(channel: grpc.Channel) -> None:
@@ -207,7 +168,6 @@ def test_content_parts_are_joined(channel: grpc.Channel) -> None:
     ],
 )
 def test_bad_requests_get_status_and_openai_error(channel: grpc.Channel, request_, code, param) -> None:  # type: ignore[no-untyped-def]
-    import json
 
     for call in (
         pb_grpc.ChatServiceStub(channel).CreateChatCompletion,

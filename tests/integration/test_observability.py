@@ -163,14 +163,14 @@ def test_rest_callers_get_their_request_id_back_or_one_made_for_them(service: Se
         assert mine.status_code == 200 and mine.headers.get_list("x-request-id") == ["rest-mine-1"]
         line = log_line(service, "rest-mine-1")
         # A unary REST call is logged as what it was, not as a call cancelled once its reply was sent.
-        assert (line["rpc"], line["status"], line["completion_tokens"]) == ("CreateChatCompletionHttp", "OK", 3)
+        assert (line["rpc"], line["status"], line["completion_tokens"]) == ("CreateChatCompletion", "OK", 3)
 
         made = http.post("/v1/chat/completions", json={**body, "stream": True})
         assert made.status_code == 200 and "data: [DONE]" in made.text
         made_id = made.headers["x-request-id"]
         assert str(uuid.UUID(made_id)) == made_id  # Envoy's own, a UUID
         line = log_line(service, made_id)
-        assert line["rpc"] == "CreateChatCompletionHttp" and line["status"] == "OK" and line["completion_tokens"] == 3
+        assert line["rpc"] == "StreamChatCompletion" and line["status"] == "OK" and line["completion_tokens"] == 3
 
         # Errors too, with the id the gateway passed on.
         missing = http.post("/v1/chat/completions", json={**body, "model": "nope"}, headers={"x-request-id": "r-404"})

@@ -75,14 +75,20 @@ def gateway(models: dict[str, list[Service]], tmp_path: Path, balance: str = "le
         proc.wait(15)
 
 
-def served(service: Service, rpc: str = "CreateChatCompletionHttp") -> float:
-    """Calls this replica finished with status OK (its own /metrics)."""
+CHAT_RPCS = ("CreateChatCompletion", "StreamChatCompletion")
+
+
+def served(service: Service, *rpcs: str) -> float:
+    """Calls of `rpcs` (by default chat's, unary or streamed: REST reaches both) this replica finished with
+    status OK (its own /metrics)."""
     text = httpx.get(f"http://127.0.0.1:{service.metrics_port}/metrics", timeout=5).text
     return sum(
         s.value
         for f in text_string_to_metric_families(text)
         for s in f.samples
-        if s.name == "chatgen_requests_total" and s.labels == {"rpc": rpc, "code": "OK"}
+        if s.name == "chatgen_requests_total"
+        and s.labels.get("rpc") in (rpcs or CHAT_RPCS)
+        and s.labels.get("code") == "OK"
     )
 
 

@@ -1,5 +1,6 @@
-"""The gateway's Lua body check (gateway/json_types.lua over gateway/dkjson.lua) run under LuaJIT in this process
-(lupa), on the request types chatgen renders: the same code Envoy's Lua filter runs, without Envoy."""
+"""The gateway's Lua modules run under LuaJIT in this process (lupa): the body check (gateway/json_types.lua over
+gateway/dkjson.lua, on the request types chatgen renders) and the reply rewrites (gateway/replies.lua), the same
+code Envoy's Lua filter runs, without Envoy."""
 
 from __future__ import annotations
 
@@ -32,15 +33,14 @@ class BodyCheck:
         self._types = decoded[0]
 
     def message_for(self, path: str, body: Any) -> str | None:
-        decoded = self._module.decode(self._json, _text(body))
+        decoded, _ = self._module.decode(self._json, _text(body))
         return None if decoded is None else self._module.message_for(self._json, self._types, path, decoded)
 
     def check(self, message: str, body: Any) -> Refusal | None:
-        """`message`: a request message's full name; `body`: JSON text, or a value to write as JSON. A body that
-        is no JSON object passes, as the filter passes it on to the server's parse."""
-        decoded = self._module.decode(self._json, _text(body))
+        """`message`: a request message's full name; `body`: JSON text, or a value to write as JSON."""
+        decoded, problem = self._module.decode(self._json, _text(body))
         if decoded is None:
-            return None
+            return Refusal("invalid", problem, None)
         failure = self._module.check(self._json, self._types, message, decoded)
         if failure is None:
             return None
@@ -49,3 +49,18 @@ class BodyCheck:
 
 def _text(body: Any) -> str:
     return body if isinstance(body, str) else json.dumps(body)
+
+
+class Replies:
+    """gateway/replies.lua: what the gateway changes in the JSON the transcoder renders."""
+
+    def __init__(self) -> None:
+        lua = luajit21.LuaRuntime(unpack_returned_tuples=True)
+        lua.execute(f'package.path = "{GATEWAY}/?.lua;" .. package.path')
+        self._module = lua.eval('require("replies")')
+
+    def json(self, text: str) -> str:
+        return str(self._module.json(text))
+
+    def events(self, text: str) -> str:
+        return str(self._module.events(text))

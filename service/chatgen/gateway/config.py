@@ -42,9 +42,9 @@ def lua_source() -> Path:
 @dataclass(frozen=True)
 class ConfigFiles:
     """The files a config names: the transcoder's descriptor set, the Lua filter (beside it the modules it
-    requires: json_types.lua and dkjson.lua), and the request types its body check reads. At run time they are
-    the installed package's and the work directory's (render_config); the configs checked in under gateway/ name
-    the checkout's."""
+    requires: json_types.lua, replies.lua and dkjson.lua), and the request types its body check reads. At run
+    time they are the installed package's and the work directory's (render_config); the configs checked in under
+    gateway/ name the checkout's."""
 
     descriptor: Path
     lua: Path
@@ -70,6 +70,7 @@ def lua_settings(settings: GatewaySettings, files: ConfigFiles) -> dict[str, Any
             key: [FAILURES[f].http_status, *_openai_kind(f)]
             for key, f in (
                 ("not_found", Failure.MODEL_NOT_FOUND),
+                ("unknown_path", Failure.NOT_FOUND),
                 ("invalid", Failure.INVALID_REQUEST),
                 ("media_type", Failure.UNSUPPORTED_MEDIA_TYPE),
                 ("unsupported", Failure.UNSUPPORTED),
@@ -229,7 +230,13 @@ def http_filters(files: ConfigFiles, shared: bool) -> list[dict[str, Any]]:
                 ],
                 convert_grpc_status=True,
                 request_validation_options={"reject_unknown_method": True},
-                print_options={"preserve_proto_field_names": True, "always_print_primitive_fields": True},
+                # OpenAI's field names and zero values (`"index": 0`, `"choices": []`); a stream as Server-Sent
+                # Events, `data: <chunk JSON>` each (the Lua filter ends it with `data: [DONE]`).
+                print_options={
+                    "preserve_proto_field_names": True,
+                    "always_print_primitive_fields": True,
+                    "stream_sse_style_delimited": True,
+                },
             ),
         },
         {"name": "envoy.filters.http.router", "typed_config": typed("envoy.extensions.filters.http.router.v3.Router")},

@@ -7,6 +7,10 @@ The tree's nodes ({"t": kind, ...}): "object" (a message: "fields", [name, node]
 ("values"), "array" ("items"), "integer" ("min", "max": the field's range, and as text), "number", "boolean",
 "string" (strings, bytes and enums), and the well-known types' JSON: "any" (google.protobuf.Value), "struct",
 "list". Every field may be null, which means "not sent"; an array's element or a map's value may not.
+
+"routes" names, per request message that typed RPCs take, the REST path of each by its `google.api.http` binding:
+"unary" and "stream" (the server-streaming one). The Lua filter sends a body to the one its `stream` asks for,
+since OpenAI has one path for both and the transcoder routes by path.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from google.api import annotations_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
@@ -23,7 +28,7 @@ from chatgen.v1 import chatgen_pb2 as pb
 
 FILE = "request_types.json"
 
-# The REST paths whose JSON body the server parses (the …Http RPCs), and the request message each body is.
+# The REST paths whose JSON body the gateway checks, and the request message each body is.
 PATHS: dict[str, type[Message]] = {
     "/v1/chat/completions": pb.CreateChatCompletionRequest,
     "/v1/completions": pb.CreateCompletionRequest,
@@ -35,7 +40,7 @@ PATHS: dict[str, type[Message]] = {
     "/v1/load_lora_adapter": pb.LoadLoraAdapterRequest,
     "/v1/unload_lora_adapter": pb.UnloadLoraAdapterRequest,
 }
-# SageMaker's /invocations is a chat or a completions body, by the key it has (transport.serving_servicer).
+# SageMaker's /invocations is a chat or a completions body, by the key it has; the gateway routes it as that.
 SHAPES: dict[str, list[tuple[str, type[Message]]]] = {
     "/invocations": [("messages", pb.CreateChatCompletionRequest), ("prompt", pb.CreateCompletionRequest)]
 }
@@ -96,8 +101,22 @@ def _unserved(descriptor: Descriptor) -> dict[str, Any]:
     return {"keys": list(keys.items()), "nested": nested if keys else []}
 
 
+def routes() -> dict[str, dict[str, str]]:
+    """Request message name -> {"unary": path, "stream": path}: the POST bindings of the RPCs that take it."""
+    out: dict[str, dict[str, str]] = {}
+    for service in pb.DESCRIPTOR.services_by_name.values():
+        for method in service.methods:
+            rule = method.GetOptions().Extensions[annotations_pb2.http]
+            # The …Http RPCs take the body as it came (google.api.HttpBody): no typed twin to pick.
+            if rule.post and rule.body == "*" and method.input_type.full_name != "google.api.HttpBody":
+                kind = "stream" if method.server_streaming else "unary"
+                out.setdefault(method.input_type.full_name, {})[kind] = rule.post
+    return {name: paths for name, paths in sorted(out.items()) if set(paths) == {"unary", "stream"}}
+
+
 def request_types() -> dict[str, Any]:
-    """The whole file: paths -> message names, and per message its type tree and its unserved extensions."""
+    """The whole file: paths -> message names, per message its type tree and its unserved extensions, and the
+    typed RPCs' paths."""
     messages = {m.DESCRIPTOR for m in PATHS.values()} | {m.DESCRIPTOR for s in SHAPES.values() for _, m in s}
     ordered = sorted(messages, key=lambda d: d.full_name)
     return {
@@ -105,6 +124,7 @@ def request_types() -> dict[str, Any]:
         "shapes": {path: [[key, m.DESCRIPTOR.full_name] for key, m in shapes] for path, shapes in SHAPES.items()},
         "messages": {d.full_name: message_node(d) for d in ordered},
         "unserved": {d.full_name: _unserved(d) for d in ordered},
+        "routes": routes(),
     }
 
 

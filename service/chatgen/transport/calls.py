@@ -39,8 +39,7 @@ LOGGED_SERVICES = (
     "/chatgen.v1.MessagesService/",
     "/chatgen.v1.ResponsesService/",
     "/chatgen.v1.TokenizerService/",
-    # Generation under another path; the probes (/health, /ping, /version) are not logged.
-    "/chatgen.v1.ServingService/InvokeHttp",
+    # The probes (ServingService: /health, /ping, /version) are not logged.
 )
 
 log = logging.getLogger("chatgen.requests")

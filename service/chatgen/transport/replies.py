@@ -21,7 +21,6 @@ from chatgen.chat.types import (
     Usage,
 )
 from chatgen.errors import ApiError
-from chatgen.transport import sse
 from chatgen.v1 import chatgen_pb2 as pb
 
 # OpenAI (and vLLM) send -9999.0 for an impossible token: JSON has no -Infinity.
@@ -155,28 +154,19 @@ def _tool_call_delta_pb(d: ToolCallDelta) -> pb.ToolCallDelta:
     return out
 
 
-Chunk = (
-    Any  # pb.StreamChatCompletionResponse | pb.StreamCompletionResponse, or a ready SSE event (httpbody_pb2.HttpBody)
-)
+Chunk = Any  # pb.StreamChatCompletionResponse | pb.StreamCompletionResponse
 
 
 class StreamChunks:
-    """One stream's items -> its chunks. With `events` (the REST form), the deltas that carry only text (almost
-    every token's) come as that event stream's HttpBody at once, without a chunk message built."""
+    """One stream's items -> its chunks, each naming `model` (what the request sent: the served model or a LoRA
+    adapter over it)."""
 
     chunk_type: Any
     object_name: str
 
-    def __init__(self, model: str, events: bool) -> None:
+    def __init__(self, model: str) -> None:
         self.envelope: dict[str, Any] = {"object": self.object_name, "created": int(time.time()), "model": model}
-        self.events = sse.Events(self.chunk_type(**self.envelope)) if events else None
         self.id = ""
-
-    def serve_as(self, model: str) -> None:
-        """The chunks name `model`: what the request sent (the served model or a LoRA adapter over it)."""
-        self.envelope["model"] = model
-        if self.events is not None:
-            self.events.serve_as(model)
 
     def error(self, err: ApiError) -> Chunk:
         """The chunk that ends a REST stream already under way (the completion id, once known)."""
@@ -224,10 +214,6 @@ class ChatChunks(StreamChunks):
         return chunks
 
     def _delta(self, d: Delta, start: StreamStart) -> Chunk:
-        if self.events is not None and _text_only(d, start) and not d.tool_calls:
-            if (not d.text) != (not d.reasoning):
-                field, text = ("content", d.text) if d.text else ("reasoning_content", d.reasoning)
-                return self.events.text(start.id, d.index, field, text)
         choice = pb.ChatCompletionChunkChoice(index=d.index, delta=pb.ChatCompletionDelta())
         if d.reasoning:
             choice.delta.reasoning_content = choice.delta.reasoning = d.reasoning
@@ -250,16 +236,14 @@ class CompletionChunks(StreamChunks):
     chunk_type = pb.StreamCompletionResponse
     object_name = "text_completion"
 
-    def __init__(self, model: str, events: bool) -> None:
-        super().__init__(model, events)
+    def __init__(self, model: str) -> None:
+        super().__init__(model)
         # Characters of each choice's text sent so far (the logprobs' text offsets).
         self._offsets: dict[int, int] = {}
         # Choices whose first chunk went out (it carries the prompt's token ids, when asked for).
         self._opened: set[int] = set()
 
     def _delta(self, d: Delta, start: StreamStart) -> Chunk:
-        if self.events is not None and _text_only(d, start):
-            return self.events.text(start.id, d.index, "text", d.text)
         choice = pb.CompletionChunkChoice(index=d.index, text=d.text, token_ids=d.token_ids)
         if start.prompts is not None and d.index not in self._opened:
             self._opened.add(d.index)
@@ -274,11 +258,6 @@ class CompletionChunks(StreamChunks):
         if d.usage is not None:
             chunk.usage.CopyFrom(usage_pb(d.usage))
         return chunk
-
-
-def _text_only(d: Delta, start: StreamStart) -> bool:
-    """Whether the delta's chunk is one of text alone (the SSE fast path): no logprobs, token ids or finish."""
-    return not (start.logprobs or start.prompts is not None or d.finish_reason or d.usage is not None)
 
 
 def model_card(info: ModelInfo, abilities: list[str]) -> pb.Model:

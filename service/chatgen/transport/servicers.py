@@ -24,39 +24,46 @@ R = TypeVar(
     "R", pb.CreateChatCompletionRequest, pb.CreateCompletionRequest, pb.CreateMessageRequest, pb.CreateResponseRequest
 )
 Reply = pb.CreateChatCompletionResponse | pb.CreateCompletionResponse | pb.CreateMessageResponse | pb.Response
-# What turns a stream's items into its chunks (and, for REST, its events).
+# What turns a stream's items into its chunks (and, for a …Http call, its events).
 Chunks = Any
 
 
-class GenerationServicer(Generic[R]):
-    """What the Chat and Generate services share: each serves one generation API three ways (one reply, a typed
-    stream, and REST's HttpBody call that is either), through its ChatApi calls and the same relaying. A service
-    names its request message, its chunks, its reply and its stream; its RPCs are these three methods."""
+# The metadata the gateway sends with a REST stream (its Lua filter): the stream is written as Server-Sent Events,
+# where an error after the first chunk can only travel as a chunk and the end needs a chunk of its own.
+SSE_METADATA = ("x-chatgen-stream", "sse")
 
-    request_type: type[R]
-    # ChatChunks or CompletionChunks: (model, events) -> what turns the stream's items into chunks.
-    chunks_type: Callable[[str, bool], Chunks]
+
+def from_gateway(context: grpc.aio.ServicerContext) -> bool:
+    """Whether the call is a REST stream, relayed by the gateway as Server-Sent Events."""
+    return SSE_METADATA in (context.invocation_metadata() or ())
+
+
+class GenerationServicer(Generic[R]):
+    """What the Chat and Generate services share: each serves one generation API two ways (one reply, a typed
+    stream), through its ChatApi calls and the same relaying; REST reaches both through the gateway's
+    transcoder. A service names its request message, its chunks and its reply; its RPCs are these methods."""
+
+    # ChatChunks or CompletionChunks: model -> what turns the stream's items into chunks.
+    chunks_type: Callable[[str], Chunks]
 
     def __init__(self, api: ChatApi, write_timeout: float = 0.0) -> None:
         self._api = api
-        self._model = api.served.name
         self._write_timeout = write_timeout
 
     async def unary(self, request: R, context: grpc.aio.ServicerContext) -> Reply:
         return await status.unary(context, self._reply(request))
 
     async def stream(self, request: R, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        chunks = self.chunks_type(request.model, False)
-        relayed = status.stream(context, chunks.chunks(self._items(request)), chunks.error, False, self._write_timeout)
+        """The typed chunks; for the gateway (from_gateway), an error after the first chunk as a chunk, and an
+        empty chunk at the end, which the gateway writes as `data: [DONE]`."""
+        sse = from_gateway(context)
+        chunks = self.chunks_type(request.model)
+        relayed = status.stream(context, chunks.chunks(self._items(request)), chunks.error, sse, self._write_timeout)
         async with contextlib.aclosing(relayed):
             async for chunk in relayed:
                 yield chunk
-
-    async def http(self, body: HttpBody, context: grpc.aio.ServicerContext) -> AsyncIterator[HttpBody]:
-        call = RestCall(self.request_type, self._reply, self._items, self._write_timeout)
-        async with contextlib.aclosing(call.bodies(context, body, self.chunks_type(self._model, True))) as bodies:
-            async for out in bodies:
-                yield out
+        if sse:
+            yield chunks.chunk_type()
 
     async def _reply(self, request: R) -> Reply:
         raise NotImplementedError
@@ -66,11 +73,9 @@ class GenerationServicer(Generic[R]):
 
 
 class ChatServicer(GenerationServicer[pb.CreateChatCompletionRequest], pb_grpc.ChatServiceServicer):
-    request_type = pb.CreateChatCompletionRequest
     chunks_type = ChatChunks
     CreateChatCompletion = GenerationServicer.unary
     StreamChatCompletion = GenerationServicer.stream
-    CreateChatCompletionHttp = GenerationServicer.http
 
     async def _reply(self, request: pb.CreateChatCompletionRequest) -> pb.CreateChatCompletionResponse:
         return replies.chat_completion(await self._api.chat(request), request.model)
@@ -80,11 +85,9 @@ class ChatServicer(GenerationServicer[pb.CreateChatCompletionRequest], pb_grpc.C
 
 
 class GenerateServicer(GenerationServicer[pb.CreateCompletionRequest], pb_grpc.GenerateServiceServicer):
-    request_type = pb.CreateCompletionRequest
     chunks_type = CompletionChunks
     CreateCompletion = GenerationServicer.unary
     StreamCompletion = GenerationServicer.stream
-    CreateCompletionHttp = GenerationServicer.http
 
     async def _reply(self, request: pb.CreateCompletionRequest) -> pb.CreateCompletionResponse:
         return replies.completion(await self._api.complete(request), request.model)
@@ -111,22 +114,15 @@ class RestCall(Generic[R]):
     async def bodies(
         self, context: grpc.aio.ServicerContext, body: HttpBody, chunks: Chunks
     ) -> AsyncGenerator[HttpBody, None]:
-        """The call's HttpBody messages: a unary reply's one JSON body, or a stream's chunks as events, then
-        what ends the stream (OpenAI's `[DONE]`; nothing for Anthropic's)."""
+        """The call's HttpBody messages: a unary reply's one JSON body, or a stream's chunks as named events
+        (neither the Messages nor the Responses API ends a stream with `[DONE]`)."""
         events = chunks.events
         assert events is not None
         relayed = status.stream(context, self._chunks(body, chunks), chunks.error, True, self.write_timeout)
-        unary = False
         # Read to its end, a unary reply's too: closing it early would log the call as cancelled.
         async with contextlib.aclosing(relayed) as out:
             async for chunk in out:
-                if not isinstance(chunk, HttpBody):
-                    yield events.chunk(chunk)
-                    continue
-                unary = unary or chunk.content_type == rest.CONTENT_TYPE
-                yield chunk
-        if events.done and not unary:
-            yield events.body(events.done)
+                yield chunk if isinstance(chunk, HttpBody) else events.chunk(chunk)
 
     async def _chunks(self, body: HttpBody, chunks: Chunks) -> AsyncGenerator[replies.Chunk, None]:
         request = rest.parse(body.data, self.request_type)

@@ -1,14 +1,10 @@
-"""Stream chunks as Server-Sent Events, the bytes of the REST gateway's streaming responses.
+"""The REST API's JSON of the replies the server still renders itself (the Messages and Responses APIs, whose
+REST bodies reach …Http RPCs), and their streams as named Server-Sent Events.
 
-Each chunk becomes `data: <JSON>\\n\\n`, its JSON the proto3 JSON mapping of the message (field names as in the
-.proto, fields without presence printed: `"index": 0` and `"choices": []` are sent), except for the delta's
-`"tool_calls": []`, which OpenAI sends only when a delta carries a tool call. Unary replies are the same JSON.
-
-Rendering a message through json_format costs ≈ 40 µs, more than the whole transcoder did per token, so the chunk
-that almost every token is — one choice, its delta holding only `content` (or only the reasoning), or for
-completions only `text` — is rendered once per stream with a placeholder, split around it, and afterwards only the
-token's text is escaped into place: the same bytes for ≈ 2 µs, from the chat layer's delta, with no chunk message
-built (building one and reading it back costs the serving process more than the transcoder saved).
+The JSON is the proto3 JSON mapping of the message (field names as in the .proto, fields without presence
+printed: `"index": 0` and `"choices": []` are sent), in the .proto's field order as Envoy's transcoder prints it,
+except for the repeated fields OpenAI and vLLM send only when they apply (_LEFT_OUT_WHEN_EMPTY; the gateway's Lua
+filter leaves the same ones out of the chat and completions replies Envoy renders, gateway/openai_compat.lua).
 """
 
 from __future__ import annotations
@@ -22,14 +18,9 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 
-from chatgen.v1 import chatgen_pb2 as pb
-
 CONTENT_TYPE = "text/event-stream"
-DONE = b"data: [DONE]\n\n"
 
 _dumps: Callable[[Any], str] = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-# A string no token text is compared with: only its JSON form is searched for, in a rendering of our own.
-_PLACEHOLDER = "\x00chatgen-text\x00"
 
 
 # Repeated fields (which have no presence) that are left out of the JSON when empty, by message: OpenAI sends a
@@ -89,16 +80,8 @@ def json_text(message: Message) -> str:
     return _dumps(_in_field_order(data, message.DESCRIPTOR))
 
 
-def event(chunk: pb.StreamChatCompletionResponse | pb.StreamCompletionResponse) -> bytes:
-    """Any chunk, through json_format."""
-    return ("data: " + json_text(chunk) + "\n\n").encode()
-
-
 class Bodies:
     """One stream's SSE bytes as HttpBody messages; the first carries the content type."""
-
-    # What ends the stream, after its last chunk.
-    done = DONE
 
     def __init__(self) -> None:
         self._first = True
@@ -114,52 +97,5 @@ class NamedEvents(Bodies):
     """Stream events (messages with a `type`) -> HttpBody messages of named SSE events, as the Messages and
     Responses APIs send them: `event: <type>` then the JSON. Neither stream ends with `[DONE]`."""
 
-    done = b""
-
     def chunk(self, event: Any) -> httpbody_pb2.HttpBody:
         return self.body(f"event: {event.type}\ndata: {json_text(event)}\n\n".encode())
-
-
-class Events(Bodies):
-    """One stream's chunks -> HttpBody messages of SSE bytes. `envelope` is a chunk holding the stream's object,
-    created and model (as every chunk of it does)."""
-
-    def __init__(self, envelope: pb.StreamChatCompletionResponse | pb.StreamCompletionResponse) -> None:
-        super().__init__()
-        self._envelope = envelope
-        # (choice index, text field) -> the event's bytes around each place the JSON string of the text goes.
-        self._frames: dict[tuple[int, str], list[bytes]] = {}
-
-    def serve_as(self, model: str) -> None:
-        """Every chunk names `model` (a LoRA adapter's name, once the request is parsed)."""
-        self._envelope.model = model
-        self._frames.clear()
-
-    def chunk(self, chunk: pb.StreamChatCompletionResponse | pb.StreamCompletionResponse) -> httpbody_pb2.HttpBody:
-        return self.body(event(chunk))
-
-    def text(self, completion_id: str, index: int, field: str, text: str) -> httpbody_pb2.HttpBody:
-        """The event of the chunk whose one choice `index` holds only `field` = `text` (a chat delta's `content`
-        or its reasoning — `reasoning_content` and `reasoning` both — or a completion's `text`): the same bytes as
-        `chunk` gives for it."""
-        frame = self._frames.get((index, field))
-        if frame is None:
-            frame = self._frames[(index, field)] = self._frame(completion_id, index, field)
-        return self.body(_dumps(text).encode().join(frame))
-
-    def _frame(self, completion_id: str, index: int, field: str) -> list[bytes]:
-        """That chunk rendered with a placeholder text, split at the placeholder."""
-        template = type(self._envelope)()
-        template.CopyFrom(self._envelope)
-        template.id = completion_id
-        choice = template.choices.add(index=index)
-        if field == "text":
-            choice.text = _PLACEHOLDER
-        elif field == "reasoning_content":
-            choice.delta.reasoning_content = choice.delta.reasoning = _PLACEHOLDER
-        else:
-            setattr(choice.delta, field, _PLACEHOLDER)
-        parts = event(template).split(_dumps(_PLACEHOLDER).encode())
-        if len(parts) < 2:
-            raise AssertionError("the placeholder is missing from its own rendering")
-        return parts

@@ -33,7 +33,7 @@ T = TypeVar("T")
 # default gRPC client takes without refusing some calls. Client values in messages are short already
 # (errors.shown); this bounds the rest.
 _MAX_MESSAGE_BYTES = 600
-# How long before the gRPC deadline an SSE stream stops itself to send its error event.
+# How long before the gRPC deadline a unary call or an SSE stream stops itself to send its own error.
 _SSE_DEADLINE_MARGIN = 0.05
 
 
@@ -121,8 +121,14 @@ async def unary(context: grpc.aio.ServicerContext, call: Awaitable[T]) -> T:
     """Await `call`; a failure aborts the RPC with its status. In a logged RPC: its status in the call record,
     and the request id in the response headers (or the trailers of a failure)."""
     record = current_call()
+    # As a stream does for the gateway: the call stops just before its deadline with chatgen's own error (its
+    # message and, over REST, its body), rather than leaving the ending to gRPC's bare DEADLINE_EXCEEDED.
+    remaining = context.time_remaining()
     try:
-        result = await call
+        if remaining is None:
+            result = await call
+        else:
+            result = await _before(call, max(remaining - _SSE_DEADLINE_MARGIN, 0.0))
     except asyncio.CancelledError:
         if record is not None:
             record.code = _ended_early(context)
@@ -174,6 +180,14 @@ class _WriteWatch:
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+
+
+async def _before(call: Awaitable[T], seconds: float) -> T:
+    try:
+        async with asyncio.timeout(seconds):
+            return await call
+    except TimeoutError:
+        raise ApiError(Failure.DEADLINE_EXCEEDED, "The request's timeout passed before it finished") from None
 
 
 async def _next_before(chunks: AsyncGenerator[T, None], stop_at: float) -> T:

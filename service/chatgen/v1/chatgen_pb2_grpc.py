@@ -46,11 +46,6 @@ class ChatServiceStub:
                 request_serializer=chatgen_dot_v1_dot_chatgen__pb2.CreateChatCompletionRequest.SerializeToString,
                 response_deserializer=chatgen_dot_v1_dot_chatgen__pb2.StreamChatCompletionResponse.FromString,
                 _registered_method=True)
-        self.CreateChatCompletionHttp = channel.unary_stream(
-                '/chatgen.v1.ChatService/CreateChatCompletionHttp',
-                request_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
-                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
-                _registered_method=True)
 
 
 class ChatServiceServicer:
@@ -58,7 +53,9 @@ class ChatServiceServicer:
     """
 
     def CreateChatCompletion(self, request, context):
-        """One chat completion, whole.
+        """One chat completion, whole. Over REST: `POST /v1/chat/completions` without `"stream": true`, its body this
+        request in OpenAI's JSON (the gateway checks the body's JSON types first, as strictly as OpenAI does: the
+        proto3 JSON mapping would take "3" for 3) and its reply this message's JSON.
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         Its request is StreamChatCompletion's too (see there).
         """
@@ -69,28 +66,15 @@ class ChatServiceServicer:
     def StreamChatCompletion(self, request, context):
         """The same completion as a stream of chunks: each choice opens with the assistant role, then deltas of its
         text, reasoning and tool calls as they are generated, its finish reason on its last chunk; with
-        stream_options.include_usage a last chunk carries the usage.
+        stream_options.include_usage a last chunk carries the usage. Over REST: `POST /v1/chat/completions` with
+        `"stream": true` (the gateway routes it here by that field), as Server-Sent Events `data: <chunk JSON>` and
+        then `data: [DONE]`. A gateway call (metadata `x-chatgen-stream: sse`) gets an error after the first chunk as
+        a chunk with `error` set, and every gateway stream ends with an empty chunk, which the gateway writes as
+        `data: [DONE]`; other callers get a gRPC status.
         buf:lint:ignore RPC_REQUEST_STANDARD_NAME
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         One request for both forms, as OpenAI has one body for both (its `stream` picks): two copies of its thirty
         fields would drift apart.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def CreateChatCompletionHttp(self, request, context):
-        """The REST API's `POST /v1/chat/completions`: the body is a CreateChatCompletionRequest in OpenAI's JSON,
-        passed on by the gateway as it came, so that the server checks its JSON types as strictly as OpenAI does
-        (the proto3 JSON mapping would take "3" for 3 and an object for a one-element array). Without
-        `"stream": true` the reply is one HttpBody holding the CreateChatCompletionResponse as JSON; with it,
-        Server-Sent Events: `data: <chunk JSON>\n\n` per StreamChatCompletionResponse (an error after the first
-        event is a chunk with `error` set), then `data: [DONE]\n\n`. Errors before the first message are gRPC
-        statuses.
-        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
-        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
-        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
-        The HTTP body itself, in and out: google.api.HttpBody is what the transcoder passes through untouched.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -108,11 +92,6 @@ def add_ChatServiceServicer_to_server(servicer, server):
                     servicer.StreamChatCompletion,
                     request_deserializer=chatgen_dot_v1_dot_chatgen__pb2.CreateChatCompletionRequest.FromString,
                     response_serializer=chatgen_dot_v1_dot_chatgen__pb2.StreamChatCompletionResponse.SerializeToString,
-            ),
-            'CreateChatCompletionHttp': grpc.unary_stream_rpc_method_handler(
-                    servicer.CreateChatCompletionHttp,
-                    request_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
-                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -180,33 +159,6 @@ class ChatService:
             metadata,
             _registered_method=True)
 
-    @staticmethod
-    def CreateChatCompletionHttp(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_stream(
-            request,
-            target,
-            '/chatgen.v1.ChatService/CreateChatCompletionHttp',
-            google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
-            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
 
 class GenerateServiceStub:
     """Text completions ("generate"): a free-text prompt in, its continuation out.
@@ -228,11 +180,6 @@ class GenerateServiceStub:
                 request_serializer=chatgen_dot_v1_dot_chatgen__pb2.CreateCompletionRequest.SerializeToString,
                 response_deserializer=chatgen_dot_v1_dot_chatgen__pb2.StreamCompletionResponse.FromString,
                 _registered_method=True)
-        self.CreateCompletionHttp = channel.unary_stream(
-                '/chatgen.v1.GenerateService/CreateCompletionHttp',
-                request_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
-                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
-                _registered_method=True)
 
 
 class GenerateServiceServicer:
@@ -240,7 +187,8 @@ class GenerateServiceServicer:
     """
 
     def CreateCompletion(self, request, context):
-        """One text completion, whole.
+        """One text completion, whole. Over REST: `POST /v1/completions` without `"stream": true`, as
+        ChatService.CreateChatCompletion.
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         Its request is StreamCompletion's too.
         """
@@ -249,22 +197,11 @@ class GenerateServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def StreamCompletion(self, request, context):
-        """The same completion as a stream of chunks of text, each choice's finish reason on its last chunk.
+        """The same completion as a stream of chunks of text, each choice's finish reason on its last chunk. Over
+        REST: `POST /v1/completions` with `"stream": true`, as ChatService.StreamChatCompletion.
         buf:lint:ignore RPC_REQUEST_STANDARD_NAME
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         One request for both forms, as in ChatService.StreamChatCompletion.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def CreateCompletionHttp(self, request, context):
-        """The REST API's `POST /v1/completions`: a CreateCompletionRequest as JSON in, as
-        ChatService.CreateChatCompletionHttp.
-        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
-        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
-        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
-        The HTTP body itself, in and out, as in ChatService.CreateChatCompletionHttp.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -282,11 +219,6 @@ def add_GenerateServiceServicer_to_server(servicer, server):
                     servicer.StreamCompletion,
                     request_deserializer=chatgen_dot_v1_dot_chatgen__pb2.CreateCompletionRequest.FromString,
                     response_serializer=chatgen_dot_v1_dot_chatgen__pb2.StreamCompletionResponse.SerializeToString,
-            ),
-            'CreateCompletionHttp': grpc.unary_stream_rpc_method_handler(
-                    servicer.CreateCompletionHttp,
-                    request_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
-                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -344,33 +276,6 @@ class GenerateService:
             '/chatgen.v1.GenerateService/StreamCompletion',
             chatgen_dot_v1_dot_chatgen__pb2.CreateCompletionRequest.SerializeToString,
             chatgen_dot_v1_dot_chatgen__pb2.StreamCompletionResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def CreateCompletionHttp(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_stream(
-            request,
-            target,
-            '/chatgen.v1.GenerateService/CreateCompletionHttp',
-            google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
-            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
             options,
             channel_credentials,
             insecure,
@@ -456,13 +361,15 @@ class MessagesServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateMessageHttp(self, request, context):
-        """The REST API's `POST /v1/messages`: a CreateMessageRequest as JSON in, as
-        ChatService.CreateChatCompletionHttp; a stream is Anthropic's named events (`event: <type>` and
-        `data: <StreamMessageResponse JSON>`), with no `[DONE]`.
+        """The REST API's `POST /v1/messages`: the body is a CreateMessageRequest in Anthropic's JSON, passed on by the
+        gateway as it came (after its check of the body's JSON types), and the server parses it. Without
+        `"stream": true` the reply is one HttpBody holding the CreateMessageResponse as JSON; with it, Anthropic's
+        named events (`event: <type>` and `data: <StreamMessageResponse JSON>`), with no `[DONE]`. Errors before the
+        first message are gRPC statuses.
         buf:lint:ignore RPC_REQUEST_STANDARD_NAME
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
-        The HTTP body itself, in and out, as in ChatService.CreateChatCompletionHttp.
+        The HTTP body itself, in and out: google.api.HttpBody is what the transcoder passes through untouched.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -474,7 +381,7 @@ class MessagesServiceServicer:
         buf:lint:ignore RPC_REQUEST_STANDARD_NAME
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
-        The HTTP body itself, in and out, as in ChatService.CreateChatCompletionHttp.
+        The HTTP body itself, in and out, as in MessagesService.CreateMessageHttp.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -759,12 +666,12 @@ class ResponsesServiceServicer:
 
     def CreateResponseHttp(self, request, context):
         """The REST API's `POST /v1/responses`: a CreateResponseRequest as JSON in, as
-        ChatService.CreateChatCompletionHttp; a stream is OpenAI's typed events (`event: <type>` and
+        MessagesService.CreateMessageHttp; a stream is OpenAI's typed events (`event: <type>` and
         `data: <ResponseStreamEvent JSON>`), with no `[DONE]`.
         buf:lint:ignore RPC_REQUEST_STANDARD_NAME
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
-        The HTTP body itself, in and out, as in ChatService.CreateChatCompletionHttp.
+        The HTTP body itself, in and out, as in MessagesService.CreateMessageHttp.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -1065,7 +972,7 @@ class ModelsServiceServicer:
         buf:lint:ignore RPC_REQUEST_STANDARD_NAME
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
-        The HTTP body itself, in and out, as in ChatService.CreateChatCompletionHttp.
+        The HTTP body itself, in and out, as in MessagesService.CreateMessageHttp.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -1076,7 +983,7 @@ class ModelsServiceServicer:
         buf:lint:ignore RPC_REQUEST_STANDARD_NAME
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
-        The HTTP body itself, in and out, as in ChatService.CreateChatCompletionHttp.
+        The HTTP body itself, in and out, as in MessagesService.CreateMessageHttp.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -1345,7 +1252,7 @@ class TokenizerServiceServicer:
         buf:lint:ignore RPC_REQUEST_STANDARD_NAME
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
-        The HTTP body itself, in and out, as in ChatService.CreateChatCompletionHttp.
+        The HTTP body itself, in and out, as in MessagesService.CreateMessageHttp.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -1356,7 +1263,7 @@ class TokenizerServiceServicer:
         buf:lint:ignore RPC_REQUEST_STANDARD_NAME
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
-        The HTTP body itself, in and out, as in ChatService.CreateChatCompletionHttp.
+        The HTTP body itself, in and out, as in MessagesService.CreateMessageHttp.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -1508,7 +1415,8 @@ class TokenizerService:
 
 class ServingServiceStub:
     """What `vllm serve` answers besides the OpenAI API, for the probes and platforms that call it: /health,
-    /version, and SageMaker's /ping and /invocations. gRPC callers have grpc.health.v1 and the typed services.
+    /version, and SageMaker's /ping (its /invocations is a chat or completions body, which the gateway routes to
+    ChatService or GenerateService by its shape). gRPC callers have grpc.health.v1 and the typed services.
     """
 
     def __init__(self, channel):
@@ -1532,16 +1440,12 @@ class ServingServiceStub:
                 request_serializer=chatgen_dot_v1_dot_chatgen__pb2.CheckHealthRequest.SerializeToString,
                 response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
                 _registered_method=True)
-        self.InvokeHttp = channel.unary_stream(
-                '/chatgen.v1.ServingService/InvokeHttp',
-                request_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
-                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
-                _registered_method=True)
 
 
 class ServingServiceServicer:
     """What `vllm serve` answers besides the OpenAI API, for the probes and platforms that call it: /health,
-    /version, and SageMaker's /ping and /invocations. gRPC callers have grpc.health.v1 and the typed services.
+    /version, and SageMaker's /ping (its /invocations is a chat or completions body, which the gateway routes to
+    ChatService or GenerateService by its shape). gRPC callers have grpc.health.v1 and the typed services.
     """
 
     def GetVersion(self, request, context):
@@ -1573,18 +1477,6 @@ class ServingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def InvokeHttp(self, request, context):
-        """SageMaker's `POST /invocations`: a chat completions body (it has `messages`) or a completions body (it has
-        `prompt`), answered as /v1/chat/completions or /v1/completions would answer it, streams included.
-        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
-        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
-        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
-        The HTTP body itself, in and out, as in ChatService.CreateChatCompletionHttp.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
 
 def add_ServingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1603,11 +1495,6 @@ def add_ServingServiceServicer_to_server(servicer, server):
                     request_deserializer=chatgen_dot_v1_dot_chatgen__pb2.CheckHealthRequest.FromString,
                     response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
-            'InvokeHttp': grpc.unary_stream_rpc_method_handler(
-                    servicer.InvokeHttp,
-                    request_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
-                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
-            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'chatgen.v1.ServingService', rpc_method_handlers)
@@ -1618,7 +1505,8 @@ def add_ServingServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class ServingService:
     """What `vllm serve` answers besides the OpenAI API, for the probes and platforms that call it: /health,
-    /version, and SageMaker's /ping and /invocations. gRPC callers have grpc.health.v1 and the typed services.
+    /version, and SageMaker's /ping (its /invocations is a chat or completions body, which the gateway routes to
+    ChatService or GenerateService by its shape). gRPC callers have grpc.health.v1 and the typed services.
     """
 
     @staticmethod
@@ -1691,33 +1579,6 @@ class ServingService:
             target,
             '/chatgen.v1.ServingService/PingHttp',
             chatgen_dot_v1_dot_chatgen__pb2.CheckHealthRequest.SerializeToString,
-            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def InvokeHttp(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_stream(
-            request,
-            target,
-            '/chatgen.v1.ServingService/InvokeHttp',
-            google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
             options,
             channel_credentials,

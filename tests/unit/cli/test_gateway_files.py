@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[3]
 GATEWAY = REPO / "gateway"
 NAMES = ("envoy.yaml", "shared-envoy.yaml")
 # The files the configs name that the checkout holds (the descriptor set is built).
-NAMED = ("openai_compat.lua", "json_types.lua", "dkjson.lua", "request_types.json")
+NAMED = ("openai_compat.lua", "json_types.lua", "replies.lua", "dkjson.lua", "request_types.json")
 
 
 def test_the_checked_in_configs_are_the_rendering() -> None:
@@ -58,7 +58,7 @@ def test_the_configs_name_the_checkouts_files_and_the_deployments_settings() -> 
 
 
 def test_the_package_serves_the_checked_in_lua_filter_and_its_modules() -> None:
-    for name in ("openai_compat.lua", "json_types.lua", "dkjson.lua"):
+    for name in ("openai_compat.lua", "json_types.lua", "replies.lua", "dkjson.lua"):
         assert (lua_source().parent / name).read_bytes() == (GATEWAY / name).read_bytes(), name
 
 

@@ -40,10 +40,11 @@ def test_filter_order_and_transcoder_options(tmp_path: Path) -> None:
     assert health["pass_through_mode"] is False
     assert health["headers"] == [{"name": ":path", "string_match": {"exact": "/healthz"}}]
     transcoder = hcm["http_filters"][2]["typed_config"]
-    # Unary replies only: streams reach REST callers as the server's own SSE bytes (google.api.HttpBody).
+    # Streams as Server-Sent Events (the Lua filter ends them with `data: [DONE]`).
     assert transcoder["print_options"] == {
         "preserve_proto_field_names": True,
         "always_print_primitive_fields": True,
+        "stream_sse_style_delimited": True,
     }
     assert Path(transcoder["proto_descriptor"]).is_file()
     every = hcm["local_reply_config"]["mappers"]

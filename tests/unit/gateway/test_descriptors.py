@@ -52,24 +52,26 @@ def test_the_descriptor_set_carries_the_http_rules() -> None:
             verb = rule.WhichOneof("pattern")
             rules[f"{service.name}.{method.name}"] = (verb, getattr(rule, verb))
     assert rules == {
-        # The JSON bodies' typed RPCs are gRPC only so far; the gateway passes those bodies to these as they came.
-        "ChatService.CreateChatCompletionHttp": ("post", "/v1/chat/completions"),
+        # The bodies the gateway still passes as they came (google.api.HttpBody), for the server to parse.
         "MessagesService.CreateMessageHttp": ("post", "/v1/messages"),
         "MessagesService.CountMessageTokensHttp": ("post", "/v1/messages/count_tokens"),
-        "GenerateService.CreateCompletionHttp": ("post", "/v1/completions"),
-        "ModelsService.ListModels": ("get", "/v1/models"),
-        "ModelsService.GetModel": ("get", "/v1/models/{id=**}"),
         "ModelsService.LoadLoraAdapterHttp": ("post", "/v1/load_lora_adapter"),
         "ModelsService.UnloadLoraAdapterHttp": ("post", "/v1/unload_lora_adapter"),
         "ResponsesService.CreateResponseHttp": ("post", "/v1/responses"),
-        # Transcoded: the typed RPCs' replies rendered by Envoy.
+        "TokenizerService.TokenizeHttp": ("post", "/tokenize"),
+        "TokenizerService.DetokenizeHttp": ("post", "/detokenize"),
+        # Transcoded: the typed RPCs' requests parsed and replies rendered by Envoy (a stream's binding is the one
+        # the gateway's Lua filter sends a `"stream": true` body to; /invocations goes to one of these by shape).
+        "ChatService.CreateChatCompletion": ("post", "/v1/chat/completions"),
+        "ChatService.StreamChatCompletion": ("post", "/v1/chat/completions:stream"),
+        "GenerateService.CreateCompletion": ("post", "/v1/completions"),
+        "GenerateService.StreamCompletion": ("post", "/v1/completions:stream"),
+        "ModelsService.ListModels": ("get", "/v1/models"),
+        "ModelsService.GetModel": ("get", "/v1/models/{id=**}"),
         "ResponsesService.GetResponse": ("get", "/v1/responses/{response_id}"),
         "ResponsesService.DeleteResponse": ("delete", "/v1/responses/{response_id}"),
         "ResponsesService.ListInputItems": ("get", "/v1/responses/{response_id}/input_items"),
-        "TokenizerService.TokenizeHttp": ("post", "/tokenize"),
-        "TokenizerService.DetokenizeHttp": ("post", "/detokenize"),
         "ServingService.GetVersion": ("get", "/version"),
         "ServingService.CheckHealthHttp": ("get", "/health"),
         "ServingService.PingHttp": ("get", "/ping"),
-        "ServingService.InvokeHttp": ("post", "/invocations"),
     }

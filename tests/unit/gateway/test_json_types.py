@@ -62,10 +62,23 @@ def test_a_valid_body_passes_with_nulls_integral_numbers_and_unknown_keys(lua: B
     assert lua.check(CHAT, body) is None
 
 
-@pytest.mark.parametrize("text", ["{not json", "", '{"a": NaN}', "[1, 2]", '"text"', "null"])
-def test_what_is_not_a_json_object_is_left_to_the_parser(lua: BodyCheck, text: str) -> None:
-    # The server's parse answers it (transport/rest.py): "not valid JSON" or "must be a JSON object".
-    assert lua.check(CHAT, text) is None
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("{not json", "not valid JSON: no valid JSON value at line 1, column 2"),
+        ("", "not valid JSON"),
+        ('{"a": NaN}', "not valid JSON"),
+        ('{"model": "m"} trailing', "not valid JSON: extra data"),
+        ("[1, 2]", "must be a JSON object"),
+        ('"text"', "must be a JSON object"),
+        ("null", "must be a JSON object"),
+    ],
+)
+def test_what_is_not_a_json_object_is_refused(lua: BodyCheck, text: str, says: str) -> None:
+    # As transport/rest.py's parse answers the bodies that reach the server (the …Http RPCs' callers on gRPC).
+    refusal = lua.check(CHAT, text)
+    assert refusal is not None and refusal.kind == "invalid" and refusal.param is None
+    assert says in refusal.message and refusal.message.startswith("The request body ")
 
 
 def test_the_shallowest_failure_is_reported_as_jsonschema_reports_it(lua: BodyCheck) -> None:

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from google.api.httpbody_pb2 import HttpBody
 from google.protobuf import json_format, struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -17,6 +16,7 @@ from chatgen.app import build_service
 from chatgen.engine.hf_engine import HfEngine
 from chatgen.server import GrpcServer
 from chatgen.transport.calls import REQUEST_ID_KEY
+from chatgen.transport.servicers import SSE_METADATA
 from chatgen.v1 import chatgen_pb2 as pb
 from chatgen.v1 import chatgen_pb2_grpc as pb_grpc
 from tests.unit.conftest import HF_NAME, in_process_settings
@@ -70,17 +70,15 @@ async def test_a_stream_opens_with_the_role_and_ends_with_usage(server: GrpcServ
     assert len({c.id for c in chunks}) == 1
 
 
-async def test_rest_bodies_unary_and_streamed(server: GrpcServer) -> None:
-    body = json_format.MessageToDict(chat_request(), preserving_proto_field_name=True)
+async def test_a_gateway_stream_ends_with_an_empty_chunk_and_a_grpc_one_does_not(server: GrpcServer) -> None:
+    # The gateway marks a REST stream (x-chatgen-stream: sse); its Lua filter writes the empty chunk as [DONE].
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stub = pb_grpc.ChatServiceStub(channel)
-        (unary,) = [b async for b in stub.CreateChatCompletionHttp(HttpBody(data=json.dumps(body).encode()))]
-        events = [
-            b async for b in stub.CreateChatCompletionHttp(HttpBody(data=json.dumps({**body, "stream": True}).encode()))
-        ]
-    assert unary.content_type == "application/json" and json.loads(unary.data)["object"] == "chat.completion"
-    assert events[0].content_type == "text/event-stream" and events[-1].data == b"data: [DONE]\n\n"
-    assert json.loads(events[0].data.decode().removeprefix("data: "))["choices"][0]["delta"]["role"] == "assistant"
+        sse = [c async for c in stub.StreamChatCompletion(chat_request(), metadata=[SSE_METADATA], timeout=60)]
+        plain = [c async for c in stub.StreamChatCompletion(chat_request(), timeout=60)]
+    assert sse[-1] == pb.StreamChatCompletionResponse() and all(c.id for c in sse[:-1])
+    assert len(sse) == len(plain) + 1 and all(c.id for c in plain)
+    assert sse[0].choices[0].delta.role == "assistant" and sse[-2].choices[0].finish_reason == "length"
 
 
 async def test_generate_and_models(server: GrpcServer) -> None:
