@@ -6,15 +6,17 @@
 --           take their names for request fields; a POST body that is a JSON object, its JSON types and the vLLM
 --           extensions that are not served, json_types.lua), then
 --           chat and completions bodies (and /invocations, one or the other by its shape) go to the typed RPC
---           their `stream` asks for: the path becomes that RPC's binding (request_types.json's routes) and the
---           transcoder parses the body; a stream is marked for the server (x-chatgen-stream: sse). The other
---           POST bodies go to the server as they came (google.api.HttpBody), which parses them. The shared
+--           their `stream` asks for, and so do Messages and Responses bodies: the path becomes that RPC's binding
+--           (request_types.json's routes) and the transcoder parses the body; a stream is marked for the server
+--           (x-chatgen-stream: sse). The other POST bodies (tokenizer, LoRA) go to the server as they came
+--           (google.api.HttpBody), which parses them. The shared
 --           gateway routes on `model` (json_to_metadata, the filter before this one, has parsed it into dynamic
 --           metadata by the time body() returns).
 -- Response: gRPC errors get OpenAI's error JSON (the server sends it in `x-chatgen-error`), or on the Messages
 --           API's paths (/v1/messages...) Anthropic's, as the errors this filter or Envoy answer there. Chat and
 --           completions replies are the transcoder's JSON, with what replies.lua changes in it (streams chunk by
---           chunk: their end and in-band errors); the …Http RPCs' replies pass as the server wrote them.
+--           chunk: their end and in-band errors); the Messages and Responses streams get their event: lines
+--           there; the …Http RPCs' replies pass as the server wrote them.
 --
 -- Settings (route metadata under this filter's name, key "chatgen"):
 --   http_errors   HTTP status (a string) -> {OpenAI type, code, Anthropic type}, for errors without a chatgen
@@ -140,12 +142,15 @@ local function checked_body(handle, config, path)
 end
 
 -- Where the transcoder is to take a body of request message `name`: the typed RPC its `stream` asks for (nil:
--- the path's own RPC). A stream is noted for the response phase and marked for the server.
+-- the path's own RPC). A stream is marked for the server; what the response phase rewrites is noted for it:
+-- "data" (OpenAI's chunks, then [DONE]) or "named" (event: lines) for a stream, "json" for a chat or completions
+-- reply (the Messages and Responses APIs' replies pass as Envoy wrote them).
 local function typed_route(handle, config, name, request)
   local route = name ~= nil and loaded(config).types.routes[name] or nil
   if route == nil then return nil end
   local stream = request["stream"] == true
-  handle:streamInfo():dynamicMetadata():set(NOTES, "reply", stream and "events" or "json")
+  local reply = stream and route["events"] or (route["events"] == "data" and "json" or nil)
+  if reply ~= nil then handle:streamInfo():dynamicMetadata():set(NOTES, "reply", reply) end
   return stream and route["stream"] or route["unary"], stream
 end
 
@@ -372,11 +377,12 @@ function envoy_on_response(handle)
   local reply = notes ~= nil and notes["reply"] or nil
   if reply ~= nil and status == 200 and (grpc_status == nil or grpc_status == "0") then
     local rewrite = loaded(settings(handle)).replies
-    if reply == "events" then
+    if reply ~= "json" then
       -- Chunk by chunk as the transcoder writes them (whole events each), so that nothing waits for the next.
+      local events = reply == "named" and rewrite.named or rewrite.events
       for chunk in handle:bodyChunks() do
         local bytes = chunk:getBytes(0, chunk:length())
-        local out = rewrite.events(bytes)
+        local out = events(bytes)
         if out ~= bytes then chunk:setBytes(out) end
       end
     else

@@ -9,13 +9,15 @@
 --                  writes each message at once) with the same lists left out, the server's in-band error chunk
 --                  completed to OpenAI's error object, and the empty chunk that ends a gateway stream written as
 --                  `data: [DONE]`.
+-- named(text)   -> a Messages or Responses API stream's events, each with its `event: <type>` line (the event's
+--                  `type`, its first field, names it), as Anthropic and OpenAI send them; no [DONE].
 
 local M = {}
 
 -- Repeated fields the transcoder prints as [] (always_print_primitive_fields) and OpenAI and vLLM leave out
 -- until they apply: the token ids (vLLM: only with return_token_ids), and in a stream's delta its tool calls
 -- (OpenAI sends them only on a delta that carries one; a unary message has "tool_calls": [] as vLLM's).
--- chatgen.transport.sse._LEFT_OUT_WHEN_EMPTY is the same rule for the replies the server renders.
+-- chatgen.transport.json_mapping._LEFT_OUT_WHEN_EMPTY is the same rule for the replies the server renders.
 -- Each as {the empty field's bytes, the pattern of it after another field, of it leading its object}.
 local function lists(names)
   local out = {}
@@ -68,6 +70,18 @@ function M.events(text)
     if json == nil then return DONE end
     return "data: " .. json .. "\n\n"
   end))
+end
+
+-- An event's JSON starts with its type: `type` is the first field of StreamMessageResponse and
+-- ResponseStreamEvent, and the transcoder prints the fields in the .proto's order.
+local function named_event(chunk)
+  local name = chunk:match('^{"type":"([%w_%.]*)"')
+  if name == nil or name == "" then return "data: " .. chunk .. "\n\n" end
+  return "event: " .. name .. "\ndata: " .. chunk .. "\n\n"
+end
+
+function M.named(text)
+  return (text:gsub("data: ([^\n]*)\n\n", named_event))
 end
 
 return M

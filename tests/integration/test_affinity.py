@@ -45,7 +45,7 @@ def where(replicas: list[Service], rpc: str, call: Callable[[], object]) -> int:
 
 def test_each_key_keeps_its_requests_on_one_replica_and_keys_spread(pair: tuple[Gateway, list[Service]]) -> None:
     gw, replicas = pair
-    chat, messages = "CreateChatCompletion", "CreateMessageHttp"
+    chat, messages = "CreateChatCompletion", "CreateMessage"
     api = sdk(gw)
     claude = anthropic.Anthropic(api_key="unused", base_url=gw.base, max_retries=0)
     ways: dict[str, Callable[[str], tuple[str, Callable[[], object]]]] = {
@@ -84,7 +84,7 @@ def test_a_responses_conversation_stays_on_the_replica_of_its_first_turn(pair: t
     homes = []
     for _ in range(8):
         ids: list[str] = []
-        homes.append({where(replicas, "CreateResponseHttp", _turn(api, ids)) for _ in range(4)})
+        homes.append({where(replicas, "CreateResponse", _turn(api, ids)) for _ in range(4)})
         # Every id of the conversation starts with its key.
         assert len({rid[:21] for rid in ids}) == 1 and len(set(ids)) == 4, ids
     assert all(len(home) == 1 for home in homes), homes

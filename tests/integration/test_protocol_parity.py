@@ -17,7 +17,7 @@ import httpx
 import pytest
 from google.protobuf import json_format
 
-from chatgen.transport.sse import json_text
+from chatgen.transport.json_mapping import json_text
 from chatgen.v1 import chatgen_pb2 as pb
 from chatgen.v1 import chatgen_pb2_grpc as pb_grpc
 from tests.conftest import MODEL_NAME, Service
@@ -88,8 +88,8 @@ def stubs(service: Service) -> Iterator[tuple[pb_grpc.ChatServiceStub, pb_grpc.G
 
 
 def as_json(message: Any) -> dict[str, Any]:
-    """A gRPC reply as the REST API renders the same message (transport.sse.json_text): the comparison is then of
-    what the two protocols carry, not of how JSON prints it."""
+    """A gRPC reply as the REST API renders the same message (transport.json_mapping.json_text): the comparison is
+    then of what the two protocols carry, not of how JSON prints it."""
     return json.loads(json_text(message))  # type: ignore[no-any-return]
 
 

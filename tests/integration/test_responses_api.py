@@ -131,7 +131,7 @@ def test_calls_are_logged_with_their_tokens(service: Service) -> None:
     reply = httpx.post(f"{service.http_base}/v1/responses", json=body, headers={"x-request-id": "resp-log-1"})
     assert reply.status_code == 200
     line = log_line(service, "resp-log-1")
-    assert (line["rpc"], line["status"], line["completion_tokens"]) == ("CreateResponseHttp", "OK", 3)
+    assert (line["rpc"], line["status"], line["completion_tokens"]) == ("CreateResponse", "OK", 3)
     got = httpx.get(f"{service.http_base}/v1/responses/{reply.json()['id']}", headers={"x-request-id": "resp-log-2"})
     assert got.status_code == 200 and log_line(service, "resp-log-2")["rpc"] == "GetResponse"
     # Envoy renders the stored response (the typed GetResponse, transcoded) as the server rendered its create reply.

@@ -64,3 +64,6 @@ class Replies:
 
     def events(self, text: str) -> str:
         return str(self._module.events(text))
+
+    def named(self, text: str) -> str:
+        return str(self._module.named(text))

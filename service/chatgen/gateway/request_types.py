@@ -9,8 +9,10 @@ The tree's nodes ({"t": kind, ...}): "object" (a message: "fields", [name, node]
 "list". Every field may be null, which means "not sent"; an array's element or a map's value may not.
 
 "routes" names, per request message that typed RPCs take, the REST path of each by its `google.api.http` binding:
-"unary" and "stream" (the server-streaming one). The Lua filter sends a body to the one its `stream` asks for,
-since OpenAI has one path for both and the transcoder routes by path.
+"unary" and "stream" (the server-streaming one), and "events", how the stream's events are written: "data"
+(OpenAI's chat and completions chunks, then `data: [DONE]`) or "named" (`event: <type>` lines, as the Messages and
+Responses APIs send them). The Lua filter sends a body to the RPC its `stream` asks for, since each API has one
+path for both and the transcoder routes by path.
 """
 
 from __future__ import annotations
@@ -101,17 +103,27 @@ def _unserved(descriptor: Descriptor) -> dict[str, Any]:
     return {"keys": list(keys.items()), "nested": nested if keys else []}
 
 
+# The stream events that carry their own name (a `type`), written as `event: <type>` lines.
+NAMED_EVENTS = (pb.StreamMessageResponse, pb.ResponseStreamEvent)
+
+
 def routes() -> dict[str, dict[str, str]]:
-    """Request message name -> {"unary": path, "stream": path}: the POST bindings of the RPCs that take it."""
+    """Request message name -> {"unary": path, "stream": path, "events": how}: the POST bindings of the RPCs that
+    take it."""
+    named = {m.DESCRIPTOR.full_name for m in NAMED_EVENTS}
     out: dict[str, dict[str, str]] = {}
     for service in pb.DESCRIPTOR.services_by_name.values():
         for method in service.methods:
             rule = method.GetOptions().Extensions[annotations_pb2.http]
             # The …Http RPCs take the body as it came (google.api.HttpBody): no typed twin to pick.
             if rule.post and rule.body == "*" and method.input_type.full_name != "google.api.HttpBody":
-                kind = "stream" if method.server_streaming else "unary"
-                out.setdefault(method.input_type.full_name, {})[kind] = rule.post
-    return {name: paths for name, paths in sorted(out.items()) if set(paths) == {"unary", "stream"}}
+                route = out.setdefault(method.input_type.full_name, {})
+                if method.server_streaming:
+                    route["stream"] = rule.post
+                    route["events"] = "named" if method.output_type.full_name in named else "data"
+                else:
+                    route["unary"] = rule.post
+    return {name: paths for name, paths in sorted(out.items()) if {"unary", "stream"} <= set(paths)}
 
 
 def request_types() -> dict[str, Any]:

@@ -11,7 +11,6 @@ from collections.abc import AsyncGenerator
 
 from chatgen.chat.types import Choice, Delta, Result, StreamItem, StreamStart, ToolCall, ToolCallDelta, Usage
 from chatgen.errors import ApiError
-from chatgen.transport import sse
 from chatgen.v1 import chatgen_pb2 as pb
 
 # Chat finish reasons -> Anthropic's stop reasons ("stop" is end_turn, or stop_sequence when a stop string ended it).
@@ -74,21 +73,16 @@ class MessageEvents:
     """One stream's items -> Anthropic's events. A block is open at a time: thinking, text, or one tool_use
     block per call; a delta of another kind closes it and opens the next."""
 
-    def __init__(self, model: str, rest: bool) -> None:
+    def __init__(self, model: str) -> None:
         self._model = model
-        self.events = sse.NamedEvents() if rest else None
         self._open: str | None = None
         self._index = -1
         # Whether a tool_use block was sent (the stop reason is then tool_use).
         self._called = False
         self._message = pb.CreateMessageResponse(type="message", role="assistant", model=model)
 
-    def serve_as(self, model: str) -> None:
-        """The message names `model`: what the request sent (the served model or a LoRA adapter over it)."""
-        self._model = self._message.model = model
-
     def error(self, err: ApiError) -> pb.StreamMessageResponse:
-        """The event that ends a REST stream already under way."""
+        """The event that ends a gateway stream already under way."""
         event = pb.StreamMessageResponse(type="error")
         body = err.anthropic_body()["error"]
         assert isinstance(body, dict)

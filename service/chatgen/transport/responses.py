@@ -17,7 +17,6 @@ from google.protobuf import json_format, struct_pb2
 from chatgen.chat.types import Choice, Delta, StreamItem, StreamStart, ToolCall, Usage
 from chatgen.chat.validation.responses import item_id
 from chatgen.errors import ApiError
-from chatgen.transport import sse
 from chatgen.v1 import chatgen_pb2 as pb
 
 # A conversation's key: 16 hex digits that lead each of its responses' ids (resp_<conversation><hex>), so that a
@@ -146,11 +145,10 @@ class ResponseEvents:
     """One stream's items -> the Responses API's events. Items open one at a time (reasoning, the message, each
     function call); an item of another kind closes the open one (its *.done events and output_item.done)."""
 
-    def __init__(self, rest: bool) -> None:
+    def __init__(self) -> None:
         self._response = pb.Response()
         self._done: Finisher | None = None
         self._conversation = ""
-        self.events = sse.NamedEvents() if rest else None
         self._sequence = 0
         self._ids = OutputIds()
         self._open: str | None = None
@@ -159,16 +157,13 @@ class ResponseEvents:
         # The open item (its id names the deltas' item).
         self._pending = pb.ResponseItem()
 
-    def serve_as(self, model: str) -> None:
-        """Nothing to do: the response begin() is given names the model the request did already."""
-
     def begin(self, response: pb.Response, conversation: str, done: Finisher) -> None:
         """The response the stream fills in (no output yet), the conversation it is of (conversation_of), and what to
         call with it once the output is whole."""
         self._response, self._conversation, self._done = response, conversation, done
 
     def error(self, err: ApiError) -> pb.ResponseStreamEvent:
-        """The event that ends a REST stream already under way: the response, failed."""
+        """The event that ends a gateway stream already under way: the response, failed."""
         failed = pb.Response()
         failed.CopyFrom(self._response)
         failed.status = "failed"

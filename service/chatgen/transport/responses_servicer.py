@@ -12,7 +12,6 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import grpc
-from google.api.httpbody_pb2 import HttpBody
 from google.protobuf import json_format
 
 from chatgen.chat.api import ChatApi
@@ -22,6 +21,7 @@ from chatgen.errors import ApiError, Failure, shown
 from chatgen.store import ResponseStore, StoredResponse
 from chatgen.transport import status
 from chatgen.transport.auth import presented_key
+from chatgen.transport.json_mapping import json_text
 from chatgen.transport.responses import (
     CONVERSATION_KEY,
     OutputIds,
@@ -32,8 +32,7 @@ from chatgen.transport.responses import (
     output_items,
     response_id,
 )
-from chatgen.transport.servicers import RestCall
-from chatgen.transport.sse import json_text
+from chatgen.transport.servicers import from_gateway
 from chatgen.v1 import chatgen_pb2 as pb
 from chatgen.v1 import chatgen_pb2_grpc as pb_grpc
 
@@ -68,9 +67,9 @@ class ResponsesServicer(pb_grpc.ResponsesServiceServicer):
     async def StreamResponse(
         self, request: pb.CreateResponseRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ResponseStreamEvent]:
-        events = ResponseEvents(rest=False)
+        events = ResponseEvents()
         items = self._stream(request, self._owner(context), self._named(context), events)
-        relayed = status.stream(context, events.chunks(items), events.error, False, self._write_timeout)
+        relayed = status.stream(context, events.chunks(items), events.error, from_gateway(context), self._write_timeout)
         async with contextlib.aclosing(relayed):
             async for event in relayed:
                 yield event
@@ -87,19 +86,6 @@ class ResponsesServicer(pb_grpc.ResponsesServiceServicer):
         self, request: pb.ListInputItemsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListInputItemsResponse:
         return await status.unary(context, self._input_items(request.response_id, self._owner(context)))
-
-    async def CreateResponseHttp(self, body: HttpBody, context: grpc.aio.ServicerContext) -> AsyncIterator[HttpBody]:
-        owner, named = self._owner(context), self._named(context)
-        events = ResponseEvents(rest=True)
-        call = RestCall(
-            pb.CreateResponseRequest,
-            lambda request: self._create(request, owner, named),
-            lambda request: self._stream(request, owner, named, events),
-            self._write_timeout,
-        )
-        async with contextlib.aclosing(call.bodies(context, body, events)) as bodies:
-            async for out in bodies:
-                yield out
 
     async def _stored(self, rid: str, owner: str, param: str | None = None) -> StoredResponse:
         record = await self._store.get(rid) if rid else None

@@ -18,7 +18,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from chatgen.errors import invalid
-from chatgen.transport.sse import json_text
+from chatgen.transport.json_mapping import json_text
 
 M = TypeVar("M", bound=Message)
 

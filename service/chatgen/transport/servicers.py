@@ -1,30 +1,26 @@
 """gRPC servicers for the Chat, Generate and Messages services. Each RPC is one call into the chat layer; the
-servicers convert its results into reply messages (transport.replies) and its errors into statuses
-(transport.status), nothing else."""
+servicers convert its results into reply messages (transport.replies, transport.messages) and its errors into
+statuses (transport.status), nothing else. REST reaches the same RPCs through the gateway's transcoder."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any, Generic, TypeVar
 
 import grpc
-from google.api.httpbody_pb2 import HttpBody
 
 from chatgen.chat.api import ChatApi
 from chatgen.chat.types import StreamItem
-from chatgen.transport import messages, replies, rest, status
+from chatgen.transport import messages, replies, status
 from chatgen.transport.messages import MessageEvents
 from chatgen.transport.replies import ChatChunks, CompletionChunks
 from chatgen.v1 import chatgen_pb2 as pb
 from chatgen.v1 import chatgen_pb2_grpc as pb_grpc
 
-R = TypeVar(
-    "R", pb.CreateChatCompletionRequest, pb.CreateCompletionRequest, pb.CreateMessageRequest, pb.CreateResponseRequest
-)
-Reply = pb.CreateChatCompletionResponse | pb.CreateCompletionResponse | pb.CreateMessageResponse | pb.Response
-# What turns a stream's items into its chunks (and, for a …Http call, its events).
+R = TypeVar("R", pb.CreateChatCompletionRequest, pb.CreateCompletionRequest)
+Reply = pb.CreateChatCompletionResponse | pb.CreateCompletionResponse
+# What turns a stream's items into its chunks (ChatChunks, CompletionChunks).
 Chunks = Any
 
 
@@ -101,42 +97,6 @@ class GenerateServicer(GenerationServicer[pb.CreateCompletionRequest], pb_grpc.G
 # transport.status (which records the call as cancelled) before the call log ends the call.
 
 
-@dataclass(frozen=True)
-class RestCall(Generic[R]):
-    """A REST call of one API: its JSON body parsed strictly into the request message, then one JSON reply or
-    a stream of events, as the request's `stream` field says."""
-
-    request_type: type[R]
-    reply: Callable[[R], Awaitable[Reply]]
-    stream: Callable[[R], AsyncGenerator[StreamItem, None]]
-    write_timeout: float = 0.0
-
-    async def bodies(
-        self, context: grpc.aio.ServicerContext, body: HttpBody, chunks: Chunks
-    ) -> AsyncGenerator[HttpBody, None]:
-        """The call's HttpBody messages: a unary reply's one JSON body, or a stream's chunks as named events
-        (neither the Messages nor the Responses API ends a stream with `[DONE]`)."""
-        events = chunks.events
-        assert events is not None
-        relayed = status.stream(context, self._chunks(body, chunks), chunks.error, True, self.write_timeout)
-        # Read to its end, a unary reply's too: closing it early would log the call as cancelled.
-        async with contextlib.aclosing(relayed) as out:
-            async for chunk in out:
-                yield chunk if isinstance(chunk, HttpBody) else events.chunk(chunk)
-
-    async def _chunks(self, body: HttpBody, chunks: Chunks) -> AsyncGenerator[replies.Chunk, None]:
-        request = rest.parse(body.data, self.request_type)
-        # The reply names the model the request did (validated before any reply is built): the served model's
-        # name, or a LoRA adapter's.
-        chunks.serve_as(request.model)
-        if not request.stream:
-            yield rest.json_body(await self.reply(request))
-            return
-        async with contextlib.aclosing(chunks.chunks(self.stream(request))) as items:
-            async for chunk in items:
-                yield chunk
-
-
 class MessagesServicer(pb_grpc.MessagesServiceServicer):
     """The Anthropic Messages API: each call's errors are Anthropic's (transport.status.speak_anthropic)."""
 
@@ -155,9 +115,13 @@ class MessagesServicer(pb_grpc.MessagesServiceServicer):
         self, request: pb.CreateMessageRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamMessageResponse]:
         status.speak_anthropic()
-        events = MessageEvents(request.model, rest=False)
+        events = MessageEvents(request.model)
         relayed = status.stream(
-            context, events.chunks(self._api.message_stream(request)), events.error, False, self._write_timeout
+            context,
+            events.chunks(self._api.message_stream(request)),
+            events.error,
+            from_gateway(context),
+            self._write_timeout,
         )
         async with contextlib.aclosing(relayed):
             async for event in relayed:
@@ -169,22 +133,8 @@ class MessagesServicer(pb_grpc.MessagesServiceServicer):
         status.speak_anthropic()
         return await status.unary(context, self._count(request))
 
-    async def CreateMessageHttp(self, body: HttpBody, context: grpc.aio.ServicerContext) -> AsyncIterator[HttpBody]:
-        status.speak_anthropic()
-        call = RestCall(pb.CreateMessageRequest, self._reply, self._api.message_stream, self._write_timeout)
-        async with contextlib.aclosing(call.bodies(context, body, MessageEvents(self._model, rest=True))) as bodies:
-            async for out in bodies:
-                yield out
-
-    async def CountMessageTokensHttp(self, body: HttpBody, context: grpc.aio.ServicerContext) -> HttpBody:
-        status.speak_anthropic()
-        return await status.unary(context, self._count_http(body))
-
     async def _reply(self, request: pb.CreateMessageRequest) -> pb.CreateMessageResponse:
         return messages.message_reply(await self._api.message(request), request.model)
 
     async def _count(self, request: pb.CountMessageTokensRequest) -> pb.CountMessageTokensResponse:
         return messages.count_reply(await self._api.count_message_tokens(request))
-
-    async def _count_http(self, body: HttpBody) -> HttpBody:
-        return rest.json_body(await self._count(rest.parse(body.data, pb.CountMessageTokensRequest)))

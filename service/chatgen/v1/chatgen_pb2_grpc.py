@@ -314,16 +314,6 @@ class MessagesServiceStub:
                 request_serializer=chatgen_dot_v1_dot_chatgen__pb2.CountMessageTokensRequest.SerializeToString,
                 response_deserializer=chatgen_dot_v1_dot_chatgen__pb2.CountMessageTokensResponse.FromString,
                 _registered_method=True)
-        self.CreateMessageHttp = channel.unary_stream(
-                '/chatgen.v1.MessagesService/CreateMessageHttp',
-                request_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
-                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
-                _registered_method=True)
-        self.CountMessageTokensHttp = channel.unary_unary(
-                '/chatgen.v1.MessagesService/CountMessageTokensHttp',
-                request_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
-                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
-                _registered_method=True)
 
 
 class MessagesServiceServicer:
@@ -333,7 +323,8 @@ class MessagesServiceServicer:
     """
 
     def CreateMessage(self, request, context):
-        """One message, whole.
+        """One message, whole. Over REST: `POST /v1/messages` without `"stream": true`, its body this request in
+        Anthropic's JSON (checked for its JSON types by the gateway first) and its reply this message's JSON.
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         Its request is StreamMessage's too.
         """
@@ -344,7 +335,10 @@ class MessagesServiceServicer:
     def StreamMessage(self, request, context):
         """The same message as Anthropic's stream events: message_start, then per content block (thinking, text,
         tool_use) content_block_start, its deltas and content_block_stop, then message_delta (stop_reason, usage)
-        and message_stop.
+        and message_stop. Over REST: `POST /v1/messages` with `"stream": true` (the gateway routes it here by that
+        field), as Anthropic's named events (`event: <type>`, then `data: <event JSON>`), with no `[DONE]`. A gateway
+        call (metadata `x-chatgen-stream: sse`) gets an error after the first event as an `error` event; other callers
+        get a gRPC status.
         buf:lint:ignore RPC_REQUEST_STANDARD_NAME
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         One request for both forms, as Anthropic has one body for both (its `stream` picks).
@@ -354,34 +348,8 @@ class MessagesServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CountMessageTokens(self, request, context):
-        """How many tokens a request's prompt is, as the model would see it (nothing is generated).
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def CreateMessageHttp(self, request, context):
-        """The REST API's `POST /v1/messages`: the body is a CreateMessageRequest in Anthropic's JSON, passed on by the
-        gateway as it came (after its check of the body's JSON types), and the server parses it. Without
-        `"stream": true` the reply is one HttpBody holding the CreateMessageResponse as JSON; with it, Anthropic's
-        named events (`event: <type>` and `data: <StreamMessageResponse JSON>`), with no `[DONE]`. Errors before the
-        first message are gRPC statuses.
-        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
-        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
-        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
-        The HTTP body itself, in and out: google.api.HttpBody is what the transcoder passes through untouched.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def CountMessageTokensHttp(self, request, context):
-        """The REST API's `POST /v1/messages/count_tokens`: a CountMessageTokensRequest as JSON in, its
-        CountMessageTokensResponse as JSON out.
-        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
-        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
-        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
-        The HTTP body itself, in and out, as in MessagesService.CreateMessageHttp.
+        """How many tokens a request's prompt is, as the model would see it (nothing is generated). Over REST:
+        `POST /v1/messages/count_tokens`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -404,16 +372,6 @@ def add_MessagesServiceServicer_to_server(servicer, server):
                     servicer.CountMessageTokens,
                     request_deserializer=chatgen_dot_v1_dot_chatgen__pb2.CountMessageTokensRequest.FromString,
                     response_serializer=chatgen_dot_v1_dot_chatgen__pb2.CountMessageTokensResponse.SerializeToString,
-            ),
-            'CreateMessageHttp': grpc.unary_stream_rpc_method_handler(
-                    servicer.CreateMessageHttp,
-                    request_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
-                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
-            ),
-            'CountMessageTokensHttp': grpc.unary_unary_rpc_method_handler(
-                    servicer.CountMessageTokensHttp,
-                    request_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
-                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -510,60 +468,6 @@ class MessagesService:
             metadata,
             _registered_method=True)
 
-    @staticmethod
-    def CreateMessageHttp(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_stream(
-            request,
-            target,
-            '/chatgen.v1.MessagesService/CreateMessageHttp',
-            google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
-            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def CountMessageTokensHttp(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/chatgen.v1.MessagesService/CountMessageTokensHttp',
-            google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
-            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
 
 class ResponsesServiceStub:
     """OpenAI's Responses API, what agents speak (the Agents SDK, Codex): the same engine, templates, parsers and
@@ -602,11 +506,6 @@ class ResponsesServiceStub:
                 request_serializer=chatgen_dot_v1_dot_chatgen__pb2.ListInputItemsRequest.SerializeToString,
                 response_deserializer=chatgen_dot_v1_dot_chatgen__pb2.ListInputItemsResponse.FromString,
                 _registered_method=True)
-        self.CreateResponseHttp = channel.unary_stream(
-                '/chatgen.v1.ResponsesService/CreateResponseHttp',
-                request_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
-                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
-                _registered_method=True)
 
 
 class ResponsesServiceServicer:
@@ -616,7 +515,7 @@ class ResponsesServiceServicer:
     """
 
     def CreateResponse(self, request, context):
-        """One response, whole.
+        """One response, whole. Over REST: `POST /v1/responses` without `"stream": true`.
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         The reply is the Response object itself, as OpenAI's; its request is StreamResponse's too.
@@ -628,7 +527,10 @@ class ResponsesServiceServicer:
     def StreamResponse(self, request, context):
         """The same response as OpenAI's typed stream events: response.created, response.in_progress, per output
         item response.output_item.added, its parts and deltas and response.output_item.done, then
-        response.completed (or response.incomplete), each with a sequence_number.
+        response.completed (or response.incomplete), each with a sequence_number. Over REST: `POST /v1/responses`
+        with `"stream": true`, as OpenAI's named events (`event: <type>`, then `data: <event JSON>`), with no
+        `[DONE]`; a gateway call (metadata `x-chatgen-stream: sse`) gets an error after the first event as
+        response.failed, other callers a gRPC status.
         buf:lint:ignore RPC_REQUEST_STANDARD_NAME
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
@@ -664,19 +566,6 @@ class ResponsesServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def CreateResponseHttp(self, request, context):
-        """The REST API's `POST /v1/responses`: a CreateResponseRequest as JSON in, as
-        MessagesService.CreateMessageHttp; a stream is OpenAI's typed events (`event: <type>` and
-        `data: <ResponseStreamEvent JSON>`), with no `[DONE]`.
-        buf:lint:ignore RPC_REQUEST_STANDARD_NAME
-        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
-        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
-        The HTTP body itself, in and out, as in MessagesService.CreateMessageHttp.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
 
 def add_ResponsesServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -704,11 +593,6 @@ def add_ResponsesServiceServicer_to_server(servicer, server):
                     servicer.ListInputItems,
                     request_deserializer=chatgen_dot_v1_dot_chatgen__pb2.ListInputItemsRequest.FromString,
                     response_serializer=chatgen_dot_v1_dot_chatgen__pb2.ListInputItemsResponse.SerializeToString,
-            ),
-            'CreateResponseHttp': grpc.unary_stream_rpc_method_handler(
-                    servicer.CreateResponseHttp,
-                    request_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
-                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -859,33 +743,6 @@ class ResponsesService:
             metadata,
             _registered_method=True)
 
-    @staticmethod
-    def CreateResponseHttp(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_stream(
-            request,
-            target,
-            '/chatgen.v1.ResponsesService/CreateResponseHttp',
-            google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
-            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
 
 class ModelsServiceStub:
     """The models this server serves.
@@ -967,12 +824,13 @@ class ModelsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def LoadLoraAdapterHttp(self, request, context):
-        """The REST API's `POST /v1/load_lora_adapter`: a LoadLoraAdapterRequest as JSON in; out, as vLLM answers,
-        the plain-text success message.
+        """The REST API's `POST /v1/load_lora_adapter`: a LoadLoraAdapterRequest as JSON in, passed on by the gateway
+        as it came (after its check of the body's JSON types), and the server parses it; out, as vLLM answers, the
+        plain-text success message.
         buf:lint:ignore RPC_REQUEST_STANDARD_NAME
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
-        The HTTP body itself, in and out, as in MessagesService.CreateMessageHttp.
+        The HTTP body itself, in and out: google.api.HttpBody is what the transcoder passes through untouched.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -983,7 +841,7 @@ class ModelsServiceServicer:
         buf:lint:ignore RPC_REQUEST_STANDARD_NAME
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
-        The HTTP body itself, in and out, as in MessagesService.CreateMessageHttp.
+        The HTTP body itself, in and out, as in ModelsService.LoadLoraAdapterHttp.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -1252,7 +1110,7 @@ class TokenizerServiceServicer:
         buf:lint:ignore RPC_REQUEST_STANDARD_NAME
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
-        The HTTP body itself, in and out, as in MessagesService.CreateMessageHttp.
+        The HTTP body itself, in and out, as in ModelsService.LoadLoraAdapterHttp.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -1263,7 +1121,7 @@ class TokenizerServiceServicer:
         buf:lint:ignore RPC_REQUEST_STANDARD_NAME
         buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
-        The HTTP body itself, in and out, as in MessagesService.CreateMessageHttp.
+        The HTTP body itself, in and out, as in ModelsService.LoadLoraAdapterHttp.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

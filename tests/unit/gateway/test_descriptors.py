@@ -53,11 +53,8 @@ def test_the_descriptor_set_carries_the_http_rules() -> None:
             rules[f"{service.name}.{method.name}"] = (verb, getattr(rule, verb))
     assert rules == {
         # The bodies the gateway still passes as they came (google.api.HttpBody), for the server to parse.
-        "MessagesService.CreateMessageHttp": ("post", "/v1/messages"),
-        "MessagesService.CountMessageTokensHttp": ("post", "/v1/messages/count_tokens"),
         "ModelsService.LoadLoraAdapterHttp": ("post", "/v1/load_lora_adapter"),
         "ModelsService.UnloadLoraAdapterHttp": ("post", "/v1/unload_lora_adapter"),
-        "ResponsesService.CreateResponseHttp": ("post", "/v1/responses"),
         "TokenizerService.TokenizeHttp": ("post", "/tokenize"),
         "TokenizerService.DetokenizeHttp": ("post", "/detokenize"),
         # Transcoded: the typed RPCs' requests parsed and replies rendered by Envoy (a stream's binding is the one
@@ -66,6 +63,11 @@ def test_the_descriptor_set_carries_the_http_rules() -> None:
         "ChatService.StreamChatCompletion": ("post", "/v1/chat/completions:stream"),
         "GenerateService.CreateCompletion": ("post", "/v1/completions"),
         "GenerateService.StreamCompletion": ("post", "/v1/completions:stream"),
+        "MessagesService.CreateMessage": ("post", "/v1/messages"),
+        "MessagesService.StreamMessage": ("post", "/v1/messages:stream"),
+        "MessagesService.CountMessageTokens": ("post", "/v1/messages/count_tokens"),
+        "ResponsesService.CreateResponse": ("post", "/v1/responses"),
+        "ResponsesService.StreamResponse": ("post", "/v1/responses:stream"),
         "ModelsService.ListModels": ("get", "/v1/models"),
         "ModelsService.GetModel": ("get", "/v1/models/{id=**}"),
         "ResponsesService.GetResponse": ("get", "/v1/responses/{response_id}"),

@@ -2,7 +2,7 @@
 vLLM send (run under LuaJIT: tests/support/lua.py). The transcoder's rendering is made here as Envoy 1.40 writes it
 (measured, docs/design.md): the .proto's field order, every field without presence printed (an empty repeated
 field as []), unset optional and message fields left out. What the rewrite gives must be the server's own JSON of
-the same message (transport.sse.json_text), which the …Http RPCs still send; through the real Envoy this is
+the same message (transport.json_mapping.json_text), which the …Http RPCs still send; through the real Envoy this is
 checked by tests/integration/test_rest_api.py."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 
-from chatgen.transport import sse
+from chatgen.transport import json_mapping
 from chatgen.v1 import chatgen_pb2 as pb
 from tests.support.lua import Replies
 
@@ -80,7 +80,7 @@ CHUNKS = [
 
 @pytest.mark.parametrize("message", CHUNKS, ids=range(len(CHUNKS)))
 def test_each_chunk_becomes_the_servers_own_rendering_of_it(lua: Replies, message: Message) -> None:
-    assert lua.events(event(transcoded(message))) == event(sse.json_text(message))
+    assert lua.events(event(transcoded(message))) == event(json_mapping.json_text(message))
 
 
 def test_the_empty_lists_go_and_the_rest_stays(lua: Replies) -> None:
@@ -99,7 +99,11 @@ def test_the_error_object_has_all_four_keys(lua: Replies) -> None:
 @pytest.mark.parametrize("empty", [pb.StreamChatCompletionResponse(), pb.StreamCompletionResponse()])
 def test_the_empty_chunk_is_done_and_events_in_one_body_are_each_rewritten(lua: Replies, empty: Message) -> None:
     body = event(transcoded(chunk(content="a"))) + event(transcoded(CHUNKS[-3])) + event(transcoded(empty))
-    expected = event(sse.json_text(chunk(content="a"))) + event(sse.json_text(CHUNKS[-3])) + "data: [DONE]\n\n"
+    expected = (
+        event(json_mapping.json_text(chunk(content="a")))
+        + event(json_mapping.json_text(CHUNKS[-3]))
+        + "data: [DONE]\n\n"
+    )
     assert lua.events(body) == expected
 
 
@@ -111,15 +115,31 @@ def test_a_unary_reply_loses_its_empty_token_lists_but_keeps_its_tool_calls(lua:
         id="chatcmpl-1", object="chat.completion", created=1, model="m", choices=[choice], usage=usage
     )
     out = lua.json(transcoded(reply))
-    assert out == sse.json_text(reply)
+    assert out == json_mapping.json_text(reply)
     assert json.loads(out)["choices"][0] == {
         "index": 0, "message": {"role": "assistant", "content": "hi", "tool_calls": []}, "finish_reason": "stop"
     }  # fmt: skip
     choice.token_ids.extend([4])
     reply.prompt_token_ids.extend([1])
-    assert lua.json(transcoded(reply)) == sse.json_text(reply)
+    assert lua.json(transcoded(reply)) == json_mapping.json_text(reply)
     done = pb.CompletionChoice(index=0, text="x", finish_reason="stop")
     completion = pb.CreateCompletionResponse(
         id="cmpl-1", object="text_completion", created=1, model="m", choices=[done]
     )
-    assert lua.json(transcoded(completion)) == sse.json_text(completion)
+    assert lua.json(transcoded(completion)) == json_mapping.json_text(completion)
+
+
+NAMED = [
+    pb.StreamMessageResponse(type="message_start", message=pb.CreateMessageResponse(id="msg_1", type="message")),
+    pb.StreamMessageResponse(type="ping"),
+    pb.StreamMessageResponse(type="error", error=pb.MessageError(type="overloaded_error", message='"type":"x"')),
+    pb.ResponseStreamEvent(type="response.output_text.delta", sequence_number=4, delta="Hi"),
+    pb.ResponseStreamEvent(type="response.created", sequence_number=0, response=pb.Response(id="resp_1")),
+]
+
+
+@pytest.mark.parametrize("message", NAMED, ids=[m.type for m in NAMED])
+def test_named_events_get_their_event_line_and_nothing_else_changes(lua: Replies, message: Message) -> None:
+    # As Anthropic and OpenAI write them (and the server did): `event: <type>`, then the data, no [DONE].
+    text = transcoded(message)
+    assert lua.named(event(text) + event(text)) == f"event: {message.type}\ndata: {text}\n\n" * 2  # type: ignore[attr-defined]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -93,7 +92,7 @@ async def test_a_stream_becomes_typed_events_in_order() -> None:
         finish(response, choice, usage, reasoning_tokens=2)
         stored.append(response)
 
-    events = ResponseEvents(rest=False)
+    events = ResponseEvents()
     events.begin(envelope(pb.CreateResponseRequest(model="m"), "", "m"), CONVERSATION, done)
     out = await _events(
         events,
@@ -126,15 +125,11 @@ async def test_a_stream_becomes_typed_events_in_order() -> None:
     assert stored and stored[0].id == f"resp_{CONVERSATION}xyz"
 
 
-async def test_rest_events_are_named_sse_and_errors_fail_the_response() -> None:
-    events = ResponseEvents(rest=True)
+async def test_events_are_numbered_and_an_error_fails_the_response() -> None:
+    events = ResponseEvents()
     events.begin(envelope(pb.CreateResponseRequest(model="m"), "", "m"), CONVERSATION, _no_store)
     out = await _events(events, StreamStart("chatcmpl-1", 1, False), Delta("Hi", finish_reason="stop"))
-    assert events.events is not None
-    bodies = [events.events.chunk(e) for e in out]
-    assert bodies[0].content_type == "text/event-stream" and not bodies[1].content_type
-    name, data = bodies[0].data.decode().split("\n")[:2]
-    assert name == "event: response.created" and json.loads(data.removeprefix("data: "))["sequence_number"] == 0
+    assert out[0].type == "response.created" and [e.sequence_number for e in out] == list(range(len(out)))
     failed = as_dict(events.error(ApiError(Failure.OVERLOADED, "busy")))
     assert failed["type"] == "response.failed" and failed["sequence_number"] == len(out)
     assert failed["response"]["status"] == "failed" and failed["response"]["error"]["message"] == "busy"

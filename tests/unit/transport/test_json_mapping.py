@@ -1,5 +1,5 @@
-"""transport.sse: the REST JSON the server renders (the proto3 JSON mapping, in the .proto's order, without the
-empty lists OpenAI leaves out), and named Server-Sent Events."""
+"""transport.json_mapping: the REST JSON the server renders (the proto3 JSON mapping, in the .proto's order,
+without the empty lists OpenAI leaves out)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 
 from google.protobuf import json_format
 
-from chatgen.transport import sse
+from chatgen.transport import json_mapping
 from chatgen.v1 import chatgen_pb2 as pb
 
 ENVELOPE = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1_795_000_000, "model": "org/m"}
@@ -24,7 +24,7 @@ def test_fields_print_in_proto_order_with_zero_values_and_without_an_empty_tool_
         **ENVELOPE,
         choices=[pb.ChatCompletionChunkChoice(index=0, delta=pb.ChatCompletionDelta(role="assistant", content=""))],
     )
-    payload = sse.json_text(first)
+    payload = json_mapping.json_text(first)
     assert payload == (
         '{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1795000000,"model":"org/m",'
         '"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}'
@@ -32,7 +32,7 @@ def test_fields_print_in_proto_order_with_zero_values_and_without_an_empty_tool_
     last = pb.StreamChatCompletionResponse(
         **ENVELOPE, usage=pb.Usage(prompt_tokens=3, completion_tokens=0, total_tokens=3)
     )
-    assert json.loads(sse.json_text(last)) == {
+    assert json.loads(json_mapping.json_text(last)) == {
         **ENVELOPE,
         "choices": [],
         "usage": {"prompt_tokens": 3, "completion_tokens": 0, "total_tokens": 3},
@@ -48,7 +48,7 @@ def test_slow_path_chunks_keep_every_field() -> None:
         logprobs=pb.ChatLogprobs(content=[pb.TokenLogprob(token="x", logprob=-0.5, bytes=[120])]),
     )
     chunk = pb.StreamChatCompletionResponse(**ENVELOPE, choices=[choice])
-    payload = sse.json_text(chunk)
+    payload = json_mapping.json_text(chunk)
     assert round_trip(payload, pb.StreamChatCompletionResponse) == chunk
     got = json.loads(payload)["choices"][0]
     assert got["delta"]["tool_calls"] == [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "f"}}]
@@ -58,16 +58,10 @@ def test_slow_path_chunks_keep_every_field() -> None:
 
 def test_an_error_chunk_is_an_event_with_the_whole_openai_error_object() -> None:
     chunk = pb.StreamChatCompletionResponse(**ENVELOPE, error=pb.ErrorDetail(message="engine died", type="t", code="c"))
-    got = json.loads(sse.json_text(chunk))
+    got = json.loads(json_mapping.json_text(chunk))
     # OpenAI's error object always has all four keys: an absent param is null, as in chatgen's other errors.
     assert list(got["error"].items()) == [("message", "engine died"), ("type", "t"), ("param", None), ("code", "c")]
     assert got["choices"] == []
     with_param = pb.ErrorDetail(message="m", type="t", param="max_tokens", code="c")
-    got = json.loads(sse.json_text(pb.StreamChatCompletionResponse(**ENVELOPE, error=with_param)))
+    got = json.loads(json_mapping.json_text(pb.StreamChatCompletionResponse(**ENVELOPE, error=with_param)))
     assert got["error"]["param"] == "max_tokens"
-
-
-def test_only_the_first_body_carries_the_content_type() -> None:
-    events = sse.NamedEvents()
-    bodies = [events.body(b"event: a\ndata: {}\n\n"), events.body(b"event: b\ndata: {}\n\n")]
-    assert [b.content_type for b in bodies] == ["text/event-stream", ""]

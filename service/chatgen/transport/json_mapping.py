@@ -1,10 +1,10 @@
-"""The REST API's JSON of the replies the server still renders itself (the Messages and Responses APIs, whose
-REST bodies reach …Http RPCs), and their streams as named Server-Sent Events.
+"""The REST API's JSON of a reply message as the server writes it: the replies of the …Http RPCs (the tokenizer,
+LoRA), the stored Responses API objects, and the reference the gateway's rewrites of Envoy's JSON are tested against.
 
 The JSON is the proto3 JSON mapping of the message (field names as in the .proto, fields without presence
 printed: `"index": 0` and `"choices": []` are sent), in the .proto's field order as Envoy's transcoder prints it,
 except for the repeated fields OpenAI and vLLM send only when they apply (_LEFT_OUT_WHEN_EMPTY; the gateway's Lua
-filter leaves the same ones out of the chat and completions replies Envoy renders, gateway/openai_compat.lua).
+filter leaves the same ones out of the chat and completions replies Envoy renders, gateway/replies.lua).
 """
 
 from __future__ import annotations
@@ -13,12 +13,9 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from google.api import httpbody_pb2
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
-
-CONTENT_TYPE = "text/event-stream"
 
 _dumps: Callable[[Any], str] = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
@@ -78,24 +75,3 @@ def json_text(message: Message) -> str:
         message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
     return _dumps(_in_field_order(data, message.DESCRIPTOR))
-
-
-class Bodies:
-    """One stream's SSE bytes as HttpBody messages; the first carries the content type."""
-
-    def __init__(self) -> None:
-        self._first = True
-
-    def body(self, data: bytes) -> httpbody_pb2.HttpBody:
-        if self._first:
-            self._first = False
-            return httpbody_pb2.HttpBody(content_type=CONTENT_TYPE, data=data)
-        return httpbody_pb2.HttpBody(data=data)
-
-
-class NamedEvents(Bodies):
-    """Stream events (messages with a `type`) -> HttpBody messages of named SSE events, as the Messages and
-    Responses APIs send them: `event: <type>` then the JSON. Neither stream ends with `[DONE]`."""
-
-    def chunk(self, event: Any) -> httpbody_pb2.HttpBody:
-        return self.body(f"event: {event.type}\ndata: {json_text(event)}\n\n".encode())
