@@ -9,9 +9,8 @@
 --           their `stream` asks for, and so do Messages and Responses bodies: the path becomes that RPC's binding
 --           (request_types.json's routes) and the transcoder parses the body; a stream is marked for the server
 --           (x-chatgen-stream: sse). The other POST bodies (tokenizer, LoRA) go to the server as they came
---           (google.api.HttpBody), which parses them. The shared
---           gateway routes on `model` (json_to_metadata, the filter before this one, has parsed it into dynamic
---           metadata by the time body() returns).
+--           (google.api.HttpBody), which parses them. The shared gateway routes on `model` (json_to_metadata,
+--           the filter before this one, has parsed it into dynamic metadata by the time body() returns).
 -- Response: gRPC errors get OpenAI's error JSON (the server sends it in `x-chatgen-error`), or on the Messages
 --           API's paths (/v1/messages...) Anthropic's, as the errors this filter or Envoy answer there. Chat and
 --           completions replies are the transcoder's JSON, with what replies.lua changes in it (streams chunk by
@@ -22,8 +21,7 @@
 --   http_errors   HTTP status (a string) -> {OpenAI type, code, Anthropic type}, for errors without a chatgen
 --                 error body (Envoy's own, or raised by gRPC itself)
 --   local_errors  "not_found" / "unknown_path" / "invalid" / "media_type" / "unsupported" -> {HTTP status,
---                 OpenAI type, code,
---                 Anthropic type}: what this filter answers itself
+--                 OpenAI type, code, Anthropic type}: what this filter answers itself
 --   lua_path      where json_types.lua, replies.lua and dkjson.lua are (a package.path entry: the Lua filter's
 --                 own directory)
 --   request_types the JSON file of request types json_types.lua checks bodies against, and the typed RPCs'

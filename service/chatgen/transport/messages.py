@@ -74,7 +74,6 @@ class MessageEvents:
     block per call; a delta of another kind closes it and opens the next."""
 
     def __init__(self, model: str) -> None:
-        self._model = model
         self._open: str | None = None
         self._index = -1
         # Whether a tool_use block was sent (the stop reason is then tool_use).

@@ -128,7 +128,7 @@ async def unary(context: grpc.aio.ServicerContext, call: Awaitable[T]) -> T:
         if remaining is None:
             result = await call
         else:
-            result = await _before(call, max(remaining - _SSE_DEADLINE_MARGIN, 0.0))
+            result = await _before(call, asyncio.get_running_loop().time() + max(remaining - _SSE_DEADLINE_MARGIN, 0.0))
     except asyncio.CancelledError:
         if record is not None:
             record.code = _ended_early(context)
@@ -182,18 +182,11 @@ class _WriteWatch:
             self._timer.cancel()
 
 
-async def _before(call: Awaitable[T], seconds: float) -> T:
-    try:
-        async with asyncio.timeout(seconds):
-            return await call
-    except TimeoutError:
-        raise ApiError(Failure.DEADLINE_EXCEEDED, "The request's timeout passed before it finished") from None
-
-
-async def _next_before(chunks: AsyncGenerator[T, None], stop_at: float) -> T:
+async def _before(call: Awaitable[T], stop_at: float) -> T:
+    """`call`'s result, or chatgen's DEADLINE_EXCEEDED once the loop's clock reaches `stop_at`."""
     try:
         async with asyncio.timeout_at(stop_at):
-            return await anext(chunks)
+            return await call
     except TimeoutError:
         raise ApiError(Failure.DEADLINE_EXCEEDED, "The request's timeout passed before it finished") from None
 
@@ -231,7 +224,7 @@ async def stream(
                     watch.since = None
             while stop_at is not None:
                 try:
-                    chunk = await _next_before(chunks, stop_at)
+                    chunk = await _before(anext(chunks), stop_at)
                 except StopAsyncIteration:
                     break
                 started, watch.since = True, watch.now()
